@@ -1,0 +1,15 @@
+//! The function spec: what a user writes in `gpufn.yaml`, and the validated type the platform runs.
+//!
+//! Parsing and validation are separate steps on purpose (the firecracker habit): [`RawSpec`] mirrors
+//! the document field for field (unknown fields are errors), and [`FunctionSpec`] is the only type the
+//! rest of gpufn accepts. A `FunctionSpec` can only be built by [`RawSpec::validate`], so every rule
+//! below holds wherever one is found.
+
+mod raw;
+mod validate;
+
+pub use raw::{RawGpu, RawHealthCheck, RawScaling, RawSpec};
+pub use validate::{
+    FieldError, FunctionSpec, GpuRequest, HealthCheck, Runtime, Scaling, SpecError, parse_json,
+    parse_yaml,
+};

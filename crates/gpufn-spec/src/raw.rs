@@ -1,0 +1,77 @@
+//! The spec document exactly as users write it.
+//!
+//! Numbers are signed and wide on purpose: a negative or huge value then reaches validation, which
+//! names the field and the rule, instead of failing inside serde with a type error.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// A function spec as written in `gpufn.yaml` or posted to `POST /api/v1/functions`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSpec {
+    /// Function name: a DNS label, `[a-z0-9-]`, 1..63 characters.
+    pub name: Option<String>,
+    /// `process` (a host process); `container` arrives with the OCI runtime.
+    pub runtime: Option<String>,
+    /// The function's own web server, as argv. It must listen on `$PORT`.
+    pub command: Option<Vec<String>>,
+    /// Working directory of the process; relative paths are resolved by the CLI against the spec file.
+    pub workdir: Option<String>,
+    /// Extra environment variables for the process.
+    pub env: Option<BTreeMap<String, String>>,
+    /// The GPU the function needs.
+    pub gpu: Option<RawGpu>,
+    /// vCPUs (may be fractional, e.g. 0.5).
+    pub cpu: Option<f64>,
+    /// Memory in MB.
+    pub memory_mb: Option<i64>,
+    /// Disk in MB.
+    pub disk_mb: Option<i64>,
+    /// Requests one instance may have in flight at once.
+    pub instance_concurrency: Option<i64>,
+    /// How gpufn decides an instance is ready.
+    pub health_check: Option<RawHealthCheck>,
+    /// Instance counts, keep-alive and queueing.
+    pub scaling: Option<RawScaling>,
+    /// Longest time gpufn waits for an instance's response headers.
+    pub request_timeout_s: Option<i64>,
+}
+
+/// `gpu:` — card type and the GPU memory billed for each instance.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGpu {
+    /// Card type, e.g. `tesla-t4`; any card when absent.
+    #[serde(rename = "type")]
+    pub card_type: Option<String>,
+    /// vGPU memory in whole GB, at least 1.
+    pub memory_gb: Option<i64>,
+}
+
+/// `health_check:` — readiness probe.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealthCheck {
+    /// HTTP path probed with GET; any 2xx means ready.
+    pub path: Option<String>,
+    /// How long an instance may take to become ready (model loads are slow: minutes).
+    pub startup_timeout_s: Option<i64>,
+}
+
+/// `scaling:` — instance counts and keep-alive.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawScaling {
+    /// Provisioned instances kept warm at all times.
+    pub min_instances: Option<i64>,
+    /// Upper bound on instances of this function.
+    pub max_instances: Option<i64>,
+    /// Seconds an instance may stay idle before it is stopped.
+    pub idle_timeout_s: Option<i64>,
+    /// Requests that may wait for a slot at once; more are refused with 429.
+    pub max_queue: Option<i64>,
+    /// Seconds a request may wait for a slot before it is refused with 503.
+    pub queue_timeout_s: Option<i64>,
+}

@@ -1,0 +1,450 @@
+//! Validation: [`RawSpec`] → [`FunctionSpec`], with an error per broken rule naming the field.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::raw::{RawGpu, RawHealthCheck, RawScaling, RawSpec};
+
+/// One broken rule: the dotted path of the field and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FieldError {
+    /// Dotted path, e.g. `gpu.memory_gb` or `command[0]`.
+    pub field: String,
+    /// The rule and the offending value, e.g. `must be >= 1 (got 0)`.
+    pub message: String,
+}
+
+impl FieldError {
+    /// A new error for `field`.
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+/// Why a spec was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SpecError {
+    /// The document is not valid YAML/JSON, or a field has the wrong type or is unknown.
+    #[error("{0}")]
+    Parse(FieldError),
+    /// The document parsed, but breaks one or more rules.
+    #[error("{}", join(.0))]
+    Invalid(Vec<FieldError>),
+}
+
+fn join(errors: &[FieldError]) -> String {
+    errors
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+impl SpecError {
+    /// Every field error, in document order.
+    pub fn errors(&self) -> Vec<FieldError> {
+        match self {
+            SpecError::Parse(e) => vec![e.clone()],
+            SpecError::Invalid(v) => v.clone(),
+        }
+    }
+}
+
+/// Parses a YAML document (JSON is accepted too, being YAML).
+pub fn parse_yaml(text: &str) -> Result<RawSpec, SpecError> {
+    let value: serde_json::Value = serde_yaml_ng::from_str(text)
+        .map_err(|e| SpecError::Parse(FieldError::new("(document)", e.to_string())))?;
+    from_value(value)
+}
+
+/// Parses a JSON document.
+pub fn parse_json(bytes: &[u8]) -> Result<RawSpec, SpecError> {
+    let value: serde_json::Value = serde_json::from_slice(bytes)
+        .map_err(|e| SpecError::Parse(FieldError::new("(document)", e.to_string())))?;
+    from_value(value)
+}
+
+fn from_value(value: serde_json::Value) -> Result<RawSpec, SpecError> {
+    if !value.is_object() {
+        return Err(SpecError::Parse(FieldError::new(
+            "(document)",
+            "must be a mapping of fields (name, command, gpu, ...)",
+        )));
+    }
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let field = if path == "." || path.is_empty() {
+            "(document)".to_string()
+        } else {
+            path
+        };
+        SpecError::Parse(FieldError::new(field, e.into_inner().to_string()))
+    })
+}
+
+/// How instances are run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Runtime {
+    /// A host process started with `command` in `workdir`.
+    Process,
+}
+
+impl Runtime {
+    /// The name used in the spec.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Runtime::Process => "process",
+        }
+    }
+}
+
+/// The GPU an instance needs. One whole card is allocated per instance; `memory_gb` is what is billed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GpuRequest {
+    /// Card type, or any card when `None`.
+    pub card_type: Option<String>,
+    /// vGPU memory in whole GB (>= 1).
+    pub memory_gb: u32,
+}
+
+/// Readiness probe.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HealthCheck {
+    /// Path probed with GET; a 2xx answer means ready.
+    pub path: String,
+    /// Deadline for an instance to become ready, from spawn.
+    pub startup_timeout: Duration,
+}
+
+/// Instance counts, keep-alive and queueing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Scaling {
+    /// Provisioned instances kept warm at all times.
+    pub min_instances: u32,
+    /// Upper bound on instances (starting or ready).
+    pub max_instances: u32,
+    /// An instance idle this long is stopped (unless needed for `min_instances`).
+    pub idle_timeout: Duration,
+    /// Requests that may wait for a slot at once.
+    pub max_queue: u32,
+    /// How long a request may wait for a slot.
+    pub queue_timeout: Duration,
+}
+
+/// A spec that passed validation. Only [`RawSpec::validate`] builds one.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FunctionSpec {
+    /// DNS-label name.
+    pub name: String,
+    /// How instances run.
+    pub runtime: Runtime,
+    /// argv of the function's web server (non-empty).
+    pub command: Vec<String>,
+    /// Working directory of the process.
+    pub workdir: String,
+    /// Extra environment (never one of the variables gpufn sets itself).
+    pub env: BTreeMap<String, String>,
+    /// GPU need.
+    pub gpu: GpuRequest,
+    /// vCPUs.
+    pub cpu: f64,
+    /// Memory in MB.
+    pub memory_mb: u64,
+    /// Disk in MB.
+    pub disk_mb: u64,
+    /// Max requests in flight per instance (1..=200).
+    pub instance_concurrency: u32,
+    /// Readiness probe.
+    pub health_check: HealthCheck,
+    /// Scaling and keep-alive.
+    pub scaling: Scaling,
+    /// Deadline for an instance's response headers.
+    pub request_timeout: Duration,
+}
+
+/// Environment variables gpufn sets for every instance; a spec may not override them.
+pub const RESERVED_ENV: &[&str] = &["PORT", "CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES"];
+
+/// Collects errors so one pass reports every broken rule.
+#[derive(Default)]
+struct Checker {
+    errors: Vec<FieldError>,
+}
+
+impl Checker {
+    fn fail(&mut self, field: &str, message: String) {
+        self.errors.push(FieldError::new(field, message));
+    }
+
+    /// An integer in `min..=max`, or `default` when absent.
+    fn int(&mut self, field: &str, value: Option<i64>, default: i64, min: i64, max: i64) -> i64 {
+        let v = value.unwrap_or(default);
+        if v < min {
+            self.fail(field, format!("must be >= {min} (got {v})"));
+            return default.clamp(min, max);
+        }
+        if v > max {
+            self.fail(field, format!("must be <= {max} (got {v})"));
+            return default.clamp(min, max);
+        }
+        v
+    }
+
+    fn secs(&mut self, field: &str, value: Option<i64>, default: i64, min: i64, max: i64) -> Duration {
+        Duration::from_secs(self.int(field, value, default, min, max).unsigned_abs())
+    }
+
+    fn count(&mut self, field: &str, value: Option<i64>, default: i64, min: i64, max: i64) -> u32 {
+        u32::try_from(self.int(field, value, default, min, max)).unwrap_or(u32::MAX)
+    }
+}
+
+fn is_dns_label(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b[0] != b'-'
+        && b[b.len() - 1] != b'-'
+}
+
+fn is_env_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+impl RawSpec {
+    /// Checks every rule and builds the validated spec, or lists every broken rule.
+    pub fn validate(&self) -> Result<FunctionSpec, SpecError> {
+        let mut c = Checker::default();
+        let name = self.check_name(&mut c);
+        let runtime = self.check_runtime(&mut c);
+        let command = self.check_command(&mut c);
+        let workdir = self.check_workdir(&mut c);
+        let env = self.check_env(&mut c);
+        let gpu = check_gpu(&mut c, self.gpu.as_ref());
+        let cpu = self.check_cpu(&mut c);
+        let memory_mb = c.int("memory_mb", self.memory_mb, 2048, 64, 4 * 1024 * 1024);
+        let disk_mb = c.int("disk_mb", self.disk_mb, 10240, 64, 64 * 1024 * 1024);
+        let instance_concurrency =
+            c.count("instance_concurrency", self.instance_concurrency, 1, 1, 200);
+        let health_check = check_health(&mut c, self.health_check.as_ref());
+        let scaling = check_scaling(&mut c, self.scaling.as_ref(), &health_check);
+        let request_timeout = c.secs("request_timeout_s", self.request_timeout_s, 600, 1, 86_400);
+        if !c.errors.is_empty() {
+            return Err(SpecError::Invalid(c.errors));
+        }
+        Ok(FunctionSpec {
+            name,
+            runtime,
+            command,
+            workdir,
+            env,
+            gpu,
+            cpu,
+            memory_mb: memory_mb.unsigned_abs(),
+            disk_mb: disk_mb.unsigned_abs(),
+            instance_concurrency,
+            health_check,
+            scaling,
+            request_timeout,
+        })
+    }
+
+    fn check_name(&self, c: &mut Checker) -> String {
+        match &self.name {
+            None => c.fail("name", "is required".into()),
+            Some(n) if !is_dns_label(n) => c.fail(
+                "name",
+                format!(
+                    "must be 1..63 characters of [a-z0-9-], not starting or ending with '-' (got {n:?})"
+                ),
+            ),
+            Some(_) => {}
+        }
+        self.name.clone().unwrap_or_default()
+    }
+
+    fn check_runtime(&self, c: &mut Checker) -> Runtime {
+        match self.runtime.as_deref() {
+            None | Some("process") => {}
+            Some("container") => c.fail(
+                "runtime",
+                "container (OCI images) is not supported by this server yet; use process".into(),
+            ),
+            Some(other) => c.fail("runtime", format!("must be one of: process (got {other:?})")),
+        }
+        Runtime::Process
+    }
+
+    fn check_command(&self, c: &mut Checker) -> Vec<String> {
+        match &self.command {
+            None => c.fail("command", "is required for runtime process".into()),
+            Some(v) if v.is_empty() => c.fail("command", "must not be empty".into()),
+            Some(v) => {
+                for (i, arg) in v.iter().enumerate() {
+                    if arg.contains('\0') {
+                        c.fail(&format!("command[{i}]"), "must not contain NUL".into());
+                    }
+                }
+                if v[0].is_empty() {
+                    c.fail("command[0]", "must not be empty".into());
+                }
+            }
+        }
+        self.command.clone().unwrap_or_default()
+    }
+
+    fn check_workdir(&self, c: &mut Checker) -> String {
+        let w = self.workdir.clone().unwrap_or_else(|| ".".into());
+        if w.is_empty() || w.contains('\0') {
+            c.fail("workdir", "must be a non-empty path".into());
+        }
+        w
+    }
+
+    fn check_env(&self, c: &mut Checker) -> BTreeMap<String, String> {
+        let env = self.env.clone().unwrap_or_default();
+        for (k, v) in &env {
+            let field = format!("env.{k}");
+            if !is_env_name(k) {
+                c.fail(&field, "name must match [A-Za-z_][A-Za-z0-9_]*".into());
+            } else if RESERVED_ENV.contains(&k.as_str()) || k.starts_with("GPUFN_") {
+                c.fail(&field, "is set by gpufn for every instance and cannot be overridden".into());
+            }
+            if v.contains('\0') {
+                c.fail(&field, "value must not contain NUL".into());
+            }
+        }
+        env
+    }
+
+    fn check_cpu(&self, c: &mut Checker) -> f64 {
+        let cpu = self.cpu.unwrap_or(1.0);
+        if !cpu.is_finite() || cpu < 0.05 {
+            c.fail("cpu", format!("must be >= 0.05 (got {cpu})"));
+            return 1.0;
+        }
+        if cpu > 256.0 {
+            c.fail("cpu", format!("must be <= 256 (got {cpu})"));
+            return 1.0;
+        }
+        cpu
+    }
+}
+
+fn check_gpu(c: &mut Checker, gpu: Option<&RawGpu>) -> GpuRequest {
+    let Some(gpu) = gpu else {
+        c.fail("gpu", "is required (e.g. gpu: {memory_gb: 4})".into());
+        return GpuRequest {
+            card_type: None,
+            memory_gb: 1,
+        };
+    };
+    let memory_gb = match gpu.memory_gb {
+        None => {
+            c.fail("gpu.memory_gb", "is required (whole GB >= 1)".into());
+            1
+        }
+        Some(_) => c.count("gpu.memory_gb", gpu.memory_gb, 1, 1, 4096),
+    };
+    if let Some(t) = &gpu.card_type {
+        let ok = !t.is_empty()
+            && t.len() <= 64
+            && t.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_');
+        if !ok {
+            c.fail("gpu.type", format!("must be 1..64 characters of [A-Za-z0-9._-] (got {t:?})"));
+        }
+    }
+    GpuRequest {
+        card_type: gpu.card_type.clone(),
+        memory_gb,
+    }
+}
+
+fn check_health(c: &mut Checker, h: Option<&RawHealthCheck>) -> HealthCheck {
+    let h = h.cloned().unwrap_or_default();
+    let path = h.path.unwrap_or_else(|| "/health".into());
+    if !path.starts_with('/') || path.chars().any(|ch| ch.is_whitespace() || ch.is_control()) {
+        c.fail("health_check.path", format!("must start with '/' and have no spaces (got {path:?})"));
+    }
+    HealthCheck {
+        path,
+        startup_timeout: c.secs("health_check.startup_timeout_s", h.startup_timeout_s, 600, 1, 86_400),
+    }
+}
+
+fn check_scaling(c: &mut Checker, s: Option<&RawScaling>, health: &HealthCheck) -> Scaling {
+    let s = s.cloned().unwrap_or_default();
+    let min_instances = c.count("scaling.min_instances", s.min_instances, 0, 0, 1000);
+    let max_instances = c.count("scaling.max_instances", s.max_instances, 30, 1, 1000);
+    if min_instances > max_instances {
+        c.fail(
+            "scaling.min_instances",
+            format!("must be <= scaling.max_instances ({min_instances} > {max_instances})"),
+        );
+    }
+    // A request that arrives at zero waits for a whole cold start, so by default it may wait as long
+    // as a start may take (the startup deadline), not some shorter gateway timeout.
+    let default_queue_timeout = i64::try_from(health.startup_timeout.as_secs()).unwrap_or(600);
+    Scaling {
+        min_instances,
+        max_instances,
+        idle_timeout: c.secs("scaling.idle_timeout_s", s.idle_timeout_s, 300, 0, 7 * 86_400),
+        max_queue: c.count("scaling.max_queue", s.max_queue, 1000, 1, 100_000),
+        queue_timeout: c.secs("scaling.queue_timeout_s", s.queue_timeout_s, default_queue_timeout, 1, 86_400),
+    }
+}
+
+impl FunctionSpec {
+    /// The spec with every default filled in, as a document (what `gpufn get` shows and the store keeps).
+    pub fn to_raw(&self) -> RawSpec {
+        let secs = |d: Duration| i64::try_from(d.as_secs()).ok();
+        RawSpec {
+            name: Some(self.name.clone()),
+            runtime: Some(self.runtime.as_str().into()),
+            command: Some(self.command.clone()),
+            workdir: Some(self.workdir.clone()),
+            env: Some(self.env.clone()),
+            gpu: Some(RawGpu {
+                card_type: self.gpu.card_type.clone(),
+                memory_gb: Some(i64::from(self.gpu.memory_gb)),
+            }),
+            cpu: Some(self.cpu),
+            memory_mb: i64::try_from(self.memory_mb).ok(),
+            disk_mb: i64::try_from(self.disk_mb).ok(),
+            instance_concurrency: Some(i64::from(self.instance_concurrency)),
+            health_check: Some(RawHealthCheck {
+                path: Some(self.health_check.path.clone()),
+                startup_timeout_s: secs(self.health_check.startup_timeout),
+            }),
+            scaling: Some(RawScaling {
+                min_instances: Some(i64::from(self.scaling.min_instances)),
+                max_instances: Some(i64::from(self.scaling.max_instances)),
+                idle_timeout_s: secs(self.scaling.idle_timeout),
+                max_queue: Some(i64::from(self.scaling.max_queue)),
+                queue_timeout_s: secs(self.scaling.queue_timeout),
+            }),
+            request_timeout_s: secs(self.request_timeout),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
