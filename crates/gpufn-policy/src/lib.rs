@@ -1,1 +1,102 @@
-//! tbd
+//! Scaling and keep-alive decisions as pure functions of a pool's state and `now`.
+//!
+//! Architecture invariant: nothing here does I/O, reads a clock or spawns anything. The scheduler
+//! (`gpufn-server`) takes a snapshot under its lock, asks these functions what to do, and does it;
+//! the trace simulator will call the very same functions. That is why every decision is testable
+//! in microseconds, without processes or sleeps.
+
+use std::time::{Duration, Instant};
+
+/// The counts a scale-up decision needs, for one function's current revision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Demand {
+    /// Instances starting (allocated a card, not yet passing the health check).
+    pub starting: u32,
+    /// Instances ready to serve (idle or busy), not draining.
+    pub ready: u32,
+    /// Requests in flight on ready instances.
+    pub in_flight: u32,
+    /// Requests waiting for a slot.
+    pub queued: u32,
+}
+
+/// The function's scaling limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Requests one instance may serve at once (>= 1).
+    pub concurrency: u32,
+    /// Provisioned instances kept at all times.
+    pub min_instances: u32,
+    /// Most instances of this function at once.
+    pub max_instances: u32,
+}
+
+/// How many instances to start now so that every request in flight or waiting has a slot, at
+/// least `min_instances` exist, and no more than `max_instances` do.
+///
+/// A burst of N queued requests starts enough instances for all N at once (not one per tick): cold
+/// starts take tens of seconds, so starting them one after another would multiply the wait.
+pub fn instances_to_start(d: Demand, l: Limits) -> u32 {
+    let concurrency = l.concurrency.max(1);
+    let live = d.starting.saturating_add(d.ready);
+    let demand = d.in_flight.saturating_add(d.queued);
+    let needed = demand.div_ceil(concurrency);
+    let desired = needed.max(l.min_instances).min(l.max_instances);
+    desired.saturating_sub(live)
+}
+
+/// An instance as the keep-alive policy sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InstanceView {
+    /// Starting instances are never stopped by keep-alive (a model may take minutes to load).
+    pub starting: bool,
+    /// Requests in flight.
+    pub in_flight: u32,
+    /// When the instance last became idle (or ready).
+    pub idle_since: Instant,
+}
+
+/// What keep-alive decided.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct KeepAlive {
+    /// Indexes (into the slice given) of the instances to stop now, longest idle first.
+    pub stop: Vec<usize>,
+    /// When to decide again if nothing changes before then.
+    pub next_check: Option<Instant>,
+}
+
+/// Which idle instances have outlived `idle_timeout`, keeping `min_instances` alive.
+///
+/// Only ready instances with nothing in flight are candidates; starting ones never are
+/// (scale-to-zero must not remove an instance that is still starting).
+pub fn keep_alive(
+    instances: &[InstanceView],
+    min_instances: u32,
+    idle_timeout: Duration,
+    now: Instant,
+) -> KeepAlive {
+    let live = instances.len();
+    let may_stop = live.saturating_sub(min_instances as usize);
+    let mut expired: Vec<(Instant, usize)> = Vec::new();
+    let mut next_check: Option<Instant> = None;
+    for (i, inst) in instances.iter().enumerate() {
+        if inst.starting || inst.in_flight > 0 {
+            continue;
+        }
+        let deadline = inst.idle_since + idle_timeout;
+        if deadline <= now {
+            expired.push((inst.idle_since, i));
+        } else {
+            next_check = Some(next_check.map_or(deadline, |n| n.min(deadline)));
+        }
+    }
+    expired.sort();
+    expired.truncate(may_stop);
+    KeepAlive {
+        stop: expired.into_iter().map(|(_, i)| i).collect(),
+        next_check,
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,132 @@
+use std::time::{Duration, Instant};
+
+use proptest::prelude::*;
+
+use super::*;
+
+const L1: Limits = Limits {
+    concurrency: 1,
+    min_instances: 0,
+    max_instances: 30,
+};
+
+fn demand(starting: u32, ready: u32, in_flight: u32, queued: u32) -> Demand {
+    Demand {
+        starting,
+        ready,
+        in_flight,
+        queued,
+    }
+}
+
+#[test]
+fn scale_up_table() {
+    let c4 = Limits {
+        concurrency: 4,
+        ..L1
+    };
+    let min2 = Limits {
+        min_instances: 2,
+        ..L1
+    };
+    let max3 = Limits {
+        max_instances: 3,
+        ..L1
+    };
+    // (demand, limits, instances to start)
+    let cases = [
+        (demand(0, 0, 0, 0), L1, 0),   // nothing to do at zero
+        (demand(0, 0, 0, 1), L1, 1),   // first request at zero: one cold start
+        (demand(1, 0, 0, 1), L1, 0),   // already starting for it
+        (demand(0, 0, 0, 50), L1, 30), // a burst starts all it needs at once, up to max
+        (demand(0, 0, 0, 50), max3, 3),
+        (demand(0, 3, 3, 47), max3, 0), // at max: wait for slots
+        (demand(0, 1, 1, 1), L1, 1),   // the only instance is busy
+        (demand(0, 1, 3, 0), c4, 0),   // a free slot remains
+        (demand(0, 1, 4, 1), c4, 1),   // full: one more
+        (demand(0, 1, 4, 5), c4, 2),   // 9 requests need 3 instances of 4
+        (demand(0, 0, 0, 0), min2, 2), // provisioned instances
+        (demand(1, 1, 0, 0), min2, 0),
+        (demand(0, 5, 0, 0), L1, 0), // never negative
+    ];
+    for (d, l, want) in cases {
+        assert_eq!(instances_to_start(d, l), want, "{d:?} {l:?}");
+    }
+}
+
+proptest! {
+    #[test]
+    fn scale_up_never_passes_max_and_covers_demand(
+        starting in 0u32..40, ready in 0u32..40, in_flight in 0u32..400, queued in 0u32..400,
+        concurrency in 1u32..10, min in 0u32..5, max in 5u32..40,
+    ) {
+        let d = demand(starting, ready, in_flight, queued);
+        let l = Limits { concurrency, min_instances: min, max_instances: max };
+        let n = instances_to_start(d, l);
+        let live = starting + ready;
+        if n > 0 {
+            prop_assert!(live + n <= max);
+        }
+        // After starting, either there is room for every request or the function is at max.
+        let total = live + n;
+        prop_assert!(total >= max || total * concurrency >= in_flight + queued);
+        prop_assert!(total >= min.min(max));
+    }
+}
+
+fn idle(t0: Instant, secs: u64) -> InstanceView {
+    InstanceView {
+        starting: false,
+        in_flight: 0,
+        idle_since: t0 + Duration::from_secs(secs),
+    }
+}
+
+#[test]
+fn keep_alive_stops_only_expired_idle_instances() {
+    let t0 = Instant::now();
+    let timeout = Duration::from_secs(300);
+    let insts = [
+        idle(t0, 0),
+        InstanceView {
+            in_flight: 1,
+            ..idle(t0, 0)
+        },
+        InstanceView {
+            starting: true,
+            ..idle(t0, 0)
+        },
+        idle(t0, 100),
+    ];
+    // Before any deadline: nothing, and look again at the first deadline.
+    let k = keep_alive(&insts, 0, timeout, t0 + Duration::from_secs(299));
+    assert_eq!(k.stop, Vec::<usize>::new());
+    assert_eq!(k.next_check, Some(t0 + timeout));
+    // At the deadline the first idle one goes; busy and starting ones never do.
+    let k = keep_alive(&insts, 0, timeout, t0 + timeout);
+    assert_eq!(k.stop, vec![0]);
+    assert_eq!(k.next_check, Some(t0 + Duration::from_secs(400)));
+    let k = keep_alive(&insts, 0, timeout, t0 + Duration::from_secs(10_000));
+    assert_eq!(k.stop, vec![0, 3]);
+    assert_eq!(k.next_check, None);
+}
+
+#[test]
+fn keep_alive_keeps_min_instances_and_stops_longest_idle_first() {
+    let t0 = Instant::now();
+    let insts = [idle(t0, 5), idle(t0, 1), idle(t0, 3)];
+    let later = t0 + Duration::from_secs(1000);
+    let k = keep_alive(&insts, 1, Duration::from_secs(60), later);
+    assert_eq!(k.stop, vec![1, 2]);
+    let k = keep_alive(&insts, 3, Duration::from_secs(60), later);
+    assert!(k.stop.is_empty());
+    // Zero idle timeout: release as soon as idle.
+    let k = keep_alive(&insts, 0, Duration::ZERO, t0 + Duration::from_secs(5));
+    assert_eq!(k.stop, vec![1, 2, 0]);
+}
+
+#[test]
+fn keep_alive_at_zero_instances_has_nothing_to_do() {
+    let k = keep_alive(&[], 0, Duration::from_secs(1), Instant::now());
+    assert_eq!(k, KeepAlive::default());
+}
