@@ -1,1 +1,74 @@
-//! tbd
+//! Instance runtimes: how one instance of a function is started, watched and stopped.
+//!
+//! The [`InstanceRuntime`] trait is the seam between the scheduler and whatever runs the code: the
+//! [`ProcessRuntime`] (a host process, used today) and, in a later issue, an OCI container runtime.
+//! [`probe`] holds the readiness probe the scheduler runs before any traffic reaches an instance.
+
+mod process;
+pub mod probe;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+pub use process::ProcessRuntime;
+
+/// Everything a runtime needs to start one instance.
+#[derive(Debug, Clone)]
+pub struct LaunchSpec {
+    /// Instance id (`GPUFN_INSTANCE_ID`).
+    pub instance_id: String,
+    /// Function name (`GPUFN_FUNCTION`).
+    pub function: String,
+    /// argv of the function's web server.
+    pub command: Vec<String>,
+    /// Working directory.
+    pub workdir: PathBuf,
+    /// The spec's own environment (gpufn adds its variables on top).
+    pub env: BTreeMap<String, String>,
+    /// Card given to this instance.
+    pub gpu_index: u32,
+    /// GPU memory billed (`GPUFN_GPU_MEMORY_GB`).
+    pub gpu_memory_gb: u32,
+    /// Where the instance's stdout and stderr go.
+    pub log_path: PathBuf,
+}
+
+/// Why an instance could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// The program could not be executed.
+    #[error("cannot start {program:?}: {source}")]
+    Spawn {
+        /// argv\[0\].
+        program: String,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// Setting up the instance (log file, port) failed.
+    #[error("cannot prepare the instance: {0}")]
+    Setup(#[source] std::io::Error),
+}
+
+/// Starts instances.
+#[async_trait]
+pub trait InstanceRuntime: Send + Sync + std::fmt::Debug {
+    /// Starts one instance; it is not ready until the probe says so.
+    async fn launch(&self, spec: &LaunchSpec) -> Result<Box<dyn RunningInstance>, RuntimeError>;
+}
+
+/// A started instance. Dropping it kills whatever is left of it.
+#[async_trait]
+pub trait RunningInstance: Send + Sync + std::fmt::Debug {
+    /// Where gpufn reaches the instance's web server.
+    fn addr(&self) -> SocketAddr;
+    /// OS process id, where there is one.
+    fn pid(&self) -> Option<u32>;
+    /// Waits until the instance exits by itself; says how. Cancel-safe.
+    async fn wait(&mut self) -> String;
+    /// Stops the instance: a polite signal, then, after `grace`, a forced kill. Returns how it ended.
+    async fn stop(&mut self, grace: Duration) -> String;
+}

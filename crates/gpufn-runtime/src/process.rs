@@ -1,0 +1,228 @@
+//! The process runtime: each instance is a host process in its own process group.
+
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::process::{Child, Command};
+
+use crate::{InstanceRuntime, LaunchSpec, RunningInstance, RuntimeError};
+
+/// Variables passed through from gpufn's own environment; everything else the instance sees comes
+/// from its spec or from gpufn, so an instance does not inherit the server's secrets.
+const PASS_THROUGH: &[&str] = &["PATH", "HOME", "USER", "LANG", "LC_ALL", "TZ", "TMPDIR"];
+
+/// Runs each instance as a host process.
+#[derive(Debug, Default)]
+pub struct ProcessRuntime;
+
+#[async_trait]
+impl InstanceRuntime for ProcessRuntime {
+    async fn launch(&self, spec: &LaunchSpec) -> Result<Box<dyn RunningInstance>, RuntimeError> {
+        if let Some(dir) = spec.log_path.parent() {
+            std::fs::create_dir_all(dir).map_err(RuntimeError::Setup)?;
+        }
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&spec.log_path)
+            .map_err(RuntimeError::Setup)?;
+        let log2 = log.try_clone().map_err(RuntimeError::Setup)?;
+        let port = free_port().map_err(RuntimeError::Setup)?;
+        let program = spec.command.first().cloned().unwrap_or_default();
+        let mut cmd = Command::new(&program);
+        cmd.args(&spec.command[1..])
+            .current_dir(&spec.workdir)
+            .env_clear()
+            .envs(PASS_THROUGH.iter().filter_map(|k| std::env::var(k).ok().map(|v| (*k, v))))
+            .envs(&spec.env)
+            .env("PORT", port.to_string())
+            .env("CUDA_VISIBLE_DEVICES", spec.gpu_index.to_string())
+            .env("NVIDIA_VISIBLE_DEVICES", spec.gpu_index.to_string())
+            .env("GPUFN_FUNCTION", &spec.function)
+            .env("GPUFN_INSTANCE_ID", &spec.instance_id)
+            .env("GPUFN_GPU_MEMORY_GB", spec.gpu_memory_gb.to_string())
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2)
+            // Its own process group, so stopping the instance also stops what the app forked.
+            .process_group(0)
+            .kill_on_drop(true);
+        die_with_parent(&mut cmd);
+        let child = cmd
+            .spawn()
+            .map_err(|source| RuntimeError::Spawn { program, source })?;
+        Ok(Box::new(ProcessInstance {
+            pid: child.id(),
+            child,
+            addr: SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+        }))
+    }
+}
+
+/// Asks the kernel to SIGKILL the instance if gpufn itself dies without stopping it (SIGKILL, OOM),
+/// so a crashed server leaves no orphan holding a GPU.
+#[allow(unsafe_code)]
+fn die_with_parent(cmd: &mut Command) {
+    // SAFETY: the closure runs in the forked child before exec and only calls prctl and getppid,
+    // which are async-signal-safe; it touches no memory shared with the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The parent may have died between fork and prctl.
+            if libc::getppid() == 1 {
+                return Err(std::io::Error::other("gpufn exited while starting the instance"));
+            }
+            Ok(())
+        });
+    }
+}
+
+/// A loopback port nobody listens on right now. The instance binds it a moment later; another
+/// process could take it in between, in which case the instance fails its start and is retried.
+fn free_port() -> std::io::Result<u16> {
+    Ok(TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?.local_addr()?.port())
+}
+
+#[derive(Debug)]
+struct ProcessInstance {
+    child: Child,
+    pid: Option<u32>,
+    addr: SocketAddr,
+}
+
+impl ProcessInstance {
+    fn signal_group(&self, signal: libc::c_int) {
+        if let Some(pid) = self.pid.and_then(|p| libc::pid_t::try_from(p).ok()) {
+            // kill(2) on a negative pid signals the whole group; ESRCH (already gone) is fine.
+            #[allow(unsafe_code)]
+            // SAFETY: kill has no memory-safety preconditions.
+            unsafe {
+                libc::kill(-pid, signal);
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl RunningInstance for ProcessInstance {
+    fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    fn pid(&self) -> Option<u32> {
+        self.pid
+    }
+
+    async fn wait(&mut self) -> String {
+        let how = describe(self.child.wait().await);
+        // The app's leader is gone; take down anything it left behind in its group.
+        self.signal_group(libc::SIGKILL);
+        how
+    }
+
+    async fn stop(&mut self, grace: Duration) -> String {
+        self.signal_group(libc::SIGTERM);
+        let how = match tokio::time::timeout(grace, self.child.wait()).await {
+            Ok(status) => describe(status),
+            Err(_) => {
+                self.signal_group(libc::SIGKILL);
+                format!("{} (killed after {grace:?} grace)", describe(self.child.wait().await))
+            }
+        };
+        self.signal_group(libc::SIGKILL);
+        how
+    }
+}
+
+fn describe(status: std::io::Result<ExitStatus>) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match status {
+        Ok(s) => match (s.code(), s.signal()) {
+            (Some(code), _) => format!("exited with code {code}"),
+            (None, Some(sig)) => format!("killed by signal {sig}"),
+            _ => "exited".into(),
+        },
+        Err(e) => format!("could not be waited for: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    fn spec(dir: &std::path::Path, command: &[&str]) -> LaunchSpec {
+        LaunchSpec {
+            instance_id: "f-1".into(),
+            function: "f".into(),
+            command: command.iter().map(ToString::to_string).collect(),
+            workdir: dir.to_path_buf(),
+            env: BTreeMap::from([("GREETING".to_string(), "hi".to_string())]),
+            gpu_index: 3,
+            gpu_memory_gb: 4,
+            log_path: dir.join("logs/f-1.log"),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_process_gets_its_environment_and_logs_to_its_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let script = "echo PORT=$PORT CVD=$CUDA_VISIBLE_DEVICES NVD=$NVIDIA_VISIBLE_DEVICES \
+                      FN=$GPUFN_FUNCTION ID=$GPUFN_INSTANCE_ID GB=$GPUFN_GPU_MEMORY_GB G=$GREETING; \
+                      echo oops >&2; exit 3";
+        let mut inst = ProcessRuntime
+            .launch(&spec(dir.path(), &["sh", "-c", script]))
+            .await
+            .expect("launch");
+        assert_eq!(inst.wait().await, "exited with code 3");
+        let log = std::fs::read_to_string(dir.path().join("logs/f-1.log")).expect("log");
+        let port = inst.addr().port();
+        assert!(
+            log.contains(&format!("PORT={port} CVD=3 NVD=3 FN=f ID=f-1 GB=4 G=hi")),
+            "{log}"
+        );
+        assert!(log.contains("oops"), "{log}");
+    }
+
+    #[tokio::test]
+    async fn stop_terminates_the_whole_group_and_escalates_to_kill() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // Ignores SIGTERM, and forks a grandchild that must not survive either.
+        let script = "trap '' TERM; sleep 1000 & echo $! > child.pid; wait";
+        let mut inst = ProcessRuntime
+            .launch(&spec(dir.path(), &["sh", "-c", script]))
+            .await
+            .expect("launch");
+        let pid_file = dir.path().join("child.pid");
+        let grandchild = loop {
+            if let Ok(s) = std::fs::read_to_string(&pid_file) {
+                if let Ok(p) = s.trim().parse::<i32>() {
+                    break p;
+                }
+            }
+            tokio::task::yield_now().await;
+        };
+        let how = inst.stop(Duration::from_millis(200)).await;
+        assert!(how.contains("killed after"), "{how}");
+        // The grandchild was in the group: it is gone (or a zombie of init at most briefly).
+        let alive = std::fs::read_to_string(format!("/proc/{grandchild}/stat"))
+            .map(|s| !s.contains(") Z "))
+            .unwrap_or(false);
+        assert!(!alive, "grandchild {grandchild} survived");
+    }
+
+    #[tokio::test]
+    async fn a_missing_program_is_a_spawn_error_naming_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let err = ProcessRuntime
+            .launch(&spec(dir.path(), &["no-such-program-xyz"]))
+            .await
+            .expect_err("must fail");
+        assert!(err.to_string().contains("\"no-such-program-xyz\""), "{err}");
+    }
+}
