@@ -72,3 +72,42 @@ pub trait RunningInstance: Send + Sync + std::fmt::Debug {
     /// Stops the instance: a polite signal, then, after `grace`, a forced kill. Returns how it ended.
     async fn stop(&mut self, grace: Duration) -> String;
 }
+
+/// Kills every process whose environment carries `GPUFN_INSTANCE_ID=<id>` for one of `ids`: the
+/// instances (and anything they forked) of a gpufn that died without stopping them. Matching on
+/// the environment rather than a stored pid cannot hit an unrelated process that reused the pid.
+/// Returns how many processes were killed.
+pub fn reap_orphans(ids: &[String]) -> usize {
+    let wanted: Vec<Vec<u8>> = ids
+        .iter()
+        .map(|id| format!("GPUFN_INSTANCE_ID={id}").into_bytes())
+        .collect();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    let mut killed = 0;
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<libc::pid_t>().ok())
+        else {
+            continue;
+        };
+        let Ok(environ) = std::fs::read(entry.path().join("environ")) else {
+            continue;
+        };
+        if environ
+            .split(|b| *b == 0)
+            .any(|var| wanted.iter().any(|w| var == w.as_slice()))
+        {
+            #[allow(unsafe_code)]
+            // SAFETY: kill has no memory-safety preconditions.
+            let rc = unsafe { libc::kill(pid, libc::SIGKILL) };
+            if rc == 0 {
+                killed += 1;
+            }
+        }
+    }
+    killed
+}

@@ -1,1 +1,23 @@
-//! tbd
+//! The gpufn server.
+//!
+//! - [`platform`]: the process-wide state — store, GPU allocator, runtime, and one [`pool::Pool`]
+//!   per deployed function — and the background reconciler (keep-alive, min instances, capacity).
+//! - [`pool`]: the scheduler of one function: instances, the bounded queue, slots in flight.
+//! - [`instance`]: an instance's states and the supervisor task that starts, probes and stops it.
+//! - [`gateway`]: `/function/{name}/...` → an instance, streaming both ways.
+//! - [`api`]: the JSON control API under `/api/v1`.
+//! - [`serve`]: binding, signals and the bounded graceful shutdown.
+
+pub mod api;
+pub mod config;
+pub mod error;
+pub mod gateway;
+pub mod instance;
+pub mod platform;
+pub mod pool;
+pub mod serve;
+mod util;
+
+pub use config::{Config, GpuSource};
+pub use platform::Platform;
+pub use serve::{ServerError, run};

@@ -1,0 +1,165 @@
+//! The control API under `/api/v1` (JSON), plus `/healthz`, and the router that joins it with the
+//! gateway.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get, post};
+use serde::{Deserialize, Serialize};
+
+use crate::error::ApiError;
+use crate::gateway;
+use crate::platform::Platform;
+
+type Shared = State<Arc<Platform>>;
+
+/// The whole HTTP surface: API, gateway and health on one listener.
+pub fn router(platform: Arc<Platform>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/api/v1/functions", post(deploy).get(list))
+        .route("/api/v1/functions/{name}", get(get_function).delete(delete_function))
+        .route("/api/v1/functions/{name}/instances", get(instances))
+        .route("/api/v1/functions/{name}/instances/{id}/logs", get(logs))
+        .route("/api/v1/gpus", get(gpus))
+        .route("/api/v1/quota", get(get_quota).put(put_quota))
+        .route("/function/{name}", any(gateway::invoke))
+        .route("/function/{name}/", any(gateway::invoke))
+        .route("/function/{name}/{*rest}", any(gateway::invoke))
+        .fallback(|| async {
+            ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
+        })
+        .with_state(platform)
+}
+
+async fn healthz(State(p): Shared) -> Response {
+    if p.is_shutting_down() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(serde_json::json!({"status": "shutting_down"})),
+        )
+            .into_response();
+    }
+    axum::Json(serde_json::json!({"status": "ok", "version": env!("CARGO_PKG_VERSION")}))
+        .into_response()
+}
+
+/// `POST /api/v1/functions`: the spec as JSON, or YAML with a YAML content type.
+async fn deploy(State(p): Shared, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+    let is_yaml = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.contains("yaml"));
+    let raw = if is_yaml {
+        let text = std::str::from_utf8(&body)
+            .map_err(|_| ApiError::bad_field("(document)", "is not UTF-8"))?;
+        gpufn_spec::parse_yaml(text)?
+    } else {
+        gpufn_spec::parse_json(&body)?
+    };
+    let (view, created) = p.deploy(raw).await?;
+    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+    Ok((status, axum::Json(view)).into_response())
+}
+
+async fn list(State(p): Shared) -> Result<Response, ApiError> {
+    Ok(axum::Json(p.functions()?).into_response())
+}
+
+async fn get_function(State(p): Shared, Path(name): Path<String>) -> Result<Response, ApiError> {
+    Ok(axum::Json(p.function(&name)?).into_response())
+}
+
+async fn delete_function(State(p): Shared, Path(name): Path<String>) -> Result<Response, ApiError> {
+    p.delete(&name).await?;
+    Ok(axum::Json(serde_json::json!({"deleted": name})).into_response())
+}
+
+async fn instances(State(p): Shared, Path(name): Path<String>) -> Result<Response, ApiError> {
+    let pool = p.pool(&name).ok_or_else(|| ApiError::no_function(&name))?;
+    Ok(axum::Json(pool.instances()).into_response())
+}
+
+#[derive(Deserialize)]
+struct LogQuery {
+    tail: Option<usize>,
+}
+
+/// The last lines of an instance's log (also after the instance is gone).
+async fn logs(
+    State(p): Shared,
+    Path((name, id)): Path<(String, String)>,
+    Query(q): Query<LogQuery>,
+) -> Result<Response, ApiError> {
+    let safe = |s: &str| {
+        !s.is_empty() && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    };
+    if !safe(&name) || !safe(&id) {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "log_not_found", "no such instance log"));
+    }
+    let path = p.data_dir().join("logs").join(&name).join(format!("{id}.log"));
+    let text = tokio::fs::read(&path).await.map_err(|_| {
+        ApiError::new(StatusCode::NOT_FOUND, "log_not_found", format!("no log for instance {id:?}"))
+    })?;
+    let text = String::from_utf8_lossy(&text);
+    let tail = q.tail.unwrap_or(200);
+    let lines: Vec<&str> = text.lines().collect();
+    let start = lines.len().saturating_sub(tail);
+    let mut out = lines[start..].join("\n");
+    out.push('\n');
+    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], out).into_response())
+}
+
+async fn gpus(State(p): Shared) -> Response {
+    axum::Json(p.allocator().snapshot()).into_response()
+}
+
+#[derive(Serialize)]
+struct QuotaView {
+    /// Cards that may be in use at once.
+    cards: u32,
+    /// Cards in use now.
+    used: u32,
+    /// Cards on this machine.
+    total_cards: usize,
+}
+
+fn quota_view(p: &Platform) -> QuotaView {
+    let a = p.allocator();
+    QuotaView {
+        cards: a.quota(),
+        used: a.used(),
+        total_cards: a.card_count(),
+    }
+}
+
+async fn get_quota(State(p): Shared) -> Response {
+    axum::Json(quota_view(&p)).into_response()
+}
+
+/// `PUT /api/v1/quota` with `{"cards": N}`.
+async fn put_quota(State(p): Shared, body: Bytes) -> Result<Response, ApiError> {
+    let value: serde_json::Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_field("(document)", format!("is not JSON: {e}")))?;
+    let cards = value
+        .get("cards")
+        .ok_or_else(|| ApiError::bad_field("cards", "is required"))?;
+    let cards = cards
+        .as_i64()
+        .ok_or_else(|| ApiError::bad_field("cards", format!("must be a whole number (got {cards})")))?;
+    if !(0..=100_000).contains(&cards) {
+        return Err(ApiError::bad_field("cards", format!("must be 0..=100000 (got {cards})")));
+    }
+    if let Some(extra) = value
+        .as_object()
+        .and_then(|o| o.keys().find(|k| k.as_str() != "cards"))
+    {
+        return Err(ApiError::bad_field(extra.clone(), "unknown field"));
+    }
+    p.set_quota(u32::try_from(cards).unwrap_or(0))?;
+    Ok(axum::Json(quota_view(&p)).into_response())
+}

@@ -1,0 +1,54 @@
+//! Server configuration, as `gpufn serve` builds it from its flags.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use gpufn_spec::RawSpec;
+
+/// Where the GPU inventory comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GpuSource {
+    /// Real cards through NVML (none when the NVIDIA library is missing).
+    Nvml,
+    /// Declared cards (`--simulate-gpus`), e.g. `2xtesla-t4:16`.
+    Simulated(String),
+    /// Real cards if NVML finds any, else these declared ones (`--simulate-gpus-if-none`).
+    NvmlOrSimulated(String),
+}
+
+/// Everything `gpufn serve` is configured with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Address for the API, the HTTP trigger and health.
+    pub listen: SocketAddr,
+    /// Holds `gpufn.db` and the instance logs.
+    pub data_dir: PathBuf,
+    /// GPU-card quota; when `None`, the stored quota (or 30).
+    pub quota_cards: Option<u32>,
+    /// GPU inventory.
+    pub gpus: GpuSource,
+    /// How long SIGTERM waits for requests in flight before stopping instances.
+    pub shutdown_grace: Duration,
+    /// How long an instance gets between SIGTERM and SIGKILL.
+    pub instance_stop_grace: Duration,
+    /// Specs deployed at start (`--deploy FILE`), workdirs already resolved.
+    pub deploy: Vec<RawSpec>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir: PathBuf::from("gpufn-data"),
+            quota_cards: None,
+            gpus: GpuSource::Nvml,
+            shutdown_grace: Duration::from_secs(30),
+            instance_stop_grace: Duration::from_secs(10),
+            deploy: Vec::new(),
+        }
+    }
+}
+
+/// The default card quota, as the seed states it.
+pub const DEFAULT_QUOTA_CARDS: u32 = 30;

@@ -1,0 +1,132 @@
+//! API errors: one type, one JSON shape (`{"error": {"code", "message", "field"}}`), one place that
+//! maps them to HTTP.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use gpufn_spec::{FieldError, SpecError};
+use serde::Serialize;
+
+/// An error answered to an API or gateway caller.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// Stable machine-readable code, e.g. `invalid_spec`, `queue_full`.
+    pub code: &'static str,
+    /// Human-readable reason.
+    pub message: String,
+    /// The request field at fault, if any.
+    pub field: Option<String>,
+    /// Every field error, for specs that break several rules.
+    pub details: Vec<FieldError>,
+    /// Seconds for a `Retry-After` header.
+    pub retry_after: Option<u64>,
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    error: Inner<'a>,
+}
+
+#[derive(Serialize)]
+struct Inner<'a> {
+    code: &'a str,
+    message: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    field: Option<&'a str>,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    details: &'a [FieldError],
+}
+
+impl ApiError {
+    /// A new error.
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+            field: None,
+            details: Vec::new(),
+            retry_after: None,
+        }
+    }
+
+    /// 400 for a field.
+    pub fn bad_field(field: impl Into<String>, message: impl Into<String>) -> Self {
+        let field = field.into();
+        let message = message.into();
+        Self {
+            details: vec![FieldError::new(field.clone(), message.clone())],
+            field: Some(field.clone()),
+            message: format!("{field}: {message}"),
+            ..Self::new(StatusCode::BAD_REQUEST, "invalid_request", "")
+        }
+    }
+
+    /// 404 for an unknown function.
+    pub fn no_function(name: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "function_not_found",
+            format!("function {name:?} is not deployed"),
+        )
+    }
+
+    /// 500 for a failure that is ours, not the caller's; the detail goes to the log only.
+    pub fn internal(context: &str, err: impl std::fmt::Display) -> Self {
+        tracing::error!("{context}: {err}");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            format!("{context} failed; see the server log"),
+        )
+    }
+
+    /// Adds a `Retry-After`.
+    pub fn retry_after(mut self, secs: u64) -> Self {
+        self.retry_after = Some(secs);
+        self
+    }
+
+    /// Adds a field.
+    pub fn with_field(mut self, field: impl Into<String>) -> Self {
+        self.field = Some(field.into());
+        self
+    }
+}
+
+impl From<SpecError> for ApiError {
+    fn from(e: SpecError) -> Self {
+        let details = e.errors();
+        Self {
+            field: details.first().map(|d| d.field.clone()),
+            details,
+            ..Self::new(StatusCode::BAD_REQUEST, "invalid_spec", e.to_string())
+        }
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({}): {}", self.status, self.code, self.message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = Body {
+            error: Inner {
+                code: self.code,
+                message: &self.message,
+                field: self.field.as_deref(),
+                details: &self.details,
+            },
+        };
+        let mut resp = (self.status, axum::Json(body)).into_response();
+        if let Some(secs) = self.retry_after {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        resp
+    }
+}

@@ -1,0 +1,312 @@
+//! The HTTP trigger: `ANY /function/{name}/{path}` → an instance's `/{path}`, with the query,
+//! headers and body streamed both ways.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use http_body::{Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+use crate::error::ApiError;
+use crate::platform::Platform;
+use crate::pool::{AcquireError, Slot};
+
+/// Response header: the request's id (the caller's own if it sent a valid one).
+pub const REQUEST_ID: &str = "x-gpufn-request-id";
+/// Response header: the instance that served the request.
+pub const INSTANCE_ID: &str = "x-gpufn-instance-id";
+/// Response header: `true` when the request waited for an instance to start.
+pub const COLD_START: &str = "x-gpufn-cold-start";
+
+/// The client that talks to instances (HTTP/1.1, pooled keep-alive connections).
+pub type InstanceClient = Client<HttpConnector, Body>;
+
+/// Builds the instance client.
+pub fn instance_client() -> InstanceClient {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(Duration::from_secs(5)));
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(30))
+        .build(connector)
+}
+
+/// Headers that belong to one hop and are never forwarded (RFC 9110 §7.6.1).
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let listed: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in listed {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(*name);
+    }
+}
+
+/// `/function/{name}/{rest}?q` → (`name`, `/{rest}?q`).
+fn split_target(uri: &Uri) -> Option<(&str, String)> {
+    let rest = uri.path().strip_prefix("/function/")?;
+    let (name, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let target = match uri.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_string(),
+    };
+    Some((name, target))
+}
+
+fn request_id(headers: &HeaderMap) -> String {
+    headers
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            !v.is_empty()
+                && v.len() <= 128
+                && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+        })
+        .map_or_else(|| uuid::Uuid::new_v4().simple().to_string(), str::to_string)
+}
+
+/// The gateway handler.
+pub async fn invoke(State(platform): State<Arc<Platform>>, req: Request) -> Response {
+    let request_id = request_id(req.headers());
+    let mut resp = match forward(&platform, &request_id, req).await {
+        Ok(resp) => resp,
+        Err(e) => e.into_response(),
+    };
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        resp.headers_mut().insert(REQUEST_ID, v);
+    }
+    resp
+}
+
+async fn forward(platform: &Platform, request_id: &str, req: Request) -> Result<Response, ApiError> {
+    let (name, target) = split_target(req.uri())
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route"))?;
+    let pool = platform.pool(name).ok_or_else(|| ApiError::no_function(name))?;
+    let slot = pool.acquire().await.map_err(acquire_error)?;
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip());
+    let (mut parts, body) = req.into_parts();
+    parts.uri = format!("http://{}{target}", slot.addr())
+        .parse()
+        .map_err(|e| ApiError::bad_field("path", format!("cannot be forwarded: {e}")))?;
+    strip_hop_by_hop(&mut parts.headers);
+    add_forwarding_headers(&mut parts.headers, peer, request_id, &slot);
+    let upstream = http::Request::from_parts(parts, body);
+    let sent = tokio::time::timeout(slot.request_timeout(), platform.client().request(upstream)).await;
+    let resp = match sent {
+        Ok(Ok(resp)) => resp,
+        Ok(Err(e)) => {
+            // The instance broke the connection (crashed, refused): it will not serve again.
+            slot.mark_broken();
+            let mut resp = ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "instance_error",
+                format!("instance {} failed to answer: {}", slot.instance_id(), error_chain(&e)),
+            )
+            .into_response();
+            add_slot_headers(resp.headers_mut(), &slot);
+            return Ok(resp);
+        }
+        Err(_) => {
+            let mut resp = ApiError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "request_timeout",
+                format!(
+                    "instance {} sent no response within request_timeout_s ({}s)",
+                    slot.instance_id(),
+                    slot.request_timeout().as_secs()
+                ),
+            )
+            .into_response();
+            add_slot_headers(resp.headers_mut(), &slot);
+            return Ok(resp);
+        }
+    };
+    let (mut parts, body) = resp.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    add_slot_headers(&mut parts.headers, &slot);
+    // The slot rides along with the body: it is given back when the last byte has been sent
+    // (or the caller went away), not when the headers are.
+    let body = Body::new(SlotBody { inner: body, _slot: slot });
+    Ok(Response::from_parts(parts, body))
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(inner) = cur {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        cur = inner.source();
+    }
+    s
+}
+
+fn add_forwarding_headers(h: &mut HeaderMap, peer: Option<std::net::IpAddr>, request_id: &str, slot: &Slot) {
+    if let Some(ip) = peer {
+        let value = match h.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+            Some(prev) => format!("{prev}, {ip}"),
+            None => ip.to_string(),
+        };
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            h.insert("x-forwarded-for", v);
+        }
+    }
+    if let Some(host) = h.get(header::HOST).cloned() {
+        h.insert("x-forwarded-host", host);
+    }
+    h.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    if let Ok(v) = HeaderValue::from_str(request_id) {
+        h.insert(REQUEST_ID, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(slot.instance_id()) {
+        h.insert(INSTANCE_ID, v);
+    }
+}
+
+fn add_slot_headers(h: &mut HeaderMap, slot: &Slot) {
+    if let Ok(v) = HeaderValue::from_str(slot.instance_id()) {
+        h.insert(INSTANCE_ID, v);
+    }
+    h.insert(
+        COLD_START,
+        HeaderValue::from_static(if slot.cold_start() { "true" } else { "false" }),
+    );
+}
+
+fn acquire_error(e: AcquireError) -> ApiError {
+    let message = e.to_string();
+    match e {
+        AcquireError::QueueFull { .. } => {
+            ApiError::new(StatusCode::TOO_MANY_REQUESTS, "queue_full", message).retry_after(1)
+        }
+        AcquireError::QueueTimeout {
+            blocked: Some(gpufn_gpu::AllocError::QuotaExceeded { .. }),
+            ..
+        } => ApiError::new(StatusCode::TOO_MANY_REQUESTS, "quota_exceeded", message).retry_after(5),
+        AcquireError::QueueTimeout {
+            blocked: Some(_), ..
+        } => ApiError::new(StatusCode::TOO_MANY_REQUESTS, "no_capacity", message).retry_after(5),
+        AcquireError::QueueTimeout { blocked: None, .. } => {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "queue_timeout", message).retry_after(1)
+        }
+        AcquireError::StartFailed { timed_out: true, .. } => {
+            ApiError::new(StatusCode::GATEWAY_TIMEOUT, "startup_timeout", message).retry_after(1)
+        }
+        AcquireError::StartFailed { .. } => {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "start_failed", message).retry_after(1)
+        }
+        AcquireError::Deleted => {
+            ApiError::new(StatusCode::NOT_FOUND, "function_not_found", message)
+        }
+        AcquireError::ShuttingDown => {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", message).retry_after(1)
+        }
+    }
+}
+
+/// An instance's response body that holds the request's slot until it is done.
+struct SlotBody {
+    inner: Incoming,
+    _slot: Slot,
+}
+
+impl http_body::Body for SlotBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_keep_path_and_query() {
+        let cases = [
+            ("/function/f", Some(("f", "/"))),
+            ("/function/f/", Some(("f", "/"))),
+            ("/function/f/a/b?x=1&y=2", Some(("f", "/a/b?x=1&y=2"))),
+            ("/function/f?x=1", Some(("f", "/?x=1"))),
+            ("/other", None),
+        ];
+        for (uri, want) in cases {
+            let uri: Uri = uri.parse().expect("uri");
+            let got = split_target(&uri);
+            assert_eq!(
+                got.as_ref().map(|(n, t)| (*n, t.as_str())),
+                want,
+                "{uri}"
+            );
+        }
+    }
+
+    #[test]
+    fn hop_by_hop_headers_are_not_forwarded() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", HeaderValue::from_static("keep-alive, x-private"));
+        h.insert("x-private", HeaderValue::from_static("1"));
+        h.insert("transfer-encoding", HeaderValue::from_static("chunked"));
+        h.insert("x-keep", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        let names: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        assert_eq!(names, ["x-keep"]);
+    }
+
+    #[test]
+    fn request_ids_from_callers_are_kept_only_when_sane() {
+        let mut h = HeaderMap::new();
+        h.insert(REQUEST_ID, HeaderValue::from_static("trace-42"));
+        assert_eq!(request_id(&h), "trace-42");
+        h.insert(REQUEST_ID, HeaderValue::from_static("bad id with spaces"));
+        assert_eq!(request_id(&h).len(), 32);
+    }
+}

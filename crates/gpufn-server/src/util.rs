@@ -1,0 +1,26 @@
+//! Small helpers shared by the modules.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// RFC 3339 with milliseconds, UTC.
+pub(crate) fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+/// Milliseconds since the Unix epoch.
+pub(crate) fn now_ms() -> i64 {
+    let d = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// The inverse of [`now_ms`].
+pub(crate) fn from_ms(ms: i64) -> SystemTime {
+    UNIX_EPOCH + std::time::Duration::from_millis(u64::try_from(ms).unwrap_or(0))
+}
+
+/// A short random id suffix (8 hex digits).
+pub(crate) fn short_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..8].to_string()
+}
