@@ -1,1 +1,161 @@
-fn main(){}
+//! `gpufn`: `serve` runs the platform; every other subcommand talks to a running server's API.
+
+mod client;
+mod cmd;
+mod specfile;
+mod table;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// gpufn: serverless GPU functions on your own machines.
+#[derive(Debug, Parser)]
+#[command(name = "gpufn", version, about)]
+struct Cli {
+    /// Server URL for client subcommands.
+    #[arg(
+        long,
+        global = true,
+        env = "GPUFN_SERVER",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    server: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the platform: control API, HTTP trigger and health on one address.
+    Serve(ServeArgs),
+    /// Create or update a function from a YAML spec.
+    Deploy {
+        /// The spec file (gpufn.yaml).
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+    },
+    /// List deployed functions.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one function (its spec with defaults, and its status).
+    Get {
+        /// Function name.
+        name: String,
+        /// Print JSON instead of YAML.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a function (requests in flight finish, instances stop).
+    Delete {
+        /// Function name.
+        name: String,
+    },
+    /// List a function's instances.
+    Instances {
+        /// Function name.
+        name: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Call a function through the HTTP trigger; the body goes to stdout, a summary to stderr.
+    Invoke(cmd::invoke::InvokeArgs),
+    /// List GPU cards and who holds them.
+    Gpus {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show or set the GPU-card quota.
+    Quota {
+        /// New quota, in cards.
+        #[arg(long)]
+        set: Option<u32>,
+    },
+    /// Print an instance's log.
+    Logs {
+        /// Function name.
+        name: String,
+        /// Instance id.
+        instance: String,
+        /// Lines from the end.
+        #[arg(long, default_value_t = 200)]
+        tail: usize,
+    },
+}
+
+/// `gpufn serve` flags.
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// Address for the API, the HTTP trigger and health.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Directory for the SQLite store and instance logs.
+    #[arg(long, default_value = "./gpufn-data")]
+    data_dir: PathBuf,
+    /// GPU-card quota (default: the stored quota, else 30).
+    #[arg(long)]
+    quota_cards: Option<u32>,
+    /// Declare simulated cards instead of using NVML, e.g. 2xtesla-t4:16,1xada-1:48.
+    #[arg(long, conflicts_with = "simulate_gpus_if_none")]
+    simulate_gpus: Option<String>,
+    /// Use real GPUs if NVML finds any, else these simulated ones.
+    #[arg(long)]
+    simulate_gpus_if_none: Option<String>,
+    /// Seconds SIGTERM waits for requests in flight before stopping instances.
+    #[arg(long, default_value_t = 30)]
+    shutdown_grace_s: u64,
+    /// Seconds an instance gets between SIGTERM and SIGKILL.
+    #[arg(long, default_value_t = 10)]
+    instance_stop_grace_s: u64,
+    /// Deploy this spec at start (repeatable).
+    #[arg(long)]
+    deploy: Vec<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let api = client::Api::new(&cli.server);
+    match cli.command {
+        Command::Serve(args) => cmd::serve::run(args).await,
+        Command::Deploy { file } => cmd::functions::deploy(&api, &file).await,
+        Command::List { json } => cmd::functions::list(&api, json).await,
+        Command::Get { name, json } => cmd::functions::get(&api, &name, json).await,
+        Command::Delete { name } => cmd::functions::delete(&api, &name).await,
+        Command::Instances { name, json } => cmd::functions::instances(&api, &name, json).await,
+        Command::Invoke(args) => cmd::invoke::run(&api, args).await,
+        Command::Gpus { json } => cmd::cluster::gpus(&api, json).await,
+        Command::Quota { set } => cmd::cluster::quota(&api, set).await,
+        Command::Logs {
+            name,
+            instance,
+            tail,
+        } => cmd::functions::logs(&api, &name, &instance, tail).await,
+    }
+}

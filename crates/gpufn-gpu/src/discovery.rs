@@ -132,7 +132,11 @@ pub fn parse_simulated(spec: &str) -> Result<Vec<Card>, DiscoveryError> {
         if memory_gb == 0 {
             return Err(bad(part, "GB must be >= 1"));
         }
-        if card_type.is_empty() || !card_type.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_') {
+        if card_type.is_empty()
+            || !card_type
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_')
+        {
             return Err(bad(part, "type must be [A-Za-z0-9._-]+"));
         }
         if count == 0 || cards.len() + count as usize > 1024 {
@@ -164,14 +168,25 @@ mod tests {
             .iter()
             .map(|c| (c.index, c.card_type.as_str(), c.memory_gb))
             .collect();
-        assert_eq!(got, [(0, "tesla-t4", 16), (1, "tesla-t4", 16), (2, "ada-1", 48)]);
+        assert_eq!(
+            got,
+            [(0, "tesla-t4", 16), (1, "tesla-t4", 16), (2, "ada-1", 48)]
+        );
         assert!(cards.iter().all(|c| c.simulated));
         assert_eq!(parse_simulated("h100:80").expect("one card").len(), 1);
     }
 
     #[test]
     fn refuses_bad_forms_with_the_part() {
-        for bad in ["", "2xtesla-t4", "2xt4:zero", "0xt4:16", "t4:0", "2x:16", "t 4:16"] {
+        for bad in [
+            "",
+            "2xtesla-t4",
+            "2xt4:zero",
+            "0xt4:16",
+            "t4:0",
+            "2x:16",
+            "t 4:16",
+        ] {
             let err = parse_simulated(bad).expect_err(bad).to_string();
             assert!(err.starts_with("--simulate-gpus: "), "{bad}: {err}");
         }

@@ -41,11 +41,11 @@ fn scale_up_table() {
         (demand(0, 0, 0, 50), L1, 30), // a burst starts all it needs at once, up to max
         (demand(0, 0, 0, 50), max3, 3),
         (demand(0, 3, 3, 47), max3, 0), // at max: wait for slots
-        (demand(0, 1, 1, 1), L1, 1),   // the only instance is busy
-        (demand(0, 1, 3, 0), c4, 0),   // a free slot remains
-        (demand(0, 1, 4, 1), c4, 1),   // full: one more
-        (demand(0, 1, 4, 5), c4, 2),   // 9 requests need 3 instances of 4
-        (demand(0, 0, 0, 0), min2, 2), // provisioned instances
+        (demand(0, 1, 1, 1), L1, 1),    // the only instance is busy
+        (demand(0, 1, 3, 0), c4, 0),    // a free slot remains
+        (demand(0, 1, 4, 1), c4, 1),    // full: one more
+        (demand(0, 1, 4, 5), c4, 2),    // 9 requests need 3 instances of 4
+        (demand(0, 0, 0, 0), min2, 2),  // provisioned instances
         (demand(1, 1, 0, 0), min2, 0),
         (demand(0, 5, 0, 0), L1, 0), // never negative
     ];

@@ -4,8 +4,8 @@
 //! [`ProcessRuntime`] (a host process, used today) and, in a later issue, an OCI container runtime.
 //! [`probe`] holds the readiness probe the scheduler runs before any traffic reaches an instance.
 
-mod process;
 pub mod probe;
+mod process;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

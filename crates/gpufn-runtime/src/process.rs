@@ -35,7 +35,11 @@ impl InstanceRuntime for ProcessRuntime {
         cmd.args(&spec.command[1..])
             .current_dir(&spec.workdir)
             .env_clear()
-            .envs(PASS_THROUGH.iter().filter_map(|k| std::env::var(k).ok().map(|v| (*k, v))))
+            .envs(
+                PASS_THROUGH
+                    .iter()
+                    .filter_map(|k| std::env::var(k).ok().map(|v| (*k, v))),
+            )
             .envs(&spec.env)
             .env("PORT", port.to_string())
             .env("CUDA_VISIBLE_DEVICES", spec.gpu_index.to_string())
@@ -74,7 +78,9 @@ fn die_with_parent(cmd: &mut Command) {
             }
             // The parent may have died between fork and prctl.
             if libc::getppid() == 1 {
-                return Err(std::io::Error::other("gpufn exited while starting the instance"));
+                return Err(std::io::Error::other(
+                    "gpufn exited while starting the instance",
+                ));
             }
             Ok(())
         });
@@ -84,7 +90,9 @@ fn die_with_parent(cmd: &mut Command) {
 /// A loopback port nobody listens on right now. The instance binds it a moment later; another
 /// process could take it in between, in which case the instance fails its start and is retried.
 fn free_port() -> std::io::Result<u16> {
-    Ok(TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?.local_addr()?.port())
+    Ok(TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
+        .local_addr()?
+        .port())
 }
 
 #[derive(Debug)]
@@ -130,7 +138,10 @@ impl RunningInstance for ProcessInstance {
             Ok(status) => describe(status),
             Err(_) => {
                 self.signal_group(libc::SIGKILL);
-                format!("{} (killed after {grace:?} grace)", describe(self.child.wait().await))
+                format!(
+                    "{} (killed after {grace:?} grace)",
+                    describe(self.child.wait().await)
+                )
             }
         };
         self.signal_group(libc::SIGKILL);

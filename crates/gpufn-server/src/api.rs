@@ -22,7 +22,10 @@ pub fn router(platform: Arc<Platform>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/api/v1/functions", post(deploy).get(list))
-        .route("/api/v1/functions/{name}", get(get_function).delete(delete_function))
+        .route(
+            "/api/v1/functions/{name}",
+            get(get_function).delete(delete_function),
+        )
         .route("/api/v1/functions/{name}/instances", get(instances))
         .route("/api/v1/functions/{name}/instances/{id}/logs", get(logs))
         .route("/api/v1/gpus", get(gpus))
@@ -30,9 +33,7 @@ pub fn router(platform: Arc<Platform>) -> Router {
         .route("/function/{name}", any(gateway::invoke))
         .route("/function/{name}/", any(gateway::invoke))
         .route("/function/{name}/{*rest}", any(gateway::invoke))
-        .fallback(|| async {
-            ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
-        })
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .with_state(platform)
 }
 
@@ -62,7 +63,11 @@ async fn deploy(State(p): Shared, headers: HeaderMap, body: Bytes) -> Result<Res
         gpufn_spec::parse_json(&body)?
     };
     let (view, created) = p.deploy(raw).await?;
-    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
     Ok((status, axum::Json(view)).into_response())
 }
 
@@ -96,14 +101,28 @@ async fn logs(
     Query(q): Query<LogQuery>,
 ) -> Result<Response, ApiError> {
     let safe = |s: &str| {
-        !s.is_empty() && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        !s.is_empty()
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
     };
     if !safe(&name) || !safe(&id) {
-        return Err(ApiError::new(StatusCode::NOT_FOUND, "log_not_found", "no such instance log"));
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "log_not_found",
+            "no such instance log",
+        ));
     }
-    let path = p.data_dir().join("logs").join(&name).join(format!("{id}.log"));
+    let path = p
+        .data_dir()
+        .join("logs")
+        .join(&name)
+        .join(format!("{id}.log"));
     let text = tokio::fs::read(&path).await.map_err(|_| {
-        ApiError::new(StatusCode::NOT_FOUND, "log_not_found", format!("no log for instance {id:?}"))
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "log_not_found",
+            format!("no log for instance {id:?}"),
+        )
     })?;
     let text = String::from_utf8_lossy(&text);
     let tail = q.tail.unwrap_or(200);
@@ -148,11 +167,14 @@ async fn put_quota(State(p): Shared, body: Bytes) -> Result<Response, ApiError> 
     let cards = value
         .get("cards")
         .ok_or_else(|| ApiError::bad_field("cards", "is required"))?;
-    let cards = cards
-        .as_i64()
-        .ok_or_else(|| ApiError::bad_field("cards", format!("must be a whole number (got {cards})")))?;
+    let cards = cards.as_i64().ok_or_else(|| {
+        ApiError::bad_field("cards", format!("must be a whole number (got {cards})"))
+    })?;
     if !(0..=100_000).contains(&cards) {
-        return Err(ApiError::bad_field("cards", format!("must be 0..=100000 (got {cards})")));
+        return Err(ApiError::bad_field(
+            "cards",
+            format!("must be 0..=100000 (got {cards})"),
+        ));
     }
     if let Some(extra) = value
         .as_object()

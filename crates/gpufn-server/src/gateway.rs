@@ -92,7 +92,8 @@ fn request_id(headers: &HeaderMap) -> String {
         .filter(|v| {
             !v.is_empty()
                 && v.len() <= 128
-                && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
         })
         .map_or_else(|| uuid::Uuid::new_v4().simple().to_string(), str::to_string)
 }
@@ -110,10 +111,16 @@ pub async fn invoke(State(platform): State<Arc<Platform>>, req: Request) -> Resp
     resp
 }
 
-async fn forward(platform: &Platform, request_id: &str, req: Request) -> Result<Response, ApiError> {
+async fn forward(
+    platform: &Platform,
+    request_id: &str,
+    req: Request,
+) -> Result<Response, ApiError> {
     let (name, target) = split_target(req.uri())
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route"))?;
-    let pool = platform.pool(name).ok_or_else(|| ApiError::no_function(name))?;
+    let pool = platform
+        .pool(name)
+        .ok_or_else(|| ApiError::no_function(name))?;
     let slot = pool.acquire().await.map_err(acquire_error)?;
     let peer = req
         .extensions()
@@ -126,7 +133,8 @@ async fn forward(platform: &Platform, request_id: &str, req: Request) -> Result<
     strip_hop_by_hop(&mut parts.headers);
     add_forwarding_headers(&mut parts.headers, peer, request_id, &slot);
     let upstream = http::Request::from_parts(parts, body);
-    let sent = tokio::time::timeout(slot.request_timeout(), platform.client().request(upstream)).await;
+    let sent =
+        tokio::time::timeout(slot.request_timeout(), platform.client().request(upstream)).await;
     let resp = match sent {
         Ok(Ok(resp)) => resp,
         Ok(Err(e)) => {
@@ -135,7 +143,11 @@ async fn forward(platform: &Platform, request_id: &str, req: Request) -> Result<
             let mut resp = ApiError::new(
                 StatusCode::BAD_GATEWAY,
                 "instance_error",
-                format!("instance {} failed to answer: {}", slot.instance_id(), error_chain(&e)),
+                format!(
+                    "instance {} failed to answer: {}",
+                    slot.instance_id(),
+                    error_chain(&e)
+                ),
             )
             .into_response();
             add_slot_headers(resp.headers_mut(), &slot);
@@ -161,7 +173,10 @@ async fn forward(platform: &Platform, request_id: &str, req: Request) -> Result<
     add_slot_headers(&mut parts.headers, &slot);
     // The slot rides along with the body: it is given back when the last byte has been sent
     // (or the caller went away), not when the headers are.
-    let body = Body::new(SlotBody { inner: body, _slot: slot });
+    let body = Body::new(SlotBody {
+        inner: body,
+        _slot: slot,
+    });
     Ok(Response::from_parts(parts, body))
 }
 
@@ -176,7 +191,12 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-fn add_forwarding_headers(h: &mut HeaderMap, peer: Option<std::net::IpAddr>, request_id: &str, slot: &Slot) {
+fn add_forwarding_headers(
+    h: &mut HeaderMap,
+    peer: Option<std::net::IpAddr>,
+    request_id: &str,
+    slot: &Slot,
+) {
     if let Some(ip) = peer {
         let value = match h.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
             Some(prev) => format!("{prev}, {ip}"),
@@ -224,9 +244,9 @@ fn acquire_error(e: AcquireError) -> ApiError {
         AcquireError::QueueTimeout { blocked: None, .. } => {
             ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "queue_timeout", message).retry_after(1)
         }
-        AcquireError::StartFailed { timed_out: true, .. } => {
-            ApiError::new(StatusCode::GATEWAY_TIMEOUT, "startup_timeout", message).retry_after(1)
-        }
+        AcquireError::StartFailed {
+            timed_out: true, ..
+        } => ApiError::new(StatusCode::GATEWAY_TIMEOUT, "startup_timeout", message).retry_after(1),
         AcquireError::StartFailed { .. } => {
             ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "start_failed", message).retry_after(1)
         }
@@ -281,18 +301,17 @@ mod tests {
         for (uri, want) in cases {
             let uri: Uri = uri.parse().expect("uri");
             let got = split_target(&uri);
-            assert_eq!(
-                got.as_ref().map(|(n, t)| (*n, t.as_str())),
-                want,
-                "{uri}"
-            );
+            assert_eq!(got.as_ref().map(|(n, t)| (*n, t.as_str())), want, "{uri}");
         }
     }
 
     #[test]
     fn hop_by_hop_headers_are_not_forwarded() {
         let mut h = HeaderMap::new();
-        h.insert("connection", HeaderValue::from_static("keep-alive, x-private"));
+        h.insert(
+            "connection",
+            HeaderValue::from_static("keep-alive, x-private"),
+        );
         h.insert("x-private", HeaderValue::from_static("1"));
         h.insert("transfer-encoding", HeaderValue::from_static("chunked"));
         h.insert("x-keep", HeaderValue::from_static("1"));

@@ -74,7 +74,9 @@ pub(crate) struct Instance {
 impl Instance {
     /// True when a new request may be given to this instance.
     pub fn has_free_slot(&self, concurrency: u32, revision: i64) -> bool {
-        self.state == InstanceState::Ready && self.revision == revision && self.in_flight < concurrency
+        self.state == InstanceState::Ready
+            && self.revision == revision
+            && self.in_flight < concurrency
     }
 
     /// `Starting` → `Ready`.
@@ -155,10 +157,13 @@ pub(crate) async fn supervise(pool: Arc<Pool>, job: StartJob) {
         Err(e) => {
             tracing::warn!(function = %spec.name, instance = %id, "start failed: {e}");
             drop(lease);
-            pool.on_start_failed(&id, AcquireError::StartFailed {
-                reason: e.to_string(),
-                timed_out: false,
-            });
+            pool.on_start_failed(
+                &id,
+                AcquireError::StartFailed {
+                    reason: e.to_string(),
+                    timed_out: false,
+                },
+            );
             return;
         }
     };
@@ -195,7 +200,13 @@ pub(crate) async fn supervise(pool: Arc<Pool>, job: StartJob) {
         }
         Startup::Cancelled => {
             let how = inst.stop(shared.stop_grace).await;
-            finish(&pool, &id, inst, lease, &format!("stopped while starting: {how}"));
+            finish(
+                &pool,
+                &id,
+                inst,
+                lease,
+                &format!("stopped while starting: {how}"),
+            );
             return;
         }
     };

@@ -140,7 +140,10 @@ impl Platform {
         });
         platform.load_functions()?;
         for raw in &config.deploy {
-            let (view, _) = platform.deploy(raw.clone()).await.map_err(ServerError::Deploy)?;
+            let (view, _) = platform
+                .deploy(raw.clone())
+                .await
+                .map_err(ServerError::Deploy)?;
             tracing::info!(function = %view.name, revision = view.revision, "deployed from --deploy");
         }
         platform.clone().spawn_reconciler();
@@ -312,7 +315,10 @@ impl Platform {
         self.shared.instances_root.cancel();
         self.shared.tasks.close();
         let bound = self.shared.stop_grace + Duration::from_secs(5);
-        if tokio::time::timeout(bound, self.shared.tasks.wait()).await.is_err() {
+        if tokio::time::timeout(bound, self.shared.tasks.wait())
+            .await
+            .is_err()
+        {
             tracing::error!("some instances did not stop within {bound:?}");
         }
     }

@@ -103,11 +103,14 @@ impl Drop for Slot {
     }
 }
 
+/// Where a queued request is told its slot or its error.
+type Answer = oneshot::Sender<Result<Slot, AcquireError>>;
+
 #[derive(Debug)]
 struct Waiter {
     id: u64,
     enqueued: Instant,
-    tx: oneshot::Sender<Result<Slot, AcquireError>>,
+    tx: Answer,
 }
 
 #[derive(Debug)]
@@ -128,7 +131,7 @@ struct PoolState {
 /// Effects decided under the lock, run after it is released.
 #[derive(Default)]
 struct Outbox {
-    answers: Vec<(oneshot::Sender<Result<Slot, AcquireError>>, Result<Slot, AcquireError>)>,
+    answers: Vec<(Answer, Result<Slot, AcquireError>)>,
     stops: Vec<CancellationToken>,
     starts: Vec<StartJob>,
     /// Something keep-alive cares about changed (an instance went idle, ready or away).
@@ -297,7 +300,11 @@ impl Pool {
     }
 
     /// Takes a slot on the least-loaded ready instance of the current revision.
-    fn take_slot(self: &Arc<Self>, st: &mut PoolState, waited_since: Option<Instant>) -> Option<Slot> {
+    fn take_slot(
+        self: &Arc<Self>,
+        st: &mut PoolState,
+        waited_since: Option<Instant>,
+    ) -> Option<Slot> {
         let concurrency = st.spec.instance_concurrency;
         let revision = st.revision;
         let inst = st
@@ -468,7 +475,13 @@ impl Pool {
         self.run(out);
     }
 
-    pub(crate) fn on_ready(self: &Arc<Self>, id: &str, addr: SocketAddr, pid: Option<u32>, phases: ColdStartPhases) {
+    pub(crate) fn on_ready(
+        self: &Arc<Self>,
+        id: &str,
+        addr: SocketAddr,
+        pid: Option<u32>,
+        phases: ColdStartPhases,
+    ) {
         let mut out = Outbox::default();
         {
             let mut st = self.lock();

@@ -68,8 +68,7 @@ pub async fn run(
     tracing::info!("gpufn listening on http://{addr}");
     on_listen(addr);
     let drain = CancellationToken::new();
-    let app = router(platform.clone())
-        .into_make_service_with_connect_info::<SocketAddr>();
+    let app = router(platform.clone()).into_make_service_with_connect_info::<SocketAddr>();
     let server = axum::serve(listener, app).with_graceful_shutdown(drain.clone().cancelled_owned());
     let mut server = tokio::spawn(server.into_future());
     tokio::select! {

@@ -203,7 +203,14 @@ impl Checker {
         v
     }
 
-    fn secs(&mut self, field: &str, value: Option<i64>, default: i64, min: i64, max: i64) -> Duration {
+    fn secs(
+        &mut self,
+        field: &str,
+        value: Option<i64>,
+        default: i64,
+        min: i64,
+        max: i64,
+    ) -> Duration {
         Duration::from_secs(self.int(field, value, default, min, max).unsigned_abs())
     }
 
@@ -287,7 +294,10 @@ impl RawSpec {
                 "runtime",
                 "container (OCI images) is not supported by this server yet; use process".into(),
             ),
-            Some(other) => c.fail("runtime", format!("must be one of: process (got {other:?})")),
+            Some(other) => c.fail(
+                "runtime",
+                format!("must be one of: process (got {other:?})"),
+            ),
         }
         Runtime::Process
     }
@@ -325,7 +335,10 @@ impl RawSpec {
             if !is_env_name(k) {
                 c.fail(&field, "name must match [A-Za-z_][A-Za-z0-9_]*".into());
             } else if RESERVED_ENV.contains(&k.as_str()) || k.starts_with("GPUFN_") {
-                c.fail(&field, "is set by gpufn for every instance and cannot be overridden".into());
+                c.fail(
+                    &field,
+                    "is set by gpufn for every instance and cannot be overridden".into(),
+                );
             }
             if v.contains('\0') {
                 c.fail(&field, "value must not contain NUL".into());
@@ -369,7 +382,10 @@ fn check_gpu(c: &mut Checker, gpu: Option<&RawGpu>) -> GpuRequest {
             && t.bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_');
         if !ok {
-            c.fail("gpu.type", format!("must be 1..64 characters of [A-Za-z0-9._-] (got {t:?})"));
+            c.fail(
+                "gpu.type",
+                format!("must be 1..64 characters of [A-Za-z0-9._-] (got {t:?})"),
+            );
         }
     }
     GpuRequest {
@@ -382,11 +398,20 @@ fn check_health(c: &mut Checker, h: Option<&RawHealthCheck>) -> HealthCheck {
     let h = h.cloned().unwrap_or_default();
     let path = h.path.unwrap_or_else(|| "/health".into());
     if !path.starts_with('/') || path.chars().any(|ch| ch.is_whitespace() || ch.is_control()) {
-        c.fail("health_check.path", format!("must start with '/' and have no spaces (got {path:?})"));
+        c.fail(
+            "health_check.path",
+            format!("must start with '/' and have no spaces (got {path:?})"),
+        );
     }
     HealthCheck {
         path,
-        startup_timeout: c.secs("health_check.startup_timeout_s", h.startup_timeout_s, 600, 1, 86_400),
+        startup_timeout: c.secs(
+            "health_check.startup_timeout_s",
+            h.startup_timeout_s,
+            600,
+            1,
+            86_400,
+        ),
     }
 }
 
@@ -401,14 +426,27 @@ fn check_scaling(c: &mut Checker, s: Option<&RawScaling>, health: &HealthCheck) 
         );
     }
     // A request that arrives at zero waits for a whole cold start, so by default it may wait as long
-    // as a start may take (the startup deadline), not some shorter gateway timeout.
-    let default_queue_timeout = i64::try_from(health.startup_timeout.as_secs()).unwrap_or(600);
+    // as a start may take (the startup deadline) and a minute more: a failed start then reaches the
+    // caller as the start's own error, not as a queue timeout that fired at the same moment.
+    let default_queue_timeout = i64::try_from(health.startup_timeout.as_secs()).unwrap_or(600) + 60;
     Scaling {
         min_instances,
         max_instances,
-        idle_timeout: c.secs("scaling.idle_timeout_s", s.idle_timeout_s, 300, 0, 7 * 86_400),
+        idle_timeout: c.secs(
+            "scaling.idle_timeout_s",
+            s.idle_timeout_s,
+            300,
+            0,
+            7 * 86_400,
+        ),
         max_queue: c.count("scaling.max_queue", s.max_queue, 1000, 1, 100_000),
-        queue_timeout: c.secs("scaling.queue_timeout_s", s.queue_timeout_s, default_queue_timeout, 1, 86_400),
+        queue_timeout: c.secs(
+            "scaling.queue_timeout_s",
+            s.queue_timeout_s,
+            default_queue_timeout,
+            1,
+            86_400,
+        ),
     }
 }
 

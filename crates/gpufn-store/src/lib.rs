@@ -53,8 +53,7 @@ pub struct InstanceRecord {
 }
 
 /// Schema migrations, applied in order; `PRAGMA user_version` counts the ones applied.
-const MIGRATIONS: &[&str] = &[
-    "CREATE TABLE functions (
+const MIGRATIONS: &[&str] = &["CREATE TABLE functions (
         name TEXT PRIMARY KEY,
         spec TEXT NOT NULL,
         revision INTEGER NOT NULL,
@@ -66,8 +65,7 @@ const MIGRATIONS: &[&str] = &[
         id TEXT PRIMARY KEY,
         function TEXT NOT NULL,
         pid INTEGER NOT NULL
-     );",
-];
+     );"];
 
 /// The store. Share it behind an `Arc`.
 #[derive(Debug)]
@@ -224,8 +222,15 @@ fn migrate(conn: &Connection) -> Result<(), StoreError> {
             known,
         });
     }
-    for (i, sql) in MIGRATIONS.iter().enumerate().skip(usize::try_from(version).unwrap_or(0)) {
-        conn.execute_batch(&format!("BEGIN; {sql}; PRAGMA user_version = {}; COMMIT;", i + 1))?;
+    for (i, sql) in MIGRATIONS
+        .iter()
+        .enumerate()
+        .skip(usize::try_from(version).unwrap_or(0))
+    {
+        conn.execute_batch(&format!(
+            "BEGIN; {sql}; PRAGMA user_version = {}; COMMIT;",
+            i + 1
+        ))?;
     }
     Ok(())
 }
@@ -278,7 +283,10 @@ mod tests {
             .map(|f| f.name)
             .collect();
         assert_eq!(names, ["a", "b"]);
-        assert_eq!(s.get_function("a").expect("get").map(|f| f.revision), Some(2));
+        assert_eq!(
+            s.get_function("a").expect("get").map(|f| f.revision),
+            Some(2)
+        );
         assert_eq!(s.setting("quota_cards").expect("get").as_deref(), Some("8"));
         assert!(s.delete_function("a").expect("delete"));
         assert!(!s.delete_function("a").expect("delete again"));
@@ -307,6 +315,9 @@ mod tests {
         Connection::open(&path)
             .and_then(|c| c.pragma_update(None, "user_version", 99))
             .expect("bump");
-        assert!(matches!(Store::open(&path), Err(StoreError::TooNew { found: 99, .. })));
+        assert!(matches!(
+            Store::open(&path),
+            Err(StoreError::TooNew { found: 99, .. })
+        ));
     }
 }

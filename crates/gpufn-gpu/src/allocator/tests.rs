@@ -57,7 +57,10 @@ fn fit_errors_name_the_field() {
     assert!(e.to_string().contains("it has: tesla-t4"), "{e}");
     let e = a.check_fits(None, 17).expect_err("size");
     assert_eq!(e.field(), "gpu.memory_gb");
-    assert_eq!(Allocator::new(vec![], 30).check_fits(None, 1), Err(FitError::NoGpus));
+    assert_eq!(
+        Allocator::new(vec![], 30).check_fits(None, 1),
+        Err(FitError::NoGpus)
+    );
     assert!(a.check_fits(Some("tesla-t4"), 16).is_ok());
 }
 

@@ -41,7 +41,9 @@ fn the_issue_example_validates_with_its_values() {
 
 #[test]
 fn defaults_are_filled_in() {
-    let spec = parse_yaml(&minimal("")).and_then(|r| r.validate()).expect("valid");
+    let spec = parse_yaml(&minimal(""))
+        .and_then(|r| r.validate())
+        .expect("valid");
     assert_eq!(spec.instance_concurrency, 1);
     assert_eq!(spec.runtime, Runtime::Process);
     assert_eq!(spec.workdir, ".");
@@ -51,7 +53,7 @@ fn defaults_are_filled_in() {
     assert_eq!(spec.scaling.max_instances, 30);
     assert_eq!(spec.scaling.idle_timeout.as_secs(), 300);
     // The queue timeout follows the startup deadline unless set.
-    assert_eq!(spec.scaling.queue_timeout.as_secs(), 600);
+    assert_eq!(spec.scaling.queue_timeout.as_secs(), 660);
     assert_eq!(spec.request_timeout.as_secs(), 600);
 }
 
@@ -59,16 +61,43 @@ fn defaults_are_filled_in() {
 fn broken_rules_name_the_field_and_the_rule() {
     let cases: &[(&str, &str)] = &[
         ("gpu: {memory_gb: 0}", "gpu.memory_gb: must be >= 1 (got 0)"),
-        ("gpu: {memory_gb: -3}", "gpu.memory_gb: must be >= 1 (got -3)"),
+        (
+            "gpu: {memory_gb: -3}",
+            "gpu.memory_gb: must be >= 1 (got -3)",
+        ),
         ("gpu: {}", "gpu.memory_gb: is required"),
-        ("instance_concurrency: 0", "instance_concurrency: must be >= 1 (got 0)"),
-        ("instance_concurrency: 201", "instance_concurrency: must be <= 200 (got 201)"),
-        ("scaling: {min_instances: 5, max_instances: 2}", "scaling.min_instances: must be <= scaling.max_instances"),
-        ("scaling: {max_queue: 0}", "scaling.max_queue: must be >= 1 (got 0)"),
-        ("scaling: {idle_timeout_s: -1}", "scaling.idle_timeout_s: must be >= 0 (got -1)"),
-        ("health_check: {path: health}", "health_check.path: must start with '/'"),
-        ("health_check: {startup_timeout_s: 0}", "health_check.startup_timeout_s: must be >= 1 (got 0)"),
-        ("request_timeout_s: 0", "request_timeout_s: must be >= 1 (got 0)"),
+        (
+            "instance_concurrency: 0",
+            "instance_concurrency: must be >= 1 (got 0)",
+        ),
+        (
+            "instance_concurrency: 201",
+            "instance_concurrency: must be <= 200 (got 201)",
+        ),
+        (
+            "scaling: {min_instances: 5, max_instances: 2}",
+            "scaling.min_instances: must be <= scaling.max_instances",
+        ),
+        (
+            "scaling: {max_queue: 0}",
+            "scaling.max_queue: must be >= 1 (got 0)",
+        ),
+        (
+            "scaling: {idle_timeout_s: -1}",
+            "scaling.idle_timeout_s: must be >= 0 (got -1)",
+        ),
+        (
+            "health_check: {path: health}",
+            "health_check.path: must start with '/'",
+        ),
+        (
+            "health_check: {startup_timeout_s: 0}",
+            "health_check.startup_timeout_s: must be >= 1 (got 0)",
+        ),
+        (
+            "request_timeout_s: 0",
+            "request_timeout_s: must be >= 1 (got 0)",
+        ),
         ("cpu: 0", "cpu: must be >= 0.05 (got 0)"),
         ("env: {PORT: '1'}", "env.PORT: is set by gpufn"),
         ("env: {GPUFN_X: '1'}", "env.GPUFN_X: is set by gpufn"),
@@ -95,12 +124,26 @@ fn broken_rules_name_the_field_and_the_rule() {
 
 #[test]
 fn name_rules() {
-    for bad in ["", "Upper", "has_underscore", "-lead", "trail-", &"a".repeat(64)] {
-        let errs = errors_of(&format!("name: {bad:?}\ncommand: [x]\ngpu: {{memory_gb: 1}}\n"));
-        assert!(errs.iter().any(|e| e.starts_with("name: must be")), "{bad:?}: {errs:?}");
+    for bad in [
+        "",
+        "Upper",
+        "has_underscore",
+        "-lead",
+        "trail-",
+        &"a".repeat(64),
+    ] {
+        let errs = errors_of(&format!(
+            "name: {bad:?}\ncommand: [x]\ngpu: {{memory_gb: 1}}\n"
+        ));
+        assert!(
+            errs.iter().any(|e| e.starts_with("name: must be")),
+            "{bad:?}: {errs:?}"
+        );
     }
     for good in ["a", "sd-turbo", "x1-2-3", &"a".repeat(63)] {
-        let errs = errors_of(&format!("name: {good:?}\ncommand: [x]\ngpu: {{memory_gb: 1}}\n"));
+        let errs = errors_of(&format!(
+            "name: {good:?}\ncommand: [x]\ngpu: {{memory_gb: 1}}\n"
+        ));
         assert!(errs.is_empty(), "{good:?}: {errs:?}");
     }
 }
@@ -109,7 +152,10 @@ fn name_rules() {
 fn unknown_fields_are_errors_with_their_path() {
     let errs = errors_of(&minimal("scaling: {max_instance: 3}"));
     assert_eq!(errs.len(), 1, "{errs:?}");
-    assert!(errs[0].starts_with("scaling.max_instance: unknown field `max_instance`"), "{errs:?}");
+    assert!(
+        errs[0].starts_with("scaling.max_instance: unknown field `max_instance`"),
+        "{errs:?}"
+    );
     let errs = errors_of(&minimal("gpus: 1"));
     assert!(errs[0].contains("unknown field `gpus`"), "{errs:?}");
 }
@@ -117,7 +163,10 @@ fn unknown_fields_are_errors_with_their_path() {
 #[test]
 fn wrong_types_name_the_field() {
     let errs = errors_of(&minimal("instance_concurrency: lots"));
-    assert!(errs[0].starts_with("instance_concurrency: invalid type"), "{errs:?}");
+    assert!(
+        errs[0].starts_with("instance_concurrency: invalid type"),
+        "{errs:?}"
+    );
     let errs = errors_of("name: f\ncommand: python3 s.py\ngpu: {memory_gb: 1}\n");
     assert!(errs[0].starts_with("command: invalid type"), "{errs:?}");
 }
@@ -125,8 +174,14 @@ fn wrong_types_name_the_field() {
 #[test]
 fn all_broken_rules_are_reported_at_once() {
     let errs = errors_of("gpu: {memory_gb: 0}\ninstance_concurrency: 0\n");
-    let fields: Vec<&str> = errs.iter().map(|e| e.split(':').next().unwrap_or_default()).collect();
-    assert_eq!(fields, ["name", "command", "gpu.memory_gb", "instance_concurrency"]);
+    let fields: Vec<&str> = errs
+        .iter()
+        .map(|e| e.split(':').next().unwrap_or_default())
+        .collect();
+    assert_eq!(
+        fields,
+        ["name", "command", "gpu.memory_gb", "instance_concurrency"]
+    );
 }
 
 #[test]
@@ -141,5 +196,8 @@ fn to_raw_round_trips() {
     let again = spec.to_raw().validate().expect("still valid");
     assert_eq!(spec, again);
     let json = serde_json::to_vec(&spec.to_raw()).expect("json");
-    assert_eq!(parse_json(&json).and_then(|r| r.validate()).expect("valid"), spec);
+    assert_eq!(
+        parse_json(&json).and_then(|r| r.validate()).expect("valid"),
+        spec
+    );
 }

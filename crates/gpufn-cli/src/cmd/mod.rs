@@ -1,0 +1,6 @@
+//! One module per group of subcommands.
+
+pub mod cluster;
+pub mod functions;
+pub mod invoke;
+pub mod serve;

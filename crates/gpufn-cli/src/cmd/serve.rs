@@ -1,0 +1,41 @@
+//! `gpufn serve`.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use gpufn_server::{Config, GpuSource};
+
+use crate::ServeArgs;
+use crate::specfile;
+
+pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let gpus = match (args.simulate_gpus, args.simulate_gpus_if_none) {
+        (Some(s), _) => GpuSource::Simulated(s),
+        (None, Some(s)) => GpuSource::NvmlOrSimulated(s),
+        (None, None) => GpuSource::Nvml,
+    };
+    let deploy = args
+        .deploy
+        .iter()
+        .map(|f| specfile::load(f))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let config = Config {
+        listen: args.listen,
+        data_dir: args.data_dir,
+        quota_cards: args.quota_cards,
+        gpus,
+        shutdown_grace: Duration::from_secs(args.shutdown_grace_s),
+        instance_stop_grace: Duration::from_secs(args.instance_stop_grace_s),
+        deploy,
+    };
+    gpufn_server::run(config, gpufn_server::serve::signal(), |_| {}).await?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,185 @@
+//! The CLI against a real server: deploy from YAML, list, get, instances, invoke, delete, and bad
+//! specs refused with the field named.
+
+use crate::common::*;
+
+fn stdout(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[tokio::test]
+async fn the_cli_covers_the_lifecycle() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path(), &["--simulate-gpus", "2xtesla-t4:16"]);
+    // A spec with a relative workdir, resolved against the spec file's own directory.
+    let spec_dir = dir.path().join("fn");
+    std::fs::create_dir_all(&spec_dir).unwrap();
+    std::fs::copy(fixture_dir().join("testfn.py"), spec_dir.join("testfn.py")).unwrap();
+    let spec = spec_dir.join("gpufn.yaml");
+    std::fs::write(
+        &spec,
+        "name: hello\ncommand: [python3, testfn.py]\nworkdir: .\ngpu: {type: tesla-t4, memory_gb: 2}\n",
+    )
+    .unwrap();
+    let out = s.cli(&["deploy", "-f", spec.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("created hello (revision 1)"),
+        "{}",
+        stdout(&out)
+    );
+
+    let out = s.cli(&["list"]);
+    assert!(out.status.success());
+    let text = stdout(&out);
+    assert!(text.lines().next().unwrap().starts_with("NAME"), "{text}");
+    assert!(
+        text.contains("hello") && text.contains("tesla-t4/2GB"),
+        "{text}"
+    );
+
+    let out = s.cli(&[
+        "invoke",
+        "hello",
+        "/echo?a=b",
+        "-d",
+        "payload",
+        "-H",
+        "x-k: v",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (
+            v["method"].as_str(),
+            v["body"].as_str(),
+            v["query"].as_str()
+        ),
+        (Some("POST"), Some("payload"), Some("a=b"))
+    );
+    assert_eq!(v["headers"]["x-k"], "v");
+    assert!(stderr(&out).contains("COLD START"), "{}", stderr(&out));
+    let out = s.cli(&["invoke", "hello", "echo"]);
+    assert!(stderr(&out).contains("warm"), "{}", stderr(&out));
+
+    let out = s.cli(&["instances", "hello"]);
+    let text = stdout(&out);
+    assert!(
+        text.contains("hello-") && text.contains("ready") && text.contains("(tesla-t4)"),
+        "{text}"
+    );
+
+    let out = s.cli(&["get", "hello"]);
+    let text = stdout(&out);
+    assert!(text.contains("instance_concurrency: 1"), "{text}");
+    assert!(
+        text.contains(&format!(
+            "workdir: {}",
+            spec_dir.canonicalize().unwrap().display()
+        )),
+        "{text}"
+    );
+
+    let out = s.cli(&["gpus"]);
+    assert!(stdout(&out).contains("simulated"), "{}", stdout(&out));
+    let out = s.cli(&["quota", "--set", "4"]);
+    assert!(stdout(&out).contains("quota: 4 cards"), "{}", stdout(&out));
+
+    // A failing call exits non-zero.
+    let out = s.cli(&["invoke", "hello", "/crash"]);
+    assert!(!out.status.success());
+
+    let out = s.cli(&["delete", "hello"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = s.cli(&["get", "hello"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("404") && stderr(&out).contains("not deployed"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        s.get_json("/api/v1/functions")
+            .await
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn bad_specs_are_refused_naming_the_field_and_the_rule() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path(), &["--simulate-gpus", "1xtesla-t4:16"]);
+    let cases = [
+        ("gpu: {memory_gb: 0}", "gpu.memory_gb: must be >= 1 (got 0)"),
+        (
+            "gpu: {memory_gb: 17}",
+            "gpu.memory_gb: 17 GB is more than the largest matching card has (16 GB)",
+        ),
+        (
+            "gpu: {type: ada-1, memory_gb: 1}",
+            "gpu.type: no card of type \"ada-1\"",
+        ),
+        (
+            "gpu: {memory_gb: 1}\nsurprise: 1",
+            "unknown field `surprise`",
+        ),
+        (
+            "gpu: {memory_gb: 1}\ninstance_concurrency: 500",
+            "instance_concurrency: must be <= 200 (got 500)",
+        ),
+    ];
+    for (extra, want) in cases {
+        let spec = dir.path().join("bad.yaml");
+        std::fs::write(
+            &spec,
+            format!("name: bad\ncommand: [python3, x.py]\n{extra}\n"),
+        )
+        .unwrap();
+        let out = s.cli(&["deploy", "-f", spec.to_str().unwrap()]);
+        assert!(!out.status.success(), "{extra}");
+        assert!(stderr(&out).contains(want), "{extra}: {}", stderr(&out));
+    }
+    // The API: 400 with the field.
+    let (status, v) = s
+        .deploy_yaml(
+            "name: bad\ncommand: [nonexistent-program-xyz]\ngpu: {memory_gb: 1}\nworkdir: /\n",
+        )
+        .await;
+    assert_eq!(status, 400);
+    assert_eq!(v["error"]["code"], "invalid_spec");
+    assert_eq!(v["error"]["field"], "command[0]");
+    let (status, v) = s.deploy_yaml("name: Bad_Name\ngpu: {memory_gb: 0}\n").await;
+    assert_eq!(status, 400);
+    let fields: Vec<&str> = v["error"]["details"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(fields, ["name", "command", "gpu.memory_gb"]);
+    // Nothing was stored.
+    assert!(
+        s.get_json("/api/v1/functions")
+            .await
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    // A CLI pointed at nothing says so.
+    let out = std::process::Command::new(BIN)
+        .args(["list", "--server", "http://127.0.0.1:1"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("cannot reach gpufn"),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -1,0 +1,205 @@
+//! Harness for end-to-end tests: a real `gpufn serve` process on a loopback port, real function
+//! processes (tests/fixtures/testfn.py), real HTTP.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_gpufn");
+
+pub fn fixture_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+/// A running `gpufn serve`. Killed (SIGKILL) on drop if the test did not stop it.
+pub struct Server {
+    pub child: Child,
+    pub url: String,
+    pub data_dir: PathBuf,
+    pub log: Arc<Mutex<String>>,
+    pub http: reqwest::Client,
+}
+
+impl Server {
+    /// Starts gpufn on a free port with `extra` flags; waits until it listens.
+    pub fn start(data_dir: &Path, extra: &[&str]) -> Server {
+        let mut child = Command::new(BIN)
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .args(extra)
+            .env("RUST_LOG", "info,gpufn_server=debug")
+            .env("SECRET_OF_SERVER", "must-not-leak")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn gpufn");
+        let stderr = child.stderr.take().expect("stderr");
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = mpsc::channel();
+        let log2 = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(addr) = line.split("gpufn listening on ").nth(1) {
+                    let _ = tx.send(addr.trim().to_string());
+                }
+                let mut l = log2.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        let url = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(url) => url,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("gpufn did not start:\n{}", log.lock().unwrap());
+            }
+        };
+        Server {
+            child,
+            url,
+            data_dir: data_dir.to_path_buf(),
+            log,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.url)
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Runs the gpufn CLI against this server.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(BIN)
+            .args(args)
+            .env("GPUFN_SERVER", &self.url)
+            .output()
+            .expect("run gpufn cli")
+    }
+
+    pub async fn deploy_yaml(&self, yaml: &str) -> (u16, Value) {
+        let resp = self
+            .http
+            .post(self.url("/api/v1/functions"))
+            .header("content-type", "application/yaml")
+            .body(yaml.to_string())
+            .send()
+            .await
+            .expect("deploy");
+        let status = resp.status().as_u16();
+        (status, resp.json().await.expect("json"))
+    }
+
+    /// Deploys a test function; panics unless the server accepts it.
+    pub async fn deploy_testfn(&self, name: &str, extra_yaml: &str) {
+        let yaml = testfn_spec(name, extra_yaml);
+        let (status, body) = self.deploy_yaml(&yaml).await;
+        assert!(
+            status == 200 || status == 201,
+            "deploy {name}: {status} {body}\n{}",
+            self.log()
+        );
+    }
+
+    pub async fn get_json(&self, path: &str) -> Value {
+        let resp = self.http.get(self.url(path)).send().await.expect("get");
+        assert!(resp.status().is_success(), "GET {path}: {}", resp.status());
+        resp.json().await.expect("json")
+    }
+
+    pub async fn instances(&self, name: &str) -> Vec<Value> {
+        self.get_json(&format!("/api/v1/functions/{name}/instances"))
+            .await
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Polls `cond` until it holds or `within` passes (then panics with `what` and the log).
+    /// Waiting for a state, not sleeping for a time: the poll interval only bounds how late we see it.
+    pub async fn wait_for<F, Fut>(&self, what: &str, within: Duration, mut cond: F)
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let deadline = Instant::now() + within;
+        while !cond().await {
+            if Instant::now() > deadline {
+                panic!(
+                    "timed out waiting for {what}\n--- gpufn log ---\n{}",
+                    self.log()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Sends SIGTERM and waits for exit; returns the exit status code.
+    pub fn terminate(&mut self) -> Option<i32> {
+        unsafe_kill(self.pid(), libc::SIGTERM);
+        self.child.wait().expect("wait").code()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[allow(unsafe_code)]
+pub fn unsafe_kill(pid: i32, sig: i32) {
+    // SAFETY: kill has no memory-safety preconditions.
+    unsafe {
+        libc::kill(pid, sig);
+    }
+}
+
+/// True while a process exists and is not a zombie.
+pub fn process_alive(pid: i64) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| !s.contains(") Z "))
+        .unwrap_or(false)
+}
+
+/// A spec for tests/fixtures/testfn.py with extra YAML lines appended.
+pub fn testfn_spec(name: &str, extra_yaml: &str) -> String {
+    format!(
+        "name: {name}\ncommand: [python3, testfn.py]\nworkdir: {}\ngpu: {{type: tesla-t4, memory_gb: 4}}\n{extra_yaml}\n",
+        fixture_dir().display()
+    )
+}
+
+/// A file-based latch: `/work?until_file=PATH` holds a request until `release()` creates the file.
+pub struct Latch {
+    pub path: PathBuf,
+}
+
+impl Latch {
+    pub fn new(dir: &Path, name: &str) -> Latch {
+        Latch {
+            path: dir.join(format!("latch-{name}")),
+        }
+    }
+
+    pub fn query(&self) -> String {
+        format!("until_file={}", self.path.display())
+    }
+
+    pub fn release(&self) {
+        std::fs::write(&self.path, b"go").expect("write latch");
+    }
+}

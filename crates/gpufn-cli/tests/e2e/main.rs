@@ -1,0 +1,10 @@
+//! End-to-end tests: real gpufn, real function processes, real HTTP on loopback.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+mod burst;
+mod cli;
+mod failures;
+mod lifecycle;
+mod restart;
