@@ -183,3 +183,36 @@ async fn bad_specs_are_refused_naming_the_field_and_the_rule() {
         stderr(&out)
     );
 }
+
+#[tokio::test]
+async fn the_bundled_example_deploys_as_is_and_renders_a_png() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path(), &["--simulate-gpus", "1xtesla-t4:16"]);
+    let spec = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../examples/mandelbrot/gpufn.yaml");
+    let out = s.cli(&["deploy", "-f", spec.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let resp = s
+        .http
+        .get(s.url("/function/mandelbrot/render?w=32&h=24&iter=50"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "image/png");
+    assert_eq!(resp.headers()["x-gpufn-cold-start"], "true");
+    let png = resp.bytes().await.unwrap();
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+    // Width and height from the IHDR chunk.
+    assert_eq!(u32::from_be_bytes(png[16..20].try_into().unwrap()), 32);
+    assert_eq!(u32::from_be_bytes(png[20..24].try_into().unwrap()), 24);
+    // Bad parameters are the app's own 400, passed through.
+    let resp = s
+        .http
+        .get(s.url("/function/mandelbrot/render?w=0"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    assert_eq!(resp.headers()["x-gpufn-cold-start"], "false");
+}
