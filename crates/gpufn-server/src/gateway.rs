@@ -133,8 +133,24 @@ async fn forward(
     strip_hop_by_hop(&mut parts.headers);
     add_forwarding_headers(&mut parts.headers, peer, request_id, &slot);
     let upstream = http::Request::from_parts(parts, body);
-    let sent =
-        tokio::time::timeout(slot.request_timeout(), platform.client().request(upstream)).await;
+    // The exchange with the instance runs in its own task, which owns the slot. If the caller goes
+    // away mid-request (axum then drops this handler), the instance is still working on it: the
+    // slot must stay taken until the instance answers, or the next request would push the app past
+    // its instance_concurrency.
+    let client = platform.client().clone();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let sent = tokio::time::timeout(slot.request_timeout(), client.request(upstream)).await;
+        // If the caller is gone, both are dropped here: the response closes, the slot comes back.
+        let _ = tx.send((sent, slot));
+    });
+    let (sent, slot) = rx.await.map_err(|_| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "the request task was lost",
+        )
+    })?;
     let resp = match sent {
         Ok(Ok(resp)) => resp,
         Ok(Err(e)) => {

@@ -226,3 +226,67 @@ async fn quota_api_reads_writes_and_validates() {
         "bad input changed nothing"
     );
 }
+
+#[tokio::test]
+async fn a_caller_that_goes_away_frees_its_queue_place_but_not_a_slot_still_in_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path(), &["--simulate-gpus", "1xtesla-t4:16"]);
+    s.deploy_testfn("gone", "scaling: {max_instances: 1}").await;
+    let latch = Latch::new(dir.path(), "gone");
+    // A: in flight on the only slot, then its caller disconnects.
+    let a = tokio::spawn({
+        let url = s.url(&format!("/function/gone/work?{}", latch.query()));
+        let http = reqwest::Client::new();
+        async move { http.get(url).send().await }
+    });
+    s.wait_for("A in flight", Duration::from_secs(15), || async {
+        s.instances("gone")
+            .await
+            .first()
+            .is_some_and(|i| i["in_flight"] == 1)
+    })
+    .await;
+    // Q: queued behind A, then its caller disconnects too: its queue place is freed.
+    let q = tokio::spawn({
+        let url = s.url("/function/gone/work");
+        let http = reqwest::Client::new();
+        async move { http.get(url).send().await }
+    });
+    s.wait_for("Q queued", Duration::from_secs(10), || async {
+        s.get_json("/api/v1/functions/gone").await["status"]["queued"] == 1
+    })
+    .await;
+    q.abort();
+    a.abort();
+    s.wait_for("Q's place freed", Duration::from_secs(10), || async {
+        s.get_json("/api/v1/functions/gone").await["status"]["queued"] == 0
+    })
+    .await;
+    // A's work is still running in the app, so its slot stays taken: B must wait for it rather
+    // than make the app run two requests at once.
+    let b = tokio::spawn({
+        let url = s.url("/function/gone/work");
+        let http = s.http.clone();
+        async move {
+            http.get(url)
+                .send()
+                .await
+                .unwrap()
+                .json::<Value>()
+                .await
+                .unwrap()
+        }
+    });
+    s.wait_for("B queued", Duration::from_secs(10), || async {
+        s.get_json("/api/v1/functions/gone").await["status"]["queued"] == 1
+    })
+    .await;
+    latch.release();
+    let body = b.await.unwrap();
+    assert_eq!(body["in_flight_at_entry"], 1, "{body}");
+    assert_eq!(body["max_in_flight"], 1, "{body}");
+    s.wait_for("all slots back", Duration::from_secs(10), || async {
+        s.instances("gone").await[0]["in_flight"] == 0
+    })
+    .await;
+}

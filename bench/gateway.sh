@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Gateway overhead: the same 1 KiB upstream (nginx) reached directly, through nginx as a reverse
+# proxy (the baseline), and through gpufn. All on loopback, in one run, so ratios are comparable.
+# Usage: bench/gateway.sh [DURATION_S=10] [CONNECTIONS=16]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DUR="${1:-10}"; CONN="${2:-16}"
+export BENCH_DIR=$(mktemp -d /tmp/gpufn-bench.XXXX)
+cargo build --release --quiet --bin gpufn
+BIN=target/release/gpufn
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap cleanup EXIT
+
+wait_http() { for _ in $(seq 1 200); do curl -fsS -o /dev/null "$1" 2>/dev/null && return 0; sleep 0.05; done; echo "no answer from $1" >&2; return 1; }
+
+PORT=18201 bash bench/upstream.sh & pids+=($!)
+sed -e "s|__PORT__|18202|g" -e "s|__UPSTREAM__|18201|g" -e "s|__DIR__|$BENCH_DIR|g" bench/proxy.conf.tmpl > "$BENCH_DIR/proxy.conf"
+mkdir -p "$BENCH_DIR/tmp-proxy"
+nginx -p "$BENCH_DIR" -c "$BENCH_DIR/proxy.conf" & pids+=($!)
+"$BIN" serve --listen 127.0.0.1:18203 --data-dir "$BENCH_DIR/gpufn" --simulate-gpus 1xbench:16 \
+  --deploy bench/gateway.yaml 2>"$BENCH_DIR/gpufn.log" & pids+=($!)
+wait_http http://127.0.0.1:18201/
+wait_http http://127.0.0.1:18202/
+wait_http http://127.0.0.1:18203/function/bench/   # also performs the cold start
+
+run() {
+  local name=$1 url=$2
+  wrk -t1 -c"$CONN" -d"${DUR}s" --latency "$url" > "$BENCH_DIR/$name.txt"
+  local rps p50 p99
+  rps=$(awk '/Requests\/sec/ {print $2}' "$BENCH_DIR/$name.txt")
+  p50=$(awk '$1=="50%" {print $2}' "$BENCH_DIR/$name.txt")
+  p99=$(awk '$1=="99%" {print $2}' "$BENCH_DIR/$name.txt")
+  printf '%-28s %12s req/s   p50 %8s   p99 %8s\n' "$name" "$rps" "$p50" "$p99"
+  echo "$rps" > "$BENCH_DIR/$name.rps"
+}
+echo "wrk -t1 -c$CONN -d${DUR}s, 1 KiB body, $(nproc) cores"
+run "direct (no proxy)" http://127.0.0.1:18201/
+run "nginx reverse proxy" http://127.0.0.1:18202/
+run "gpufn gateway" http://127.0.0.1:18203/function/bench/
+python3 - "$BENCH_DIR" <<'PY'
+import sys
+d = sys.argv[1]
+r = lambda n: float(open(f"{d}/{n}.rps").read())
+g, n = r("gpufn gateway"), r("nginx reverse proxy")
+print(f"gpufn / nginx throughput ratio: {g / n:.2f}")
+PY

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Starts the upstream nginx on $PORT (as a gpufn function or by hand) in the foreground.
+set -euo pipefail
+DIR="${BENCH_DIR:-/tmp/gpufn-bench}"
+mkdir -p "$DIR/tmp-$PORT"
+BODY=$(head -c 1024 /dev/zero | tr '\0' 'x')
+sed -e "s|__PORT__|$PORT|g" -e "s|__DIR__|$DIR|g" -e "s|__BODY__|$BODY|" \
+  "$(dirname "$0")/upstream.conf.tmpl" > "$DIR/upstream-$PORT.conf"
+exec nginx -p "$DIR" -c "$DIR/upstream-$PORT.conf"
