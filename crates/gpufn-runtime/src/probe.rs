@@ -43,18 +43,18 @@ impl Prober {
                  Ok(Ok(resp)) if resp.status().is_success())
     }
 
-    /// Probes until the instance answers 2xx. Polls fast at first (most apps bind their port within
-    /// milliseconds of the model finishing) and backs off to 200 ms, so a minutes-long model load
-    /// costs a few hundred cheap probes. Never returns on its own otherwise: the caller races it
-    /// against the startup deadline and the process exiting.
+    /// Probes until the instance answers 2xx. Polls fast at first (a small app is ready within
+    /// milliseconds, and every millisecond here is cold-start latency) and backs off by 1.5× to
+    /// 100 ms, so a minutes-long model load costs ten cheap refused connects a second. Never returns
+    /// on its own otherwise: the caller races it against the startup deadline and the process exiting.
     pub async fn wait_ready(&self, addr: SocketAddr, path: &str) {
-        let mut pause = Duration::from_millis(5);
+        let mut pause = Duration::from_millis(2);
         loop {
             if self.check(addr, path).await {
                 return;
             }
             tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_millis(200));
+            pause = (pause * 3 / 2).min(Duration::from_millis(100));
         }
     }
 }
