@@ -1,0 +1,248 @@
+//! Busy periods, per-second rounding and prices.
+
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+/// Prices in USD per GB-second of GPU memory.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Prices {
+    /// While at least one request is in flight (the seed's reference: 0.000018).
+    pub active_usd_per_gb_s: f64,
+    /// Provisioned instances while idle (Function Compute's idle GPU price: 0.000007).
+    pub idle_usd_per_gb_s: f64,
+}
+
+impl Default for Prices {
+    fn default() -> Self {
+        Self {
+            active_usd_per_gb_s: 0.000_018,
+            idle_usd_per_gb_s: 0.000_007,
+        }
+    }
+}
+
+/// Whole seconds billed for a busy period: its length rounded up.
+pub fn billed_seconds(busy: Duration) -> u64 {
+    let secs = busy.as_secs();
+    if busy.subsec_nanos() > 0 { secs + 1 } else { secs }
+}
+
+/// A finished busy period of one instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClosedPeriod {
+    /// When the first request of the period started.
+    pub start: Instant,
+    /// How long at least one request was in flight.
+    pub busy: Duration,
+    /// Requests that started in the period.
+    pub requests: u64,
+    /// `billed_seconds(busy)`.
+    pub billed_seconds: u64,
+}
+
+/// Follows the requests in flight on one instance and cuts busy periods.
+#[derive(Debug, Clone, Default)]
+pub struct BusyTracker {
+    in_flight: u32,
+    open: Option<(Instant, u64)>,
+    billed_total: u64,
+    busy_total: Duration,
+}
+
+impl BusyTracker {
+    /// A request started at `now`.
+    pub fn start(&mut self, now: Instant) {
+        self.in_flight += 1;
+        match &mut self.open {
+            Some((_, requests)) => *requests += 1,
+            None => self.open = Some((now, 1)),
+        }
+    }
+
+    /// A request ended at `now`; returns the period if this was the last one in flight.
+    pub fn end(&mut self, now: Instant) -> Option<ClosedPeriod> {
+        self.in_flight = self.in_flight.saturating_sub(1);
+        if self.in_flight > 0 {
+            return None;
+        }
+        self.close(now)
+    }
+
+    /// Closes the open period whatever is in flight (the instance is gone).
+    pub fn close(&mut self, now: Instant) -> Option<ClosedPeriod> {
+        let (start, requests) = self.open.take()?;
+        self.in_flight = 0;
+        let busy = now.saturating_duration_since(start);
+        let billed = billed_seconds(busy);
+        self.billed_total += billed;
+        self.busy_total += busy;
+        Some(ClosedPeriod {
+            start,
+            busy,
+            requests,
+            billed_seconds: billed,
+        })
+    }
+
+    /// The open period so far, as if it closed at `now` (for live reports).
+    pub fn open_period(&self, now: Instant) -> Option<ClosedPeriod> {
+        let (start, requests) = self.open?;
+        let busy = now.saturating_duration_since(start);
+        Some(ClosedPeriod {
+            start,
+            busy,
+            requests,
+            billed_seconds: billed_seconds(busy),
+        })
+    }
+
+    /// Seconds billed for closed periods so far.
+    pub fn billed_total(&self) -> u64 {
+        self.billed_total
+    }
+
+    /// Busy time of closed periods so far.
+    pub fn busy_total(&self) -> Duration {
+        self.busy_total
+    }
+}
+
+/// What one instance costs.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct InstanceBill {
+    /// Active seconds billed (busy periods, each rounded up).
+    pub billed_seconds: u64,
+    /// `billed_seconds × memory_gb`.
+    pub gb_seconds: f64,
+    /// Provisioned only: the rest of the lifetime (rounded up) × `memory_gb`.
+    pub idle_gb_seconds: f64,
+    /// USD.
+    pub cost_usd: f64,
+}
+
+impl InstanceBill {
+    /// Bills an instance: on-demand instances pay for busy time only; provisioned ones also pay
+    /// the idle price for the rest of their `lifetime`.
+    pub fn new(
+        billed_seconds: u64,
+        memory_gb: u32,
+        provisioned_lifetime: Option<Duration>,
+        prices: Prices,
+    ) -> Self {
+        let gb = f64::from(memory_gb);
+        let idle_seconds = provisioned_lifetime
+            .map_or(0, |life| billed_seconds_for_lifetime(life).saturating_sub(billed_seconds));
+        let gb_seconds = billed_seconds as f64 * gb;
+        let idle_gb_seconds = idle_seconds as f64 * gb;
+        Self {
+            billed_seconds,
+            gb_seconds,
+            idle_gb_seconds,
+            cost_usd: gb_seconds * prices.active_usd_per_gb_s
+                + idle_gb_seconds * prices.idle_usd_per_gb_s,
+        }
+    }
+}
+
+fn billed_seconds_for_lifetime(life: Duration) -> u64 {
+    billed_seconds(life)
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn rounding_is_up_to_the_next_whole_second() {
+        let cases = [(0, 0), (1, 1), (999, 1), (1000, 1), (1001, 2), (2500, 3), (60_000, 60)];
+        for (millis, want) in cases {
+            assert_eq!(billed_seconds(ms(millis)), want, "{millis} ms");
+        }
+        assert_eq!(billed_seconds(Duration::from_nanos(1)), 1);
+    }
+
+    #[test]
+    fn overlapping_requests_are_billed_once() {
+        let t0 = Instant::now();
+        let mut b = BusyTracker::default();
+        b.start(t0); // A: 0.0 .. 1.5
+        b.start(t0 + ms(500)); // B: 0.5 .. 1.2
+        assert_eq!(b.end(t0 + ms(1200)), None, "A still in flight");
+        let p = b.end(t0 + ms(1500)).expect("period closes");
+        assert_eq!((p.busy, p.requests, p.billed_seconds), (ms(1500), 2, 2));
+        // Two separate short requests are two periods, each rounded up.
+        b.start(t0 + ms(3000));
+        assert_eq!(b.end(t0 + ms(3100)).map(|p| p.billed_seconds), Some(1));
+        b.start(t0 + ms(4000));
+        assert_eq!(b.end(t0 + ms(4100)).map(|p| p.billed_seconds), Some(1));
+        assert_eq!(b.billed_total(), 4);
+        assert_eq!(b.busy_total(), ms(1700));
+    }
+
+    #[test]
+    fn closing_an_instance_closes_its_open_period() {
+        let t0 = Instant::now();
+        let mut b = BusyTracker::default();
+        b.start(t0);
+        assert_eq!(b.open_period(t0 + ms(2100)).map(|p| p.billed_seconds), Some(3));
+        let p = b.close(t0 + ms(2100)).expect("closed");
+        assert_eq!(p.billed_seconds, 3);
+        assert_eq!(b.close(t0 + ms(3000)), None, "nothing left open");
+    }
+
+    #[test]
+    fn on_demand_pays_busy_time_and_provisioned_also_pays_idle_time() {
+        let p = Prices::default();
+        let on_demand = InstanceBill::new(10, 4, None, p);
+        assert_eq!(on_demand.gb_seconds, 40.0);
+        assert_eq!(on_demand.idle_gb_seconds, 0.0);
+        assert!((on_demand.cost_usd - 40.0 * 0.000_018).abs() < 1e-12);
+        // Provisioned for 100.5 s (billed 101 s), 10 s of it busy: 91 s idle.
+        let provisioned = InstanceBill::new(10, 4, Some(ms(100_500)), p);
+        assert_eq!(provisioned.idle_gb_seconds, 364.0);
+        let want = 40.0 * 0.000_018 + 364.0 * 0.000_007;
+        assert!((provisioned.cost_usd - want).abs() < 1e-12);
+    }
+
+    proptest! {
+        /// For any pattern of requests on one instance: every period is billed at least its busy
+        /// time and less than one second more, overlaps are billed once (total busy time never
+        /// exceeds the span), and every request is counted.
+        #[test]
+        fn billed_covers_busy_time_and_less_than_a_second_more_per_period(
+            reqs in proptest::collection::vec((0u64..20_000, 0u64..5_000), 1..40)
+        ) {
+            let t0 = Instant::now();
+            // Events: (time, +1 start / -1 end), ends before starts at the same instant.
+            let mut events: Vec<(u64, i8)> = Vec::new();
+            for (start, len) in &reqs {
+                events.push((*start, 1));
+                events.push((start + len, -1));
+            }
+            events.sort_by_key(|&(t, kind)| (t, kind));
+            let mut b = BusyTracker::default();
+            let mut periods = Vec::new();
+            for (t, kind) in events {
+                let now = t0 + ms(t);
+                if kind > 0 { b.start(now) } else if let Some(p) = b.end(now) { periods.push(p) }
+            }
+            let requests: u64 = periods.iter().map(|p| p.requests).sum();
+            prop_assert_eq!(requests, reqs.len() as u64);
+            let span = reqs.iter().map(|(s, l)| s + l).max().unwrap_or(0)
+                - reqs.iter().map(|(s, _)| *s).min().unwrap_or(0);
+            let busy: Duration = periods.iter().map(|p| p.busy).sum();
+            prop_assert!(busy <= ms(span));
+            for p in &periods {
+                prop_assert!(Duration::from_secs(p.billed_seconds) >= p.busy);
+                prop_assert!(Duration::from_secs(p.billed_seconds) < p.busy + Duration::from_secs(1));
+            }
+        }
+    }
+}
