@@ -78,6 +78,23 @@ enum Command {
         #[arg(long)]
         set: Option<u32>,
     },
+    /// Billing per function: invocations, billed seconds, GB-seconds, cost.
+    Bill {
+        /// Only this function.
+        #[arg(long)]
+        function: Option<String>,
+        /// Window start: RFC 3339 or Unix seconds.
+        #[arg(long)]
+        from: Option<String>,
+        /// Window end: RFC 3339 or Unix seconds.
+        #[arg(long)]
+        to: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Daily cost of a workload on gpufn vs a dedicated GPU server (no server needed).
+    Estimate(cmd::cost::EstimateArgs),
     /// Print an instance's log.
     Logs {
         /// Function name.
@@ -117,6 +134,12 @@ pub struct ServeArgs {
     /// Deploy this spec at start (repeatable).
     #[arg(long)]
     deploy: Vec<PathBuf>,
+    /// Active price, USD per GB-second of GPU memory.
+    #[arg(long, default_value_t = 0.000_018)]
+    price_active_usd_per_gb_s: f64,
+    /// Idle price of provisioned instances, USD per GB-second.
+    #[arg(long, default_value_t = 0.000_007)]
+    price_idle_usd_per_gb_s: f64,
 }
 
 fn main() -> ExitCode {
@@ -152,6 +175,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Invoke(args) => cmd::invoke::run(&api, args).await,
         Command::Gpus { json } => cmd::cluster::gpus(&api, json).await,
         Command::Quota { set } => cmd::cluster::quota(&api, set).await,
+        Command::Bill {
+            function,
+            from,
+            to,
+            json,
+        } => cmd::cost::bill(&api, function, from, to, json).await,
+        Command::Estimate(args) => cmd::cost::estimate(&args),
         Command::Logs {
             name,
             instance,

@@ -91,7 +91,10 @@ mod tests {
     fn break_even_is_where_the_costs_meet() {
         let e = seed(0.0);
         // 48 / (1 × 4 × 0.000018) = 666,666.7 invocations a day.
-        assert!((e.break_even_invocations_per_day - 666_666.67).abs() < 0.01, "{e:?}");
+        assert!(
+            (e.break_even_invocations_per_day - 666_666.67).abs() < 0.01,
+            "{e:?}"
+        );
         let at = seed(e.break_even_invocations_per_day);
         assert!(at.saving_pct.abs() < 1e-9, "{at:?}");
     }

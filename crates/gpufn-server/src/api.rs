@@ -28,6 +28,9 @@ pub fn router(platform: Arc<Platform>) -> Router {
         )
         .route("/api/v1/functions/{name}/instances", get(instances))
         .route("/api/v1/functions/{name}/instances/{id}/logs", get(logs))
+        .route("/api/v1/functions/{name}/cold-starts", get(cold_starts))
+        .route("/api/v1/billing", get(billing))
+        .route("/metrics", get(metrics))
         .route("/api/v1/gpus", get(gpus))
         .route("/api/v1/quota", get(get_quota).put(put_quota))
         .route("/function/{name}", any(gateway::invoke))
@@ -76,7 +79,7 @@ async fn list(State(p): Shared) -> Result<Response, ApiError> {
 }
 
 async fn get_function(State(p): Shared, Path(name): Path<String>) -> Result<Response, ApiError> {
-    Ok(axum::Json(p.function(&name)?).into_response())
+    Ok(axum::Json(p.function(&name).await?).into_response())
 }
 
 async fn delete_function(State(p): Shared, Path(name): Path<String>) -> Result<Response, ApiError> {
@@ -184,4 +187,77 @@ async fn put_quota(State(p): Shared, body: Bytes) -> Result<Response, ApiError> 
     }
     p.set_quota(u32::try_from(cards).unwrap_or(0))?;
     Ok(axum::Json(quota_view(&p)).into_response())
+}
+
+#[derive(Deserialize)]
+struct LimitQuery {
+    limit: Option<usize>,
+}
+
+/// `GET /api/v1/functions/{name}/cold-starts?limit=100`: newest first.
+async fn cold_starts(
+    State(p): Shared,
+    Path(name): Path<String>,
+    Query(q): Query<LimitQuery>,
+) -> Result<Response, ApiError> {
+    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    Ok(axum::Json(p.cold_starts(&name, limit).await?).into_response())
+}
+
+#[derive(Deserialize)]
+struct BillingQuery {
+    function: Option<String>,
+    from: Option<String>,
+    to: Option<String>,
+}
+
+/// A time bound: RFC 3339 (`2026-11-28T00:00:00Z`) or seconds since the Unix epoch.
+fn parse_time(field: &str, v: &str) -> Result<i64, ApiError> {
+    if let Ok(secs) = v.parse::<i64>() {
+        return secs
+            .checked_mul(1000)
+            .ok_or_else(|| ApiError::bad_field(field, format!("out of range (got {v:?})")));
+    }
+    let t = humantime::parse_rfc3339_weak(v).map_err(|_| {
+        ApiError::bad_field(
+            field,
+            format!("must be RFC 3339 (2026-11-28T00:00:00Z) or Unix seconds (got {v:?})"),
+        )
+    })?;
+    let ms = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|_| ApiError::bad_field(field, format!("before 1970 (got {v:?})")))?
+        .as_millis();
+    i64::try_from(ms).map_err(|_| ApiError::bad_field(field, format!("out of range (got {v:?})")))
+}
+
+/// `GET /api/v1/billing?function=NAME&from=..&to=..`: one row per function.
+async fn billing(State(p): Shared, Query(q): Query<BillingQuery>) -> Result<Response, ApiError> {
+    let from = q
+        .from
+        .as_deref()
+        .map(|v| parse_time("from", v))
+        .transpose()?
+        .unwrap_or(0);
+    let to =
+        q.to.as_deref()
+            .map(|v| parse_time("to", v))
+            .transpose()?
+            .unwrap_or(i64::MAX);
+    if from >= to {
+        return Err(ApiError::bad_field("to", "must be after from"));
+    }
+    let rows = p.billing(q.function.as_deref(), from, to).await?;
+    Ok(axum::Json(rows).into_response())
+}
+
+async fn metrics(State(p): Shared) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        p.metrics_text(),
+    )
+        .into_response()
 }

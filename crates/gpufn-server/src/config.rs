@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use gpufn_metering::Prices;
 use gpufn_spec::RawSpec;
 
 /// Where the GPU inventory comes from.
@@ -34,6 +35,8 @@ pub struct Config {
     pub instance_stop_grace: Duration,
     /// Specs deployed at start (`--deploy FILE`), workdirs already resolved.
     pub deploy: Vec<RawSpec>,
+    /// Billing prices.
+    pub prices: Prices,
 }
 
 impl Default for Config {
@@ -46,6 +49,7 @@ impl Default for Config {
             shutdown_grace: Duration::from_secs(30),
             instance_stop_grace: Duration::from_secs(10),
             deploy: Vec::new(),
+            prices: Prices::default(),
         }
     }
 }

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
@@ -19,8 +19,10 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
 use crate::error::ApiError;
+use crate::metrics::{Metrics, StatusLabels};
 use crate::platform::Platform;
-use crate::pool::{AcquireError, Slot};
+use crate::pool::{AcquireError, Pool, Slot};
+use crate::util::now_ms;
 
 /// Response header: the request's id (the caller's own if it sent a valid one).
 pub const REQUEST_ID: &str = "x-gpufn-request-id";
@@ -100,11 +102,29 @@ fn request_id(headers: &HeaderMap) -> String {
 
 /// The gateway handler.
 pub async fn invoke(State(platform): State<Arc<Platform>>, req: Request) -> Response {
+    let arrival = Instant::now();
     let request_id = request_id(req.headers());
-    let mut resp = match forward(&platform, &request_id, req).await {
+    let Some((name, target)) = split_target(req.uri()).map(|(n, t)| (n.to_string(), t)) else {
+        return ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route").into_response();
+    };
+    // Unknown names are answered without metrics, so random paths cannot grow label sets.
+    let Some(pool) = platform.pool(&name) else {
+        return ApiError::no_function(&name).into_response();
+    };
+    let mut resp = match forward(&platform, &pool, &request_id, &target, req, arrival).await {
         Ok(resp) => resp,
         Err(e) => e.into_response(),
     };
+    let m = platform.metrics();
+    m.request_duration
+        .get_or_create(&Metrics::function(&name))
+        .observe(arrival.elapsed().as_secs_f64());
+    m.invocations
+        .get_or_create(&StatusLabels {
+            function: name,
+            status: resp.status().as_u16().to_string(),
+        })
+        .inc();
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         resp.headers_mut().insert(REQUEST_ID, v);
     }
@@ -113,15 +133,19 @@ pub async fn invoke(State(platform): State<Arc<Platform>>, req: Request) -> Resp
 
 async fn forward(
     platform: &Platform,
+    pool: &Arc<Pool>,
     request_id: &str,
+    target: &str,
     req: Request,
+    arrival: Instant,
 ) -> Result<Response, ApiError> {
-    let (name, target) = split_target(req.uri())
-        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route"))?;
-    let pool = platform
-        .pool(name)
-        .ok_or_else(|| ApiError::no_function(name))?;
+    let arrival_ms = now_ms();
     let slot = pool.acquire().await.map_err(acquire_error)?;
+    platform
+        .metrics()
+        .queue_wait
+        .get_or_create(&Metrics::function(pool.name()))
+        .observe(arrival.elapsed().as_secs_f64());
     let peer = req
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
@@ -184,6 +208,9 @@ async fn forward(
             return Ok(resp);
         }
     };
+    if let Some((phases, ready_at)) = slot.cold_start_info() {
+        platform.record_cold_start(&slot, arrival_ms, arrival, phases, ready_at);
+    }
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     add_slot_headers(&mut parts.headers, &slot);

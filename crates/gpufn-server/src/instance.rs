@@ -69,6 +69,14 @@ pub(crate) struct Instance {
     pub phases: ColdStartPhases,
     /// Cancelled to stop the instance.
     pub stop: CancellationToken,
+    /// Busy periods, for billing.
+    pub busy: gpufn_metering::BusyTracker,
+    /// Started to satisfy `min_instances`: billed for its whole lifetime.
+    pub provisioned: bool,
+    /// The spec's `gpu.memory_gb`, what each second is billed by.
+    pub memory_gb: u32,
+    /// When its card was allocated.
+    pub created: Instant,
 }
 
 impl Instance {

@@ -13,6 +13,8 @@ pub mod config;
 pub mod error;
 pub mod gateway;
 pub mod instance;
+pub mod meter;
+pub mod metrics;
 pub mod platform;
 pub mod pool;
 pub mod serve;

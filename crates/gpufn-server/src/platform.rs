@@ -12,7 +12,7 @@ use gpufn_gpu::{Allocator, GpuDiscovery, NvmlDiscovery, SimulatedGpus};
 use gpufn_runtime::probe::Prober;
 use gpufn_runtime::{InstanceRuntime, ProcessRuntime};
 use gpufn_spec::{FieldError, FunctionSpec, RawSpec, SpecError};
-use gpufn_store::{InstanceRecord, Store, StoredFunction};
+use gpufn_store::{BillingSums, ColdStartRow, InstanceRecord, MeterRecord, Store, StoredFunction};
 use serde::Serialize;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -21,14 +21,21 @@ use tokio_util::task::TaskTracker;
 use crate::config::{Config, DEFAULT_QUOTA_CARDS, GpuSource};
 use crate::error::ApiError;
 use crate::gateway::{InstanceClient, instance_client};
-use crate::pool::{AcquireError, Pool, PoolStatus};
+use crate::instance::ColdStartPhases;
+use crate::meter::Meter;
+use crate::metrics::{CardLabels, Metrics, PhaseLabels, StateLabels};
+use crate::pool::{AcquireError, Pool, PoolStatus, Slot};
 use crate::serve::ServerError;
 use crate::util::{from_ms, now_ms, rfc3339};
+use gpufn_metering::Prices;
 
 /// What pools and instance supervisors share.
 #[derive(Debug)]
 pub(crate) struct Shared {
-    pub store: Store,
+    pub store: Arc<Store>,
+    pub meter: Meter,
+    pub metrics: Metrics,
+    pub prices: Prices,
     pub allocator: Allocator,
     pub runtime: Arc<dyn InstanceRuntime>,
     pub prober: Prober,
@@ -85,6 +92,85 @@ pub struct FunctionView {
     pub spec: RawSpec,
     /// Instances and queue right now.
     pub status: PoolStatus,
+    /// Invocations, cold starts and cost since first deployed (only in `GET /functions/{name}`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stats: Option<FunctionStats>,
+}
+
+/// Usage and cold-start figures of one function.
+#[derive(Debug, Clone, Serialize)]
+pub struct FunctionStats {
+    /// Requests served by instances.
+    pub invocations: i64,
+    /// Requests that waited for their instance to start.
+    pub cold_starts: i64,
+    /// `cold_starts / invocations`.
+    pub cold_start_rate: f64,
+    /// Median cold start (request arrival → first byte), over the last 1000.
+    pub cold_start_p50_ms: Option<f64>,
+    /// 99th percentile cold start, over the last 1000.
+    pub cold_start_p99_ms: Option<f64>,
+    /// Active seconds billed.
+    pub billed_seconds: i64,
+    /// Active GB-seconds.
+    pub gb_seconds: f64,
+    /// Provisioned idle GB-seconds.
+    pub idle_gb_seconds: f64,
+    /// Cost so far, USD.
+    pub cost_usd: f64,
+}
+
+/// One function's bill over a window, as `GET /api/v1/billing` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct BillingRow {
+    /// Function name.
+    pub function: String,
+    /// Requests served.
+    pub invocations: i64,
+    /// Active seconds billed (each busy period rounded up).
+    pub billed_seconds: i64,
+    /// `billed_seconds × gpu.memory_gb`.
+    pub gb_seconds: f64,
+    /// Provisioned instances' idle GB-seconds.
+    pub idle_gb_seconds: f64,
+    /// USD at the server's prices.
+    pub cost_usd: f64,
+}
+
+/// A cold start as `GET /api/v1/functions/{name}/cold-starts` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ColdStartView {
+    /// The instance started.
+    pub instance: String,
+    /// When the request arrived (RFC 3339).
+    pub at: String,
+    /// Card allocation.
+    pub gpu_allocate_ms: f64,
+    /// Image pull (0 for process functions).
+    pub image_pull_ms: f64,
+    /// Spawn.
+    pub start_ms: f64,
+    /// Spawn → health check passes.
+    pub ready_ms: f64,
+    /// Ready → the instance's response headers.
+    pub first_response_ms: f64,
+    /// Request arrival → first byte to the caller.
+    pub total_ms: f64,
+}
+
+impl From<ColdStartRow> for ColdStartView {
+    fn from(r: ColdStartRow) -> Self {
+        Self {
+            instance: r.instance,
+            at: rfc3339(from_ms(r.at_ms)),
+            gpu_allocate_ms: r.gpu_allocate_ms,
+            image_pull_ms: r.image_pull_ms,
+            start_ms: r.start_ms,
+            ready_ms: r.ready_ms,
+            first_response_ms: r.first_response_ms,
+            total_ms: r.total_ms,
+        }
+    }
 }
 
 /// The whole server's state.
@@ -107,7 +193,7 @@ impl Platform {
             path: config.data_dir.clone(),
             source: e,
         })?;
-        let store = Store::open(&config.data_dir.join("gpufn.db"))?;
+        let store = Arc::new(Store::open(&config.data_dir.join("gpufn.db"))?);
         let cards = discover(&config.gpus)?;
         let quota = match config.quota_cards {
             Some(q) => {
@@ -121,6 +207,9 @@ impl Platform {
         };
         reap_orphans(&store);
         let shared = Arc::new(Shared {
+            meter: Meter::start(store.clone()),
+            metrics: Metrics::default(),
+            prices: config.prices,
             store,
             allocator: Allocator::new(cards, quota),
             runtime: Arc::new(ProcessRuntime),
@@ -192,6 +281,195 @@ impl Platform {
         &self.client
     }
 
+    /// The metrics registry.
+    pub fn metrics(&self) -> &Metrics {
+        &self.shared.metrics
+    }
+
+    /// Records a cold start as the request that waited for it got its response headers.
+    pub(crate) fn record_cold_start(
+        &self,
+        slot: &Slot,
+        arrival_ms: i64,
+        arrival: Instant,
+        phases: ColdStartPhases,
+        ready_at: Instant,
+    ) {
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        let row = ColdStartRow {
+            function: slot.function().to_string(),
+            instance: slot.instance_id().to_string(),
+            at_ms: arrival_ms,
+            gpu_allocate_ms: phases.gpu_allocate_ms,
+            image_pull_ms: phases.image_pull_ms,
+            start_ms: phases.start_ms,
+            ready_ms: phases.ready_ms,
+            first_response_ms: ms(ready_at.elapsed()),
+            total_ms: ms(arrival.elapsed()),
+        };
+        let m = &self.shared.metrics;
+        m.cold_starts
+            .get_or_create(&Metrics::function(&row.function))
+            .inc();
+        for (phase, v) in [
+            ("gpu_allocate", row.gpu_allocate_ms),
+            ("image_pull", row.image_pull_ms),
+            ("start", row.start_ms),
+            ("ready", row.ready_ms),
+            ("first_response", row.first_response_ms),
+            ("total", row.total_ms),
+        ] {
+            m.cold_start_duration
+                .get_or_create(&PhaseLabels {
+                    function: row.function.clone(),
+                    phase: phase.to_string(),
+                })
+                .observe(v / 1000.0);
+        }
+        self.shared.meter.record(MeterRecord::ColdStart(row));
+    }
+
+    /// Billing per function for `[from_ms, to_ms)`: what is stored plus what is still open.
+    pub async fn billing(
+        &self,
+        function: Option<&str>,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<BillingRow>, ApiError> {
+        self.shared.meter.flush().await;
+        let sums = self
+            .shared
+            .store
+            .billing(function, from_ms, to_ms)
+            .map_err(|e| ApiError::internal("reading billing records", e))?;
+        let mut rows: BTreeMap<String, BillingSums> =
+            sums.into_iter().map(|s| (s.function.clone(), s)).collect();
+        if to_ms > now_ms() {
+            for pool in self.pools() {
+                if function.is_some_and(|f| f != pool.name()) {
+                    continue;
+                }
+                let live = pool.live_usage(from_ms);
+                let row = rows
+                    .entry(pool.name().to_string())
+                    .or_insert_with(|| BillingSums {
+                        function: pool.name().to_string(),
+                        ..BillingSums::default()
+                    });
+                row.invocations += i64::try_from(live.invocations).unwrap_or(0);
+                row.billed_seconds += i64::try_from(live.billed_seconds).unwrap_or(0);
+                row.gb_seconds += live.gb_seconds;
+                row.idle_gb_seconds += live.idle_gb_seconds;
+            }
+        }
+        let prices = self.shared.prices;
+        Ok(rows
+            .into_values()
+            .map(|s| BillingRow {
+                cost_usd: s.gb_seconds * prices.active_usd_per_gb_s
+                    + s.idle_gb_seconds * prices.idle_usd_per_gb_s,
+                function: s.function,
+                invocations: s.invocations,
+                billed_seconds: s.billed_seconds,
+                gb_seconds: s.gb_seconds,
+                idle_gb_seconds: s.idle_gb_seconds,
+            })
+            .collect())
+    }
+
+    /// The most recent cold starts of a function, newest first.
+    pub async fn cold_starts(
+        &self,
+        name: &str,
+        limit: usize,
+    ) -> Result<Vec<ColdStartView>, ApiError> {
+        if self.pool(name).is_none() {
+            return Err(ApiError::no_function(name));
+        }
+        self.shared.meter.flush().await;
+        let rows = self
+            .shared
+            .store
+            .cold_starts(name, limit)
+            .map_err(|e| ApiError::internal("reading cold starts", e))?;
+        Ok(rows.into_iter().map(ColdStartView::from).collect())
+    }
+
+    /// Usage and cold-start figures of one function since it was first deployed.
+    async fn stats(&self, name: &str) -> Result<FunctionStats, ApiError> {
+        let bill = self.billing(Some(name), 0, i64::MAX).await?;
+        let bill = bill.into_iter().next();
+        let recent = self
+            .shared
+            .store
+            .cold_starts(name, 1000)
+            .map_err(|e| ApiError::internal("reading cold starts", e))?;
+        let cold_starts = self
+            .shared
+            .store
+            .cold_start_count(name, 0)
+            .map_err(|e| ApiError::internal("reading cold starts", e))?;
+        let mut totals: Vec<f64> = recent.iter().map(|c| c.total_ms).collect();
+        totals.sort_by(f64::total_cmp);
+        let pct = |p: f64| -> Option<f64> {
+            let last = totals.len().checked_sub(1)?;
+            let i = ((last as f64) * p).round() as usize;
+            totals.get(i.min(last)).copied()
+        };
+        let invocations = bill.as_ref().map_or(0, |b| b.invocations);
+        Ok(FunctionStats {
+            invocations,
+            cold_starts,
+            cold_start_rate: if invocations > 0 {
+                cold_starts as f64 / invocations as f64
+            } else {
+                0.0
+            },
+            cold_start_p50_ms: pct(0.5),
+            cold_start_p99_ms: pct(0.99),
+            billed_seconds: bill.as_ref().map_or(0, |b| b.billed_seconds),
+            gb_seconds: bill.as_ref().map_or(0.0, |b| b.gb_seconds),
+            idle_gb_seconds: bill.as_ref().map_or(0.0, |b| b.idle_gb_seconds),
+            cost_usd: bill.as_ref().map_or(0.0, |b| b.cost_usd),
+        })
+    }
+
+    /// The metrics in text form, with the state gauges refreshed from the pools.
+    pub fn metrics_text(&self) -> String {
+        let m = &self.shared.metrics;
+        m.instances.clear();
+        m.queue_depth.clear();
+        for pool in self.pools() {
+            let st = pool.status();
+            for (state, n) in [
+                ("starting", st.starting),
+                ("ready", st.ready),
+                ("busy", st.busy),
+                ("draining", st.draining),
+            ] {
+                m.instances
+                    .get_or_create(&StateLabels {
+                        function: pool.name().to_string(),
+                        state: state.to_string(),
+                    })
+                    .set(i64::from(n));
+            }
+            m.queue_depth
+                .get_or_create(&Metrics::function(pool.name()))
+                .set(i64::from(st.queued));
+        }
+        let cards = self.shared.allocator.snapshot();
+        let allocated = cards.iter().filter(|c| c.instance.is_some()).count();
+        for (state, n) in [("allocated", allocated), ("free", cards.len() - allocated)] {
+            m.gpu_cards
+                .get_or_create(&CardLabels {
+                    state: state.to_string(),
+                })
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+        m.encode()
+    }
+
     /// The GPU allocator.
     pub fn allocator(&self) -> &Allocator {
         &self.shared.allocator
@@ -260,8 +538,8 @@ impl Platform {
         }
     }
 
-    /// One function.
-    pub fn function(&self, name: &str) -> Result<FunctionView, ApiError> {
+    /// One function, with its stats.
+    pub async fn function(&self, name: &str) -> Result<FunctionView, ApiError> {
         let pool = self.pool(name).ok_or_else(|| ApiError::no_function(name))?;
         let row = self
             .shared
@@ -269,7 +547,9 @@ impl Platform {
             .get_function(name)
             .map_err(|e| ApiError::internal("reading the function", e))?
             .ok_or_else(|| ApiError::no_function(name))?;
-        Ok(view(&row, &pool))
+        let mut v = view(&row, &pool);
+        v.stats = Some(self.stats(name).await?);
+        Ok(v)
     }
 
     /// Every function, by name.
@@ -321,6 +601,8 @@ impl Platform {
         {
             tracing::error!("some instances did not stop within {bound:?}");
         }
+        // Stopping closed the instances' busy periods: get them into the store before exit.
+        self.shared.meter.flush().await;
     }
 
     fn spawn_reconciler(self: Arc<Self>) {
@@ -366,6 +648,7 @@ fn view(row: &StoredFunction, pool: &Pool) -> FunctionView {
         updated_at: rfc3339(from_ms(row.updated_at_ms)),
         spec: pool.spec().to_raw(),
         status: pool.status(),
+        stats: None,
     }
 }
 

@@ -15,15 +15,18 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
 use gpufn_gpu::{AllocError, AllocRequest};
+use gpufn_metering::{BusyTracker, ClosedPeriod, billed_seconds};
 use gpufn_policy::{Demand, InstanceView, Limits};
 use gpufn_spec::FunctionSpec;
+use gpufn_store::MeterRecord;
 use serde::Serialize;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use crate::instance::{ColdStartPhases, Instance, InstanceState, StartJob, supervise};
+use crate::metrics::Metrics;
 use crate::platform::Shared;
-use crate::util::{rfc3339, short_id};
+use crate::util::{rfc3339, short_id, wall_ms};
 
 /// Why a request got no slot.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -66,10 +69,23 @@ pub struct Slot {
     instance: String,
     addr: SocketAddr,
     cold: bool,
+    /// For a cold start: the instance's phases and when it became ready.
+    cold_info: Option<(ColdStartPhases, Instant)>,
     request_timeout: Duration,
 }
 
 impl Slot {
+    /// The cold-start phases of the instance and when it became ready, if this request waited
+    /// for it to start.
+    pub fn cold_start_info(&self) -> Option<(ColdStartPhases, Instant)> {
+        self.cold_info
+    }
+
+    /// The function's name.
+    pub fn function(&self) -> &str {
+        self.pool.name()
+    }
+
     /// The instance holding this slot.
     pub fn instance_id(&self) -> &str {
         &self.instance
@@ -136,6 +152,8 @@ struct Outbox {
     starts: Vec<StartJob>,
     /// Something keep-alive cares about changed (an instance went idle, ready or away).
     wake: bool,
+    /// Metering records to hand to the meter.
+    records: Vec<MeterRecord>,
 }
 
 /// One function's pool.
@@ -186,6 +204,31 @@ pub struct PoolStatus {
     pub in_flight: u32,
     /// Requests waiting for a slot.
     pub queued: u32,
+}
+
+/// Usage not yet in the store (see [`Pool::live_usage`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LiveUsage {
+    /// Requests in open busy periods.
+    pub invocations: u64,
+    /// Seconds billed so far for open periods.
+    pub billed_seconds: u64,
+    /// GB-seconds of open periods.
+    pub gb_seconds: f64,
+    /// Idle GB-seconds so far of live provisioned instances.
+    pub idle_gb_seconds: f64,
+}
+
+fn busy_record(function: &str, instance: &str, memory_gb: u32, p: &ClosedPeriod) -> MeterRecord {
+    MeterRecord::Busy {
+        function: function.to_string(),
+        instance: instance.to_string(),
+        start_ms: wall_ms(p.start),
+        busy_ms: i64::try_from(p.busy.as_millis()).unwrap_or(i64::MAX),
+        requests: i64::try_from(p.requests).unwrap_or(i64::MAX),
+        billed_s: i64::try_from(p.billed_seconds).unwrap_or(i64::MAX),
+        memory_gb: i64::from(memory_gb),
+    }
 }
 
 fn count(n: usize) -> u32 {
@@ -314,15 +357,21 @@ impl Pool {
             .min_by_key(|i| i.in_flight)?;
         let addr = inst.addr?;
         inst.in_flight += 1;
+        inst.busy.start(Instant::now());
         let cold = match (waited_since, inst.ready_at) {
             (Some(since), Some(ready)) => ready > since,
             _ => false,
+        };
+        let cold_info = match (cold, inst.ready_at) {
+            (true, Some(ready)) => Some((inst.phases, ready)),
+            _ => None,
         };
         Some(Slot {
             pool: self.clone(),
             instance: inst.id.clone(),
             addr,
             cold,
+            cold_info,
             request_timeout: st.spec.request_timeout,
         })
     }
@@ -379,7 +428,8 @@ impl Pool {
             wanted = 0;
         }
         st.blocked = None;
-        for _ in 0..wanted {
+        let live_before = demand.starting + demand.ready;
+        for live in live_before..live_before + wanted {
             let id = format!("{}-{}", self.name, short_id());
             let t = Instant::now();
             let lease = match self.shared.allocator.allocate(AllocRequest {
@@ -396,7 +446,14 @@ impl Pool {
                 }
             };
             let stop = self.shared.instances_root.child_token();
+            // The first min_instances live instances are the provisioned ones, billed for their
+            // whole lifetime; the rest are on demand, billed only while busy.
+            let provisioned = live < spec.scaling.min_instances;
             st.instances.push(Instance {
+                busy: BusyTracker::default(),
+                provisioned,
+                memory_gb: spec.gpu.memory_gb,
+                created: t,
                 id: id.clone(),
                 revision: st.revision,
                 state: InstanceState::Starting,
@@ -439,6 +496,21 @@ impl Pool {
         if out.wake {
             self.shared.wake.notify_one();
         }
+        for record in out.records {
+            if let MeterRecord::Busy {
+                billed_s,
+                memory_gb,
+                ..
+            } = &record
+            {
+                self.shared
+                    .metrics
+                    .billed_gb_seconds
+                    .get_or_create(&Metrics::function(&self.name))
+                    .inc_by((billed_s * memory_gb) as f64);
+            }
+            self.shared.meter.record(record);
+        }
     }
 
     fn release(self: &Arc<Self>, id: &str) {
@@ -450,6 +522,10 @@ impl Pool {
             };
             inst.in_flight = inst.in_flight.saturating_sub(1);
             inst.served += 1;
+            if let Some(period) = inst.busy.end(Instant::now()) {
+                out.records
+                    .push(busy_record(&self.name, &inst.id, inst.memory_gb, &period));
+            }
             if inst.in_flight == 0 {
                 out.wake = true;
                 inst.idle_since = Instant::now();
@@ -509,7 +585,7 @@ impl Pool {
         {
             let mut st = self.lock();
             out.wake = true;
-            st.instances.retain(|i| i.id != id);
+            self.retire(&mut st, id, &mut out);
             st.failed_starts = st.failed_starts.saturating_add(1);
             let backoff = Duration::from_secs(1 << st.failed_starts.min(6));
             st.min_retry_at = Some(Instant::now() + backoff);
@@ -536,13 +612,64 @@ impl Pool {
         self.run(out);
     }
 
+    /// Removes an instance and closes its bills: an open busy period (it crashed mid-request) and,
+    /// for a provisioned instance, the idle rest of its lifetime.
+    fn retire(&self, st: &mut PoolState, id: &str, out: &mut Outbox) {
+        let Some(pos) = st.instances.iter().position(|i| i.id == id) else {
+            return;
+        };
+        let mut inst = st.instances.remove(pos);
+        let now = Instant::now();
+        if let Some(period) = inst.busy.close(now) {
+            out.records
+                .push(busy_record(&self.name, &inst.id, inst.memory_gb, &period));
+        }
+        if inst.provisioned {
+            let lifetime = billed_seconds(now.saturating_duration_since(inst.created));
+            let idle_s = lifetime.saturating_sub(inst.busy.billed_total());
+            out.records.push(MeterRecord::ProvisionedIdle {
+                function: self.name.clone(),
+                instance: inst.id.clone(),
+                end_ms: wall_ms(now),
+                idle_s: i64::try_from(idle_s).unwrap_or(i64::MAX),
+                memory_gb: i64::from(inst.memory_gb),
+            });
+        }
+    }
+
+    /// What is billable right now but not yet recorded: busy periods still open (started at or after
+    /// `from_ms`) and the idle time so far of live provisioned instances.
+    pub fn live_usage(&self, from_ms: i64) -> LiveUsage {
+        let now = Instant::now();
+        let st = self.lock();
+        let mut u = LiveUsage::default();
+        for inst in &st.instances {
+            let gb = f64::from(inst.memory_gb);
+            let open = inst
+                .busy
+                .open_period(now)
+                .filter(|p| wall_ms(p.start) >= from_ms);
+            if let Some(p) = open {
+                u.invocations += p.requests;
+                u.billed_seconds += p.billed_seconds;
+                u.gb_seconds += p.billed_seconds as f64 * gb;
+            }
+            if inst.provisioned {
+                let lifetime = billed_seconds(now.saturating_duration_since(inst.created));
+                let busy = inst.busy.billed_total() + open.map_or(0, |p| p.billed_seconds);
+                u.idle_gb_seconds += lifetime.saturating_sub(busy) as f64 * gb;
+            }
+        }
+        u
+    }
+
     /// The instance's process is gone and its card given back.
     pub(crate) fn on_gone(self: &Arc<Self>, id: &str) {
         let mut out = Outbox::default();
         {
             let mut st = self.lock();
             out.wake = true;
-            st.instances.retain(|i| i.id != id);
+            self.retire(&mut st, id, &mut out);
             self.scale(&mut st, &mut out);
         }
         self.run(out);

@@ -24,3 +24,15 @@ pub(crate) fn from_ms(ms: i64) -> SystemTime {
 pub(crate) fn short_id() -> String {
     uuid::Uuid::new_v4().simple().to_string()[..8].to_string()
 }
+
+/// Wall-clock milliseconds of a monotonic instant (for records that outlive the process).
+pub(crate) fn wall_ms(t: std::time::Instant) -> i64 {
+    let now = std::time::Instant::now();
+    let wall = now_ms();
+    let delta = |d: std::time::Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+    if t <= now {
+        wall - delta(now - t)
+    } else {
+        wall + delta(t - now)
+    }
+}

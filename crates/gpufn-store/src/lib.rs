@@ -53,7 +53,8 @@ pub struct InstanceRecord {
 }
 
 /// Schema migrations, applied in order; `PRAGMA user_version` counts the ones applied.
-const MIGRATIONS: &[&str] = &["CREATE TABLE functions (
+const MIGRATIONS: &[&str] = &[
+    "CREATE TABLE functions (
         name TEXT PRIMARY KEY,
         spec TEXT NOT NULL,
         revision INTEGER NOT NULL,
@@ -65,7 +66,41 @@ const MIGRATIONS: &[&str] = &["CREATE TABLE functions (
         id TEXT PRIMARY KEY,
         function TEXT NOT NULL,
         pid INTEGER NOT NULL
-     );"];
+     );",
+    "CREATE TABLE busy_periods (
+        id INTEGER PRIMARY KEY,
+        function TEXT NOT NULL,
+        instance TEXT NOT NULL,
+        start_ms INTEGER NOT NULL,
+        busy_ms INTEGER NOT NULL,
+        requests INTEGER NOT NULL,
+        billed_s INTEGER NOT NULL,
+        memory_gb INTEGER NOT NULL
+     );
+     CREATE INDEX busy_periods_by_time ON busy_periods (function, start_ms);
+     CREATE TABLE provisioned_idle (
+        id INTEGER PRIMARY KEY,
+        function TEXT NOT NULL,
+        instance TEXT NOT NULL,
+        end_ms INTEGER NOT NULL,
+        idle_s INTEGER NOT NULL,
+        memory_gb INTEGER NOT NULL
+     );
+     CREATE INDEX provisioned_idle_by_time ON provisioned_idle (function, end_ms);
+     CREATE TABLE cold_starts (
+        id INTEGER PRIMARY KEY,
+        function TEXT NOT NULL,
+        instance TEXT NOT NULL,
+        at_ms INTEGER NOT NULL,
+        gpu_allocate_ms REAL NOT NULL,
+        image_pull_ms REAL NOT NULL,
+        start_ms REAL NOT NULL,
+        ready_ms REAL NOT NULL,
+        first_response_ms REAL NOT NULL,
+        total_ms REAL NOT NULL
+     );
+     CREATE INDEX cold_starts_by_time ON cold_starts (function, at_ms);",
+];
 
 /// The store. Share it behind an `Arc`.
 #[derive(Debug)]
@@ -213,6 +248,224 @@ impl Store {
     }
 }
 
+/// A metering record, written in batches by the server's meter thread.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MeterRecord {
+    /// A closed busy period of an instance.
+    Busy {
+        /// Function name.
+        function: String,
+        /// Instance id.
+        instance: String,
+        /// Start, ms since the epoch.
+        start_ms: i64,
+        /// Length in ms.
+        busy_ms: i64,
+        /// Requests started in the period.
+        requests: i64,
+        /// Seconds billed (the length rounded up).
+        billed_s: i64,
+        /// GPU memory billed per second.
+        memory_gb: i64,
+    },
+    /// The idle seconds of a provisioned instance's whole lifetime, written when it stops.
+    ProvisionedIdle {
+        /// Function name.
+        function: String,
+        /// Instance id.
+        instance: String,
+        /// When the instance stopped, ms since the epoch.
+        end_ms: i64,
+        /// Lifetime (rounded up) minus billed busy seconds.
+        idle_s: i64,
+        /// GPU memory billed per second.
+        memory_gb: i64,
+    },
+    /// A cold start, with its phases.
+    ColdStart(ColdStartRow),
+}
+
+/// A cold start as stored.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ColdStartRow {
+    /// Function name.
+    pub function: String,
+    /// The instance that was started.
+    pub instance: String,
+    /// When the triggering request arrived, ms since the epoch.
+    pub at_ms: i64,
+    /// Card allocation.
+    pub gpu_allocate_ms: f64,
+    /// Image pull (0 for process functions).
+    pub image_pull_ms: f64,
+    /// Spawn.
+    pub start_ms: f64,
+    /// Spawn → health check passes.
+    pub ready_ms: f64,
+    /// Ready → the instance's first response headers.
+    pub first_response_ms: f64,
+    /// Request arrival → first byte to the caller.
+    pub total_ms: f64,
+}
+
+/// Billing sums for one function over a time window (prices are applied by the caller).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct BillingSums {
+    /// Function name.
+    pub function: String,
+    /// Requests served.
+    pub invocations: i64,
+    /// Active seconds billed.
+    pub billed_seconds: i64,
+    /// Active GB-seconds.
+    pub gb_seconds: f64,
+    /// Provisioned idle GB-seconds.
+    pub idle_gb_seconds: f64,
+}
+
+impl Store {
+    /// Writes a batch of metering records in one transaction.
+    pub fn write_meter(&self, records: &[MeterRecord]) -> Result<(), StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        for r in records {
+            match r {
+                MeterRecord::Busy {
+                    function,
+                    instance,
+                    start_ms,
+                    busy_ms,
+                    requests,
+                    billed_s,
+                    memory_gb,
+                } => tx.execute(
+                    "INSERT INTO busy_periods (function, instance, start_ms, busy_ms, requests, billed_s, memory_gb)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    params![function, instance, start_ms, busy_ms, requests, billed_s, memory_gb],
+                )?,
+                MeterRecord::ProvisionedIdle {
+                    function,
+                    instance,
+                    end_ms,
+                    idle_s,
+                    memory_gb,
+                } => tx.execute(
+                    "INSERT INTO provisioned_idle (function, instance, end_ms, idle_s, memory_gb)
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![function, instance, end_ms, idle_s, memory_gb],
+                )?,
+                MeterRecord::ColdStart(c) => tx.execute(
+                    "INSERT INTO cold_starts (function, instance, at_ms, gpu_allocate_ms, image_pull_ms,
+                        start_ms, ready_ms, first_response_ms, total_ms)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                    params![
+                        c.function,
+                        c.instance,
+                        c.at_ms,
+                        c.gpu_allocate_ms,
+                        c.image_pull_ms,
+                        c.start_ms,
+                        c.ready_ms,
+                        c.first_response_ms,
+                        c.total_ms
+                    ],
+                )?,
+            };
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Billing sums per function for busy periods starting, and provisioned instances ending, in
+    /// `[from_ms, to_ms)`; one function or all.
+    pub fn billing(
+        &self,
+        function: Option<&str>,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<BillingSums>, StoreError> {
+        let conn = self.conn();
+        let mut out: std::collections::BTreeMap<String, BillingSums> = Default::default();
+        let mut stmt = conn.prepare(
+            "SELECT function, SUM(requests), SUM(billed_s), SUM(billed_s * memory_gb)
+             FROM busy_periods
+             WHERE start_ms >= ?1 AND start_ms < ?2 AND (?3 IS NULL OR function = ?3)
+             GROUP BY function",
+        )?;
+        let rows = stmt.query_map(params![from_ms, to_ms, function], |r| {
+            Ok(BillingSums {
+                function: r.get(0)?,
+                invocations: r.get(1)?,
+                billed_seconds: r.get(2)?,
+                gb_seconds: r.get::<_, i64>(3)? as f64,
+                idle_gb_seconds: 0.0,
+            })
+        })?;
+        for row in rows {
+            let row = row?;
+            out.insert(row.function.clone(), row);
+        }
+        let mut stmt = conn.prepare(
+            "SELECT function, SUM(idle_s * memory_gb) FROM provisioned_idle
+             WHERE end_ms >= ?1 AND end_ms < ?2 AND (?3 IS NULL OR function = ?3)
+             GROUP BY function",
+        )?;
+        let rows = stmt.query_map(params![from_ms, to_ms, function], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+        })?;
+        for row in rows {
+            let (f, idle) = row?;
+            out.entry(f.clone())
+                .or_insert_with(|| BillingSums {
+                    function: f,
+                    ..BillingSums::default()
+                })
+                .idle_gb_seconds = idle as f64;
+        }
+        Ok(out.into_values().collect())
+    }
+
+    /// The most recent cold starts of a function, newest first.
+    pub fn cold_starts(
+        &self,
+        function: &str,
+        limit: usize,
+    ) -> Result<Vec<ColdStartRow>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT function, instance, at_ms, gpu_allocate_ms, image_pull_ms, start_ms, ready_ms,
+                    first_response_ms, total_ms
+             FROM cold_starts WHERE function = ?1 ORDER BY at_ms DESC, id DESC LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(
+            params![function, i64::try_from(limit).unwrap_or(i64::MAX)],
+            |r| {
+                Ok(ColdStartRow {
+                    function: r.get(0)?,
+                    instance: r.get(1)?,
+                    at_ms: r.get(2)?,
+                    gpu_allocate_ms: r.get(3)?,
+                    image_pull_ms: r.get(4)?,
+                    start_ms: r.get(5)?,
+                    ready_ms: r.get(6)?,
+                    first_response_ms: r.get(7)?,
+                    total_ms: r.get(8)?,
+                })
+            },
+        )?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Number of cold starts of a function since `from_ms`.
+    pub fn cold_start_count(&self, function: &str, from_ms: i64) -> Result<i64, StoreError> {
+        Ok(self.conn().query_row(
+            "SELECT COUNT(*) FROM cold_starts WHERE function = ?1 AND at_ms >= ?2",
+            params![function, from_ms],
+            |r| r.get(0),
+        )?)
+    }
+}
+
 fn migrate(conn: &Connection) -> Result<(), StoreError> {
     let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
     let known = i64::try_from(MIGRATIONS.len()).unwrap_or(i64::MAX);
@@ -306,6 +559,66 @@ mod tests {
         assert_eq!(s.instances().expect("list"), vec![rec]);
         s.remove_instance("f-1").expect("remove");
         assert!(s.instances().expect("list").is_empty());
+    }
+
+    #[test]
+    fn meter_records_sum_per_function_and_window() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = Store::open(&dir.path().join("db")).expect("open");
+        let busy = |f: &str, start_ms, billed_s, requests| MeterRecord::Busy {
+            function: f.into(),
+            instance: format!("{f}-1"),
+            start_ms,
+            busy_ms: billed_s * 1000 - 1,
+            requests,
+            billed_s,
+            memory_gb: 4,
+        };
+        let cold = |at_ms, total_ms| {
+            MeterRecord::ColdStart(ColdStartRow {
+                function: "a".into(),
+                instance: "a-1".into(),
+                at_ms,
+                gpu_allocate_ms: 0.1,
+                image_pull_ms: 0.0,
+                start_ms: 1.0,
+                ready_ms: 100.0,
+                first_response_ms: 5.0,
+                total_ms,
+            })
+        };
+        s.write_meter(&[
+            busy("a", 1_000, 2, 3),
+            busy("a", 5_000, 1, 1),
+            busy("b", 2_000, 10, 1),
+            MeterRecord::ProvisionedIdle {
+                function: "b".into(),
+                instance: "b-1".into(),
+                end_ms: 3_000,
+                idle_s: 50,
+                memory_gb: 4,
+            },
+            cold(1_000, 120.0),
+            cold(9_000, 130.0),
+        ])
+        .expect("write");
+        let all = s.billing(None, 0, i64::MAX).expect("billing");
+        assert_eq!(all.len(), 2);
+        assert_eq!(
+            (all[0].invocations, all[0].billed_seconds, all[0].gb_seconds),
+            (4, 3, 12.0)
+        );
+        assert_eq!((all[1].billed_seconds, all[1].idle_gb_seconds), (10, 200.0));
+        let window = s.billing(Some("a"), 0, 5_000).expect("window");
+        assert_eq!(window.len(), 1);
+        assert_eq!(window[0].billed_seconds, 2);
+        let recent = s.cold_starts("a", 10).expect("cold");
+        assert_eq!(
+            recent.iter().map(|c| c.at_ms).collect::<Vec<_>>(),
+            [9_000, 1_000]
+        );
+        assert_eq!(s.cold_starts("a", 1).expect("cold").len(), 1);
+        assert_eq!(s.cold_start_count("a", 5_000).expect("count"), 1);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! One module per group of subcommands.
 
 pub mod cluster;
+pub mod cost;
 pub mod functions;
 pub mod invoke;
 pub mod serve;

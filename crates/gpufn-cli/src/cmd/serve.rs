@@ -3,6 +3,7 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
+use gpufn_metering::Prices;
 use gpufn_server::{Config, GpuSource};
 
 use crate::ServeArgs;
@@ -17,6 +18,15 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    for (flag, v) in [
+        (
+            "--price-active-usd-per-gb-s",
+            args.price_active_usd_per_gb_s,
+        ),
+        ("--price-idle-usd-per-gb-s", args.price_idle_usd_per_gb_s),
+    ] {
+        anyhow::ensure!(v.is_finite() && v >= 0.0, "{flag}: must be >= 0 (got {v})");
+    }
     let gpus = match (args.simulate_gpus, args.simulate_gpus_if_none) {
         (Some(s), _) => GpuSource::Simulated(s),
         (None, Some(s)) => GpuSource::NvmlOrSimulated(s),
@@ -35,6 +45,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         shutdown_grace: Duration::from_secs(args.shutdown_grace_s),
         instance_stop_grace: Duration::from_secs(args.instance_stop_grace_s),
         deploy,
+        prices: Prices {
+            active_usd_per_gb_s: args.price_active_usd_per_gb_s,
+            idle_usd_per_gb_s: args.price_idle_usd_per_gb_s,
+        },
     };
     gpufn_server::run(config, gpufn_server::serve::signal(), |_| {}).await?;
     Ok(ExitCode::SUCCESS)

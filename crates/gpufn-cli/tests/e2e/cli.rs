@@ -216,3 +216,77 @@ async fn the_bundled_example_deploys_as_is_and_renders_a_png() {
     assert_eq!(resp.status(), 400);
     assert_eq!(resp.headers()["x-gpufn-cold-start"], "false");
 }
+
+#[test]
+fn estimate_reproduces_the_seeds_examples() {
+    let run = |n: &str| {
+        let out = std::process::Command::new(BIN)
+            .args([
+                "estimate",
+                "--invocations",
+                n,
+                "--duration-s",
+                "1",
+                "--gpu-memory-gb",
+                "4",
+                "--json",
+            ])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let e1 = run("3600");
+    assert!(
+        (e1["serverless_usd_per_day"].as_f64().unwrap() - 0.2592).abs() < 1e-9,
+        "{e1}"
+    );
+    assert_eq!(e1["dedicated_usd_per_day"], 48.0);
+    assert!(
+        (e1["gpu_utilization_pct"].as_f64().unwrap() - 4.17).abs() < 0.01,
+        "{e1}"
+    );
+    assert!(e1["saving_pct"].as_f64().unwrap() > 99.0);
+    let e2 = run("50000");
+    assert!(
+        (e2["serverless_usd_per_day"].as_f64().unwrap() - 3.6).abs() < 1e-9,
+        "{e2}"
+    );
+    assert!(e2["saving_pct"].as_f64().unwrap() > 90.0);
+    assert!(e2["break_even_invocations_per_day"].as_f64().unwrap() > 666_666.0);
+    // The human table.
+    let out = std::process::Command::new(BIN)
+        .args([
+            "estimate",
+            "--invocations",
+            "3600",
+            "--duration-s",
+            "1",
+            "--gpu-memory-gb",
+            "4",
+        ])
+        .output()
+        .unwrap();
+    let text = stdout(&out);
+    assert!(
+        text.contains("USD 0.2592/day")
+            && text.contains("USD 48.00/day")
+            && text.contains("99.46 %"),
+        "{text}"
+    );
+    // Bad input names the flag.
+    let out = std::process::Command::new(BIN)
+        .args([
+            "estimate",
+            "--invocations",
+            "-5",
+            "--duration-s",
+            "1",
+            "--gpu-memory-gb",
+            "4",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("--invocations"), "{}", stderr(&out));
+}

@@ -7,4 +7,5 @@ mod burst;
 mod cli;
 mod failures;
 mod lifecycle;
+mod metering;
 mod restart;

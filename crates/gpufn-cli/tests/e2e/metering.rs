@@ -1,0 +1,217 @@
+//! Billing, cold-start records and /metrics, read back after real invocations.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::common::*;
+
+fn metric(text: &str, name_and_labels: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(name_and_labels) && l[name_and_labels.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[tokio::test]
+async fn invocations_are_billed_per_second_recorded_and_exported() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Server::start(dir.path(), &["--simulate-gpus", "1xtesla-t4:16"]);
+    s.deploy_testfn("m", "").await; // gpu.memory_gb: 4
+    // A 1.2 s request (billed 2 s) and a short one (billed 1 s): 3 s × 4 GB = 12 GB-s.
+    let r = s
+        .http
+        .get(s.url("/function/m/work?ms=1200"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["x-gpufn-cold-start"], "true");
+    r.bytes().await.unwrap();
+    let r = s
+        .http
+        .get(s.url("/function/m/work?ms=50"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["x-gpufn-cold-start"], "false");
+    r.bytes().await.unwrap();
+    s.wait_for("both periods closed", Duration::from_secs(5), || async {
+        s.instances("m").await[0]["in_flight"] == 0
+    })
+    .await;
+
+    let bill = s.get_json("/api/v1/billing?function=m").await;
+    let row = &bill[0];
+    assert_eq!(row["function"], "m");
+    assert_eq!(row["invocations"], 2, "{bill}");
+    assert_eq!(row["billed_seconds"], 3, "{bill}");
+    assert_eq!(row["gb_seconds"], 12.0, "{bill}");
+    assert_eq!(
+        row["idle_gb_seconds"], 0.0,
+        "on-demand instances pay no idle time"
+    );
+    assert!(
+        (row["cost_usd"].as_f64().unwrap() - 12.0 * 0.000_018).abs() < 1e-12,
+        "{bill}"
+    );
+    // A window after the calls bills nothing (a deployed function still has its row); a bad
+    // bound names its field.
+    let empty = s
+        .get_json("/api/v1/billing?function=m&from=2099-01-01T00:00:00Z")
+        .await;
+    assert_eq!(empty[0]["invocations"], 0, "{empty}");
+    assert_eq!(empty[0]["cost_usd"], 0.0, "{empty}");
+    let resp = s
+        .http
+        .get(s.url("/api/v1/billing?from=yesterday"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    assert_eq!(
+        resp.json::<Value>().await.unwrap()["error"]["field"],
+        "from"
+    );
+
+    // One cold start, with every phase.
+    let cold = s.get_json("/api/v1/functions/m/cold-starts").await;
+    let cold = cold.as_array().unwrap();
+    assert_eq!(cold.len(), 1, "{cold:?}");
+    let c = &cold[0];
+    for phase in [
+        "gpu_allocate_ms",
+        "image_pull_ms",
+        "start_ms",
+        "ready_ms",
+        "first_response_ms",
+        "total_ms",
+    ] {
+        assert!(c[phase].as_f64().unwrap() >= 0.0, "{phase}: {c}");
+    }
+    assert_eq!(c["image_pull_ms"], 0.0);
+    assert!(c["first_response_ms"].as_f64().unwrap() >= 1200.0, "{c}");
+    let total = c["total_ms"].as_f64().unwrap();
+    assert!(
+        total >= c["ready_ms"].as_f64().unwrap() + c["first_response_ms"].as_f64().unwrap(),
+        "{c}"
+    );
+
+    // The function view shows probability, percentiles and cost.
+    let stats = &s.get_json("/api/v1/functions/m").await["stats"];
+    assert_eq!(stats["invocations"], 2, "{stats}");
+    assert_eq!(stats["cold_starts"], 1);
+    assert_eq!(stats["cold_start_rate"], 0.5);
+    assert_eq!(stats["cold_start_p50_ms"].as_f64(), Some(total));
+    assert!((stats["cost_usd"].as_f64().unwrap() - 12.0 * 0.000_018).abs() < 1e-12);
+
+    // Prometheus.
+    let text = s
+        .http
+        .get(s.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        metric(
+            &text,
+            r#"gpufn_invocations_total{function="m",status="200"}"#
+        ),
+        Some(2.0),
+        "{text}"
+    );
+    assert_eq!(
+        metric(&text, r#"gpufn_cold_starts_total{function="m"}"#),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(&text, r#"gpufn_billed_gb_seconds_total{function="m"}"#),
+        Some(12.0)
+    );
+    assert_eq!(
+        metric(
+            &text,
+            r#"gpufn_cold_start_duration_seconds_count{function="m",phase="ready"}"#
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(
+            &text,
+            r#"gpufn_request_duration_seconds_count{function="m"}"#
+        ),
+        Some(2.0)
+    );
+    assert_eq!(
+        metric(&text, r#"gpufn_queue_wait_seconds_count{function="m"}"#),
+        Some(2.0)
+    );
+    assert_eq!(
+        metric(&text, r#"gpufn_instances{function="m",state="ready"}"#),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(&text, r#"gpufn_queue_depth{function="m"}"#),
+        Some(0.0)
+    );
+    assert_eq!(
+        metric(&text, r#"gpufn_gpu_cards{state="allocated"}"#),
+        Some(1.0)
+    );
+    assert_eq!(metric(&text, r#"gpufn_gpu_cards{state="free"}"#), Some(0.0));
+
+    // The CLI.
+    let out = s.cli(&["bill", "--function", "m"]);
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.contains("FUNCTION") && table.contains("0.000216"),
+        "{table}"
+    );
+
+    // A restart loses no billed time.
+    assert_eq!(s.terminate(), Some(0));
+    let s = Server::start(dir.path(), &["--simulate-gpus", "1xtesla-t4:16"]);
+    let bill = s.get_json("/api/v1/billing?function=m").await;
+    assert_eq!(bill[0]["billed_seconds"], 3, "{bill}");
+    assert_eq!(
+        s.get_json("/api/v1/functions/m/cold-starts")
+            .await
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn provisioned_instances_are_billed_for_idle_time_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path(), &["--simulate-gpus", "2xtesla-t4:16"]);
+    s.deploy_testfn("p", "scaling: {min_instances: 1}").await;
+    s.wait_for(
+        "the provisioned instance",
+        Duration::from_secs(15),
+        || async {
+            s.instances("p")
+                .await
+                .first()
+                .is_some_and(|i| i["state"] == "ready")
+        },
+    )
+    .await;
+    // Idle time accrues by the second while nothing runs; the active part stays zero.
+    s.wait_for("idle GB-seconds", Duration::from_secs(10), || async {
+        let b = s.get_json("/api/v1/billing?function=p").await;
+        b[0]["idle_gb_seconds"].as_f64().unwrap_or(0.0) >= 8.0
+    })
+    .await;
+    let b = s.get_json("/api/v1/billing?function=p").await;
+    assert_eq!(b[0]["billed_seconds"], 0, "{b}");
+    let idle = b[0]["idle_gb_seconds"].as_f64().unwrap();
+    assert!(
+        (b[0]["cost_usd"].as_f64().unwrap() - idle * 0.000_007).abs() < 1e-12,
+        "{b}"
+    );
+}

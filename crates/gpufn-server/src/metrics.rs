@@ -1,0 +1,137 @@
+//! Prometheus metrics at `GET /metrics` (OpenMetrics text, `prometheus-client`).
+//!
+//! Counters and histograms are updated where things happen (gateway, pools); gauges that describe
+//! current state (instances, queue depth, cards) are set from the pools at scrape time, so they can
+//! never drift from what the API shows.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct FunctionLabel {
+    pub function: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct StatusLabels {
+    pub function: String,
+    pub status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct PhaseLabels {
+    pub function: String,
+    pub phase: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct StateLabels {
+    pub function: String,
+    pub state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct CardLabels {
+    pub state: String,
+}
+
+/// 1 ms to ~1.5 h in 23 doublings: covers a warm request and a minutes-long model load alike.
+fn seconds_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.001, 2.0, 23))
+}
+
+/// Every metric gpufn exports.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    pub(crate) invocations: Family<StatusLabels, Counter>,
+    pub(crate) cold_starts: Family<FunctionLabel, Counter>,
+    pub(crate) cold_start_duration: Family<PhaseLabels, Histogram, fn() -> Histogram>,
+    pub(crate) request_duration: Family<FunctionLabel, Histogram, fn() -> Histogram>,
+    pub(crate) queue_wait: Family<FunctionLabel, Histogram, fn() -> Histogram>,
+    pub(crate) instances: Family<StateLabels, Gauge>,
+    pub(crate) queue_depth: Family<FunctionLabel, Gauge>,
+    pub(crate) gpu_cards: Family<CardLabels, Gauge>,
+    pub(crate) billed_gb_seconds: Family<FunctionLabel, Counter<f64, AtomicU64>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::default();
+        let m = Self {
+            invocations: Family::default(),
+            cold_starts: Family::default(),
+            cold_start_duration: Family::new_with_constructor(seconds_histogram),
+            request_duration: Family::new_with_constructor(seconds_histogram),
+            queue_wait: Family::new_with_constructor(seconds_histogram),
+            instances: Family::default(),
+            queue_depth: Family::default(),
+            gpu_cards: Family::default(),
+            billed_gb_seconds: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "gpufn_invocations",
+            "Requests to functions, by final HTTP status",
+            m.invocations.clone(),
+        );
+        registry.register(
+            "gpufn_cold_starts",
+            "Requests that waited for their instance to start",
+            m.cold_starts.clone(),
+        );
+        registry.register(
+            "gpufn_cold_start_duration_seconds",
+            "Cold-start phases (gpu_allocate, image_pull, start, ready, first_response, total)",
+            m.cold_start_duration.clone(),
+        );
+        registry.register(
+            "gpufn_request_duration_seconds",
+            "Request arrival to response headers, queue and cold start included",
+            m.request_duration.clone(),
+        );
+        registry.register(
+            "gpufn_queue_wait_seconds",
+            "Time requests waited for an instance slot",
+            m.queue_wait.clone(),
+        );
+        registry.register("gpufn_instances", "Instances by state", m.instances.clone());
+        registry.register(
+            "gpufn_queue_depth",
+            "Requests waiting for a slot",
+            m.queue_depth.clone(),
+        );
+        registry.register(
+            "gpufn_gpu_cards",
+            "GPU cards by state (allocated, free)",
+            m.gpu_cards.clone(),
+        );
+        registry.register(
+            "gpufn_billed_gb_seconds",
+            "Active GPU GB-seconds billed (busy periods rounded up to whole seconds)",
+            m.billed_gb_seconds.clone(),
+        );
+        Self { registry, ..m }
+    }
+}
+
+impl Metrics {
+    /// Text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    pub(crate) fn function(name: &str) -> FunctionLabel {
+        FunctionLabel {
+            function: name.to_string(),
+        }
+    }
+}
