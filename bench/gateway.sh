@@ -2,6 +2,8 @@
 # Gateway overhead: the same 1 KiB upstream (nginx) reached directly, through nginx as a reverse
 # proxy (the baseline), and through gpufn. All on loopback, in one run, so ratios are comparable.
 # Usage: bench/gateway.sh [DURATION_S=10] [CONNECTIONS=16]
+# gpufn runs twice: with its default worker threads (one per CPU) and with --worker-threads 1,
+# which matches the baseline's single nginx worker.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DUR="${1:-10}"; CONN="${2:-16}"
@@ -20,9 +22,12 @@ mkdir -p "$BENCH_DIR/tmp-proxy"
 nginx -p "$BENCH_DIR" -c "$BENCH_DIR/proxy.conf" & pids+=($!)
 "$BIN" serve --listen 127.0.0.1:18203 --data-dir "$BENCH_DIR/gpufn" --simulate-gpus 1xbench:16 \
   --deploy bench/gateway.yaml 2>"$BENCH_DIR/gpufn.log" & pids+=($!)
+"$BIN" serve --listen 127.0.0.1:18204 --data-dir "$BENCH_DIR/gpufn1" --simulate-gpus 1xbench:16 \
+  --worker-threads 1 --deploy bench/gateway.yaml 2>"$BENCH_DIR/gpufn1.log" & pids+=($!)
 wait_http http://127.0.0.1:18201/
 wait_http http://127.0.0.1:18202/
 wait_http http://127.0.0.1:18203/function/bench/   # also performs the cold start
+wait_http http://127.0.0.1:18204/function/bench/
 
 run() {
   local name=$1 url=$2
@@ -38,10 +43,12 @@ echo "wrk -t1 -c$CONN -d${DUR}s, 1 KiB body, $(nproc) cores"
 run "direct (no proxy)" http://127.0.0.1:18201/
 run "nginx reverse proxy" http://127.0.0.1:18202/
 run "gpufn gateway" http://127.0.0.1:18203/function/bench/
+run "gpufn, --worker-threads 1" http://127.0.0.1:18204/function/bench/
 python3 - "$BENCH_DIR" <<'PY'
 import sys
 d = sys.argv[1]
 r = lambda n: float(open(f"{d}/{n}.rps").read())
-g, n = r("gpufn gateway"), r("nginx reverse proxy")
-print(f"gpufn / nginx throughput ratio: {g / n:.2f}")
+n = r("nginx reverse proxy")
+print(f"gpufn / nginx throughput ratio: {r('gpufn gateway') / n:.2f} "
+      f"(--worker-threads 1: {r('gpufn, --worker-threads 1') / n:.2f})")
 PY

@@ -134,6 +134,10 @@ pub struct ServeArgs {
     /// Deploy this spec at start (repeatable).
     #[arg(long)]
     deploy: Vec<PathBuf>,
+    /// Async runtime worker threads (default: one per CPU). On a small machine shared with the
+    /// functions themselves, fewer threads mean fewer context switches (see BENCHMARKS.md).
+    #[arg(long)]
+    worker_threads: Option<usize>,
     /// Active price, USD per GB-second of GPU memory.
     #[arg(long, default_value_t = 0.000_018)]
     price_active_usd_per_gb_s: f64,
@@ -144,10 +148,19 @@ pub struct ServeArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Command::Serve(ServeArgs {
+        worker_threads: Some(n),
+        ..
+    }) = &cli.command
     {
+        if *n == 0 {
+            eprintln!("error: --worker-threads: must be >= 1");
+            return ExitCode::FAILURE;
+        }
+        builder.worker_threads(*n);
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

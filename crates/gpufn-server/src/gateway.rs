@@ -157,24 +157,27 @@ async fn forward(
     strip_hop_by_hop(&mut parts.headers);
     add_forwarding_headers(&mut parts.headers, peer, request_id, &slot);
     let upstream = http::Request::from_parts(parts, body);
-    // The exchange with the instance runs in its own task, which owns the slot. If the caller goes
-    // away mid-request (axum then drops this handler), the instance is still working on it: the
-    // slot must stay taken until the instance answers, or the next request would push the app past
-    // its instance_concurrency.
-    let client = platform.client().clone();
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    tokio::spawn(async move {
-        let sent = tokio::time::timeout(slot.request_timeout(), client.request(upstream)).await;
-        // If the caller is gone, both are dropped here: the response closes, the slot comes back.
-        let _ = tx.send((sent, slot));
-    });
-    let (sent, slot) = rx.await.map_err(|_| {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "the request task was lost",
-        )
-    })?;
+    // If the caller goes away mid-request (axum then drops this handler), the instance is still
+    // working on it: the slot must stay taken until the instance answers, or the next request would
+    // push the app past its instance_concurrency. `Exchange` hands the unfinished exchange and its
+    // slot to a task of their own in that case; normally it runs inline, without a task hop.
+    let timeout = slot.request_timeout();
+    let fut: ExchangeFuture = Box::pin(tokio::time::timeout(
+        timeout,
+        platform.client().request(upstream),
+    ));
+    let mut exchange = Exchange {
+        fut: Some(fut),
+        slot: Some(slot),
+    };
+    let sent = match exchange.fut.as_mut() {
+        Some(fut) => fut.await,
+        None => return Err(ApiError::internal("the exchange", "no future")),
+    };
+    exchange.fut = None;
+    let Some(slot) = exchange.slot.take() else {
+        return Err(ApiError::internal("the exchange", "no slot"));
+    };
     let resp = match sent {
         Ok(Ok(resp)) => resp,
         Ok(Err(e)) => {
@@ -298,6 +301,35 @@ fn acquire_error(e: AcquireError) -> ApiError {
         }
         AcquireError::ShuttingDown => {
             ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", message).retry_after(1)
+        }
+    }
+}
+
+type ExchangeFuture = Pin<
+    Box<
+        dyn std::future::Future<
+                Output = Result<
+                    Result<http::Response<Incoming>, hyper_util::client::legacy::Error>,
+                    tokio::time::error::Elapsed,
+                >,
+            > + Send,
+    >,
+>;
+
+/// A request on its way to an instance, with its slot. Dropped before the instance answered (the
+/// caller went away), it lets the exchange finish in the background and only then frees the slot.
+struct Exchange {
+    fut: Option<ExchangeFuture>,
+    slot: Option<Slot>,
+}
+
+impl Drop for Exchange {
+    fn drop(&mut self) {
+        if let (Some(fut), Some(slot)) = (self.fut.take(), self.slot.take()) {
+            tokio::spawn(async move {
+                let _ = fut.await;
+                drop(slot);
+            });
         }
     }
 }
