@@ -8,8 +8,8 @@
 mod raw;
 mod validate;
 
-pub use raw::{RawGpu, RawHealthCheck, RawScaling, RawSpec};
+pub use raw::{RawAsync, RawGpu, RawHealthCheck, RawScaling, RawSpec};
 pub use validate::{
-    FieldError, FunctionSpec, GpuRequest, HealthCheck, Runtime, Scaling, SpecError, parse_json,
-    parse_yaml,
+    AsyncConfig, FieldError, FunctionSpec, GpuRequest, HealthCheck, Runtime, Scaling, SpecError,
+    check_http_url, parse_json, parse_yaml,
 };

@@ -37,6 +37,23 @@ pub struct RawSpec {
     pub scaling: Option<RawScaling>,
     /// Longest time gpufn waits for an instance's response headers.
     pub request_timeout_s: Option<i64>,
+    /// Asynchronous invocation: retries, event age, destinations.
+    #[serde(rename = "async")]
+    pub async_invoke: Option<RawAsync>,
+}
+
+/// `async:` — how asynchronous invocations (`/async-function/...`) are retried and reported.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAsync {
+    /// Retries after a failed attempt (5xx, crash, timeout), with backoff.
+    pub max_retries: Option<i64>,
+    /// A task not finished this long after it was accepted expires.
+    pub max_event_age_s: Option<i64>,
+    /// URL that gets a JSON record of every task that succeeds.
+    pub on_success: Option<String>,
+    /// URL that gets a JSON record of every task that fails or expires.
+    pub on_failure: Option<String>,
 }
 
 /// `gpu:` — card type and the GPU memory billed for each instance.

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::raw::{RawGpu, RawHealthCheck, RawScaling, RawSpec};
+use crate::raw::{RawAsync, RawGpu, RawHealthCheck, RawScaling, RawSpec};
 
 /// One broken rule: the dotted path of the field and what is wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -173,6 +173,21 @@ pub struct FunctionSpec {
     pub scaling: Scaling,
     /// Deadline for an instance's response headers.
     pub request_timeout: Duration,
+    /// Asynchronous invocation settings.
+    pub async_invoke: AsyncConfig,
+}
+
+/// How asynchronous tasks are retried and reported.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AsyncConfig {
+    /// Retries after a failed attempt.
+    pub max_retries: u32,
+    /// Tasks older than this expire.
+    pub max_event_age: Duration,
+    /// Destination for succeeded tasks.
+    pub on_success: Option<String>,
+    /// Destination for failed and expired tasks.
+    pub on_failure: Option<String>,
 }
 
 /// Environment variables gpufn sets for every instance; a spec may not override them.
@@ -253,6 +268,7 @@ impl RawSpec {
         let health_check = check_health(&mut c, self.health_check.as_ref());
         let scaling = check_scaling(&mut c, self.scaling.as_ref(), &health_check);
         let request_timeout = c.secs("request_timeout_s", self.request_timeout_s, 600, 1, 86_400);
+        let async_invoke = check_async(&mut c, self.async_invoke.as_ref());
         if !c.errors.is_empty() {
             return Err(SpecError::Invalid(c.errors));
         }
@@ -270,6 +286,7 @@ impl RawSpec {
             health_check,
             scaling,
             request_timeout,
+            async_invoke,
         })
     }
 
@@ -450,6 +467,44 @@ fn check_scaling(c: &mut Checker, s: Option<&RawScaling>, health: &HealthCheck) 
     }
 }
 
+/// An `http://` URL with a host: what destinations and callbacks may be.
+pub fn check_http_url(url: &str) -> Result<(), String> {
+    let Some(rest) = url.strip_prefix("http://") else {
+        return Err(format!("must be an http:// URL (got {url:?})"));
+    };
+    let host = rest.split(['/', '?']).next().unwrap_or_default();
+    if host.is_empty() || url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!("must be an http:// URL with a host (got {url:?})"));
+    }
+    Ok(())
+}
+
+fn check_async(c: &mut Checker, a: Option<&RawAsync>) -> AsyncConfig {
+    let a = a.cloned().unwrap_or_default();
+    let mut url = |field: &str, v: Option<String>| {
+        if let Some(u) = &v {
+            if let Err(e) = check_http_url(u) {
+                c.fail(field, e);
+            }
+        }
+        v
+    };
+    let on_success = url("async.on_success", a.on_success);
+    let on_failure = url("async.on_failure", a.on_failure);
+    AsyncConfig {
+        max_retries: c.count("async.max_retries", a.max_retries, 3, 0, 8),
+        max_event_age: c.secs(
+            "async.max_event_age_s",
+            a.max_event_age_s,
+            18_000,
+            1,
+            7 * 86_400,
+        ),
+        on_success,
+        on_failure,
+    }
+}
+
 impl FunctionSpec {
     /// The spec with every default filled in, as a document (what `gpufn get` shows and the store keeps).
     pub fn to_raw(&self) -> RawSpec {
@@ -480,6 +535,12 @@ impl FunctionSpec {
                 queue_timeout_s: secs(self.scaling.queue_timeout),
             }),
             request_timeout_s: secs(self.request_timeout),
+            async_invoke: Some(RawAsync {
+                max_retries: Some(i64::from(self.async_invoke.max_retries)),
+                max_event_age_s: secs(self.async_invoke.max_event_age),
+                on_success: self.async_invoke.on_success.clone(),
+                on_failure: self.async_invoke.on_failure.clone(),
+            }),
         }
     }
 }

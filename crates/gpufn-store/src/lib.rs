@@ -10,6 +10,9 @@ use std::sync::{Mutex, MutexGuard};
 
 use rusqlite::{Connection, OptionalExtension, params};
 
+mod tasks;
+pub use tasks::{Delivery, NewTask, TaskResult, TaskRow, TaskState};
+
 /// A store failure.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -100,6 +103,41 @@ const MIGRATIONS: &[&str] = &[
         total_ms REAL NOT NULL
      );
      CREATE INDEX cold_starts_by_time ON cold_starts (function, at_ms);",
+    "CREATE TABLE tasks (
+        id TEXT PRIMARY KEY,
+        function TEXT NOT NULL,
+        method TEXT NOT NULL,
+        path TEXT NOT NULL,
+        headers TEXT NOT NULL,
+        body BLOB NOT NULL,
+        callback_url TEXT,
+        state TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        created_ms INTEGER NOT NULL,
+        updated_ms INTEGER NOT NULL,
+        started_ms INTEGER,
+        finished_ms INTEGER,
+        next_attempt_ms INTEGER NOT NULL,
+        instance TEXT,
+        error TEXT,
+        result_status INTEGER,
+        result_headers TEXT,
+        result_body BLOB,
+        result_file TEXT
+     );
+     CREATE INDEX tasks_runnable ON tasks (state, next_attempt_ms);
+     CREATE INDEX tasks_by_function ON tasks (function, created_ms);
+     CREATE TABLE deliveries (
+        id INTEGER PRIMARY KEY,
+        task_id TEXT NOT NULL,
+        url TEXT NOT NULL,
+        payload TEXT NOT NULL,
+        state TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_ms INTEGER NOT NULL,
+        last_error TEXT
+     );
+     CREATE INDEX deliveries_due ON deliveries (state, next_ms);",
 ];
 
 /// The store. Share it behind an `Arc`.
@@ -122,7 +160,7 @@ impl Store {
         })
     }
 
-    fn conn(&self) -> MutexGuard<'_, Connection> {
+    pub(crate) fn conn(&self) -> MutexGuard<'_, Connection> {
         // SQLite keeps its own consistency; a panic elsewhere while holding the guard does not
         // leave the connection unusable.
         self.conn.lock().unwrap_or_else(|p| p.into_inner())

@@ -55,6 +55,9 @@ fn defaults_are_filled_in() {
     // The queue timeout follows the startup deadline unless set.
     assert_eq!(spec.scaling.queue_timeout.as_secs(), 660);
     assert_eq!(spec.request_timeout.as_secs(), 600);
+    assert_eq!(spec.async_invoke.max_retries, 3);
+    assert_eq!(spec.async_invoke.max_event_age.as_secs(), 18_000);
+    assert_eq!(spec.async_invoke.on_success, None);
 }
 
 #[test]
@@ -104,6 +107,22 @@ fn broken_rules_name_the_field_and_the_rule() {
         ("env: {'1BAD': x}", "env.1BAD: name must match"),
         ("runtime: docker", "runtime: must be one of: process"),
         ("command: []", "command: must not be empty"),
+        (
+            "async: {max_retries: 9}",
+            "async.max_retries: must be <= 8 (got 9)",
+        ),
+        (
+            "async: {max_event_age_s: 0}",
+            "async.max_event_age_s: must be >= 1 (got 0)",
+        ),
+        (
+            "async: {on_success: 'ftp://x'}",
+            "async.on_success: must be an http:// URL",
+        ),
+        (
+            "async: {on_failure: 'http://'}",
+            "async.on_failure: must be an http:// URL with a host",
+        ),
     ];
     for (extra, want) in cases {
         // Later keys override earlier ones in YAML mappings only when unique, so build each case
