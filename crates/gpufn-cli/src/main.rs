@@ -95,6 +95,32 @@ enum Command {
     },
     /// Daily cost of a workload on gpufn vs a dedicated GPU server (no server needed).
     Estimate(cmd::cost::EstimateArgs),
+    /// List asynchronous tasks, newest first.
+    Tasks {
+        /// Only this function's.
+        #[arg(long)]
+        function: Option<String>,
+        /// Only tasks in this state (queued, running, succeeded, failed, cancelled, expired).
+        #[arg(long)]
+        state: Option<String>,
+        /// How many.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one asynchronous task (its state, attempts and result).
+    Task {
+        /// Task id.
+        id: String,
+        /// Wait until it reaches a final state.
+        #[arg(long)]
+        wait: bool,
+        /// Cancel it (if queued or running).
+        #[arg(long, conflicts_with = "wait")]
+        cancel: bool,
+    },
     /// Print an instance's log.
     Logs {
         /// Function name.
@@ -134,6 +160,21 @@ pub struct ServeArgs {
     /// Deploy this spec at start (repeatable).
     #[arg(long)]
     deploy: Vec<PathBuf>,
+    /// Largest share of a function's slots that asynchronous tasks may hold at once.
+    #[arg(long, default_value_t = 0.5)]
+    async_max_share: f64,
+    /// Days finished asynchronous tasks (and their results) are kept.
+    #[arg(long, default_value_t = 7.0)]
+    task_retention_days: f64,
+    /// Result bodies up to this size are kept in the store; larger ones as files.
+    #[arg(long, default_value_t = 65_536)]
+    task_result_inline_bytes: usize,
+    /// Largest request body an asynchronous invocation accepts.
+    #[arg(long, default_value_t = 16 * 1024 * 1024)]
+    task_max_body_bytes: usize,
+    /// First retry delay of a failed task attempt, doubling each time.
+    #[arg(long, default_value_t = 1000)]
+    task_retry_base_ms: u64,
     /// Async runtime worker threads (default: one per CPU). On a small machine shared with the
     /// functions themselves, fewer threads mean fewer context switches (see BENCHMARKS.md).
     #[arg(long)]
@@ -195,6 +236,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             json,
         } => cmd::cost::bill(&api, function, from, to, json).await,
         Command::Estimate(args) => cmd::cost::estimate(&args),
+        Command::Tasks {
+            function,
+            state,
+            limit,
+            json,
+        } => cmd::tasks::list(&api, function, state, limit, json).await,
+        Command::Task { id, wait, cancel } => cmd::tasks::show(&api, &id, wait, cancel).await,
         Command::Logs {
             name,
             instance,

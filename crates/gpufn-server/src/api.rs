@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::ApiError;
 use crate::gateway;
 use crate::platform::Platform;
+use crate::tasks_api;
 
 type Shared = State<Arc<Platform>>;
 
@@ -33,6 +34,13 @@ pub fn router(platform: Arc<Platform>) -> Router {
         .route("/metrics", get(metrics))
         .route("/api/v1/gpus", get(gpus))
         .route("/api/v1/quota", get(get_quota).put(put_quota))
+        .route("/api/v1/tasks", get(tasks_api::list_tasks))
+        .route("/api/v1/tasks/{id}", get(tasks_api::get_task))
+        .route("/api/v1/tasks/{id}/cancel", post(tasks_api::cancel_task))
+        .route("/api/v1/tasks/{id}/result", get(tasks_api::task_result))
+        .route("/async-function/{name}", any(tasks_api::accept))
+        .route("/async-function/{name}/", any(tasks_api::accept))
+        .route("/async-function/{name}/{*rest}", any(tasks_api::accept))
         .route("/function/{name}", any(gateway::invoke))
         .route("/function/{name}/", any(gateway::invoke))
         .route("/function/{name}/{*rest}", any(gateway::invoke))

@@ -7,6 +7,8 @@ use std::time::Duration;
 use gpufn_metering::Prices;
 use gpufn_spec::RawSpec;
 
+use crate::tasks::TaskConfig;
+
 /// Where the GPU inventory comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GpuSource {
@@ -37,6 +39,8 @@ pub struct Config {
     pub deploy: Vec<RawSpec>,
     /// Billing prices.
     pub prices: Prices,
+    /// Asynchronous task settings.
+    pub tasks: TaskConfig,
 }
 
 impl Default for Config {
@@ -50,6 +54,7 @@ impl Default for Config {
             instance_stop_grace: Duration::from_secs(10),
             deploy: Vec::new(),
             prices: Prices::default(),
+            tasks: TaskConfig::default(),
         }
     }
 }

@@ -57,7 +57,7 @@ const HOP_BY_HOP: &[&str] = &[
     "upgrade",
 ];
 
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let listed: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -74,8 +74,16 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 /// `/function/{name}/{rest}?q` → (`name`, `/{rest}?q`).
-fn split_target(uri: &Uri) -> Option<(&str, String)> {
-    let rest = uri.path().strip_prefix("/function/")?;
+pub(crate) fn split_target(uri: &Uri) -> Option<(&str, String)> {
+    split_target_with_prefix(uri, "/function/")
+}
+
+/// `{prefix}{name}/{rest}?q` → (`name`, `/{rest}?q`).
+pub(crate) fn split_target_with_prefix<'a>(
+    uri: &'a Uri,
+    prefix: &str,
+) -> Option<(&'a str, String)> {
+    let rest = uri.path().strip_prefix(prefix)?;
     let (name, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
@@ -157,27 +165,7 @@ async fn forward(
     strip_hop_by_hop(&mut parts.headers);
     add_forwarding_headers(&mut parts.headers, peer, request_id, &slot);
     let upstream = http::Request::from_parts(parts, body);
-    // If the caller goes away mid-request (axum then drops this handler), the instance is still
-    // working on it: the slot must stay taken until the instance answers, or the next request would
-    // push the app past its instance_concurrency. `Exchange` hands the unfinished exchange and its
-    // slot to a task of their own in that case; normally it runs inline, without a task hop.
-    let timeout = slot.request_timeout();
-    let fut: ExchangeFuture = Box::pin(tokio::time::timeout(
-        timeout,
-        platform.client().request(upstream),
-    ));
-    let mut exchange = Exchange {
-        fut: Some(fut),
-        slot: Some(slot),
-    };
-    let sent = match exchange.fut.as_mut() {
-        Some(fut) => fut.await,
-        None => return Err(ApiError::internal("the exchange", "no future")),
-    };
-    exchange.fut = None;
-    let Some(slot) = exchange.slot.take() else {
-        return Err(ApiError::internal("the exchange", "no slot"));
-    };
+    let (sent, slot) = exchange(platform, slot, upstream).await?;
     let resp = match sent {
         Ok(Ok(resp)) => resp,
         Ok(Err(e)) => {
@@ -274,7 +262,7 @@ fn add_slot_headers(h: &mut HeaderMap, slot: &Slot) {
     );
 }
 
-fn acquire_error(e: AcquireError) -> ApiError {
+pub(crate) fn acquire_error(e: AcquireError) -> ApiError {
     let message = e.to_string();
     match e {
         AcquireError::QueueFull { .. } => {
@@ -303,6 +291,43 @@ fn acquire_error(e: AcquireError) -> ApiError {
             ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", message).retry_after(1)
         }
     }
+}
+
+/// What sending a request to an instance gave: a response, a connection error, or a timeout.
+pub(crate) type Sent = Result<
+    Result<http::Response<Incoming>, hyper_util::client::legacy::Error>,
+    tokio::time::error::Elapsed,
+>;
+
+/// Sends `upstream` to the slot's instance within the function's request timeout.
+///
+/// If the caller goes away mid-request (axum then drops the handler), the instance is still working
+/// on it: the slot must stay taken until the instance answers, or the next request would push the
+/// app past its instance_concurrency. `Exchange` hands the unfinished exchange and its slot to a
+/// task of their own in that case; normally it runs inline, without a task hop.
+pub(crate) async fn exchange(
+    platform: &Platform,
+    slot: Slot,
+    upstream: http::Request<Body>,
+) -> Result<(Sent, Slot), ApiError> {
+    let timeout = slot.request_timeout();
+    let fut: ExchangeFuture = Box::pin(tokio::time::timeout(
+        timeout,
+        platform.client().request(upstream),
+    ));
+    let mut exchange = Exchange {
+        fut: Some(fut),
+        slot: Some(slot),
+    };
+    let sent = match exchange.fut.as_mut() {
+        Some(fut) => fut.await,
+        None => return Err(ApiError::internal("the exchange", "no future")),
+    };
+    exchange.fut = None;
+    let Some(slot) = exchange.slot.take() else {
+        return Err(ApiError::internal("the exchange", "no slot"));
+    };
+    Ok((sent, slot))
 }
 
 type ExchangeFuture = Pin<

@@ -18,8 +18,11 @@ pub mod metrics;
 pub mod platform;
 pub mod pool;
 pub mod serve;
+pub mod tasks;
+pub mod tasks_api;
 mod util;
 
 pub use config::{Config, GpuSource};
 pub use platform::Platform;
 pub use serve::{ServerError, run};
+pub use tasks::TaskConfig;

@@ -26,6 +26,7 @@ use crate::meter::Meter;
 use crate::metrics::{CardLabels, Metrics, PhaseLabels, StateLabels};
 use crate::pool::{AcquireError, Pool, PoolStatus, Slot};
 use crate::serve::ServerError;
+use crate::tasks::TaskRunner;
 use crate::util::{from_ms, now_ms, rfc3339};
 use gpufn_metering::Prices;
 
@@ -181,6 +182,7 @@ pub struct Platform {
     deploy_lock: tokio::sync::Mutex<()>,
     shutdown: CancellationToken,
     client: InstanceClient,
+    tasks: TaskRunner,
 }
 
 const QUOTA_KEY: &str = "quota_cards";
@@ -220,12 +222,18 @@ impl Platform {
             wake: Notify::new(),
             stop_grace: config.instance_stop_grace,
         });
+        let tasks = TaskRunner::new(
+            shared.store.clone(),
+            config.tasks,
+            config.data_dir.join("task-results"),
+        );
         let platform = Arc::new(Self {
             shared,
             pools: RwLock::new(BTreeMap::new()),
             deploy_lock: tokio::sync::Mutex::new(()),
             shutdown: CancellationToken::new(),
             client: instance_client(),
+            tasks,
         });
         platform.load_functions()?;
         for raw in &config.deploy {
@@ -236,6 +244,7 @@ impl Platform {
             tracing::info!(function = %view.name, revision = view.revision, "deployed from --deploy");
         }
         platform.clone().spawn_reconciler();
+        crate::tasks::start(&platform);
         Ok(platform)
     }
 
@@ -279,6 +288,21 @@ impl Platform {
     /// The client the gateway uses to reach instances.
     pub fn client(&self) -> &InstanceClient {
         &self.client
+    }
+
+    /// The store.
+    pub(crate) fn store(&self) -> &Store {
+        &self.shared.store
+    }
+
+    /// The asynchronous task machinery.
+    pub fn tasks(&self) -> &TaskRunner {
+        &self.tasks
+    }
+
+    /// Cancelled when shutdown begins.
+    pub(crate) fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
     }
 
     /// The metrics registry.

@@ -31,6 +31,18 @@ pub struct InvokeArgs {
     /// Do not print the summary line to stderr.
     #[arg(short, long)]
     quiet: bool,
+    /// Invoke asynchronously: the request is stored as a task and its id printed.
+    #[arg(long = "async")]
+    is_async: bool,
+    /// With --async: wait for the task to finish and print its result body.
+    #[arg(long, requires = "is_async")]
+    wait: bool,
+    /// With --async: the task id to use (resubmitting the same id returns the same task).
+    #[arg(long, requires = "is_async")]
+    task_id: Option<String>,
+    /// With --async: a URL that gets the task's record when it finishes.
+    #[arg(long, requires = "is_async")]
+    callback_url: Option<String>,
 }
 
 fn body(data: &str) -> anyhow::Result<Vec<u8>> {
@@ -57,7 +69,18 @@ pub async fn run(api: &Api, args: InvokeArgs) -> anyhow::Result<ExitCode> {
     } else {
         format!("/{}", args.path)
     };
-    let mut req = api.request(method, &format!("/function/{}{path}", args.name));
+    let prefix = if args.is_async {
+        "async-function"
+    } else {
+        "function"
+    };
+    let mut req = api.request(method, &format!("/{prefix}/{}{path}", args.name));
+    if let Some(id) = &args.task_id {
+        req = req.header("x-gpufn-task-id", id);
+    }
+    if let Some(url) = &args.callback_url {
+        req = req.header("x-gpufn-callback-url", url);
+    }
     for h in &args.headers {
         let (k, v) = h
             .split_once(':')
@@ -68,6 +91,19 @@ pub async fn run(api: &Api, args: InvokeArgs) -> anyhow::Result<ExitCode> {
         req = req.body(body(data)?);
     }
     let t0 = Instant::now();
+    if args.is_async {
+        let resp = crate::client::error_for_status(api.send(req).await?).await?;
+        let v: serde_json::Value = resp.json().await?;
+        let id = v["task_id"].as_str().unwrap_or_default().to_string();
+        if !args.wait {
+            println!("{id}");
+            return Ok(ExitCode::SUCCESS);
+        }
+        if !args.quiet {
+            eprintln!("# task {id} accepted; waiting");
+        }
+        return super::tasks::wait_and_print_body(api, &id, args.quiet).await;
+    }
     let resp = api.send(req).await?;
     let status = resp.status();
     let header = |k: &str| {

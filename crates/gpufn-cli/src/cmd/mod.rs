@@ -5,3 +5,4 @@ pub mod cost;
 pub mod functions;
 pub mod invoke;
 pub mod serve;
+pub mod tasks;

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use gpufn_metering::Prices;
-use gpufn_server::{Config, GpuSource};
+use gpufn_server::{Config, GpuSource, TaskConfig};
 
 use crate::ServeArgs;
 use crate::specfile;
@@ -27,6 +27,16 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     ] {
         anyhow::ensure!(v.is_finite() && v >= 0.0, "{flag}: must be >= 0 (got {v})");
     }
+    anyhow::ensure!(
+        args.async_max_share > 0.0 && args.async_max_share <= 1.0,
+        "--async-max-share: must be in (0, 1] (got {})",
+        args.async_max_share
+    );
+    anyhow::ensure!(
+        args.task_retention_days.is_finite() && args.task_retention_days > 0.0,
+        "--task-retention-days: must be > 0 (got {})",
+        args.task_retention_days
+    );
     let gpus = match (args.simulate_gpus, args.simulate_gpus_if_none) {
         (Some(s), _) => GpuSource::Simulated(s),
         (None, Some(s)) => GpuSource::NvmlOrSimulated(s),
@@ -45,6 +55,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         shutdown_grace: Duration::from_secs(args.shutdown_grace_s),
         instance_stop_grace: Duration::from_secs(args.instance_stop_grace_s),
         deploy,
+        tasks: TaskConfig {
+            max_share: args.async_max_share,
+            inline_result_bytes: args.task_result_inline_bytes,
+            max_body_bytes: args.task_max_body_bytes,
+            retention: Duration::from_secs_f64(args.task_retention_days * 86_400.0),
+            retry_base: Duration::from_millis(args.task_retry_base_ms),
+        },
         prices: Prices {
             active_usd_per_gb_s: args.price_active_usd_per_gb_s,
             idle_usd_per_gb_s: args.price_idle_usd_per_gb_s,

@@ -9,3 +9,4 @@ mod failures;
 mod lifecycle;
 mod metering;
 mod restart;
+mod tasks;

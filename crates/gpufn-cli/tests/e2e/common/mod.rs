@@ -203,3 +203,48 @@ impl Latch {
         std::fs::write(&self.path, b"go").expect("write latch");
     }
 }
+
+/// tests/fixtures/testfn.py run by hand on `port` (a webhook receiver: POST /record, GET /records).
+pub struct Receiver {
+    pub child: Child,
+    pub port: u16,
+}
+
+impl Receiver {
+    pub fn start(port: u16) -> Receiver {
+        let child = Command::new("python3")
+            .arg(fixture_dir().join("testfn.py"))
+            .env("PORT", port.to_string())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn receiver");
+        Receiver { child, port }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/record", self.port)
+    }
+
+    pub async fn records(&self) -> Vec<Value> {
+        let url = format!("http://127.0.0.1:{}/records", self.port);
+        match reqwest::get(url).await {
+            Ok(r) => r.json().await.unwrap_or_default(),
+            Err(_) => Vec::new(),
+        }
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A loopback port nobody listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}

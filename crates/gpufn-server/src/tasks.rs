@@ -1,0 +1,582 @@
+//! Asynchronous invocation: durable tasks run through the same pools as synchronous requests.
+//!
+//! - Accepting: [`TaskRunner::accept`] hands the task to one writer thread that commits whatever
+//!   has queued up in one transaction (group commit) and answers each caller only after the fsync.
+//! - Running: the dispatcher picks due `queued` tasks, at most `--async-max-share` of a function's
+//!   slots at once so that synchronous traffic is never starved, and runs each attempt through
+//!   `Pool::acquire` and the gateway's exchange — the same concurrency, quota and cold starts.
+//! - Failing: a 5xx, a crash or a timeout is retried with exponential backoff until
+//!   `async.max_retries`; a task older than `async.max_event_age_s` expires.
+//! - Reporting: a final state queues deliveries (callback URL, `on_success`/`on_failure`) in the same
+//!   transaction; each delivery is POSTed by its own task with its own backoff, so a destination that
+//!   is down delays nobody else.
+//! - Recovering: at start, tasks left `running` go back to `queued` (at-least-once).
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::mpsc::{Receiver, Sender, channel};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use axum::body::Body;
+use bytes::Bytes;
+use gpufn_store::{Delivery, NewTask, Store, TaskResult, TaskRow, TaskState};
+use http::{HeaderName, HeaderValue, Method};
+use http_body_util::{BodyExt, Full};
+use tokio::sync::{Notify, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::gateway::{REQUEST_ID, exchange};
+use crate::platform::Platform;
+use crate::pool::AcquireError;
+use crate::tasks_api::task_json;
+use crate::util::now_ms;
+
+/// Task settings from `gpufn serve` flags.
+#[derive(Debug, Clone, Copy)]
+pub struct TaskConfig {
+    /// Largest share of a function's slots (max_instances × concurrency) async tasks may hold.
+    pub max_share: f64,
+    /// Result bodies up to this size are kept in the store; larger ones in files.
+    pub inline_result_bytes: usize,
+    /// Largest accepted request body.
+    pub max_body_bytes: usize,
+    /// Finished tasks are removed after this long.
+    pub retention: Duration,
+    /// First retry delay; doubles each attempt (capped at 5 minutes).
+    pub retry_base: Duration,
+}
+
+impl Default for TaskConfig {
+    fn default() -> Self {
+        Self {
+            max_share: 0.5,
+            inline_result_bytes: 64 * 1024,
+            max_body_bytes: 16 * 1024 * 1024,
+            retention: Duration::from_secs(7 * 86_400),
+            retry_base: Duration::from_secs(1),
+        }
+    }
+}
+
+type AcceptReply = oneshot::Sender<Result<(TaskRow, bool), String>>;
+
+/// The task machinery's shared state.
+#[derive(Debug)]
+pub struct TaskRunner {
+    pub(crate) config: TaskConfig,
+    accept_tx: Mutex<Sender<(NewTask, AcceptReply)>>,
+    wake: Notify,
+    delivery_wake: Notify,
+    /// Running task → its cancel token.
+    running: Mutex<HashMap<String, CancellationToken>>,
+    /// Function → async tasks in flight.
+    in_flight: Mutex<HashMap<String, u32>>,
+    delivering: Mutex<HashSet<i64>>,
+    results_dir: PathBuf,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl TaskRunner {
+    /// Starts the accept writer thread.
+    pub(crate) fn new(store: Arc<Store>, config: TaskConfig, results_dir: PathBuf) -> Self {
+        let (tx, rx) = channel();
+        if let Err(e) = std::thread::Builder::new()
+            .name("gpufn-accept".into())
+            .spawn(move || accept_writer(&store, &rx))
+        {
+            tracing::error!("cannot start the task accept thread: {e}");
+        }
+        Self {
+            config,
+            accept_tx: Mutex::new(tx),
+            wake: Notify::new(),
+            delivery_wake: Notify::new(),
+            running: Mutex::new(HashMap::new()),
+            in_flight: Mutex::new(HashMap::new()),
+            delivering: Mutex::new(HashSet::new()),
+            results_dir,
+        }
+    }
+
+    /// Stores a task durably; resolves after the fsync. `false` means the id existed already.
+    pub async fn accept(&self, task: NewTask) -> Result<(TaskRow, bool), String> {
+        let (tx, rx) = oneshot::channel();
+        lock(&self.accept_tx)
+            .send((task, tx))
+            .map_err(|_| "the task store is not running".to_string())?;
+        let answer = rx.await.map_err(|_| "the task store stopped".to_string())?;
+        if answer.is_ok() {
+            self.wake.notify_one();
+        }
+        answer
+    }
+
+    /// Cancels the attempt in progress, if any.
+    pub(crate) fn cancel_running(&self, id: &str) {
+        if let Some(token) = lock(&self.running).get(id) {
+            token.cancel();
+        }
+    }
+}
+
+fn accept_writer(store: &Store, rx: &Receiver<(NewTask, AcceptReply)>) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while let Ok(more) = rx.try_recv() {
+            batch.push(more);
+        }
+        let (tasks, replies): (Vec<NewTask>, Vec<AcceptReply>) = batch.into_iter().unzip();
+        match store.insert_tasks(&tasks) {
+            Ok(rows) => {
+                for (reply, row) in replies.into_iter().zip(rows) {
+                    let _ = reply.send(Ok(row));
+                }
+            }
+            Err(e) => {
+                tracing::error!("cannot store {} task(s): {e}", tasks.len());
+                for reply in replies {
+                    let _ = reply.send(Err(e.to_string()));
+                }
+            }
+        }
+    }
+}
+
+/// Starts the dispatcher, the delivery loop and the retention sweep.
+pub(crate) fn start(platform: &Arc<Platform>) {
+    match platform.store().requeue_running(now_ms()) {
+        Ok(0) => {}
+        Ok(n) => tracing::warn!("{n} task(s) were running when gpufn stopped: queued again"),
+        Err(e) => tracing::error!("cannot requeue running tasks: {e}"),
+    }
+    tokio::spawn(dispatch_loop(platform.clone()));
+    tokio::spawn(delivery_loop(platform.clone()));
+    tokio::spawn(retention_loop(platform.clone()));
+}
+
+fn async_limit(platform: &Platform, function: &str) -> u32 {
+    let Some(pool) = platform.pool(function) else {
+        return 0;
+    };
+    let spec = pool.spec();
+    let slots = f64::from(spec.scaling.max_instances) * f64::from(spec.instance_concurrency);
+    let quota_slots =
+        f64::from(platform.allocator().quota()) * f64::from(spec.instance_concurrency);
+    let share = platform.tasks().config.max_share;
+    ((slots.min(quota_slots) * share).floor() as u32).max(1)
+}
+
+async fn dispatch_loop(platform: Arc<Platform>) {
+    let runner = platform.tasks();
+    let shutdown = platform.shutdown_token();
+    loop {
+        let now = now_ms();
+        let due = platform
+            .store()
+            .runnable_tasks(now, 256)
+            .unwrap_or_else(|e| {
+                tracing::error!("cannot read due tasks: {e}");
+                Vec::new()
+            });
+        let mut blocked = false;
+        for task in due {
+            if shutdown.is_cancelled() {
+                return;
+            }
+            if !admit(&platform, &task, now) {
+                blocked = true;
+            }
+        }
+        let next_due = platform.store().next_task_due().ok().flatten();
+        let wait = match next_due {
+            _ if blocked => Duration::from_secs(1),
+            Some(t) if t > now => Duration::from_millis(u64::try_from(t - now).unwrap_or(0)),
+            Some(_) => Duration::from_millis(200),
+            None => Duration::from_secs(60),
+        };
+        tokio::select! {
+            () = runner.wake.notified() => {}
+            () = tokio::time::sleep(wait.min(Duration::from_secs(60))) => {}
+            () = shutdown.cancelled() => return,
+        }
+    }
+}
+
+/// Starts one due task if its function has room; false when it must wait for room.
+fn admit(platform: &Arc<Platform>, task: &TaskRow, now: i64) -> bool {
+    let runner = platform.tasks();
+    let Some(pool) = platform.pool(&task.function) else {
+        finish_without_attempt(
+            platform,
+            task,
+            TaskState::Failed,
+            "the function was deleted",
+        );
+        return true;
+    };
+    let spec = pool.spec();
+    let age = Duration::from_millis(u64::try_from(now - task.created_ms).unwrap_or(0));
+    if age > spec.async_invoke.max_event_age {
+        let why = format!(
+            "expired: not finished within async.max_event_age_s ({}s)",
+            spec.async_invoke.max_event_age.as_secs()
+        );
+        finish_without_attempt(platform, task, TaskState::Expired, &why);
+        return true;
+    }
+    let limit = async_limit(platform, &task.function);
+    {
+        let mut in_flight = lock(&runner.in_flight);
+        let n = in_flight.entry(task.function.clone()).or_default();
+        if *n >= limit {
+            return false;
+        }
+        match platform.store().start_task(&task.id, now) {
+            Ok(true) => *n += 1,
+            Ok(false) => return true,
+            Err(e) => {
+                tracing::error!(task = %task.id, "cannot start task: {e}");
+                return true;
+            }
+        }
+    }
+    let token = CancellationToken::new();
+    lock(&runner.running).insert(task.id.clone(), token.clone());
+    tokio::spawn(run_task(platform.clone(), task.clone(), token));
+    true
+}
+
+fn finish_without_attempt(platform: &Platform, task: &TaskRow, state: TaskState, why: &str) {
+    if let Ok(true) = platform.store().start_task(&task.id, now_ms()) {
+        let result = TaskResult {
+            error: Some(why.to_string()),
+            ..TaskResult::default()
+        };
+        finish(platform, task, state, result);
+    }
+}
+
+enum Outcome {
+    Done(TaskResult),
+    /// The attempt failed (counted); retry if attempts are left. Carries the function's answer,
+    /// if it gave one (a 5xx), for the final record.
+    Failed(String, Option<TaskResult>),
+    /// No attempt was made (no slot in time, shutting down): try again later, uncounted.
+    NotRun(String),
+    Cancelled,
+}
+
+async fn run_task(platform: Arc<Platform>, task: TaskRow, cancel: CancellationToken) {
+    let outcome = tokio::select! {
+        o = attempt(&platform, &task) => o,
+        () = cancel.cancelled() => Outcome::Cancelled,
+    };
+    let store = platform.store();
+    let now = now_ms();
+    match outcome {
+        Outcome::Done(result) => finish(&platform, &task, TaskState::Succeeded, result),
+        Outcome::Cancelled => tracing::info!(task = %task.id, "task cancelled while running"),
+        Outcome::NotRun(why) => {
+            let _ = store.retry_task(&task.id, &why, now + 1000, now);
+        }
+        Outcome::Failed(why, last) => {
+            let attempts = store
+                .task(&task.id)
+                .ok()
+                .flatten()
+                .map_or(1, |t| t.attempts);
+            let max_retries = platform
+                .pool(&task.function)
+                .map_or(0, |p| p.spec().async_invoke.max_retries);
+            if attempts > i64::from(max_retries) {
+                let result = TaskResult {
+                    error: Some(format!("{why} (after {attempts} attempts)")),
+                    ..last.unwrap_or_default()
+                };
+                finish(&platform, &task, TaskState::Failed, result);
+            } else {
+                let base = platform.tasks().config.retry_base;
+                let backoff = (base
+                    * 2u32.saturating_pow(u32::try_from(attempts - 1).unwrap_or(0)))
+                .min(Duration::from_secs(300));
+                let next = now + i64::try_from(backoff.as_millis()).unwrap_or(i64::MAX);
+                tracing::info!(task = %task.id, attempts, "attempt failed, retrying in {backoff:?}: {why}");
+                let _ = store.retry_task(&task.id, &why, next, now);
+            }
+        }
+    }
+    let runner = platform.tasks();
+    lock(&runner.running).remove(&task.id);
+    if let Some(n) = lock(&runner.in_flight).get_mut(&task.function) {
+        *n = n.saturating_sub(1);
+    }
+    runner.wake.notify_one();
+}
+
+async fn attempt(platform: &Platform, task: &TaskRow) -> Outcome {
+    let Some(pool) = platform.pool(&task.function) else {
+        return Outcome::Failed("the function was deleted".into(), None);
+    };
+    let slot = match pool.acquire().await {
+        Ok(slot) => slot,
+        Err(e @ AcquireError::StartFailed { .. }) => return Outcome::Failed(e.to_string(), None),
+        Err(e) => return Outcome::NotRun(e.to_string()),
+    };
+    if let Err(e) = platform
+        .store()
+        .count_attempt(&task.id, slot.instance_id(), now_ms())
+    {
+        tracing::error!(task = %task.id, "cannot count the attempt: {e}");
+    }
+    let request = match build_request(task, slot.addr()) {
+        Ok(r) => r,
+        Err(e) => return Outcome::Failed(e, None),
+    };
+    let (sent, slot) = match exchange(platform, slot, request).await {
+        Ok(x) => x,
+        Err(e) => return Outcome::Failed(e.message, None),
+    };
+    let resp = match sent {
+        Ok(Ok(resp)) => resp,
+        Ok(Err(e)) => {
+            slot.mark_broken();
+            return Outcome::Failed(
+                format!("instance {} failed to answer: {e}", slot.instance_id()),
+                None,
+            );
+        }
+        Err(_) => {
+            return Outcome::Failed(
+                format!(
+                    "no response within request_timeout_s ({}s)",
+                    slot.request_timeout().as_secs()
+                ),
+                None,
+            );
+        }
+    };
+    let status = resp.status();
+    let headers: Vec<(String, String)> = resp
+        .headers()
+        .iter()
+        .filter_map(|(k, v)| Some((k.to_string(), v.to_str().ok()?.to_string())))
+        .collect();
+    let result = match collect_body(platform, &task.id, resp.into_body()).await {
+        Ok((body, file)) => TaskResult {
+            status: Some(i64::from(status.as_u16())),
+            headers_json: serde_json::to_string(&headers).ok(),
+            body,
+            file,
+            error: None,
+        },
+        Err(e) => return Outcome::Failed(format!("reading the response: {e}"), None),
+    };
+    drop(slot);
+    if status.is_server_error() {
+        return Outcome::Failed(format!("the function answered {status}"), Some(result));
+    }
+    Outcome::Done(result)
+}
+
+fn build_request(
+    task: &TaskRow,
+    addr: std::net::SocketAddr,
+) -> Result<http::Request<Body>, String> {
+    let method = Method::from_bytes(task.method.as_bytes()).map_err(|e| e.to_string())?;
+    let mut req = http::Request::builder()
+        .method(method)
+        .uri(format!("http://{addr}{}", task.path));
+    let headers: Vec<(String, String)> =
+        serde_json::from_str(&task.headers_json).unwrap_or_default();
+    for (k, v) in headers {
+        if let (Ok(k), Ok(v)) = (
+            HeaderName::from_bytes(k.as_bytes()),
+            HeaderValue::from_str(&v),
+        ) {
+            req = req.header(k, v);
+        }
+    }
+    req = req
+        .header("x-gpufn-task-id", task.id.as_str())
+        .header(REQUEST_ID, task.id.as_str());
+    req.body(Body::new(Full::new(Bytes::from(task.body.clone()))))
+        .map_err(|e| e.to_string())
+}
+
+/// Reads a result body: kept in memory up to the inline limit, spilled to a file beyond it.
+async fn collect_body(
+    platform: &Platform,
+    task_id: &str,
+    mut body: hyper::body::Incoming,
+) -> Result<(Option<Vec<u8>>, Option<String>), String> {
+    use tokio::io::AsyncWriteExt;
+    let limit = platform.tasks().config.inline_result_bytes;
+    let mut buf = Vec::new();
+    let mut file: Option<(tokio::fs::File, PathBuf)> = None;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| e.to_string())?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        if let Some((f, _)) = file.as_mut() {
+            f.write_all(&data).await.map_err(|e| e.to_string())?;
+            continue;
+        }
+        buf.extend_from_slice(&data);
+        if buf.len() > limit {
+            let dir = &platform.tasks().results_dir;
+            tokio::fs::create_dir_all(dir)
+                .await
+                .map_err(|e| e.to_string())?;
+            let path = dir.join(format!("{task_id}.body"));
+            let mut f = tokio::fs::File::create(&path)
+                .await
+                .map_err(|e| e.to_string())?;
+            f.write_all(&buf).await.map_err(|e| e.to_string())?;
+            buf.clear();
+            file = Some((f, path));
+        }
+    }
+    match file {
+        Some((f, path)) => {
+            f.sync_all().await.map_err(|e| e.to_string())?;
+            Ok((None, Some(path.to_string_lossy().into_owned())))
+        }
+        None => Ok((Some(buf), None)),
+    }
+}
+
+/// Writes the final state and queues the destination deliveries, in one transaction.
+fn finish(platform: &Platform, task: &TaskRow, state: TaskState, result: TaskResult) {
+    let spec = platform.pool(&task.function).map(|p| p.spec());
+    let mut urls: Vec<String> = task.callback_url.iter().cloned().collect();
+    if let Some(spec) = &spec {
+        let dest = match state {
+            TaskState::Succeeded => spec.async_invoke.on_success.clone(),
+            TaskState::Failed | TaskState::Expired => spec.async_invoke.on_failure.clone(),
+            _ => None,
+        };
+        urls.extend(dest);
+    }
+    let now = now_ms();
+    let mut done = task.clone();
+    done.state = state;
+    done.finished_ms = Some(now);
+    done.updated_ms = now;
+    done.result = result.clone();
+    if let Ok(Some(t)) = platform.store().task(&task.id) {
+        done.attempts = t.attempts;
+        done.instance = t.instance;
+        done.started_ms = t.started_ms;
+    }
+    let payload = task_json(&done, true).to_string();
+    let deliveries: Vec<(String, String)> =
+        urls.into_iter().map(|u| (u, payload.clone())).collect();
+    match platform
+        .store()
+        .finish_task(&task.id, state, &result, &deliveries, now)
+    {
+        Ok(true) => {
+            tracing::info!(task = %task.id, state = state.as_str(), "task finished");
+            if !deliveries.is_empty() {
+                platform.tasks().delivery_wake.notify_one();
+            }
+        }
+        Ok(false) => {}
+        Err(e) => tracing::error!(task = %task.id, "cannot store the task's result: {e}"),
+    }
+}
+
+const DELIVERY_MAX_ATTEMPTS: i64 = 10;
+
+async fn delivery_loop(platform: Arc<Platform>) {
+    let runner = platform.tasks();
+    let shutdown = platform.shutdown_token();
+    loop {
+        let now = now_ms();
+        let due = platform.store().due_deliveries(now, 64).unwrap_or_default();
+        for d in due {
+            if lock(&runner.delivering).insert(d.id) {
+                tokio::spawn(deliver(platform.clone(), d));
+            }
+        }
+        let next = platform.store().next_delivery_due().ok().flatten();
+        let wait = next.map_or(Duration::from_secs(60), |t| {
+            Duration::from_millis(u64::try_from(t - now).unwrap_or(0).max(100))
+        });
+        tokio::select! {
+            () = runner.delivery_wake.notified() => {}
+            () = tokio::time::sleep(wait.min(Duration::from_secs(60))) => {}
+            () = shutdown.cancelled() => return,
+        }
+    }
+}
+
+/// One POST of a destination record; on failure, the next try is scheduled with backoff.
+async fn deliver(platform: Arc<Platform>, d: Delivery) {
+    let result = post_json(&platform, &d.url, d.payload.clone()).await;
+    let attempts = d.attempts + 1;
+    let (delivered, error) = match result {
+        Ok(status) if status.is_success() => (true, None),
+        Ok(status) => (false, Some(format!("answered {status}"))),
+        Err(e) => (false, Some(e)),
+    };
+    let give_up = !delivered && attempts >= DELIVERY_MAX_ATTEMPTS;
+    let backoff =
+        Duration::from_millis(500 * 2u64.saturating_pow(u32::try_from(attempts).unwrap_or(0)))
+            .min(Duration::from_secs(60));
+    let next = now_ms() + i64::try_from(backoff.as_millis()).unwrap_or(0);
+    if let Some(e) = &error {
+        tracing::info!(task = %d.task_id, url = %d.url, attempts, "delivery failed: {e}");
+    }
+    if let Err(e) =
+        platform
+            .store()
+            .delivery_attempted(d.id, delivered, give_up, error.as_deref(), next)
+    {
+        tracing::error!("cannot record a delivery attempt: {e}");
+    }
+    lock(&platform.tasks().delivering).remove(&d.id);
+    platform.tasks().delivery_wake.notify_one();
+}
+
+async fn post_json(
+    platform: &Platform,
+    url: &str,
+    payload: String,
+) -> Result<http::StatusCode, String> {
+    let req = http::Request::post(url)
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .header("user-agent", "gpufn")
+        .body(Body::from(payload))
+        .map_err(|e| e.to_string())?;
+    match tokio::time::timeout(Duration::from_secs(10), platform.client().request(req)).await {
+        Ok(Ok(resp)) => Ok(resp.status()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("no answer within 10s".into()),
+    }
+}
+
+async fn retention_loop(platform: Arc<Platform>) {
+    let shutdown = platform.shutdown_token();
+    loop {
+        let keep = platform.tasks().config.retention;
+        let before = now_ms() - i64::try_from(keep.as_millis()).unwrap_or(i64::MAX);
+        match platform.store().purge_tasks(before) {
+            Ok(files) => {
+                for f in files {
+                    let _ = tokio::fs::remove_file(f).await;
+                }
+            }
+            Err(e) => tracing::error!("cannot purge old tasks: {e}"),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(3600).min(keep.max(Duration::from_secs(1)))) => {}
+            () = shutdown.cancelled() => return,
+        }
+    }
+}

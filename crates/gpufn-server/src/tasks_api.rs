@@ -1,0 +1,300 @@
+//! The HTTP side of asynchronous invocation: `/async-function/{name}/...` and `/api/v1/tasks`.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use gpufn_store::{NewTask, TaskRow, TaskState};
+use http_body_util::BodyExt;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::error::ApiError;
+use crate::gateway::{split_target_with_prefix, strip_hop_by_hop};
+use crate::platform::Platform;
+use crate::util::{from_ms, now_ms, rfc3339};
+
+/// Header: a webhook that gets the task's record when it finishes.
+pub const CALLBACK_URL: &str = "x-gpufn-callback-url";
+/// Header: the caller's own task id (idempotency: the same id is the same task).
+pub const TASK_ID: &str = "x-gpufn-task-id";
+
+fn valid_task_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 128
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+}
+
+/// `ANY /async-function/{name}/{path}`: stores the request durably, then answers 202.
+pub async fn accept(State(p): State<Arc<Platform>>, req: Request) -> Result<Response, ApiError> {
+    if p.is_shutting_down() {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting_down",
+            "the server is shutting down",
+        )
+        .retry_after(1));
+    }
+    let (name, path) = split_target_with_prefix(req.uri(), "/async-function/")
+        .map(|(n, t)| (n.to_string(), t))
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route"))?;
+    if p.pool(&name).is_none() {
+        return Err(ApiError::no_function(&name));
+    }
+    // Read the headers in a block: a borrow of the request must not live across an await
+    // (the body is not Sync, so the future would not be Send).
+    let (task_id, callback_url) = {
+        let header = |k: &str| {
+            req.headers()
+                .get(k)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        (header(TASK_ID), header(CALLBACK_URL))
+    };
+    let id = match task_id {
+        Some(id) if valid_task_id(&id) => id,
+        Some(id) => {
+            return Err(ApiError::bad_field(
+                TASK_ID,
+                format!("must be 1..128 characters of [A-Za-z0-9._-] (got {id:?})"),
+            ));
+        }
+        None => uuid::Uuid::new_v4().simple().to_string(),
+    };
+    if let Some(url) = &callback_url {
+        gpufn_spec::check_http_url(url).map_err(|e| ApiError::bad_field(CALLBACK_URL, e))?;
+    }
+    let (mut parts, body) = req.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    for h in [TASK_ID, CALLBACK_URL, "host", "content-length"] {
+        parts.headers.remove(h);
+    }
+    let headers: Vec<(String, String)> = parts
+        .headers
+        .iter()
+        .filter_map(|(k, v)| Some((k.to_string(), v.to_str().ok()?.to_string())))
+        .collect();
+    let max = p.tasks().config.max_body_bytes;
+    let body = http_body_util::Limited::new(body, max)
+        .collect()
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                format!("async request bodies are limited to {max} bytes"),
+            )
+        })?
+        .to_bytes();
+    let task = NewTask {
+        id,
+        function: name,
+        method: parts.method.to_string(),
+        path,
+        headers_json: serde_json::to_string(&headers).unwrap_or_else(|_| "[]".into()),
+        body: body.to_vec(),
+        callback_url,
+        now_ms: now_ms(),
+    };
+    let (row, _created) = p
+        .tasks()
+        .accept(task)
+        .await
+        .map_err(|e| ApiError::internal("storing the task", e))?;
+    let location = format!("/api/v1/tasks/{}", row.id);
+    let mut resp = (
+        StatusCode::ACCEPTED,
+        axum::Json(json!({"task_id": row.id, "state": row.state.as_str(), "location": location})),
+    )
+        .into_response();
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    Ok(resp)
+}
+
+/// A task as JSON; `with_body` includes the result body (inline or base64), else only its size.
+pub(crate) fn task_json(t: &TaskRow, with_body: bool) -> Value {
+    let time = |ms: Option<i64>| ms.map(|m| rfc3339(from_ms(m)));
+    let mut result = serde_json::Map::new();
+    if let Some(status) = t.result.status {
+        result.insert("status".into(), json!(status));
+        let headers: Vec<(String, String)> = t
+            .result
+            .headers_json
+            .as_deref()
+            .and_then(|h| serde_json::from_str(h).ok())
+            .unwrap_or_default();
+        let map: serde_json::Map<String, Value> =
+            headers.into_iter().map(|(k, v)| (k, json!(v))).collect();
+        result.insert("headers".into(), Value::Object(map));
+        if t.result.file.is_some() {
+            result.insert(
+                "body_url".into(),
+                json!(format!("/api/v1/tasks/{}/result", t.id)),
+            );
+        } else if let Some(body) = &t.result.body {
+            result.insert("body_bytes".into(), json!(body.len()));
+            if with_body {
+                match std::str::from_utf8(body) {
+                    Ok(text) => result.insert("body".into(), json!(text)),
+                    Err(_) => result.insert(
+                        "body_base64".into(),
+                        json!(base64::engine::general_purpose::STANDARD.encode(body)),
+                    ),
+                };
+            }
+        }
+    }
+    json!({
+        "task_id": t.id,
+        "function": t.function,
+        "state": t.state.as_str(),
+        "attempts": t.attempts,
+        "method": t.method,
+        "path": t.path,
+        "created_at": time(Some(t.created_ms)),
+        "updated_at": time(Some(t.updated_ms)),
+        "started_at": time(t.started_ms),
+        "finished_at": time(t.finished_ms),
+        "next_attempt_at": (t.state == TaskState::Queued).then(|| time(Some(t.next_attempt_ms))),
+        "instance": t.instance,
+        "error": t.result.error,
+        "callback_url": t.callback_url,
+        "result": if result.is_empty() { Value::Null } else { Value::Object(result) },
+    })
+}
+
+fn not_found(id: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "task_not_found",
+        format!("no task {id:?}"),
+    )
+}
+
+/// `GET /api/v1/tasks/{id}`.
+pub async fn get_task(
+    State(p): State<Arc<Platform>>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let t = p
+        .store()
+        .task(&id)
+        .map_err(|e| ApiError::internal("reading the task", e))?
+        .ok_or_else(|| not_found(&id))?;
+    let mut v = task_json(&t, true);
+    let deliveries = p
+        .store()
+        .deliveries_of(&id)
+        .map_err(|e| ApiError::internal("reading deliveries", e))?;
+    v["deliveries"] = deliveries
+        .into_iter()
+        .map(|(url, state, attempts)| json!({"url": url, "state": state, "attempts": attempts}))
+        .collect();
+    Ok(axum::Json(v).into_response())
+}
+
+/// Filters for `GET /api/v1/tasks`.
+#[derive(Debug, Deserialize)]
+pub struct ListQuery {
+    function: Option<String>,
+    state: Option<String>,
+    limit: Option<usize>,
+}
+
+/// `GET /api/v1/tasks?function=&state=&limit=`: newest first, without result bodies.
+pub async fn list_tasks(
+    State(p): State<Arc<Platform>>,
+    Query(q): Query<ListQuery>,
+) -> Result<Response, ApiError> {
+    let state = match q.state.as_deref() {
+        None => None,
+        Some(s) => Some(TaskState::parse(s).ok_or_else(|| {
+            ApiError::bad_field(
+                "state",
+                format!("must be one of queued, running, succeeded, failed, cancelled, expired (got {s:?})"),
+            )
+        })?),
+    };
+    let limit = q.limit.unwrap_or(100).clamp(1, 10_000);
+    let rows = p
+        .store()
+        .tasks(q.function.as_deref(), state, limit)
+        .map_err(|e| ApiError::internal("listing tasks", e))?;
+    let list: Vec<Value> = rows.iter().map(|t| task_json(t, false)).collect();
+    Ok(axum::Json(list).into_response())
+}
+
+/// `POST /api/v1/tasks/{id}/cancel`: a queued or running task becomes `cancelled`.
+pub async fn cancel_task(
+    State(p): State<Arc<Platform>>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let before = p
+        .store()
+        .task(&id)
+        .map_err(|e| ApiError::internal("reading the task", e))?
+        .ok_or_else(|| not_found(&id))?;
+    if before.state.is_final() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "task_finished",
+            format!("task {id:?} is already {}", before.state.as_str()),
+        ));
+    }
+    p.store()
+        .cancel_task(&id, now_ms())
+        .map_err(|e| ApiError::internal("cancelling the task", e))?;
+    p.tasks().cancel_running(&id);
+    get_task(State(p), Path(id)).await
+}
+
+/// `GET /api/v1/tasks/{id}/result`: the raw result body, with the function's content type.
+pub async fn task_result(
+    State(p): State<Arc<Platform>>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let t = p
+        .store()
+        .task(&id)
+        .map_err(|e| ApiError::internal("reading the task", e))?
+        .ok_or_else(|| not_found(&id))?;
+    let body = match (&t.result.file, &t.result.body) {
+        (Some(file), _) => Body::from(
+            tokio::fs::read(file)
+                .await
+                .map_err(|e| ApiError::internal("reading the result file", e))?,
+        ),
+        (None, Some(body)) => Body::from(body.clone()),
+        (None, None) => {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "no_result",
+                format!("task {id:?} has no result (it is {})", t.state.as_str()),
+            ));
+        }
+    };
+    let content_type = t
+        .result
+        .headers_json
+        .as_deref()
+        .and_then(|h| serde_json::from_str::<Vec<(String, String)>>(h).ok())
+        .and_then(|h| {
+            h.into_iter()
+                .find(|(k, _)| k == "content-type")
+                .map(|(_, v)| v)
+        })
+        .unwrap_or_else(|| "application/octet-stream".into());
+    let mut resp = Response::new(body);
+    if let Ok(v) = HeaderValue::from_str(&content_type) {
+        resp.headers_mut().insert(header::CONTENT_TYPE, v);
+    }
+    Ok(resp)
+}
