@@ -121,6 +121,8 @@ enum Command {
         #[arg(long, conflicts_with = "wait")]
         cancel: bool,
     },
+    /// Replay a trace through gpufn's scaling and keep-alive policies (no server needed).
+    Simulate(cmd::simulate::SimulateArgs),
     /// Print an instance's log.
     Logs {
         /// Function name.
@@ -236,6 +238,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             json,
         } => cmd::cost::bill(&api, function, from, to, json).await,
         Command::Estimate(args) => cmd::cost::estimate(&args),
+        Command::Simulate(args) => cmd::simulate::run(&args),
         Command::Tasks {
             function,
             state,

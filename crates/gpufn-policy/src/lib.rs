@@ -100,3 +100,96 @@ pub fn keep_alive(
 
 #[cfg(test)]
 mod tests;
+
+/// Idle times between a function's invocations, in one-minute bins up to four hours: the hybrid
+/// histogram policy of "Serverless in the Wild" (Shahrad et al., ATC'20).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdleHistogram {
+    bins: Vec<u32>,
+    out_of_bounds: u32,
+}
+
+/// What the histogram policy decided for the next idle period.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Windows {
+    /// Release once idle, load again `prewarm` after the idle period began, keep it until
+    /// `keep_alive` after the idle period began.
+    Histogram {
+        /// Head of the idle-time distribution (5th percentile, minus a 10 % margin).
+        prewarm: Duration,
+        /// Tail of the distribution (99th percentile, plus a 10 % margin).
+        keep_alive: Duration,
+    },
+    /// Too few idle times seen, too spread out, or too many past four hours: a fixed keep-alive.
+    Fallback,
+}
+
+impl Default for IdleHistogram {
+    fn default() -> Self {
+        Self {
+            bins: vec![0; Self::BINS],
+            out_of_bounds: 0,
+        }
+    }
+}
+
+impl IdleHistogram {
+    /// Four hours of one-minute bins.
+    pub const BINS: usize = 240;
+    /// Below this many idle times the histogram is not representative.
+    pub const MIN_SAMPLES: u32 = 10;
+
+    /// Records one idle time (from the end of one busy period to the next arrival).
+    pub fn record(&mut self, idle: Duration) {
+        let minute = usize::try_from(idle.as_secs() / 60).unwrap_or(usize::MAX);
+        match self.bins.get_mut(minute) {
+            Some(b) => *b += 1,
+            None => self.out_of_bounds += 1,
+        }
+    }
+
+    /// Idle times recorded.
+    pub fn samples(&self) -> u32 {
+        self.bins.iter().sum::<u32>() + self.out_of_bounds
+    }
+
+    /// The windows for the next idle period. Representative means: at least
+    /// [`Self::MIN_SAMPLES`] idle times, at most 10 % of them past the range, and the bin counts'
+    /// coefficient of variation at least 2 (the idle times cluster rather than spread evenly).
+    pub fn windows(&self) -> Windows {
+        let total = self.samples();
+        if total < Self::MIN_SAMPLES || self.out_of_bounds * 10 > total {
+            return Windows::Fallback;
+        }
+        let n = self.bins.len() as f64;
+        let in_range: u32 = self.bins.iter().sum();
+        let mean = f64::from(in_range) / n;
+        let var = self
+            .bins
+            .iter()
+            .map(|&b| (f64::from(b) - mean).powi(2))
+            .sum::<f64>()
+            / n;
+        if mean == 0.0 || var.sqrt() / mean < 2.0 {
+            return Windows::Fallback;
+        }
+        let percentile = |p: f64| -> usize {
+            let target = (f64::from(in_range) * p).ceil().max(1.0) as u32;
+            let mut seen = 0;
+            for (i, &b) in self.bins.iter().enumerate() {
+                seen += b;
+                if seen >= target {
+                    return i;
+                }
+            }
+            self.bins.len() - 1
+        };
+        // Bin i holds idle times in [i, i+1) minutes: the head is the bin's start, the tail its end.
+        let head = Duration::from_secs(60 * percentile(0.05) as u64).mul_f64(0.9);
+        let tail = Duration::from_secs(60 * (percentile(0.99) as u64 + 1)).mul_f64(1.1);
+        Windows::Histogram {
+            prewarm: head,
+            keep_alive: tail,
+        }
+    }
+}

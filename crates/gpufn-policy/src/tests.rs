@@ -130,3 +130,33 @@ fn keep_alive_at_zero_instances_has_nothing_to_do() {
     let k = keep_alive(&[], 0, Duration::from_secs(1), Instant::now());
     assert_eq!(k, KeepAlive::default());
 }
+
+#[test]
+fn the_histogram_policy_needs_a_representative_histogram() {
+    let mut h = IdleHistogram::default();
+    for _ in 0..9 {
+        h.record(Duration::from_secs(30 * 60 + 5));
+    }
+    assert_eq!(h.windows(), Windows::Fallback, "9 samples are not enough");
+    h.record(Duration::from_secs(30 * 60 + 5));
+    // All idle times in minute 30: pre-warm at 90 % of 30 min, keep until 110 % of 31 min.
+    assert_eq!(
+        h.windows(),
+        Windows::Histogram {
+            prewarm: Duration::from_secs(27 * 60),
+            keep_alive: Duration::from_secs(31 * 66),
+        }
+    );
+    // Idle times spread evenly over the range: not representative.
+    let mut even = IdleHistogram::default();
+    for m in 0..240 {
+        even.record(Duration::from_secs(m * 60));
+    }
+    assert_eq!(even.windows(), Windows::Fallback);
+    // Mostly beyond four hours: not representative either.
+    let mut far = IdleHistogram::default();
+    for _ in 0..20 {
+        far.record(Duration::from_secs(5 * 3600));
+    }
+    assert_eq!(far.windows(), Windows::Fallback);
+}

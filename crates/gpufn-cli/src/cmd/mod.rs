@@ -5,4 +5,5 @@ pub mod cost;
 pub mod functions;
 pub mod invoke;
 pub mod serve;
+pub mod simulate;
 pub mod tasks;

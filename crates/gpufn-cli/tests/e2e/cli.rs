@@ -290,3 +290,90 @@ fn estimate_reproduces_the_seeds_examples() {
     assert!(!out.status.success());
     assert!(stderr(&out).contains("--invocations"), "{}", stderr(&out));
 }
+
+#[test]
+fn simulate_compares_policies_on_a_trace() {
+    let dir = tempfile::tempdir().unwrap();
+    let plot = dir.path().join("pareto.svg");
+    let trace = fixture_dir().join("small-trace.csv");
+    let out = std::process::Command::new(BIN)
+        .args([
+            "simulate",
+            "--trace",
+            trace.to_str().unwrap(),
+            "--cold-start-s",
+            "10",
+        ])
+        .args([
+            "--policy",
+            "zero",
+            "--policy",
+            "fixed:300",
+            "--policy",
+            "oracle",
+            "--policy",
+            "always-on",
+        ])
+        .args(["--json", "--plot", plot.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows = v.as_array().unwrap();
+    let names: Vec<&str> = rows.iter().map(|r| r["policy"].as_str().unwrap()).collect();
+    assert_eq!(names, ["zero", "fixed:300", "oracle", "always-on"]);
+    for r in rows {
+        for k in [
+            "requests",
+            "cold_starts",
+            "cold_start_rate",
+            "p75_function_cold_start_pct",
+            "p50_latency_s",
+            "p99_latency_s",
+            "busy_gb_seconds",
+            "billed_gb_seconds",
+            "efficiency",
+            "cost_usd",
+            "peak_cards",
+        ] {
+            assert!(r.get(k).is_some(), "{k} missing in {r}");
+        }
+        assert_eq!(r["requests"], 45);
+    }
+    let (zero, fixed) = (&rows[0], &rows[1]);
+    // Every request at zero keep-alive is cold; a 5-minute keep-alive keeps `a` (every 2 min) warm.
+    assert_eq!(zero["cold_starts"], 45);
+    assert!(fixed["cold_starts"].as_u64().unwrap() < 20, "{fixed}");
+    assert!(
+        fixed["billed_gb_seconds"].as_f64().unwrap() > zero["billed_gb_seconds"].as_f64().unwrap()
+    );
+    assert_eq!(rows[3]["cold_starts"], 0, "always-on never starts cold");
+    let svg = std::fs::read_to_string(&plot).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains(">oracle<"), "{svg}");
+    // The table, and a bad policy named.
+    let out = std::process::Command::new(BIN)
+        .args(["simulate", "--trace", trace.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let text = stdout(&out);
+    assert!(
+        text.contains("POLICY") && text.contains("histogram") && text.contains("fixed:1200"),
+        "{text}"
+    );
+    let out = std::process::Command::new(BIN)
+        .args([
+            "simulate",
+            "--trace",
+            trace.to_str().unwrap(),
+            "--policy",
+            "sometimes",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("--policy: \"sometimes\""),
+        "{}",
+        stderr(&out)
+    );
+}

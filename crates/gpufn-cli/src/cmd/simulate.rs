@@ -1,0 +1,120 @@
+//! `gpufn simulate`: policies over a trace, as a table, JSON and a Pareto plot.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{Context, anyhow};
+use gpufn_sim::{Format, Policy, SimConfig, simulate, trace};
+
+/// `gpufn simulate` arguments.
+#[derive(Debug, clap::Args)]
+pub struct SimulateArgs {
+    /// The trace: a file, or a directory for the Alibaba and Azure Functions traces.
+    #[arg(long)]
+    trace: PathBuf,
+    /// alibaba-genai | azure-functions | azure-llm | csv (default: guessed from the path).
+    #[arg(long)]
+    format: Option<String>,
+    /// zero | fixed:SECONDS | always-on | histogram | oracle (repeatable; default: a standard set).
+    #[arg(long = "policy")]
+    policies: Vec<String>,
+    /// Print JSON (one object per policy).
+    #[arg(long)]
+    json: bool,
+    /// Write the Pareto plot (cold-start rate vs billed GB-s) as SVG.
+    #[arg(long)]
+    plot: Option<PathBuf>,
+    /// GPU memory per function, GB (default per format: Alibaba 16, Azure LLM 48, CSV 4).
+    #[arg(long)]
+    gpu_memory_gb: Option<u32>,
+    /// Instance concurrency (default per format: 1; Azure LLM 8).
+    #[arg(long)]
+    concurrency: Option<u32>,
+    /// Cold-start time when the trace has no measured load times.
+    #[arg(long, default_value_t = 20.0)]
+    cold_start_s: f64,
+    /// Per-function instance limit.
+    #[arg(long, default_value_t = 30)]
+    max_instances: u32,
+    /// Cards in use at once, fleet-wide (default: unlimited).
+    #[arg(long)]
+    quota_cards: Option<u32>,
+    /// The histogram policy's fixed keep-alive when its histogram is not representative.
+    #[arg(long, default_value_t = 600.0)]
+    histogram_fallback_s: f64,
+}
+
+const DEFAULT_POLICIES: &[&str] = &[
+    "zero",
+    "fixed:60",
+    "fixed:300",
+    "fixed:600",
+    "fixed:1200",
+    "histogram",
+    "oracle",
+    "always-on",
+];
+
+pub fn run(a: &SimulateArgs) -> anyhow::Result<ExitCode> {
+    let format = match &a.format {
+        Some(f) => Format::parse(f).ok_or_else(|| {
+            anyhow!("--format: {f:?} is not one of alibaba-genai, azure-functions, azure-llm, csv")
+        })?,
+        None => Format::detect(&a.trace),
+    };
+    anyhow::ensure!(
+        a.cold_start_s.is_finite() && a.cold_start_s >= 0.0,
+        "--cold-start-s: must be >= 0"
+    );
+    let names: Vec<&str> = if a.policies.is_empty() {
+        DEFAULT_POLICIES.to_vec()
+    } else {
+        a.policies.iter().map(String::as_str).collect()
+    };
+    let policies = names
+        .iter()
+        .map(|p| Policy::parse(p).map_err(|e| anyhow!(e)))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let t0 = Instant::now();
+    let trace = trace::load(&a.trace, format, a.gpu_memory_gb, a.concurrency)?;
+    let load_s = t0.elapsed().as_secs_f64();
+    let cfg = SimConfig {
+        cold_start_s: a.cold_start_s,
+        max_instances: a.max_instances.max(1),
+        quota_cards: a.quota_cards.unwrap_or(u32::MAX),
+        histogram_fallback_s: a.histogram_fallback_s,
+        ..SimConfig::default()
+    };
+    let mut results = Vec::new();
+    for p in policies {
+        let t = Instant::now();
+        let r = simulate(&trace, p, cfg);
+        if !a.json {
+            eprintln!("# {}: {:.2} s", r.policy, t.elapsed().as_secs_f64());
+        }
+        results.push(r);
+    }
+    if let Some(path) = &a.plot {
+        let title = format!(
+            "{} — {} requests, {} functions",
+            a.trace.display(),
+            trace.requests.len(),
+            trace.functions.len()
+        );
+        std::fs::write(path, gpufn_sim::report::svg(&results, &title))
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&results)?);
+    } else {
+        println!(
+            "{} requests, {} functions, {} measured cold-start samples (trace read in {load_s:.2} s)",
+            trace.requests.len(),
+            trace.functions.len(),
+            trace.cold_start_samples.len()
+        );
+        print!("{}", gpufn_sim::report::table(&results));
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,120 @@
+use super::*;
+use crate::trace::{Function, Request};
+
+fn trace(reqs: &[(f64, f64)]) -> Trace {
+    Trace {
+        requests: reqs
+            .iter()
+            .map(|&(t, d)| Request {
+                t,
+                function: 0,
+                duration_s: d,
+            })
+            .collect(),
+        functions: vec![Function {
+            name: "f".into(),
+            memory_gb: 4,
+            concurrency: 1,
+        }],
+        cold_start_samples: vec![],
+    }
+}
+
+fn cfg() -> SimConfig {
+    SimConfig {
+        cold_start_s: 10.0,
+        ..SimConfig::default()
+    }
+}
+
+#[test]
+fn fixed_keep_alive_turns_close_arrivals_warm() {
+    // Requests at 0, 100 and 1000 s, 1 s each; a cold start takes 10 s.
+    let t = trace(&[(0.0, 1.0), (100.0, 1.0), (1000.0, 1.0)]);
+    let zero = simulate(&t, Policy::Zero, cfg());
+    assert_eq!((zero.requests, zero.cold_starts), (3, 3));
+    // Each instance: 10 s loading + 1 s busy = 11 s held; busy 1 s each.
+    assert_eq!(zero.billed_gb_seconds, 3.0 * 11.0 * 4.0);
+    assert_eq!(zero.busy_gb_seconds, 3.0 * 4.0);
+    assert_eq!(zero.p50_latency_s, 11.0);
+    let fixed = simulate(&t, Policy::Fixed(300.0), cfg());
+    assert_eq!(
+        fixed.cold_starts, 2,
+        "the second request finds the instance warm"
+    );
+    assert_eq!(fixed.p50_latency_s, 11.0, "latencies 11, 1, 11");
+    // First instance held 0..(101 + 300) s, the second 1000..(1011 + 300).
+    assert_eq!(fixed.billed_gb_seconds, (401.0 + 311.0) * 4.0);
+    assert!(fixed.cost_usd > zero.cost_usd);
+    assert_eq!(fixed.peak_cards, 1);
+}
+
+#[test]
+fn concurrency_is_never_exceeded_and_bursts_scale_out() {
+    let reqs: Vec<(f64, f64)> = (0..10).map(|_| (0.0, 5.0)).collect();
+    let r = simulate(&trace(&reqs), Policy::Fixed(60.0), cfg());
+    assert_eq!(
+        r.peak_cards, 10,
+        "one instance per request at concurrency 1"
+    );
+    assert_eq!(r.cold_starts, 10);
+    let capped = simulate(
+        &trace(&reqs),
+        Policy::Fixed(60.0),
+        SimConfig {
+            max_instances: 2,
+            ..cfg()
+        },
+    );
+    assert_eq!(capped.peak_cards, 2);
+    // Two at a time, 5 s each after a 10 s load: the last pair ends at 10 + 25 = 35 s.
+    assert_eq!(capped.p99_latency_s, 35.0);
+}
+
+#[test]
+fn always_on_has_no_cold_starts_and_costs_by_the_hour() {
+    let t = trace(&[(0.0, 1.0), (3600.0, 1.0)]);
+    let r = simulate(&t, Policy::AlwaysOn, cfg());
+    assert_eq!(r.cold_starts, 0);
+    assert!((r.cost_usd - 2.0).abs() < 1e-9, "{r:?}");
+}
+
+#[test]
+fn the_oracle_prewarms_long_gaps_and_keeps_short_ones() {
+    // Gaps of 20 s (under the break-even of 10 s × 18/7 ≈ 25.7 s) and 1000 s.
+    let t = trace(&[(0.0, 1.0), (21.0, 1.0), (1022.0, 1.0)]);
+    let r = simulate(&t, Policy::Oracle, cfg());
+    assert_eq!(
+        r.cold_starts, 1,
+        "only the very first request is cold: {r:?}"
+    );
+    let zero = simulate(&t, Policy::Zero, cfg());
+    assert!(r.billed_gb_seconds <= simulate(&t, Policy::Fixed(1000.0), cfg()).billed_gb_seconds);
+    assert!(r.cold_starts < zero.cold_starts);
+}
+
+#[test]
+fn the_histogram_policy_learns_a_regular_period() {
+    // A request every 30 minutes, 1 s each: after 10 idle times the histogram pre-warms, so later
+    // requests are warm while the card is released in between.
+    let reqs: Vec<(f64, f64)> = (0..40).map(|i| (f64::from(i) * 1800.0, 1.0)).collect();
+    let t = trace(&reqs);
+    let h = simulate(&t, Policy::Histogram, cfg());
+    let zero = simulate(&t, Policy::Zero, cfg());
+    let fixed = simulate(&t, Policy::Fixed(1200.0), cfg());
+    assert!(h.cold_starts <= 12, "{h:?}");
+    assert_eq!(zero.cold_starts, 40);
+    assert_eq!(
+        fixed.cold_starts, 40,
+        "20 minutes is shorter than the period"
+    );
+    assert!(h.billed_gb_seconds < 40.0 * 1800.0 * 4.0 / 2.0, "{h:?}");
+}
+
+#[test]
+fn policies_parse() {
+    assert_eq!(Policy::parse("fixed:600"), Ok(Policy::Fixed(600.0)));
+    assert_eq!(Policy::parse("oracle"), Ok(Policy::Oracle));
+    assert!(Policy::parse("fixed:-1").is_err());
+    assert!(Policy::parse("sometimes").is_err());
+}
