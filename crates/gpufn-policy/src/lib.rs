@@ -193,3 +193,41 @@ impl IdleHistogram {
         }
     }
 }
+
+/// What the histogram policy does when a function goes idle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HistogramDecision {
+    /// How long idle instances are kept now (zero: release at once).
+    pub keep_alive: Duration,
+    /// Pre-warm: start one instance this long after the idle period began, and keep it until
+    /// `.1` after the idle period began.
+    pub prewarm: Option<(Duration, Duration)>,
+}
+
+/// The hybrid histogram policy's decision for an idle period, given the windows, the fixed
+/// keep-alive to fall back on, and how long a start takes (`load`). Unloading only pays when the
+/// head of the idle-time distribution is longer than a reload; otherwise instances are simply
+/// kept until the tail.
+pub fn histogram_decision(
+    windows: Windows,
+    fallback: Duration,
+    load: Duration,
+) -> HistogramDecision {
+    match windows {
+        Windows::Fallback => HistogramDecision {
+            keep_alive: fallback,
+            prewarm: None,
+        },
+        Windows::Histogram {
+            prewarm,
+            keep_alive,
+        } if prewarm > load => HistogramDecision {
+            keep_alive: Duration::ZERO,
+            prewarm: Some((prewarm - load, keep_alive)),
+        },
+        Windows::Histogram { keep_alive, .. } => HistogramDecision {
+            keep_alive,
+            prewarm: None,
+        },
+    }
+}

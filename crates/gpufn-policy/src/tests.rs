@@ -160,3 +160,32 @@ fn the_histogram_policy_needs_a_representative_histogram() {
     }
     assert_eq!(far.windows(), Windows::Fallback);
 }
+
+#[test]
+fn histogram_decisions() {
+    let min = |m: u64| Duration::from_secs(60 * m);
+    let w = Windows::Histogram {
+        prewarm: min(27),
+        keep_alive: min(34),
+    };
+    // A 30 s load: release now, start again at 26.5 min, keep until 34 min.
+    assert_eq!(
+        histogram_decision(w, min(10), Duration::from_secs(30)),
+        HistogramDecision {
+            keep_alive: Duration::ZERO,
+            prewarm: Some((min(27) - Duration::from_secs(30), min(34))),
+        }
+    );
+    // A load longer than the head: keep until the tail instead.
+    assert_eq!(
+        histogram_decision(w, min(10), min(30)),
+        HistogramDecision {
+            keep_alive: min(34),
+            prewarm: None,
+        }
+    );
+    assert_eq!(
+        histogram_decision(Windows::Fallback, min(10), min(1)).keep_alive,
+        min(10)
+    );
+}

@@ -142,6 +142,12 @@ struct PoolState {
     /// Provisioned (min) instances are not restarted before this after a failed start.
     min_retry_at: Option<Instant>,
     failed_starts: u32,
+    /// `keep_alive: histogram`: the function's idle times, when its current idle period began,
+    /// how long its last start took, and the instances the policy wants warm now (pre-warm).
+    hist: gpufn_policy::IdleHistogram,
+    idle_start: Option<Instant>,
+    last_load: Duration,
+    prewarm_min: u32,
 }
 
 /// Effects decided under the lock, run after it is released.
@@ -206,6 +212,30 @@ pub struct PoolStatus {
     pub queued: u32,
 }
 
+/// The keep-alive for idle instances now, the instances to keep warm (pre-warm), and when to look
+/// again: `idle_timeout_s` for `keep_alive: fixed`; for `histogram`, the decision of
+/// `gpufn_policy::histogram_decision` for the current idle period.
+fn keep_alive_window(st: &PoolState, now: Instant) -> (Duration, u32, Option<Instant>) {
+    let fixed = st.spec.scaling.idle_timeout;
+    if st.spec.scaling.keep_alive == gpufn_spec::KeepAliveMode::Fixed {
+        return (fixed, 0, None);
+    }
+    let d = gpufn_policy::histogram_decision(st.hist.windows(), fixed, st.last_load);
+    match (st.idle_start, d.prewarm) {
+        (Some(since), Some((after, until))) => {
+            let (start_at, keep_until) = (since + after, since + until);
+            if now < start_at {
+                (Duration::ZERO, 0, Some(start_at))
+            } else if now < keep_until {
+                (Duration::ZERO, 1, Some(keep_until))
+            } else {
+                (Duration::ZERO, 0, None)
+            }
+        }
+        _ => (d.keep_alive, 0, None),
+    }
+}
+
 /// Usage not yet in the store (see [`Pool::live_usage`]).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct LiveUsage {
@@ -250,6 +280,10 @@ impl Pool {
                 blocked: None,
                 min_retry_at: None,
                 failed_starts: 0,
+                hist: gpufn_policy::IdleHistogram::default(),
+                idle_start: None,
+                last_load: Duration::ZERO,
+                prewarm_min: 0,
             }),
         })
     }
@@ -287,6 +321,9 @@ impl Pool {
             let mut st = self.lock();
             if let Some(reason) = &st.closed {
                 return Err(reason.clone());
+            }
+            if let Some(since) = st.idle_start.take() {
+                st.hist.record(now.saturating_duration_since(since));
             }
             if let Some(slot) = self.take_slot(&mut st, None) {
                 return Ok(slot);
@@ -418,7 +455,7 @@ impl Pool {
         let spec = st.spec.clone();
         let limits = Limits {
             concurrency: spec.instance_concurrency,
-            min_instances: spec.scaling.min_instances,
+            min_instances: spec.scaling.min_instances.max(st.prewarm_min),
             max_instances: spec.scaling.max_instances,
         };
         let mut wanted = gpufn_policy::instances_to_start(demand, limits);
@@ -534,6 +571,9 @@ impl Pool {
                 }
             }
             self.dispatch(&mut st, &mut out);
+            if st.queue.is_empty() && st.instances.iter().all(|i| i.in_flight == 0) {
+                st.idle_start.get_or_insert_with(Instant::now);
+            }
         }
         self.run(out);
     }
@@ -569,10 +609,12 @@ impl Pool {
             };
             inst.pid = pid;
             inst.phases = phases;
+            let load = Duration::from_secs_f64((phases.start_ms + phases.ready_ms) / 1000.0);
             if inst.mark_ready(addr, Instant::now()).is_err() {
                 // Drained while it was starting (function updated, deleted, shutting down).
                 out.stops.push(inst.stop.clone());
             }
+            st.last_load = load;
             self.dispatch(&mut st, &mut out);
         }
         self.run(out);
@@ -700,10 +742,12 @@ impl Pool {
                     }
                 })
                 .collect();
+            let (idle_timeout, prewarm_min, wake_at) = keep_alive_window(&st, now);
+            st.prewarm_min = prewarm_min;
             let decision = gpufn_policy::keep_alive(
                 &views,
-                st.spec.scaling.min_instances,
-                st.spec.scaling.idle_timeout,
+                st.spec.scaling.min_instances.max(prewarm_min),
+                idle_timeout,
                 now,
             );
             for k in decision.stop {
@@ -713,10 +757,10 @@ impl Pool {
                 }
             }
             self.scale(&mut st, &mut out);
-            match (decision.next_check, st.min_retry_at) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            }
+            [decision.next_check, st.min_retry_at, wake_at]
+                .into_iter()
+                .flatten()
+                .min()
         };
         if !out.starts.is_empty() || !out.stops.is_empty() || !out.answers.is_empty() {
             self.run(out);

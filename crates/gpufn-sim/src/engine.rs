@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 
 use gpufn_metering::{BusyTracker, Prices, billed_seconds};
 use gpufn_policy::{
-    Demand, IdleHistogram, InstanceView, Limits, Windows, instances_to_start, keep_alive,
+    Demand, IdleHistogram, InstanceView, Limits, Windows, histogram_decision, instances_to_start,
+    keep_alive,
 };
 use serde::Serialize;
 
@@ -486,23 +487,18 @@ impl Sim<'_> {
             Policy::Fixed(s) => s,
             Policy::AlwaysOn => f64::INFINITY,
             Policy::Histogram if func.prewarmed => func.idle_timeout,
-            Policy::Histogram => match func.hist.windows() {
-                Windows::Fallback => self.cfg.histogram_fallback_s,
-                Windows::Histogram {
-                    prewarm,
-                    keep_alive,
-                } => {
-                    let (head, tail) = (prewarm.as_secs_f64(), keep_alive.as_secs_f64());
-                    if head > self.cold_median {
-                        // Unload now, load again so it is ready when the head of the idle-time
-                        // distribution says the next request comes.
-                        self.push(t + head - self.cold_median, Event::Prewarm(f));
-                        0.0
-                    } else {
-                        tail
-                    }
+            Policy::Histogram => {
+                // The live server's own decision function.
+                let d = histogram_decision(
+                    func.hist.windows(),
+                    Duration::from_secs_f64(self.cfg.histogram_fallback_s),
+                    Duration::from_secs_f64(self.cold_median),
+                );
+                if let Some((after, _)) = d.prewarm {
+                    self.push(t + after.as_secs_f64(), Event::Prewarm(f));
                 }
-            },
+                d.keep_alive.as_secs_f64()
+            }
             Policy::Oracle => {
                 let Some(&next) = func.arrivals.get(func.cursor) else {
                     return 0.0;

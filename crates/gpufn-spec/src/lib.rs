@@ -10,6 +10,6 @@ mod validate;
 
 pub use raw::{RawAsync, RawGpu, RawHealthCheck, RawScaling, RawSpec};
 pub use validate::{
-    AsyncConfig, FieldError, FunctionSpec, GpuRequest, HealthCheck, Runtime, Scaling, SpecError,
-    check_http_url, parse_json, parse_yaml,
+    AsyncConfig, FieldError, FunctionSpec, GpuRequest, HealthCheck, KeepAliveMode, Runtime,
+    Scaling, SpecError, check_http_url, parse_json, parse_yaml,
 };

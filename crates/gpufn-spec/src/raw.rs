@@ -89,6 +89,9 @@ pub struct RawScaling {
     pub idle_timeout_s: Option<i64>,
     /// Requests that may wait for a slot at once; more are refused with 429.
     pub max_queue: Option<i64>,
+    /// `fixed` (keep idle instances `idle_timeout_s`) or `histogram` (learn the function's idle
+    /// times; keep or pre-warm from them, with `idle_timeout_s` as the fallback).
+    pub keep_alive: Option<String>,
     /// Seconds a request may wait for a slot before it is refused with 503 (default: the startup
     /// timeout plus 60 s, so a request at zero can always wait out a whole cold start).
     pub queue_timeout_s: Option<i64>,

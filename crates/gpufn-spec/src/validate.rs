@@ -142,6 +142,28 @@ pub struct Scaling {
     pub max_queue: u32,
     /// How long a request may wait for a slot.
     pub queue_timeout: Duration,
+    /// How idle instances are kept.
+    pub keep_alive: KeepAliveMode,
+}
+
+/// `scaling.keep_alive`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeepAliveMode {
+    /// Keep idle instances `idle_timeout_s`.
+    Fixed,
+    /// The hybrid histogram policy, falling back to `idle_timeout_s`.
+    Histogram,
+}
+
+impl KeepAliveMode {
+    /// The name used in the spec.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeepAliveMode::Fixed => "fixed",
+            KeepAliveMode::Histogram => "histogram",
+        }
+    }
 }
 
 /// A spec that passed validation. Only [`RawSpec::validate`] builds one.
@@ -464,6 +486,17 @@ fn check_scaling(c: &mut Checker, s: Option<&RawScaling>, health: &HealthCheck) 
             1,
             86_400,
         ),
+        keep_alive: match s.keep_alive.as_deref() {
+            None | Some("fixed") => KeepAliveMode::Fixed,
+            Some("histogram") => KeepAliveMode::Histogram,
+            Some(other) => {
+                c.fail(
+                    "scaling.keep_alive",
+                    format!("must be one of: fixed, histogram (got {other:?})"),
+                );
+                KeepAliveMode::Fixed
+            }
+        },
     }
 }
 
@@ -533,6 +566,7 @@ impl FunctionSpec {
                 idle_timeout_s: secs(self.scaling.idle_timeout),
                 max_queue: Some(i64::from(self.scaling.max_queue)),
                 queue_timeout_s: secs(self.scaling.queue_timeout),
+                keep_alive: Some(self.scaling.keep_alive.as_str().into()),
             }),
             request_timeout_s: secs(self.request_timeout),
             async_invoke: Some(RawAsync {

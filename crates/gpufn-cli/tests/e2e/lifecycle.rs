@@ -300,3 +300,20 @@ async fn redeploying_a_changed_spec_replaces_instances() {
         .unwrap();
     assert_eq!(v["env"]["GREETING"], "two");
 }
+
+#[tokio::test]
+async fn the_histogram_keep_alive_falls_back_to_idle_timeout_until_it_has_learned() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path(), &["--simulate-gpus", "1xtesla-t4:16"]);
+    s.deploy_testfn("h", "scaling: {keep_alive: histogram, idle_timeout_s: 1}")
+        .await;
+    let v = s.get_json("/api/v1/functions/h").await;
+    assert_eq!(v["spec"]["scaling"]["keep_alive"], "histogram");
+    let resp = s.http.get(s.url("/function/h/work")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    // Fewer than ten idle times seen: the fixed idle_timeout_s applies, and it scales to zero.
+    s.wait_for("scale to zero", Duration::from_secs(15), || async {
+        s.instances("h").await.is_empty()
+    })
+    .await;
+}
