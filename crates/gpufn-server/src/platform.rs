@@ -2,7 +2,7 @@
 //! deploy/delete operations; and the reconciler task (keep-alive, provisioned instances, retrying
 //! scale-ups when a card comes back).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -47,6 +47,8 @@ pub(crate) struct Shared {
     pub instances_root: CancellationToken,
     /// Wakes the reconciler (a slot was freed, an instance changed state).
     pub wake: Notify,
+    /// Pools that changed since the reconciler last looked.
+    pub dirty: std::sync::Mutex<HashSet<String>>,
     pub stop_grace: Duration,
 }
 
@@ -69,6 +71,20 @@ impl Shared {
                 tracing::warn!("cannot record instance {id}: {e}");
             }
         }
+    }
+
+    /// Marks a pool for the reconciler and wakes it.
+    pub fn mark_dirty(&self, pool: &str) {
+        let mut dirty = self.dirty.lock().unwrap_or_else(|p| p.into_inner());
+        if !dirty.contains(pool) {
+            dirty.insert(pool.to_string());
+        }
+        drop(dirty);
+        self.wake.notify_one();
+    }
+
+    fn take_dirty(&self) -> HashSet<String> {
+        std::mem::take(&mut *self.dirty.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     pub fn forget_pid(&self, id: &str) {
@@ -220,6 +236,7 @@ impl Platform {
             tasks: TaskTracker::new(),
             instances_root: CancellationToken::new(),
             wake: Notify::new(),
+            dirty: std::sync::Mutex::new(HashSet::new()),
             stop_grace: config.instance_stop_grace,
         });
         let tasks = TaskRunner::new(
@@ -629,17 +646,44 @@ impl Platform {
         self.shared.meter.flush().await;
     }
 
+    /// The reconciler: keep-alive, provisioned instances and pre-warm for every pool, and retried
+    /// scale-ups when a card comes back. It visits only the pools that changed (the dirty set) or
+    /// whose own next check is due, so its cost per event does not grow with the number of deployed
+    /// functions; a full pass runs at start, when a card is released, and once a minute.
     fn spawn_reconciler(self: Arc<Self>) {
         let shutdown = self.shutdown.clone();
         tokio::spawn(async move {
+            let mut due: HashMap<String, Instant> = HashMap::new();
+            let mut full = true;
+            let mut last_full = Instant::now();
             loop {
                 let now = Instant::now();
-                let mut next = now + Duration::from_secs(60);
-                for pool in self.pools() {
-                    if let Some(t) = pool.reconcile(now) {
-                        next = next.min(t);
-                    }
+                let names: Vec<String> =
+                    if full || now.duration_since(last_full) >= Duration::from_secs(60) {
+                        last_full = now;
+                        self.pools().iter().map(|p| p.name().to_string()).collect()
+                    } else {
+                        let mut names: HashSet<String> = self.shared.take_dirty();
+                        names.extend(
+                            due.iter()
+                                .filter(|(_, t)| **t <= now)
+                                .map(|(n, _)| n.clone()),
+                        );
+                        names.into_iter().collect()
+                    };
+                full = false;
+                for name in names {
+                    match self.pool(&name).and_then(|pool| pool.reconcile(now)) {
+                        Some(t) => due.insert(name, t),
+                        None => due.remove(&name),
+                    };
                 }
+                let next = due
+                    .values()
+                    .min()
+                    .copied()
+                    .unwrap_or(now + Duration::from_secs(60))
+                    .min(last_full + Duration::from_secs(60));
                 tokio::select! {
                     () = tokio::time::sleep_until(next.into()) => {}
                     () = self.shared.wake.notified() => {}
@@ -647,6 +691,7 @@ impl Platform {
                         for pool in self.pools() {
                             pool.rescale();
                         }
+                        full = true;
                     }
                     () = shutdown.cancelled() => return,
                 }

@@ -531,7 +531,7 @@ impl Pool {
             self.shared.tasks.spawn(supervise(pool, job));
         }
         if out.wake {
-            self.shared.wake.notify_one();
+            self.shared.mark_dirty(&self.name);
         }
         for record in out.records {
             if let MeterRecord::Busy {
