@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Gateway overhead: the same 1 KiB upstream (nginx) reached directly, through nginx as a reverse
 # proxy (the baseline), and through gpufn. All on loopback, in one run, so ratios are comparable.
-# Usage: bench/gateway.sh [DURATION_S=10] [CONNECTIONS=16]
+# Usage: bench/gateway.sh [DURATION_S=10] [CONNECTIONS=16]; MATRIX=1 bench/gateway.sh 5 for the
+# matrix of 1/16/64 connections x 1 KiB/1 MiB bodies.
 # gpufn runs twice: with its default worker threads (one per CPU) and with --worker-threads 1,
 # which matches the baseline's single nginx worker.
 set -euo pipefail
@@ -39,11 +40,21 @@ run() {
   printf '%-28s %12s req/s   p50 %8s   p99 %8s\n' "$name" "$rps" "$p50" "$p99"
   echo "$rps" > "$BENCH_DIR/$name.rps"
 }
+if [ -n "${MATRIX:-}" ]; then
+  # MATRIX=1: every path at 1, 16 and 64 connections, for the 1 KiB body and a 1 MiB body.
+  for body in "" 1m; do
+    for c in 1 16 64; do
+      CONN=$c
+      echo "== body ${body:-1k}, wrk -t1 -c$c -d${DUR}s"
+      run "direct (no proxy)" "http://127.0.0.1:18201/$body"
+      run "nginx reverse proxy" "http://127.0.0.1:18202/$body"
+      run "gpufn, --worker-threads 1" "http://127.0.0.1:18204/function/bench/$body"
+      python3 -c "import sys; d=sys.argv[1]; r=lambda n: float(open(f'{d}/{n}.rps').read()); print(f'   gpufn/nginx: {r(\"gpufn, --worker-threads 1\") / r(\"nginx reverse proxy\"):.2f}')" "$BENCH_DIR"
+    done
+  done
+  exit 0
+fi
 echo "wrk -t1 -c$CONN -d${DUR}s, 1 KiB body, $(nproc) cores"
-run "direct (no proxy)" http://127.0.0.1:18201/
-run "nginx reverse proxy" http://127.0.0.1:18202/
-run "gpufn gateway" http://127.0.0.1:18203/function/bench/
-run "gpufn, --worker-threads 1" http://127.0.0.1:18204/function/bench/
 python3 - "$BENCH_DIR" <<'PY'
 import sys
 d = sys.argv[1]

@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -69,6 +70,13 @@ pub async fn run(
     on_listen(addr);
     let drain = CancellationToken::new();
     let app = router(platform.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    // Responses are written as they stream: without TCP_NODELAY, Nagle's algorithm and delayed
+    // ACKs stall the tail of a response for ~40 ms.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!("cannot set TCP_NODELAY: {e}");
+        }
+    });
     let server = axum::serve(listener, app).with_graceful_shutdown(drain.clone().cancelled_owned());
     let mut server = tokio::spawn(server.into_future());
     tokio::select! {
