@@ -123,6 +123,11 @@ enum Command {
     },
     /// Replay a trace through gpufn's scaling and keep-alive policies (no server needed).
     Simulate(cmd::simulate::SimulateArgs),
+    /// Send a time-compressed slice of a trace to a running gpufn and compare with the simulation.
+    Replay(cmd::replay::ReplayArgs),
+    /// A minimal function (health after READY_DELAY_MS, /work?ms=N), used by replay.
+    #[command(hide = true)]
+    SleepApp,
     /// Print an instance's log.
     Logs {
         /// Function name.
@@ -239,6 +244,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => cmd::cost::bill(&api, function, from, to, json).await,
         Command::Estimate(args) => cmd::cost::estimate(&args),
         Command::Simulate(args) => cmd::simulate::run(&args),
+        Command::Replay(args) => cmd::replay::run(&api, &args).await,
+        Command::SleepApp => cmd::sleep_app::run().await,
         Command::Tasks {
             function,
             state,

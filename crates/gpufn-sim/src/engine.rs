@@ -111,6 +111,9 @@ pub struct SimResult {
     pub billed_gb_seconds: f64,
     /// `busy / billed`.
     pub efficiency: f64,
+    /// Busy periods rounded up to whole seconds × GPU memory: what the live server's billing API
+    /// reports as `gb_seconds` (used to compare a live replay with the simulation).
+    pub active_billed_gb_seconds: f64,
     /// Busy periods at the active price and the rest of held time at the idle price; for
     /// `always-on`, the dedicated cards' hourly price.
     pub cost_usd: f64,
@@ -638,6 +641,7 @@ impl Sim<'_> {
             } else {
                 0.0
             },
+            active_billed_gb_seconds: self.active_billed_gb_s,
             cost_usd: cost,
             peak_cards: self.peak_cards,
         }

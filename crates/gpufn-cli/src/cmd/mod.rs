@@ -4,6 +4,8 @@ pub mod cluster;
 pub mod cost;
 pub mod functions;
 pub mod invoke;
+pub mod replay;
 pub mod serve;
 pub mod simulate;
+pub mod sleep_app;
 pub mod tasks;

@@ -377,3 +377,46 @@ fn simulate_compares_policies_on_a_trace() {
         stderr(&out)
     );
 }
+
+#[tokio::test]
+async fn replay_sends_a_compressed_trace_and_compares_with_the_simulation() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path(), &["--simulate-gpus", "10xt4:16"]);
+    let trace = fixture_dir().join("small-trace.csv");
+    let out = s.cli(&[
+        "replay",
+        "--trace",
+        trace.to_str().unwrap(),
+        "--speedup",
+        "2000",
+        "--cold-start-s",
+        "20",
+    ]);
+    let text = stdout(&out);
+    assert!(out.status.success(), "{text}\n{}", stderr(&out));
+    let row = |name: &str| {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .map(|l| {
+                l.split_whitespace()
+                    .skip(name.split_whitespace().count())
+                    .map(str::to_string)
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default()
+    };
+    assert_eq!(row("requests"), ["45", "45"], "{text}");
+    assert_eq!(row("failed"), ["0", "0"], "{text}");
+    assert!(
+        text.contains("cold-start rate") && text.contains("billed GB-s"),
+        "{text}"
+    );
+    // The replayed functions are removed afterwards.
+    assert!(
+        s.get_json("/api/v1/functions")
+            .await
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+}

@@ -1,0 +1,36 @@
+//! `gpufn sleep-app`: the smallest useful function, for replays and benchmarks. It listens on
+//! `$PORT`, answers `GET /health` once `READY_DELAY_MS` have passed (a stand-in for a model
+//! load), and answers `/work?ms=N` after N milliseconds (a stand-in for inference).
+
+use std::collections::HashMap;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::Router;
+use axum::extract::Query;
+use axum::routing::{any, get};
+
+pub async fn run() -> anyhow::Result<ExitCode> {
+    let port: u16 = std::env::var("PORT")
+        .context("PORT is not set (gpufn sets it for every instance)")?
+        .parse()
+        .context("PORT is not a port number")?;
+    let delay: u64 = std::env::var("READY_DELAY_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    tokio::time::sleep(Duration::from_millis(delay)).await;
+    let app = Router::new()
+        .route("/health", get(|| async { "ok\n" }))
+        .route("/work", any(work));
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+    axum::serve(listener, app).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn work(Query(q): Query<HashMap<String, String>>) -> String {
+    let ms: u64 = q.get("ms").and_then(|v| v.parse().ok()).unwrap_or(0);
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+    format!("worked {ms} ms\n")
+}
