@@ -55,6 +55,10 @@ if [ -n "${MATRIX:-}" ]; then
   exit 0
 fi
 echo "wrk -t1 -c$CONN -d${DUR}s, 1 KiB body, $(nproc) cores"
+run "direct (no proxy)" http://127.0.0.1:18201/
+run "nginx reverse proxy" http://127.0.0.1:18202/
+run "gpufn gateway" http://127.0.0.1:18203/function/bench/
+run "gpufn, --worker-threads 1" http://127.0.0.1:18204/function/bench/
 python3 - "$BENCH_DIR" <<'PY'
 import sys
 d = sys.argv[1]
