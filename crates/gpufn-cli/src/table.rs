@@ -21,3 +21,21 @@ pub fn print(header: &[&str], rows: &[Vec<String>]) {
         line(row.iter().map(String::as_str).collect());
     }
 }
+
+/// A JSON value at `path` as a table cell: strings bare, null as `-`, anything else as JSON.
+pub fn cell(v: &serde_json::Value, path: &[&str]) -> String {
+    let mut cur = v;
+    for key in path {
+        cur = &cur[*key];
+    }
+    match cur {
+        serde_json::Value::Null => "-".into(),
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// The elements of a JSON array (none if it is not one).
+pub fn items(v: &serde_json::Value) -> &[serde_json::Value] {
+    v.as_array().map(Vec::as_slice).unwrap_or_default()
+}

@@ -179,16 +179,19 @@ fn not_found(id: &str) -> ApiError {
     )
 }
 
+fn load(p: &Platform, id: &str) -> Result<TaskRow, ApiError> {
+    p.store()
+        .task(id)
+        .map_err(|e| ApiError::internal("reading the task", e))?
+        .ok_or_else(|| not_found(id))
+}
+
 /// `GET /api/v1/tasks/{id}`.
 pub async fn get_task(
     State(p): State<Arc<Platform>>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let t = p
-        .store()
-        .task(&id)
-        .map_err(|e| ApiError::internal("reading the task", e))?
-        .ok_or_else(|| not_found(&id))?;
+    let t = load(&p, &id)?;
     let mut v = task_json(&t, true);
     let deliveries = p
         .store()
@@ -237,11 +240,7 @@ pub async fn cancel_task(
     State(p): State<Arc<Platform>>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let before = p
-        .store()
-        .task(&id)
-        .map_err(|e| ApiError::internal("reading the task", e))?
-        .ok_or_else(|| not_found(&id))?;
+    let before = load(&p, &id)?;
     if before.state.is_final() {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -261,11 +260,7 @@ pub async fn task_result(
     State(p): State<Arc<Platform>>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let t = p
-        .store()
-        .task(&id)
-        .map_err(|e| ApiError::internal("reading the task", e))?
-        .ok_or_else(|| not_found(&id))?;
+    let t = load(&p, &id)?;
     let body = match (&t.result.file, &t.result.body) {
         (Some(file), _) => Body::from(
             tokio::fs::read(file)

@@ -14,15 +14,8 @@ pub async fn gpus(api: &Api, as_json: bool) -> anyhow::Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(ExitCode::SUCCESS);
     }
-    let text = |c: &Value, k: &str| match &c[k] {
-        Value::Null => "-".to_string(),
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    };
-    let rows: Vec<Vec<String>> = v
-        .as_array()
-        .map(|a| a.as_slice())
-        .unwrap_or_default()
+    let text = |v: &Value, k: &str| table::cell(v, &[k]);
+    let rows: Vec<Vec<String>> = table::items(&v)
         .iter()
         .map(|c| {
             vec![

@@ -26,10 +26,7 @@ pub async fn bill(
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(ExitCode::SUCCESS);
     }
-    let rows: Vec<Vec<String>> = v
-        .as_array()
-        .map(|a| a.as_slice())
-        .unwrap_or_default()
+    let rows: Vec<Vec<String>> = table::items(&v)
         .iter()
         .map(|r| {
             let f = |k: &str| r[k].as_f64().unwrap_or(0.0);

@@ -10,17 +10,7 @@ use serde_json::Value;
 use crate::client::{Api, error_for_status};
 use crate::{specfile, table};
 
-fn s(v: &Value, path: &[&str]) -> String {
-    let mut cur = v;
-    for key in path {
-        cur = &cur[*key];
-    }
-    match cur {
-        Value::Null => "-".into(),
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    }
-}
+use crate::table::cell as s;
 
 pub async fn deploy(api: &Api, file: &Path) -> anyhow::Result<ExitCode> {
     let raw = specfile::load(file)?;
@@ -50,10 +40,7 @@ pub async fn list(api: &Api, json: bool) -> anyhow::Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(ExitCode::SUCCESS);
     }
-    let rows: Vec<Vec<String>> = v
-        .as_array()
-        .map(|a| a.as_slice())
-        .unwrap_or_default()
+    let rows: Vec<Vec<String>> = table::items(&v)
         .iter()
         .map(|f| {
             let gpu_type = f["spec"]["gpu"]["type"]
@@ -122,10 +109,7 @@ pub async fn instances(api: &Api, name: &str, json: bool) -> anyhow::Result<Exit
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(ExitCode::SUCCESS);
     }
-    let rows: Vec<Vec<String>> = v
-        .as_array()
-        .map(|a| a.as_slice())
-        .unwrap_or_default()
+    let rows: Vec<Vec<String>> = table::items(&v)
         .iter()
         .map(|i| {
             let ready_ms = i["cold_start"]["ready_ms"]

@@ -109,15 +109,8 @@ pub async fn list(
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(ExitCode::SUCCESS);
     }
-    let text = |t: &Value, k: &str| match &t[k] {
-        Value::Null => "-".to_string(),
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    };
-    let rows: Vec<Vec<String>> = v
-        .as_array()
-        .map(|a| a.as_slice())
-        .unwrap_or_default()
+    let text = |v: &Value, k: &str| table::cell(v, &[k]);
+    let rows: Vec<Vec<String>> = table::items(&v)
         .iter()
         .map(|t| {
             vec![
