@@ -118,3 +118,58 @@ fn policies_parse() {
     assert!(Policy::parse("fixed:-1").is_err());
     assert!(Policy::parse("sometimes").is_err());
 }
+
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn policy() -> impl Strategy<Value = Policy> {
+        prop_oneof![
+            Just(Policy::Zero),
+            (0u32..2000).prop_map(|s| Policy::Fixed(f64::from(s))),
+            Just(Policy::AlwaysOn),
+            Just(Policy::Histogram),
+            Just(Policy::Oracle),
+        ]
+    }
+
+    proptest! {
+        /// Whatever the trace and policy: every request is served exactly once, cards held cover
+        /// the busy time, nobody waits less than their service time, and the instance limit holds.
+        #[test]
+        fn every_request_is_served_and_the_books_balance(
+            reqs in proptest::collection::vec((0u32..20_000, 1u32..3_000, 0u32..3), 1..60),
+            policy in policy(),
+            max_instances in 1u32..4,
+        ) {
+            let mut reqs: Vec<(f64, f64, u32)> = reqs
+                .into_iter()
+                .map(|(t, d, f)| (f64::from(t), f64::from(d) / 100.0, f))
+                .collect();
+            reqs.sort_by(|a, b| a.0.total_cmp(&b.0));
+            let trace = Trace {
+                requests: reqs
+                    .iter()
+                    .map(|&(t, d, f)| Request { t, function: f, duration_s: d })
+                    .collect(),
+                functions: (0..3)
+                    .map(|i| Function { name: format!("f{i}"), memory_gb: 2, concurrency: 1 + i })
+                    .collect(),
+                cold_start_samples: vec![3.0, 10.0, 25.0],
+            };
+            let r = simulate(&trace, policy, SimConfig { max_instances, ..SimConfig::default() });
+            prop_assert_eq!(r.requests, reqs.len() as u64);
+            prop_assert!(r.cold_starts <= r.requests);
+            prop_assert!(r.billed_gb_seconds + 1e-6 >= r.busy_gb_seconds, "{r:?}");
+            prop_assert!(r.active_billed_gb_seconds + 1e-6 >= r.busy_gb_seconds, "{r:?}");
+            let min_duration = reqs.iter().map(|r| r.1).fold(f64::INFINITY, f64::min);
+            prop_assert!(r.p50_latency_s + 1e-9 >= min_duration);
+            let per_fn = if policy == Policy::AlwaysOn { 1 } else { max_instances };
+            prop_assert!(r.peak_cards <= 3 * per_fn, "{r:?}");
+            // Deterministic: the same input gives the same numbers.
+            let again = simulate(&trace, policy, SimConfig { max_instances, ..SimConfig::default() });
+            prop_assert_eq!(r, again);
+        }
+    }
+}
