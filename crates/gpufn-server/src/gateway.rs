@@ -19,7 +19,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
 use crate::error::ApiError;
-use crate::metrics::{Metrics, StatusLabels};
+use crate::metrics::StatusLabels;
 use crate::platform::Platform;
 use crate::pool::{AcquireError, Pool, Slot};
 use crate::util::now_ms;
@@ -127,16 +127,20 @@ pub async fn invoke(State(platform): State<Arc<Platform>>, req: Request) -> Resp
         Ok(resp) => resp,
         Err(e) => e.into_response(),
     };
-    let m = platform.metrics();
-    m.request_duration
-        .get_or_create(&Metrics::function(&name))
-        .observe(arrival.elapsed().as_secs_f64());
-    m.invocations
-        .get_or_create(&StatusLabels {
-            function: name,
-            status: resp.status().as_u16().to_string(),
-        })
-        .inc();
+    let m = pool.metrics();
+    m.request_duration.observe(arrival.elapsed().as_secs_f64());
+    if resp.status() == StatusCode::OK {
+        m.ok.inc();
+    } else {
+        platform
+            .metrics()
+            .invocations
+            .get_or_create(&StatusLabels {
+                function: name,
+                status: resp.status().as_u16().to_string(),
+            })
+            .inc();
+    }
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         resp.headers_mut().insert(REQUEST_ID_HEADER, v);
     }
@@ -153,10 +157,8 @@ async fn forward(
 ) -> Result<Response, ApiError> {
     let arrival_ms = now_ms();
     let slot = pool.acquire().await.map_err(acquire_error)?;
-    platform
-        .metrics()
+    pool.metrics()
         .queue_wait
-        .get_or_create(&Metrics::function(pool.name()))
         .observe(arrival.elapsed().as_secs_f64());
     let peer = req
         .extensions()

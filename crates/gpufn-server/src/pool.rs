@@ -24,7 +24,6 @@ use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use crate::instance::{ColdStartPhases, Instance, InstanceState, StartJob, supervise};
-use crate::metrics::Metrics;
 use crate::platform::Shared;
 use crate::util::{rfc3339, short_id, wall_ms};
 
@@ -167,6 +166,7 @@ struct Outbox {
 pub struct Pool {
     name: String,
     shared: Arc<Shared>,
+    metrics: crate::metrics::PoolMetrics,
     state: Mutex<PoolState>,
 }
 
@@ -268,6 +268,7 @@ fn count(n: usize) -> u32 {
 impl Pool {
     pub(crate) fn new(shared: Arc<Shared>, spec: FunctionSpec, revision: i64) -> Arc<Self> {
         Arc::new(Self {
+            metrics: shared.metrics.for_pool(&spec.name),
             name: spec.name.clone(),
             shared,
             state: Mutex::new(PoolState {
@@ -295,6 +296,10 @@ impl Pool {
 
     pub(crate) fn shared(&self) -> &Arc<Shared> {
         &self.shared
+    }
+
+    pub(crate) fn metrics(&self) -> &crate::metrics::PoolMetrics {
+        &self.metrics
     }
 
     /// Function name.
@@ -540,10 +545,8 @@ impl Pool {
                 ..
             } = &record
             {
-                self.shared
-                    .metrics
+                self.metrics
                     .billed_gb_seconds
-                    .get_or_create(&Metrics::function(&self.name))
                     .inc_by((billed_s * memory_gb) as f64);
             }
             self.shared.meter.record(record);
