@@ -149,6 +149,26 @@ struct PoolState {
     prewarm_min: u32,
 }
 
+impl PoolState {
+    fn new(spec: FunctionSpec, revision: i64) -> Self {
+        Self {
+            spec: Arc::new(spec),
+            revision,
+            instances: Vec::new(),
+            queue: VecDeque::new(),
+            next_waiter: 0,
+            closed: None,
+            blocked: None,
+            min_retry_at: None,
+            failed_starts: 0,
+            hist: gpufn_policy::IdleHistogram::default(),
+            idle_start: None,
+            last_load: Duration::ZERO,
+            prewarm_min: 0,
+        }
+    }
+}
+
 /// Effects decided under the lock, run after it is released.
 #[derive(Default)]
 struct Outbox {
@@ -271,21 +291,7 @@ impl Pool {
             metrics: shared.metrics.for_pool(&spec.name),
             name: spec.name.clone(),
             shared,
-            state: Mutex::new(PoolState {
-                spec: Arc::new(spec),
-                revision,
-                instances: Vec::new(),
-                queue: VecDeque::new(),
-                next_waiter: 0,
-                closed: None,
-                blocked: None,
-                min_retry_at: None,
-                failed_starts: 0,
-                hist: gpufn_policy::IdleHistogram::default(),
-                idle_start: None,
-                last_load: Duration::ZERO,
-                prewarm_min: 0,
-            }),
+            state: Mutex::new(PoolState::new(spec, revision)),
         })
     }
 
@@ -886,5 +892,65 @@ impl Drop for QueuedGuard<'_> {
         if let Some(id) = self.id {
             let _ = self.pool.remove_waiter(id);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(yaml_extra: &str) -> PoolState {
+        let spec = gpufn_spec::parse_yaml(&format!(
+            "name: f\ncommand: [x]\ngpu: {{memory_gb: 1}}\nscaling: {{idle_timeout_s: 300{yaml_extra}}}\n"
+        ))
+        .and_then(|r| r.validate())
+        .expect("spec");
+        PoolState::new(spec, 1)
+    }
+
+    #[test]
+    fn fixed_keep_alive_is_the_idle_timeout() {
+        let st = state("");
+        assert_eq!(
+            keep_alive_window(&st, Instant::now()),
+            (Duration::from_secs(300), 0, None)
+        );
+    }
+
+    #[test]
+    fn histogram_keep_alive_falls_back_then_prewarms_what_it_learned() {
+        let mut st = state(", keep_alive: histogram");
+        let t0 = Instant::now();
+        // Nothing learned yet: the fixed idle timeout.
+        assert_eq!(
+            keep_alive_window(&st, t0),
+            (Duration::from_secs(300), 0, None)
+        );
+        // A request every 30 minutes, and a start takes 20 s.
+        for _ in 0..10 {
+            st.hist.record(Duration::from_secs(30 * 60 + 10));
+        }
+        st.last_load = Duration::from_secs(20);
+        st.idle_start = Some(t0);
+        let start_at = t0 + Duration::from_secs(27 * 60) - Duration::from_secs(20);
+        let keep_until = t0 + Duration::from_secs(31 * 66);
+        // Right after going idle: release everything, look again when the pre-warm is due.
+        assert_eq!(
+            keep_alive_window(&st, t0),
+            (Duration::ZERO, 0, Some(start_at))
+        );
+        // In the window: one instance warm until its end.
+        assert_eq!(
+            keep_alive_window(&st, start_at + Duration::from_secs(1)),
+            (Duration::ZERO, 1, Some(keep_until))
+        );
+        // After the window: nothing kept.
+        assert_eq!(
+            keep_alive_window(&st, keep_until + Duration::from_secs(1)),
+            (Duration::ZERO, 0, None)
+        );
+        // Not idle (a request is in flight or queued): the learned tail applies to extra instances.
+        st.idle_start = None;
+        assert_eq!(keep_alive_window(&st, t0).1, 0);
     }
 }
