@@ -27,7 +27,7 @@ async fn a_burst_of_50_with_concurrency_1_on_3_cards_is_served_completely() {
     let dir = tempfile::tempdir().unwrap();
     let s = Server::start(dir.path(), &["--simulate-gpus", "3xtesla-t4:16"]);
     s.deploy_testfn("burst", "instance_concurrency: 1").await;
-    let results = join_all((0..50).map(|_| work(&s, "burst", "ms=30"))).await;
+    let results = join_all((0..50).map(|_| work(&s, "burst", "ms=100"))).await;
     let mut per_instance: HashMap<String, u64> = HashMap::new();
     for (status, body, headers) in &results {
         assert_eq!(*status, 200, "{body}\n{}", s.log());
@@ -60,7 +60,7 @@ async fn concurrency_4_is_never_exceeded_and_bursts_scale_out() {
     let dir = tempfile::tempdir().unwrap();
     let s = Server::start(dir.path(), &["--simulate-gpus", "2xtesla-t4:16"]);
     s.deploy_testfn("batch", "instance_concurrency: 4").await;
-    let results = join_all((0..40).map(|_| work(&s, "batch", "ms=40"))).await;
+    let results = join_all((0..40).map(|_| work(&s, "batch", "ms=150"))).await;
     let mut instances = HashSet::new();
     for (status, body, headers) in &results {
         assert_eq!(*status, 200, "{body}");
