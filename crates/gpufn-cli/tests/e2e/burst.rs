@@ -86,18 +86,7 @@ async fn a_full_queue_is_refused_with_429_and_retry_after() {
         .await;
     // One in flight (held), two queued: the fourth is refused at once.
     let latch = Latch::new(dir.path(), "small");
-    let held = tokio::spawn({
-        let url = s.url(&format!("/function/small/work?{}", latch.query()));
-        let http = s.http.clone();
-        async move { http.get(url).send().await.unwrap().status() }
-    });
-    s.wait_for("one busy instance", Duration::from_secs(15), || async {
-        s.instances("small")
-            .await
-            .first()
-            .is_some_and(|i| i["in_flight"] == 1)
-    })
-    .await;
+    let held = s.hold("small", &latch).await;
     let queued: Vec<_> = (0..2)
         .map(|_| {
             let url = s.url("/function/small/work");
@@ -138,18 +127,7 @@ async fn waiting_past_the_queue_timeout_gives_503_or_429_when_the_quota_is_the_c
         .await;
     s.deploy_testfn("b", "scaling: {queue_timeout_s: 1}").await;
     let latch = Latch::new(dir.path(), "a");
-    let held = tokio::spawn({
-        let url = s.url(&format!("/function/a/work?{}", latch.query()));
-        let http = s.http.clone();
-        async move { http.get(url).send().await.unwrap().status() }
-    });
-    s.wait_for("a busy", Duration::from_secs(15), || async {
-        s.instances("a")
-            .await
-            .first()
-            .is_some_and(|i| i["in_flight"] == 1)
-    })
-    .await;
+    let held = s.hold("a", &latch).await;
     // `a` is at max_instances with its one slot busy: a queue timeout, 503.
     let resp = s.http.get(s.url("/function/a/work")).send().await.unwrap();
     assert_eq!(resp.status(), 503);

@@ -146,6 +146,27 @@ impl Server {
         }
     }
 
+    /// Sends `/work` held by `latch` to `function` and waits until its (only) instance is busy with
+    /// it; resolves to the status once the latch is released.
+    pub async fn hold(&self, function: &str, latch: &Latch) -> tokio::task::JoinHandle<u16> {
+        let url = self.url(&format!("/function/{function}/work?{}", latch.query()));
+        let http = self.http.clone();
+        let held =
+            tokio::spawn(async move { http.get(url).send().await.unwrap().status().as_u16() });
+        self.wait_for(
+            &format!("{function} busy"),
+            Duration::from_secs(15),
+            || async {
+                self.instances(function)
+                    .await
+                    .first()
+                    .is_some_and(|i| i["in_flight"] == 1)
+            },
+        )
+        .await;
+        held
+    }
+
     /// Sends SIGTERM and waits for exit; returns the exit status code.
     pub fn terminate(&mut self) -> Option<i32> {
         unsafe_kill(self.pid(), libc::SIGTERM);
