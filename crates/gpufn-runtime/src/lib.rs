@@ -1,7 +1,7 @@
 //! Instance runtimes: how one instance of a function is started, watched and stopped.
 //!
 //! The [`InstanceRuntime`] trait is the seam between the scheduler and whatever runs the code: the
-//! [`ProcessRuntime`] (a host process, used today) and, in a later issue, an OCI container runtime.
+//! [`ProcessRuntime`] (a host process) and the OCI container runtime in `gpufn-oci`.
 //! [`probe`] holds the readiness probe the scheduler runs before any traffic reaches an instance.
 
 pub mod probe;
@@ -35,6 +35,27 @@ pub struct LaunchSpec {
     pub gpu_memory_gb: u32,
     /// Where the instance's stdout and stderr go.
     pub log_path: PathBuf,
+    /// Set for `runtime: container`: the image and how to run it.
+    pub container: Option<ContainerLaunch>,
+}
+
+/// The container part of a [`LaunchSpec`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct ContainerLaunch {
+    /// Pinned image reference (`registry/repo:tag@sha256:...`).
+    pub image: String,
+    /// Port the app listens on inside the container.
+    pub port: u16,
+    /// Share the host's network instead of a namespace of its own.
+    pub host_network: bool,
+    /// Memory limit in MB.
+    pub memory_mb: Option<u64>,
+    /// vCPU limit.
+    pub cpu: Option<f64>,
+    /// Working directory override (absolute); the image's `WORKDIR` when `None`.
+    pub workdir: Option<String>,
+    /// Registry credentials (already read from the environment variables the spec names).
+    pub credentials: Option<(String, String)>,
 }
 
 /// Why an instance could not be started.
@@ -51,6 +72,12 @@ pub enum RuntimeError {
     /// Setting up the instance (log file, port) failed.
     #[error("cannot prepare the instance: {0}")]
     Setup(#[source] std::io::Error),
+    /// The image could not be pulled or unpacked.
+    #[error("{0}")]
+    Image(String),
+    /// The container could not be set up (rootfs, network, config).
+    #[error("cannot set up the container: {0}")]
+    Container(String),
 }
 
 /// Starts instances.
@@ -71,6 +98,10 @@ pub trait RunningInstance: Send + Sync + std::fmt::Debug {
     async fn wait(&mut self) -> String;
     /// Stops the instance: a polite signal, then, after `grace`, a forced kill. Returns how it ended.
     async fn stop(&mut self, grace: Duration) -> String;
+    /// Time `launch` spent pulling an image (zero on a cache hit, and for processes).
+    fn image_pull(&self) -> Duration {
+        Duration::ZERO
+    }
 }
 
 /// Kills every process whose environment carries `GPUFN_INSTANCE_ID=<id>` for one of `ids`: the

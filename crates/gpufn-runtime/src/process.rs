@@ -177,6 +177,7 @@ mod tests {
             gpu_index: 3,
             gpu_memory_gb: 4,
             log_path: dir.join("logs/f-1.log"),
+            container: None,
         }
     }
 
