@@ -71,6 +71,17 @@ enum Command {
     },
     /// Call a function through the HTTP trigger; the body goes to stdout, a summary to stderr.
     Invoke(cmd::invoke::InvokeArgs),
+    /// List the images in gpufn's cache (container functions).
+    Images {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Pull an image into gpufn's cache, with progress (what `deploy` does for containers).
+    Pull {
+        /// Image reference, e.g. registry.example.com/team/app:1.0.
+        image: String,
+    },
     /// List GPU cards and who holds them.
     Gpus {
         /// Print JSON.
@@ -187,6 +198,16 @@ pub struct ServeArgs {
     /// First retry delay of a failed task attempt, doubling each time.
     #[arg(long, default_value_t = 1000)]
     task_retry_base_ms: u64,
+    /// OCI runtime binary for `runtime: container` functions (runc; crun or youki take the same
+    /// command line).
+    #[arg(long, default_value = "runc")]
+    oci_runtime: PathBuf,
+    /// Image cache limit in MB: least-recently-used images not in use are evicted past it.
+    #[arg(long, default_value_t = 51_200)]
+    image_cache_max_mb: u64,
+    /// A registry (host:port) reached over plain HTTP; loopback registries always are. Repeatable.
+    #[arg(long = "insecure-registry")]
+    insecure_registries: Vec<String>,
     /// Async runtime worker threads (default: one per CPU). On a small machine shared with the
     /// functions themselves, fewer threads mean fewer context switches (see BENCHMARKS.md).
     #[arg(long)]
@@ -234,6 +255,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve(args) => cmd::serve::run(args).await,
         Command::Deploy { file } => cmd::functions::deploy(&api, &file).await,
+        Command::Images { json } => cmd::images::list(&api, json).await,
+        Command::Pull { image } => cmd::images::pull(&api, &image, None)
+            .await
+            .map(|()| ExitCode::SUCCESS),
         Command::List { json } => cmd::functions::list(&api, json).await,
         Command::Get { name, json } => cmd::functions::get(&api, &name, json).await,
         Command::Delete { name } => cmd::functions::delete(&api, &name).await,

@@ -162,8 +162,10 @@ pub fn runtime_config(plan: &ContainerPlan) -> Value {
                "options": ["nosuid", "nodev", "mode=1777"]}),
     ];
     for (host, inside) in &plan.files {
-        mounts.push(json!({"destination": inside, "type": "bind", "source": host,
-                           "options": ["rbind", "ro", "nosuid", "nodev"]}));
+        mounts.push(
+            json!({"destination": inside, "type": "bind", "source": host,
+                           "options": ["rbind", "ro", "nosuid", "nodev"]}),
+        );
     }
     for m in &plan.gpu.mounts {
         mounts.push(json!({"destination": m.container_path, "type": "bind",
@@ -181,10 +183,14 @@ pub fn runtime_config(plan: &ContainerPlan) -> Value {
     let mut device_rules = vec![json!({"allow": false, "access": "rwm"})];
     let mut devices = Vec::new();
     for d in &plan.gpu.devices {
-        devices.push(json!({"path": d.path, "type": d.kind.to_string(), "major": d.major,
-                            "minor": d.minor, "fileMode": 0o666, "uid": 0, "gid": 0}));
-        device_rules.push(json!({"allow": true, "type": d.kind.to_string(), "major": d.major,
-                                 "minor": d.minor, "access": "rwm"}));
+        devices.push(
+            json!({"path": d.path, "type": d.kind.to_string(), "major": d.major,
+                            "minor": d.minor, "fileMode": 0o666, "uid": 0, "gid": 0}),
+        );
+        device_rules.push(
+            json!({"allow": true, "type": d.kind.to_string(), "major": d.major,
+                                 "minor": d.minor, "access": "rwm"}),
+        );
     }
     let mut resources = json!({"devices": device_rules});
     if let Some(mb) = plan.memory_mb {
@@ -347,7 +353,9 @@ mod tests {
         let c = runtime_config(&p);
         assert_eq!(c["linux"]["devices"][0]["path"], "/dev/nvidia3");
         assert_eq!(c["linux"]["devices"][0]["minor"], 3);
-        let rules = c["linux"]["resources"]["devices"].as_array().expect("rules");
+        let rules = c["linux"]["resources"]["devices"]
+            .as_array()
+            .expect("rules");
         assert_eq!(rules[0], json!({"allow": false, "access": "rwm"}));
         assert_eq!(rules[1]["allow"], true);
         assert_eq!(rules[1]["major"], 195);

@@ -240,7 +240,8 @@ impl InstanceRuntime for ContainerRuntime {
             Err(e) => {
                 let inner = inner.clone();
                 let id = id.clone();
-                let _ = tokio::task::spawn_blocking(move || inner.cleanup_blocking(&id, false)).await;
+                let _ =
+                    tokio::task::spawn_blocking(move || inner.cleanup_blocking(&id, false)).await;
                 return Err(e);
             }
         };
@@ -265,7 +266,8 @@ impl InstanceRuntime for ContainerRuntime {
             Err(source) => {
                 let inner = inner.clone();
                 let id2 = id.clone();
-                let _ = tokio::task::spawn_blocking(move || inner.cleanup_blocking(&id2, false)).await;
+                let _ =
+                    tokio::task::spawn_blocking(move || inner.cleanup_blocking(&id2, false)).await;
                 return Err(RuntimeError::Spawn {
                     program: inner_program(&self.inner.cfg.oci_runtime),
                     source,
@@ -567,7 +569,10 @@ impl RunningInstance for ContainerInstance {
             Err(_) => {
                 self.runc(&["kill", "--all", &self.id, "KILL"]).await;
                 let status = self.wait_runc().await;
-                format!("{} (killed after {grace:?} grace)", self.finish(status).await)
+                format!(
+                    "{} (killed after {grace:?} grace)",
+                    self.finish(status).await
+                )
             }
         };
         self.cleanup().await;

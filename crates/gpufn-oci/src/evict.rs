@@ -119,7 +119,11 @@ mod tests {
         let mid = img("mid", &[("base", 100), ("y", 20)], 220, 2);
         let new = img("new", &[("z", 30)], 50, 3);
         // Total 100+10+20+30+200+220+50 = 630; limit 400 needs old gone (→ 420) and then mid.
-        let plan = plan_eviction(&[new.clone(), old.clone(), mid.clone()], &HashSet::new(), 400);
+        let plan = plan_eviction(
+            &[new.clone(), old.clone(), mid.clone()],
+            &HashSet::new(),
+            400,
+        );
         assert_eq!(plan.images, ["old", "mid"]);
         assert_eq!(plan.layers, ["base", "x", "y"]);
         // With a larger limit only `old` goes, and `base` stays because `mid` still needs it.

@@ -320,12 +320,7 @@ pub fn gpu_edits(
     let bind = |p: &String| BindMount {
         host_path: p.clone(),
         container_path: p.clone(),
-        options: vec![
-            "ro".into(),
-            "nosuid".into(),
-            "nodev".into(),
-            "rbind".into(),
-        ],
+        options: vec!["ro".into(), "nosuid".into(), "nodev".into(), "rbind".into()],
     };
     GpuEdits {
         env: vec![visible],
@@ -466,7 +461,13 @@ containerEdits:
 
     #[test]
     fn a_card_can_be_found_by_uuid() {
-        let e = gpu_edits(7, Some("GPU-1234"), &cdi(), &HostGpuFiles::default(), &numbers);
+        let e = gpu_edits(
+            7,
+            Some("GPU-1234"),
+            &cdi(),
+            &HostGpuFiles::default(),
+            &numbers,
+        );
         assert!(e.devices.iter().any(|d| d.path == "/dev/nvidia1"));
         assert_eq!(e.env, ["NVIDIA_VISIBLE_DEVICES=7"]);
     }
@@ -486,7 +487,11 @@ containerEdits:
         assert_eq!(e.source, "devices");
         assert_eq!(e.devices.len(), 2);
         assert_eq!(e.mounts.len(), 2);
-        assert!(e.mounts.iter().all(|m| m.options.contains(&"ro".to_string())));
+        assert!(
+            e.mounts
+                .iter()
+                .all(|m| m.options.contains(&"ro".to_string()))
+        );
         let e = gpu_edits(5, None, &cdi(), &host, &numbers);
         assert_eq!(e.source, "devices");
     }

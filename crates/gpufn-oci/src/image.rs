@@ -259,7 +259,9 @@ impl ImageStore {
     }
 
     fn record_path(&self, digest: &str) -> PathBuf {
-        self.root.join("images").join(format!("{}.json", hex_of(digest)))
+        self.root
+            .join("images")
+            .join(format!("{}.json", hex_of(digest)))
     }
 
     fn rootfs_path(&self, digest: &str) -> PathBuf {
@@ -332,7 +334,9 @@ impl ImageStore {
         };
         let client = self.client_for(&parsed);
         let oci_auth = match auth {
-            Some(c) => oci_client::secrets::RegistryAuth::Basic(c.username.clone(), c.password.clone()),
+            Some(c) => {
+                oci_client::secrets::RegistryAuth::Basic(c.username.clone(), c.password.clone())
+            }
             None => oci_client::secrets::RegistryAuth::Anonymous,
         };
         let (manifest, digest, config_json) = client
@@ -523,7 +527,11 @@ impl ImageStore {
             .iter()
             .map(|i| CachedImage {
                 digest: i.digest.clone(),
-                layers: i.layers.iter().map(|l| (l.digest.clone(), l.size)).collect(),
+                layers: i
+                    .layers
+                    .iter()
+                    .map(|l| (l.digest.clone(), l.size))
+                    .collect(),
                 rootfs_bytes: i.rootfs_bytes,
                 last_used_ms: i.last_used_ms,
             })
@@ -550,7 +558,8 @@ fn unpack_all(blobs: &[PathBuf], rootfs: &Path) -> Result<u64, ImageError> {
     }
     std::fs::create_dir_all(&partial).map_err(io_err("creating a rootfs"))?;
     for blob in blobs {
-        let file = std::fs::File::open(blob).map_err(io_err(format!("opening {}", blob.display())))?;
+        let file =
+            std::fs::File::open(blob).map_err(io_err(format!("opening {}", blob.display())))?;
         crate::unpack::apply_layer(file, &partial)
             .map_err(io_err(format!("unpacking {}", blob.display())))?;
     }
@@ -628,7 +637,6 @@ fn now_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -674,7 +682,8 @@ mod tests {
         assert_eq!(c.env, ["PATH=/bin", "A=1"]);
         assert_eq!(c.working_dir, "/srv");
         assert_eq!(c.user, "1000:1000");
-        let bare = ImageConfig::from_json(r#"{"architecture":"amd64","os":"linux"}"#).expect("bare");
+        let bare =
+            ImageConfig::from_json(r#"{"architecture":"amd64","os":"linux"}"#).expect("bare");
         assert_eq!(bare, ImageConfig::default());
     }
 }

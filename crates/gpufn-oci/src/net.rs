@@ -137,6 +137,9 @@ mod tests {
         assert_eq!(b.host_ip(), Ipv4Addr::new(10, 213, 0, 5));
         assert_eq!(last.container_ip(), Ipv4Addr::new(10, 213, 255, 254));
         assert_eq!(a.netns_path(), "/var/run/netns/gfn0");
-        assert!(last.host_link().len() <= 15, "interface names are at most 15 bytes");
+        assert!(
+            last.host_link().len() <= 15,
+            "interface names are at most 15 bytes"
+        );
     }
 }

@@ -30,6 +30,8 @@ pub fn router(platform: Arc<Platform>) -> Router {
         .route("/api/v1/functions/{name}/instances", get(instances))
         .route("/api/v1/functions/{name}/instances/{id}/logs", get(logs))
         .route("/api/v1/functions/{name}/cold-starts", get(cold_starts))
+        .route("/api/v1/images", get(images))
+        .route("/api/v1/images/pull", post(pull_image))
         .route("/api/v1/billing", get(billing))
         .route("/metrics", get(metrics))
         .route("/api/v1/gpus", get(gpus))
@@ -58,6 +60,76 @@ async fn healthz(State(p): Shared) -> Response {
     }
     axum::Json(serde_json::json!({"status": "ok", "version": env!("CARGO_PKG_VERSION")}))
         .into_response()
+}
+
+/// `GET /api/v1/images`: the image cache.
+async fn images(State(p): Shared) -> Response {
+    axum::Json(p.images()).into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PullRequest {
+    image: String,
+    registry_auth: Option<gpufn_spec::RawRegistryAuth>,
+}
+
+/// `POST /api/v1/images/pull` `{"image": ..., "registry_auth": {...}}`: pulls into the cache,
+/// streaming progress as NDJSON (one [`gpufn_oci::PullEvent`] per line), ending with
+/// `{"event":"done",...}` or `{"event":"error","error":{...}}`.
+async fn pull_image(State(p): Shared, body: Bytes) -> Result<Response, ApiError> {
+    let req: PullRequest = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_field("(document)", e.to_string()))?;
+    gpufn_oci::ImageStore::parse(&req.image)
+        .map_err(|e| ApiError::bad_field("image", e.to_string()))?;
+    let auth = match req.registry_auth {
+        None => None,
+        Some(a) => Some(gpufn_spec::RegistryAuth {
+            username_env: a.username_env.ok_or_else(|| {
+                ApiError::bad_field("registry_auth.username_env", "is required")
+            })?,
+            password_env: a.password_env.ok_or_else(|| {
+                ApiError::bad_field("registry_auth.password_env", "is required")
+            })?,
+        }),
+    };
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Bytes>();
+    let line = |v: &serde_json::Value| {
+        let mut b = serde_json::to_vec(v).unwrap_or_default();
+        b.push(b'\n');
+        Bytes::from(b)
+    };
+    tokio::spawn(async move {
+        let progress_tx = tx.clone();
+        let progress = move |ev: gpufn_oci::PullEvent| {
+            if let Ok(v) = serde_json::to_value(&ev) {
+                let _ = progress_tx.send(line(&v));
+            }
+        };
+        let last = match p.pull_image(&req.image, auth.as_ref(), &progress).await {
+            Ok(done) => serde_json::json!({
+                "event": "done",
+                "image": done.image,
+                "cache_hit": done.cache_hit,
+                "elapsed_ms": u64::try_from(done.elapsed.as_millis()).unwrap_or(u64::MAX),
+            }),
+            Err(e) => serde_json::json!({
+                "event": "error",
+                "error": {"code": e.code, "message": e.message, "field": e.field},
+            }),
+        };
+        let _ = tx.send(line(&last));
+    });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|b| (Ok::<_, std::convert::Infallible>(b), rx))
+    });
+    Ok((
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        axum::body::Body::from_stream(stream),
+    )
+        .into_response())
 }
 
 /// `POST /api/v1/functions`: the spec as JSON, or YAML with a YAML content type.

@@ -41,6 +41,29 @@ pub struct Config {
     pub prices: Prices,
     /// Asynchronous task settings.
     pub tasks: TaskConfig,
+    /// `runtime: container` settings.
+    pub containers: ContainerSettings,
+}
+
+/// How container functions are run.
+#[derive(Debug, Clone)]
+pub struct ContainerSettings {
+    /// OCI runtime binary (`--oci-runtime`): runc, or crun/youki with the same command line.
+    pub oci_runtime: PathBuf,
+    /// Image cache limit in MB (`--image-cache-max-mb`); images in use are never evicted.
+    pub image_cache_max_mb: u64,
+    /// Registries spoken to over plain HTTP besides loopback ones (`--insecure-registry`).
+    pub insecure_registries: Vec<String>,
+}
+
+impl Default for ContainerSettings {
+    fn default() -> Self {
+        Self {
+            oci_runtime: PathBuf::from("runc"),
+            image_cache_max_mb: 50 * 1024,
+            insecure_registries: Vec::new(),
+        }
+    }
 }
 
 impl Default for Config {
@@ -55,6 +78,7 @@ impl Default for Config {
             deploy: Vec::new(),
             prices: Prices::default(),
             tasks: TaskConfig::default(),
+            containers: ContainerSettings::default(),
         }
     }
 }

@@ -63,6 +63,23 @@ impl ApiError {
         }
     }
 
+    /// An error about one field, with its own status and code.
+    pub fn field(
+        status: StatusCode,
+        code: &'static str,
+        field: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
+        let field = field.into();
+        let message = message.into();
+        Self {
+            details: vec![FieldError::new(field.clone(), message.clone())],
+            field: Some(field.clone()),
+            message: format!("{field}: {message}"),
+            ..Self::new(status, code, "")
+        }
+    }
+
     /// 404 for an unknown function.
     pub fn no_function(name: &str) -> Self {
         Self::new(

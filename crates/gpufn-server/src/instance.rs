@@ -43,9 +43,9 @@ pub struct StateError {
 pub struct ColdStartPhases {
     /// Card allocation.
     pub gpu_allocate_ms: f64,
-    /// Image pull (always 0 for process functions).
+    /// Image pull (0 for process functions and for images already in the cache).
     pub image_pull_ms: f64,
-    /// Spawning the process.
+    /// Spawning the process, or creating and starting the container.
     pub start_ms: f64,
     /// Spawn → health check passes (the app's own model load).
     pub ready_ms: f64,
@@ -158,6 +158,7 @@ pub(crate) async fn supervise(pool: Arc<Pool>, job: StartJob) {
         gpu_index: lease.index(),
         gpu_memory_gb: spec.gpu.memory_gb,
         log_path: log_path.clone(),
+        container: crate::containers::launch_of(&spec),
     };
     let t0 = Instant::now();
     let mut inst = match shared.runtime.launch(&launch).await {
@@ -226,10 +227,12 @@ pub(crate) async fn supervise(pool: Arc<Pool>, job: StartJob) {
         pool.on_start_failed(&id, err);
         return;
     }
+    // For containers, launch() pulled the image if the cache lost it: that part is the pull.
+    let pulled_in = inst.image_pull().min(spawned_in);
     let phases = ColdStartPhases {
         gpu_allocate_ms: ms(allocated_in),
-        image_pull_ms: 0.0,
-        start_ms: ms(spawned_in),
+        image_pull_ms: ms(pulled_in),
+        start_ms: ms(spawned_in - pulled_in),
         ready_ms: ms(t0.elapsed().saturating_sub(spawned_in)),
     };
     tracing::info!(function = %spec.name, instance = %id, gpu = lease.index(), ?phases, "instance ready");

@@ -10,6 +10,7 @@
 
 pub mod api;
 pub mod config;
+mod containers;
 pub mod error;
 pub mod gateway;
 pub mod instance;
@@ -22,7 +23,7 @@ pub mod tasks;
 pub mod tasks_api;
 mod util;
 
-pub use config::{Config, GpuSource};
+pub use config::{Config, ContainerSettings, GpuSource};
 pub use platform::Platform;
 pub use serve::{ServerError, run};
 pub use tasks::TaskConfig;

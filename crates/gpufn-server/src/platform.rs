@@ -39,6 +39,8 @@ pub(crate) struct Shared {
     pub prices: Prices,
     pub allocator: Allocator,
     pub runtime: Arc<dyn InstanceRuntime>,
+    /// The container side of `runtime`: image store, live containers.
+    pub containers: crate::containers::Containers,
     pub prober: Prober,
     pub data_dir: PathBuf,
     /// Every instance supervisor, so shutdown can wait for all of them.
@@ -224,13 +226,22 @@ impl Platform {
                 .unwrap_or(DEFAULT_QUOTA_CARDS),
         };
         reap_orphans(&store);
+        let containers = open_containers(config, &cards)?;
+        let reaped = containers.reap_orphans();
+        if !reaped.is_empty() {
+            tracing::warn!(count = reaped.len(), "removed containers left by a previous gpufn");
+        }
         let shared = Arc::new(Shared {
             meter: Meter::start(store.clone()),
             metrics: Metrics::default(),
             prices: config.prices,
             store,
             allocator: Allocator::new(cards, quota),
-            runtime: Arc::new(ProcessRuntime),
+            runtime: Arc::new(crate::containers::Runtimes {
+                process: ProcessRuntime,
+                container: (*containers).clone(),
+            }),
+            containers,
             prober: Prober::default(),
             data_dir: config.data_dir.clone(),
             tasks: TaskTracker::new(),
@@ -523,11 +534,22 @@ impl Platform {
 
     /// Creates or updates a function. Returns its view and whether it was created.
     pub async fn deploy(&self, raw: RawSpec) -> Result<(FunctionView, bool), ApiError> {
+        self.deploy_with_progress(raw, &|_| {}).await
+    }
+
+    /// [`Platform::deploy`], reporting the image pull of a container function as it goes.
+    pub async fn deploy_with_progress(
+        &self,
+        raw: RawSpec,
+        progress: &(dyn Fn(gpufn_oci::PullEvent) + Send + Sync),
+    ) -> Result<(FunctionView, bool), ApiError> {
         if self.shutdown.is_cancelled() {
             return Err(shutting_down());
         }
-        let spec = raw.validate()?;
+        let mut spec = raw.validate()?;
         check_environment(&spec, &self.shared.allocator)?;
+        // Pulled before the deploy lock: a pull may take minutes and must not block other deploys.
+        crate::containers::pin_image(self.shared.containers.images(), &mut spec, progress).await?;
         let json = serde_json::to_string(&spec.to_raw())
             .map_err(|e| ApiError::internal("serializing the spec", e))?;
         // One deploy at a time, so the store and the pools change together.
@@ -557,7 +579,53 @@ impl Platform {
         }
         // Provisioned instances start now rather than at the reconciler's next pass.
         pool.reconcile(Instant::now());
-        Ok((view(&row, &pool), created))
+        let view = view(&row, &pool);
+        if pool.spec().container.is_some() {
+            self.evict_images();
+        }
+        Ok((view, created))
+    }
+
+    /// Pulls an image into the cache (what `gpufn deploy` does before deploying a container
+    /// function, to show progress). Returns the cached image.
+    pub async fn pull_image(
+        &self,
+        image: &str,
+        auth: Option<&gpufn_spec::RegistryAuth>,
+        progress: &(dyn Fn(gpufn_oci::PullEvent) + Send + Sync),
+    ) -> Result<gpufn_oci::image::Prepared, ApiError> {
+        let creds = crate::containers::credentials(auth)?;
+        let out = self
+            .shared
+            .containers
+            .images()
+            .prepare(image, creds.as_ref(), progress)
+            .await
+            .map_err(|e| {
+                ApiError::field(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "image_pull_failed",
+                    "image",
+                    e.to_string(),
+                )
+            })?;
+        self.evict_images();
+        Ok(out)
+    }
+
+    /// Images in the cache.
+    pub fn images(&self) -> Vec<gpufn_oci::Image> {
+        self.shared.containers.images().list()
+    }
+
+    /// Keeps the image cache under its limit; images pinned by a deployed function or under a
+    /// running container stay.
+    fn evict_images(&self) {
+        let specs: Vec<Arc<FunctionSpec>> = self.pools().iter().map(|p| p.spec()).collect();
+        let mut in_use = crate::containers::pinned_digests(specs.iter().map(|s| s.as_ref()));
+        in_use.extend(self.shared.containers.images_in_use());
+        let images = self.shared.containers.images().clone();
+        tokio::task::spawn_blocking(move || images.evict(&in_use));
     }
 
     /// Deletes a function: queued requests are refused, requests in flight finish, instances stop.
@@ -725,6 +793,36 @@ fn spec_from_row(row: &StoredFunction) -> Result<FunctionSpec, SpecError> {
     gpufn_spec::parse_json(row.spec_json.as_bytes()).and_then(|raw| raw.validate())
 }
 
+fn open_containers(
+    config: &Config,
+    cards: &[gpufn_gpu::Card],
+) -> Result<crate::containers::Containers, ServerError> {
+    let settings = &config.containers;
+    let dir_err = |path: PathBuf| move |source| ServerError::DataDir { path, source };
+    let images_dir = config.data_dir.join("images");
+    let images = gpufn_oci::ImageStore::open(
+        &images_dir,
+        settings.insecure_registries.clone(),
+        settings.image_cache_max_mb.saturating_mul(1024 * 1024),
+    )
+    .map_err(|e| ServerError::DataDir {
+        path: images_dir.clone(),
+        source: std::io::Error::other(e.to_string()),
+    })?;
+    let state_dir = config.data_dir.join("run");
+    let runtime = gpufn_oci::ContainerRuntime::new(
+        Arc::new(images),
+        gpufn_oci::ContainerConfig {
+            oci_runtime: settings.oci_runtime.clone(),
+            state_dir: state_dir.clone(),
+            // Simulated cards have no device nodes to give a container.
+            inject_gpus: cards.iter().any(|c| !c.simulated),
+        },
+    )
+    .map_err(dir_err(state_dir))?;
+    Ok(Arc::new(runtime))
+}
+
 fn discover(source: &GpuSource) -> Result<Vec<gpufn_gpu::Card>, ServerError> {
     let simulated = |spec: &str| -> Result<Vec<gpufn_gpu::Card>, ServerError> {
         let cards = SimulatedGpus::new(spec)?.discover()?;
@@ -757,7 +855,9 @@ fn check_environment(spec: &FunctionSpec, allocator: &Allocator) -> Result<(), A
         errors.push(FieldError::new(e.field(), e.to_string()));
     }
     let workdir = Path::new(&spec.workdir);
-    if !workdir.is_dir() {
+    if spec.container.is_some() {
+        // The image's files are checked when it is pulled.
+    } else if !workdir.is_dir() {
         errors.push(FieldError::new(
             "workdir",
             format!("is not a directory on the server ({})", workdir.display()),

@@ -8,8 +8,8 @@
 mod raw;
 mod validate;
 
-pub use raw::{RawAsync, RawGpu, RawHealthCheck, RawScaling, RawSpec};
+pub use raw::{RawAsync, RawGpu, RawHealthCheck, RawRegistryAuth, RawScaling, RawSpec};
 pub use validate::{
-    AsyncConfig, FieldError, FunctionSpec, GpuRequest, HealthCheck, KeepAliveMode, Runtime,
-    Scaling, SpecError, check_http_url, parse_json, parse_yaml,
+    AsyncConfig, ContainerSpec, FieldError, FunctionSpec, GpuRequest, HealthCheck, KeepAliveMode,
+    RegistryAuth, Runtime, Scaling, SpecError, check_http_url, parse_json, parse_yaml,
 };

@@ -13,10 +13,19 @@ use serde::{Deserialize, Serialize};
 pub struct RawSpec {
     /// Function name: a DNS label, `[a-z0-9-]`, 1..63 characters.
     pub name: Option<String>,
-    /// `process` (a host process); `container` arrives with the OCI runtime.
+    /// `process` (a host process, the default) or `container` (an OCI image run by runc).
     pub runtime: Option<String>,
-    /// The function's own web server, as argv. It must listen on `$PORT`.
+    /// The function's own web server, as argv. A process must listen on `$PORT`; for a container
+    /// it replaces the image's ENTRYPOINT and CMD.
     pub command: Option<Vec<String>>,
+    /// `runtime: container`: the image, from any OCI / Docker v2 registry.
+    pub image: Option<String>,
+    /// `runtime: container`: the port the app listens on inside the container.
+    pub port: Option<i64>,
+    /// `runtime: container`: `isolated` (a network namespace of its own, the default) or `host`.
+    pub network: Option<String>,
+    /// `runtime: container`: registry credentials, read from gpufn's environment.
+    pub registry_auth: Option<RawRegistryAuth>,
     /// Working directory of the process; relative paths are resolved by the CLI against the spec file.
     pub workdir: Option<String>,
     /// Extra environment variables for the process.
@@ -54,6 +63,17 @@ pub struct RawAsync {
     pub on_success: Option<String>,
     /// URL that gets a JSON record of every task that fails or expires.
     pub on_failure: Option<String>,
+}
+
+/// `registry_auth:` — the names of the environment variables (of the gpufn server) that hold the
+/// registry user and password, so secrets never sit in a spec.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRegistryAuth {
+    /// Variable holding the user name.
+    pub username_env: Option<String>,
+    /// Variable holding the password or token.
+    pub password_env: Option<String>,
 }
 
 /// `gpu:` — card type and the GPU memory billed for each instance.

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::raw::{RawAsync, RawGpu, RawHealthCheck, RawScaling, RawSpec};
+use crate::raw::{RawAsync, RawGpu, RawHealthCheck, RawRegistryAuth, RawScaling, RawSpec};
 
 /// One broken rule: the dotted path of the field and what is wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -100,6 +100,8 @@ fn from_value(value: serde_json::Value) -> Result<RawSpec, SpecError> {
 pub enum Runtime {
     /// A host process started with `command` in `workdir`.
     Process,
+    /// An OCI container from `image`.
+    Container,
 }
 
 impl Runtime {
@@ -107,6 +109,7 @@ impl Runtime {
     pub fn as_str(self) -> &'static str {
         match self {
             Runtime::Process => "process",
+            Runtime::Container => "container",
         }
     }
 }
@@ -166,6 +169,28 @@ impl KeepAliveMode {
     }
 }
 
+/// `runtime: container` settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ContainerSpec {
+    /// Image reference; after deploy, pinned to a digest (`repo:tag@sha256:...`).
+    pub image: String,
+    /// Port the app listens on inside the container.
+    pub port: u16,
+    /// Share the host's network.
+    pub host_network: bool,
+    /// Environment variable names holding registry credentials.
+    pub registry_auth: Option<RegistryAuth>,
+}
+
+/// `registry_auth`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RegistryAuth {
+    /// Variable holding the user name.
+    pub username_env: String,
+    /// Variable holding the password.
+    pub password_env: String,
+}
+
 /// A spec that passed validation. Only [`RawSpec::validate`] builds one.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct FunctionSpec {
@@ -173,10 +198,14 @@ pub struct FunctionSpec {
     pub name: String,
     /// How instances run.
     pub runtime: Runtime,
-    /// argv of the function's web server (non-empty).
+    /// argv of the function's web server (non-empty for processes; for containers, empty means
+    /// the image's ENTRYPOINT and CMD).
     pub command: Vec<String>,
-    /// Working directory of the process.
+    /// Working directory of the process; for containers, an absolute path in the image or empty
+    /// for the image's WORKDIR.
     pub workdir: String,
+    /// The image and its settings, for `runtime: container`.
+    pub container: Option<ContainerSpec>,
     /// Extra environment (never one of the variables gpufn sets itself).
     pub env: BTreeMap<String, String>,
     /// GPU need.
@@ -278,8 +307,9 @@ impl RawSpec {
         let mut c = Checker::default();
         let name = self.check_name(&mut c);
         let runtime = self.check_runtime(&mut c);
-        let command = self.check_command(&mut c);
-        let workdir = self.check_workdir(&mut c);
+        let command = self.check_command(&mut c, runtime);
+        let workdir = self.check_workdir(&mut c, runtime);
+        let container = self.check_container(&mut c, runtime);
         let env = self.check_env(&mut c);
         let gpu = check_gpu(&mut c, self.gpu.as_ref());
         let cpu = self.check_cpu(&mut c);
@@ -299,6 +329,7 @@ impl RawSpec {
             runtime,
             command,
             workdir,
+            container,
             env,
             gpu,
             cpu,
@@ -328,21 +359,111 @@ impl RawSpec {
 
     fn check_runtime(&self, c: &mut Checker) -> Runtime {
         match self.runtime.as_deref() {
-            None | Some("process") => {}
-            Some("container") => c.fail(
-                "runtime",
-                "container (OCI images) is not supported by this server yet; use process".into(),
-            ),
-            Some(other) => c.fail(
-                "runtime",
-                format!("must be one of: process (got {other:?})"),
-            ),
+            None | Some("process") => Runtime::Process,
+            Some("container") => Runtime::Container,
+            Some(other) => {
+                c.fail(
+                    "runtime",
+                    format!("must be one of: process, container (got {other:?})"),
+                );
+                Runtime::Process
+            }
         }
-        Runtime::Process
     }
 
-    fn check_command(&self, c: &mut Checker) -> Vec<String> {
+    fn check_container(&self, c: &mut Checker, runtime: Runtime) -> Option<ContainerSpec> {
+        if runtime != Runtime::Container {
+            for (field, set) in [
+                ("image", self.image.is_some()),
+                ("port", self.port.is_some()),
+                ("network", self.network.is_some()),
+                ("registry_auth", self.registry_auth.is_some()),
+            ] {
+                if set {
+                    c.fail(field, "is only for runtime: container".into());
+                }
+            }
+            return None;
+        }
+        let image = match self.image.as_deref() {
+            None => {
+                c.fail(
+                    "image",
+                    "is required for runtime container (e.g. registry.example.com/team/app:1.0)"
+                        .into(),
+                );
+                String::new()
+            }
+            Some(i)
+                if i.is_empty()
+                    || i.len() > 1024
+                    || i.chars().any(|ch| ch.is_whitespace() || ch.is_control()) =>
+            {
+                c.fail(
+                    "image",
+                    format!("must be an image reference without spaces, up to 1024 characters (got {i:?})"),
+                );
+                String::new()
+            }
+            Some(i) => i.to_string(),
+        };
+        let port = match self.port {
+            None => {
+                c.fail(
+                    "port",
+                    "is required for runtime container: the port the app listens on inside it"
+                        .into(),
+                );
+                0
+            }
+            Some(p) => u16::try_from(c.int("port", Some(p), 0, 1, 65_535)).unwrap_or(0),
+        };
+        let host_network = match self.network.as_deref() {
+            None | Some("isolated") => false,
+            Some("host") => true,
+            Some(other) => {
+                c.fail(
+                    "network",
+                    format!("must be one of: isolated, host (got {other:?})"),
+                );
+                false
+            }
+        };
+        let registry_auth = self.registry_auth.as_ref().map(|a| {
+            let mut var = |field: &str, v: &Option<String>| match v {
+                Some(name) if is_env_name(name) => name.clone(),
+                Some(name) => {
+                    c.fail(
+                        field,
+                        format!("must be an environment variable name (got {name:?})"),
+                    );
+                    String::new()
+                }
+                None => {
+                    c.fail(
+                        field,
+                        "is required: the name of the gpufn server's environment variable holding it"
+                            .into(),
+                    );
+                    String::new()
+                }
+            };
+            RegistryAuth {
+                username_env: var("registry_auth.username_env", &a.username_env),
+                password_env: var("registry_auth.password_env", &a.password_env),
+            }
+        });
+        Some(ContainerSpec {
+            image,
+            port,
+            host_network,
+            registry_auth,
+        })
+    }
+
+    fn check_command(&self, c: &mut Checker, runtime: Runtime) -> Vec<String> {
         match &self.command {
+            None if runtime == Runtime::Container => {}
             None => c.fail("command", "is required for runtime process".into()),
             Some(v) if v.is_empty() => c.fail("command", "must not be empty".into()),
             Some(v) => {
@@ -359,7 +480,17 @@ impl RawSpec {
         self.command.clone().unwrap_or_default()
     }
 
-    fn check_workdir(&self, c: &mut Checker) -> String {
+    fn check_workdir(&self, c: &mut Checker, runtime: Runtime) -> String {
+        if runtime == Runtime::Container {
+            let w = self.workdir.clone().unwrap_or_default();
+            if !w.is_empty() && (!w.starts_with('/') || w.contains('\0')) {
+                c.fail(
+                    "workdir",
+                    format!("must be an absolute path inside the image for runtime container (got {w:?})"),
+                );
+            }
+            return w;
+        }
         let w = self.workdir.clone().unwrap_or_else(|| ".".into());
         if w.is_empty() || w.contains('\0') {
             c.fail("workdir", "must be a non-empty path".into());
@@ -545,8 +676,21 @@ impl FunctionSpec {
         RawSpec {
             name: Some(self.name.clone()),
             runtime: Some(self.runtime.as_str().into()),
-            command: Some(self.command.clone()),
-            workdir: Some(self.workdir.clone()),
+            command: (self.runtime == Runtime::Process || !self.command.is_empty())
+                .then(|| self.command.clone()),
+            workdir: (!self.workdir.is_empty()).then(|| self.workdir.clone()),
+            image: self.container.as_ref().map(|c| c.image.clone()),
+            port: self.container.as_ref().map(|c| i64::from(c.port)),
+            network: self
+                .container
+                .as_ref()
+                .map(|c| if c.host_network { "host" } else { "isolated" }.into()),
+            registry_auth: self.container.as_ref().and_then(|c| {
+                c.registry_auth.as_ref().map(|a| RawRegistryAuth {
+                    username_env: Some(a.username_env.clone()),
+                    password_env: Some(a.password_env.clone()),
+                })
+            }),
             env: Some(self.env.clone()),
             gpu: Some(RawGpu {
                 card_type: self.gpu.card_type.clone(),

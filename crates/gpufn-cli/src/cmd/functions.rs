@@ -14,6 +14,13 @@ use crate::table::cell as s;
 
 pub async fn deploy(api: &Api, file: &Path) -> anyhow::Result<ExitCode> {
     let raw = specfile::load(file)?;
+    if raw.runtime.as_deref() == Some("container") {
+        if let Some(image) = &raw.image {
+            // Pre-pull with progress; the deploy then finds the image in the cache and pins the
+            // revision to its digest. A pull error ends here, with the registry's reason.
+            super::images::pull(api, image, raw.registry_auth.as_ref()).await?;
+        }
+    }
     let resp = api
         .send(api.request(Method::POST, "/api/v1/functions").json(&raw))
         .await?;

@@ -7,5 +7,6 @@ pub mod invoke;
 pub mod replay;
 pub mod serve;
 pub mod simulate;
+pub mod images;
 pub mod sleep_app;
 pub mod tasks;

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use gpufn_metering::Prices;
-use gpufn_server::{Config, GpuSource, TaskConfig};
+use gpufn_server::{Config, ContainerSettings, GpuSource, TaskConfig};
 
 use crate::ServeArgs;
 use crate::specfile;
@@ -61,6 +61,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             max_body_bytes: args.task_max_body_bytes,
             retention: Duration::from_secs_f64(args.task_retention_days * 86_400.0),
             retry_base: Duration::from_millis(args.task_retry_base_ms),
+        },
+        containers: ContainerSettings {
+            oci_runtime: args.oci_runtime,
+            image_cache_max_mb: args.image_cache_max_mb,
+            insecure_registries: args.insecure_registries,
         },
         prices: Prices {
             active_usd_per_gb_s: args.price_active_usd_per_gb_s,

@@ -220,3 +220,65 @@ fn to_raw_round_trips() {
         spec
     );
 }
+
+const CONTAINER: &str = r#"
+name: sd-turbo
+runtime: container
+image: registry.example.com/team/sd-turbo:1.2
+port: 9000
+registry_auth: {username_env: REG_USER, password_env: REG_PASS}
+gpu: {memory_gb: 4}
+memory_mb: 4096
+"#;
+
+#[test]
+fn the_container_example_validates_and_round_trips() {
+    let spec = parse_yaml(CONTAINER)
+        .and_then(|r| r.validate())
+        .expect("valid");
+    assert_eq!(spec.runtime, Runtime::Container);
+    let c = spec.container.clone().expect("container");
+    assert_eq!(c.image, "registry.example.com/team/sd-turbo:1.2");
+    assert_eq!(c.port, 9000);
+    assert!(!c.host_network);
+    assert_eq!(
+        c.registry_auth,
+        Some(RegistryAuth {
+            username_env: "REG_USER".into(),
+            password_env: "REG_PASS".into()
+        })
+    );
+    // No command: the image's ENTRYPOINT/CMD; no workdir: the image's WORKDIR.
+    assert!(spec.command.is_empty());
+    assert_eq!(spec.workdir, "");
+    assert_eq!(spec.to_raw().validate().expect("again"), spec);
+}
+
+#[test]
+fn container_rules_name_their_fields() {
+    let errs = errors_of("name: f\nruntime: container\ngpu: {memory_gb: 1}\n");
+    assert!(errs.iter().any(|e| e.starts_with("image: is required")), "{errs:?}");
+    assert!(errs.iter().any(|e| e.starts_with("port: is required")), "{errs:?}");
+    let errs = errors_of(
+        "name: f\nruntime: container\nimage: 'a b'\nport: 70000\nnetwork: bridge\n\
+         workdir: rel\nregistry_auth: {username_env: '1x'}\ngpu: {memory_gb: 1}\n",
+    );
+    for field in [
+        "image:",
+        "port:",
+        "network:",
+        "workdir:",
+        "registry_auth.username_env:",
+        "registry_auth.password_env:",
+    ] {
+        assert!(errs.iter().any(|e| e.starts_with(field)), "{field} in {errs:?}");
+    }
+    // Container fields on a process function are mistakes, not silently ignored.
+    let errs = errors_of(&minimal("image: x\nport: 80\n"));
+    assert!(
+        errs.iter()
+            .any(|e| e == "image: is only for runtime: container"),
+        "{errs:?}"
+    );
+    assert!(errs.iter().any(|e| e.starts_with("port: is only")), "{errs:?}");
+}
