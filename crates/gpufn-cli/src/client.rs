@@ -13,6 +13,9 @@ pub struct Api {
 
 impl Api {
     pub fn new(server: &str) -> Self {
+        // reqwest is built with rustls without a default provider (the registry client's choice);
+        // one must be installed before any client is built.
+        gpufn_oci::ensure_crypto_provider();
         Self {
             base: server.trim_end_matches('/').to_string(),
             http: reqwest::Client::new(),

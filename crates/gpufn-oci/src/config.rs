@@ -35,6 +35,8 @@ pub struct ContainerPlan {
     pub files: Vec<(String, String)>,
     /// GPU devices, mounts, env and hooks.
     pub gpu: GpuEdits,
+    /// `RLIMIT_NOFILE` (soft, hard): a container cannot be given more than gpufn itself has.
+    pub nofile: (u64, u64),
 }
 
 /// The argv a container runs: the spec's `command` when given (it replaces both ENTRYPOINT and
@@ -220,7 +222,7 @@ pub fn runtime_config(plan: &ContainerPlan) -> Value {
             "capabilities": {
                 "bounding": CAPABILITIES, "effective": CAPABILITIES, "permitted": CAPABILITIES,
             },
-            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 65536, "soft": 65536}],
+            "rlimits": [{"type": "RLIMIT_NOFILE", "soft": plan.nofile.0, "hard": plan.nofile.1}],
             "noNewPrivileges": true,
         },
         // The root is an overlay whose upper layer is the instance's own: writable, and thrown
@@ -274,6 +276,7 @@ mod tests {
             cgroups_path: "/gpufn-abc-fn-1".into(),
             files: vec![("/data/fn-1/hosts".into(), "/etc/hosts".into())],
             gpu: GpuEdits::default(),
+            nofile: (1024, 4096),
         }
     }
 
@@ -284,6 +287,10 @@ mod tests {
         assert_eq!(c["process"]["cwd"], "/srv");
         assert_eq!(c["process"]["user"], json!({"uid": 1000, "gid": 100}));
         assert_eq!(c["process"]["terminal"], false);
+        assert_eq!(
+            c["process"]["rlimits"][0],
+            json!({"type": "RLIMIT_NOFILE", "soft": 1024, "hard": 4096})
+        );
         let mem = &c["linux"]["resources"]["memory"];
         assert_eq!(mem["limit"], 256 * 1024 * 1024);
         assert_eq!(mem["swap"], 256 * 1024 * 1024);

@@ -415,11 +415,29 @@ fn prepare_bundle(
         cgroups_path: inner.cgroup(id),
         files,
         gpu,
+        nofile: nofile_limit(),
     };
     let config = runtime_config(&plan);
     let text = serde_json::to_vec_pretty(&config).map_err(|e| format!("config.json: {e}"))?;
     std::fs::write(bundle.join("config.json"), text).map_err(|e| format!("config.json: {e}"))?;
     Ok(addr)
+}
+
+/// gpufn's own open-file limit: soft raised to the hard limit (capped at 1M), which is what an
+/// inference server with many connections wants and all the kernel lets a child have.
+fn nofile_limit() -> (u64, u64) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 1024,
+        rlim_max: 1024,
+    };
+    #[allow(unsafe_code)]
+    // SAFETY: getrlimit writes into the struct we own; no other preconditions.
+    let rc = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
+    if rc != 0 {
+        return (1024, 1024);
+    }
+    let hard = lim.rlim_max.min(1 << 20);
+    (hard, hard)
 }
 
 fn free_port() -> std::io::Result<u16> {

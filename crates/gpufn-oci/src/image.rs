@@ -296,7 +296,7 @@ impl ImageStore {
 
     fn client_for(&self, reference: &Reference) -> Client {
         // The registry client's TLS needs a process-wide crypto provider; ring is the one built in.
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        crate::ensure_crypto_provider();
         let registry = reference.resolve_registry().to_string();
         let plain_http = is_loopback_registry(&registry) || self.insecure.contains(&registry);
         Client::new(ClientConfig {

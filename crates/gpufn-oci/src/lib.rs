@@ -19,3 +19,11 @@ pub mod unpack;
 
 pub use container::{ContainerConfig, ContainerRuntime};
 pub use image::{Credentials, Image, ImageError, ImageStore, PullEvent};
+
+/// The registry client crate, for tools and tests that push images.
+pub use oci_client;
+
+/// Installs the TLS crypto provider the registry client needs (ring); harmless when one is set.
+pub fn ensure_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

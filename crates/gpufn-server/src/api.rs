@@ -85,12 +85,12 @@ async fn pull_image(State(p): Shared, body: Bytes) -> Result<Response, ApiError>
     let auth = match req.registry_auth {
         None => None,
         Some(a) => Some(gpufn_spec::RegistryAuth {
-            username_env: a.username_env.ok_or_else(|| {
-                ApiError::bad_field("registry_auth.username_env", "is required")
-            })?,
-            password_env: a.password_env.ok_or_else(|| {
-                ApiError::bad_field("registry_auth.password_env", "is required")
-            })?,
+            username_env: a
+                .username_env
+                .ok_or_else(|| ApiError::bad_field("registry_auth.username_env", "is required"))?,
+            password_env: a
+                .password_env
+                .ok_or_else(|| ApiError::bad_field("registry_auth.password_env", "is required"))?,
         }),
     };
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Bytes>();

@@ -72,9 +72,7 @@ pub(crate) async fn pin_image(
                     axum::http::StatusCode::UNPROCESSABLE_ENTITY
                 }
                 gpufn_oci::ImageError::BadReference { .. } => axum::http::StatusCode::BAD_REQUEST,
-                gpufn_oci::ImageError::Io { .. } => {
-                    axum::http::StatusCode::INTERNAL_SERVER_ERROR
-                }
+                gpufn_oci::ImageError::Io { .. } => axum::http::StatusCode::INTERNAL_SERVER_ERROR,
             };
             ApiError::field(status, "image_pull_failed", "image", e.to_string())
         })?;

@@ -229,7 +229,10 @@ impl Platform {
         let containers = open_containers(config, &cards)?;
         let reaped = containers.reap_orphans();
         if !reaped.is_empty() {
-            tracing::warn!(count = reaped.len(), "removed containers left by a previous gpufn");
+            tracing::warn!(
+                count = reaped.len(),
+                "removed containers left by a previous gpufn"
+            );
         }
         let shared = Arc::new(Shared {
             meter: Meter::start(store.clone()),

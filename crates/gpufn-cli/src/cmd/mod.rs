@@ -3,10 +3,10 @@
 pub mod cluster;
 pub mod cost;
 pub mod functions;
+pub mod images;
 pub mod invoke;
 pub mod replay;
 pub mod serve;
 pub mod simulate;
-pub mod images;
 pub mod sleep_app;
 pub mod tasks;

@@ -5,6 +5,7 @@ mod common;
 
 mod burst;
 mod cli;
+mod containers;
 mod failures;
 mod lifecycle;
 mod metering;

@@ -257,8 +257,14 @@ fn the_container_example_validates_and_round_trips() {
 #[test]
 fn container_rules_name_their_fields() {
     let errs = errors_of("name: f\nruntime: container\ngpu: {memory_gb: 1}\n");
-    assert!(errs.iter().any(|e| e.starts_with("image: is required")), "{errs:?}");
-    assert!(errs.iter().any(|e| e.starts_with("port: is required")), "{errs:?}");
+    assert!(
+        errs.iter().any(|e| e.starts_with("image: is required")),
+        "{errs:?}"
+    );
+    assert!(
+        errs.iter().any(|e| e.starts_with("port: is required")),
+        "{errs:?}"
+    );
     let errs = errors_of(
         "name: f\nruntime: container\nimage: 'a b'\nport: 70000\nnetwork: bridge\n\
          workdir: rel\nregistry_auth: {username_env: '1x'}\ngpu: {memory_gb: 1}\n",
@@ -271,7 +277,10 @@ fn container_rules_name_their_fields() {
         "registry_auth.username_env:",
         "registry_auth.password_env:",
     ] {
-        assert!(errs.iter().any(|e| e.starts_with(field)), "{field} in {errs:?}");
+        assert!(
+            errs.iter().any(|e| e.starts_with(field)),
+            "{field} in {errs:?}"
+        );
     }
     // Container fields on a process function are mistakes, not silently ignored.
     let errs = errors_of(&minimal("image: x\nport: 80\n"));
@@ -280,5 +289,8 @@ fn container_rules_name_their_fields() {
             .any(|e| e == "image: is only for runtime: container"),
         "{errs:?}"
     );
-    assert!(errs.iter().any(|e| e.starts_with("port: is only")), "{errs:?}");
+    assert!(
+        errs.iter().any(|e| e.starts_with("port: is only")),
+        "{errs:?}"
+    );
 }

@@ -2,6 +2,8 @@
 //! processes (tests/fixtures/testfn.py), real HTTP.
 #![allow(dead_code)]
 
+pub mod oci;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -11,6 +13,12 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_gpufn");
+
+/// A reqwest client (after installing the TLS crypto provider reqwest is built to expect).
+pub fn http_client() -> reqwest::Client {
+    gpufn_oci::ensure_crypto_provider();
+    reqwest::Client::new()
+}
 
 pub fn fixture_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
@@ -64,7 +72,7 @@ impl Server {
             url,
             data_dir: data_dir.to_path_buf(),
             log,
-            http: reqwest::Client::new(),
+            http: crate::common::http_client(),
         }
     }
 

@@ -1,0 +1,201 @@
+//! `runtime: container`: real images in a real registry, pulled by gpufn and run under runc.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::common::oci::{Registry, push_testapp, require};
+use crate::common::{Server, unsafe_kill};
+
+/// A gpufn for container tests: stopped with SIGTERM on drop, so its containers are removed even
+/// when a test fails (a plain SIGKILL would leave them to the next start).
+struct ContainerServer(Server);
+
+impl std::ops::Deref for ContainerServer {
+    type Target = Server;
+    fn deref(&self) -> &Server {
+        &self.0
+    }
+}
+
+impl Drop for ContainerServer {
+    fn drop(&mut self) {
+        if self.0.child.try_wait().ok().flatten().is_none() {
+            self.0.terminate();
+        }
+    }
+}
+
+fn start(data: &Path) -> ContainerServer {
+    require("runc");
+    ContainerServer(Server::start(
+        data,
+        &[
+            "--simulate-gpus",
+            "2xtesla-t4:16",
+            "--shutdown-grace-s",
+            "5",
+        ],
+    ))
+}
+
+fn spec(name: &str, image: &str, extra: &str) -> String {
+    format!(
+        "name: {name}\nruntime: container\nimage: {image}\nport: 9000\n\
+         gpu: {{memory_gb: 2}}\nhealth_check: {{path: /health, startup_timeout_s: 30}}\n{extra}"
+    )
+}
+
+fn deploy_cli(server: &Server, dir: &Path, yaml: &str) -> std::process::Output {
+    let file = dir.join(format!("spec-{}.yaml", uuid_like()));
+    std::fs::write(&file, yaml).expect("spec");
+    server.cli(&["deploy", "-f", file.to_str().expect("path")])
+}
+
+fn uuid_like() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+async fn get(server: &Server, path: &str) -> (u16, String) {
+    let resp = server
+        .http
+        .get(server.url(path))
+        .send()
+        .await
+        .expect("request");
+    let status = resp.status().as_u16();
+    (status, resp.text().await.unwrap_or_default())
+}
+
+/// Every instance log under the data dir, for failure messages.
+fn instance_logs(data: &Path) -> String {
+    let mut out = String::new();
+    for f in std::fs::read_dir(data.join("logs"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        for l in std::fs::read_dir(f.path()).into_iter().flatten().flatten() {
+            out.push_str(&format!("--- {}\n", l.path().display()));
+            out.push_str(&std::fs::read_to_string(l.path()).unwrap_or_default());
+        }
+    }
+    out
+}
+
+fn runc_list(data: &Path) -> Vec<String> {
+    let out = std::process::Command::new("runc")
+        .arg("--root")
+        .arg(data.join("run/runc"))
+        .args(["list", "-q"])
+        .output()
+        .expect("runc list");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .filter(|l| !l.is_empty())
+        .collect()
+}
+
+fn mounts_under(dir: &Path) -> Vec<String> {
+    let prefix = dir.canonicalize().expect("canonical").display().to_string();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(4).map(str::to_owned))
+        .filter(|m| m.starts_with(&prefix))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_function_is_pre_pulled_pinned_and_served_from_the_cache() {
+    let registry = Registry::start().await;
+    let image = push_testapp(&registry, "team/app", "1.0", "a").await;
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path());
+
+    // Deploy through the CLI: it pre-pulls (progress), then deploys; the revision is pinned.
+    let out = deploy_cli(
+        &server,
+        dir.path(),
+        &spec("app", &image, "env: {GREETING: from-spec}\n"),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "deploy: {stderr}\n{}", server.log());
+    assert!(stderr.contains("pulled 127.0.0.1"), "{stderr}");
+    let f = server.get_json("/api/v1/functions/app").await;
+    let pinned = f["spec"]["image"].as_str().unwrap().to_string();
+    assert!(pinned.starts_with(&format!("{image}@sha256:")), "{pinned}");
+
+    // First call: a cold start from the cache (no pull), the app answers from inside.
+    let (status, body) = get(&server, "/function/app/whoami").await;
+    assert_eq!(
+        status,
+        200,
+        "{body}\n{}\n{}",
+        server.log(),
+        instance_logs(dir.path())
+    );
+    let who: Value = serde_json::from_str(&body).unwrap();
+    let instances = server.instances("app").await;
+    assert_eq!(instances.len(), 1);
+    let id = instances[0]["id"].as_str().unwrap();
+    assert_eq!(
+        who["hostname"], id,
+        "the container has its own UTS namespace"
+    );
+    assert_eq!(who["instance"], id);
+    assert_eq!(
+        who["greeting"], "from-spec",
+        "spec env overrides the image's"
+    );
+    assert_eq!(who["port"], "9000");
+    assert_eq!(
+        who["nvidia_visible_devices"],
+        instances[0]["gpu"].to_string()
+    );
+    assert_eq!(who["pid"], 1, "the app is PID 1 of its own PID namespace");
+    let phases = &instances[0]["cold_start"];
+    assert_eq!(phases["image_pull_ms"], 0.0, "pre-pulled: {phases}");
+    assert!(phases["start_ms"].as_f64().unwrap() > 0.0, "{phases}");
+
+    // The container's root is writable, in a layer of its own.
+    let (status, body) = get(&server, "/function/app/write?name=one").await;
+    assert_eq!((status, body.as_str()), (200, "one"));
+
+    // `gpufn images` lists the cached image.
+    let out = server.cli(&["images"]);
+    let listing = String::from_utf8_lossy(&out.stdout);
+    assert!(listing.contains(&pinned), "{listing}");
+
+    // A second image sharing the base layer downloads only its own layer.
+    let image_b = push_testapp(&registry, "team/app", "2.0", "b").await;
+    let resp = server
+        .http
+        .post(server.url("/api/v1/images/pull"))
+        .json(&serde_json::json!({"image": image_b}))
+        .send()
+        .await
+        .unwrap();
+    let events: Vec<Value> = resp
+        .text()
+        .await
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let done: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["event"] == "layer_done")
+        .collect();
+    assert_eq!(done.len(), 2, "{events:?}");
+    assert_eq!(
+        done[0]["cached"], true,
+        "the shared base layer is reused: {events:?}"
+    );
+    assert_eq!(done[1]["cached"], false, "{events:?}");
+    assert_eq!(events.last().unwrap()["event"], "done", "{events:?}");
+}
