@@ -221,6 +221,7 @@ pub(crate) async fn supervise(pool: Arc<Pool>, job: StartJob) {
     };
     if let Some(err) = failure {
         tracing::warn!(function = %spec.name, instance = %id, "cold start failed: {err}");
+        note_in_log(&log_path, &format!("cold start failed: {err}"));
         shared.forget_pid(&id);
         drop(inst);
         drop(lease);
@@ -249,11 +250,24 @@ pub(crate) async fn supervise(pool: Arc<Pool>, job: StartJob) {
 
 fn finish(pool: &Arc<Pool>, id: &str, inst: Box<dyn RunningInstance>, lease: GpuLease, how: &str) {
     tracing::info!(function = %pool.name(), instance = %id, "instance {how}");
+    note_in_log(
+        &pool.shared().log_path(pool.name(), id),
+        &format!("instance {how}"),
+    );
     pool.shared().forget_pid(id);
     drop(inst);
     // The process is gone: only now may the card go to someone else.
     drop(lease);
     pool.on_gone(id);
+}
+
+/// Appends gpufn's own word on an instance (how it ended) to the instance's log, where its user
+/// looks first: `gpufn logs` then shows an OOM kill or a crash next to the app's last lines.
+fn note_in_log(path: &std::path::Path, text: &str) {
+    use std::io::Write;
+    if let Ok(mut f) = std::fs::OpenOptions::new().append(true).open(path) {
+        let _ = writeln!(f, "[gpufn] {text}");
+    }
 }
 
 fn ms(d: Duration) -> f64 {

@@ -199,3 +199,183 @@ async fn a_container_function_is_pre_pulled_pinned_and_served_from_the_cache() {
     assert_eq!(done[1]["cached"], false, "{events:?}");
     assert_eq!(events.last().unwrap()["event"], "done", "{events:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_of_one_image_listen_on_the_same_port_side_by_side() {
+    let registry = Registry::start().await;
+    let image = push_testapp(&registry, "side", "1", "s").await;
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path());
+    let (status, body) = server
+        .deploy_yaml(&spec("side", &image, "instance_concurrency: 1\n"))
+        .await;
+    assert!(status == 201, "{status} {body}");
+    // Two requests at once at concurrency 1: two containers, both listening on port 9000 in
+    // their own network namespaces.
+    let slow = |ms: u64| {
+        let http = server.http.clone();
+        let url = server.url(&format!("/function/side/work?ms={ms}"));
+        tokio::spawn(async move {
+            let r = http.get(url).send().await.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        })
+    };
+    let a = slow(3000);
+    server
+        .wait_for(
+            "the first instance busy",
+            Duration::from_secs(20),
+            || async {
+                server
+                    .instances("side")
+                    .await
+                    .iter()
+                    .any(|i| i["in_flight"] == 1)
+            },
+        )
+        .await;
+    let b = slow(10);
+    let (sa, _) = a.await.unwrap();
+    let (sb, _) = b.await.unwrap();
+    assert_eq!((sa, sb), (200, 200), "{}", instance_logs(dir.path()));
+    let instances = server.instances("side").await;
+    assert_eq!(instances.len(), 2, "{instances:?}");
+    assert_eq!(runc_list(dir.path()).len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_over_its_memory_limit_is_killed_and_reported() {
+    let registry = Registry::start().await;
+    let image = push_testapp(&registry, "hog", "1", "h").await;
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path());
+    let (status, body) = server
+        .deploy_yaml(&spec("hog", &image, "memory_mb: 64\n"))
+        .await;
+    assert!(status == 201, "{status} {body}");
+    // Within the limit: fine.
+    let (status, body) = get(&server, "/function/hog/alloc?mb=8").await;
+    assert_eq!(status, 200, "{body}\n{}", instance_logs(dir.path()));
+    let id = server.instances("hog").await[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // Past it: the kernel kills the app; the caller gets 502 and the log says why.
+    let (status, _) = get(&server, "/function/hog/alloc?mb=256").await;
+    assert_eq!(status, 502);
+    server
+        .wait_for(
+            "the OOM note in the log",
+            Duration::from_secs(20),
+            || async {
+                let out = server.cli(&["logs", "hog", &id]);
+                String::from_utf8_lossy(&out.stdout).contains("out of memory")
+            },
+        )
+        .await;
+    let out = server.cli(&["logs", "hog", &id]);
+    let log = String::from_utf8_lossy(&out.stdout);
+    assert!(log.contains("memory_mb = 64 MB"), "{log}");
+    assert!(log.contains("killed by signal 9"), "{log}");
+    // The next request gets a fresh container.
+    let (status, _) = get(&server, "/function/hog/alloc?mb=1").await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_images_and_unreachable_registries_are_refused_with_the_reason() {
+    let registry = Registry::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path());
+    // An image the registry does not have: its own words ("manifest unknown") reach the user.
+    let missing = format!("{}/nope:1", registry.host);
+    let (status, body) = server.deploy_yaml(&spec("missing", &missing, "")).await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["error"]["field"], "image");
+    let msg = body["error"]["message"].as_str().unwrap().to_lowercase();
+    assert!(msg.contains("manifest unknown"), "{msg}");
+    // Through the CLI, the same reason, and a failing exit code.
+    let out = deploy_cli(&server, dir.path(), &spec("missing", &missing, ""));
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .to_lowercase()
+            .contains("manifest unknown"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A registry nobody listens on.
+    let port = crate::common::free_port();
+    let (status, body) = server
+        .deploy_yaml(&spec("offline", &format!("127.0.0.1:{port}/x:1"), ""))
+        .await;
+    assert_eq!(status, 422, "{body}");
+    let msg = body["error"]["message"].as_str().unwrap().to_lowercase();
+    assert!(msg.contains("connect"), "{msg}");
+    // Not a reference at all.
+    let (status, body) = server.deploy_yaml(&spec("bad", "UPPER/Case:tag", "")).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["field"], "image");
+    // Nothing was deployed.
+    let list = server.get_json("/api/v1/functions").await;
+    assert_eq!(list.as_array().unwrap().len(), 0, "{list}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_after_kill_9_removes_every_container_mount_and_network() {
+    let registry = Registry::start().await;
+    let image = push_testapp(&registry, "crash", "1", "c").await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = start(dir.path());
+    let (status, body) = server.deploy_yaml(&spec("crash", &image, "")).await;
+    assert!(status == 201, "{status} {body}");
+    let (status, _) = get(&server, "/function/crash/whoami").await;
+    assert_eq!(status, 200);
+    let containers = runc_list(dir.path());
+    assert_eq!(containers.len(), 1);
+    let id = &containers[0];
+    let slot = std::fs::read_to_string(dir.path().join(format!("run/containers/{id}/net")))
+        .unwrap()
+        .trim()
+        .to_string();
+    assert!(netns_exists(&slot));
+    assert!(!mounts_under(dir.path()).is_empty());
+
+    unsafe_kill(server.pid(), libc::SIGKILL);
+    server.0.child.wait().unwrap();
+    // The container outlives a SIGKILLed gpufn (runc's parent is gone, not the container)...
+    assert_eq!(runc_list(dir.path()), containers);
+
+    // ...until gpufn starts again on the same data dir.
+    let server = start(dir.path());
+    assert!(runc_list(dir.path()).is_empty());
+    assert!(
+        mounts_under(dir.path()).is_empty(),
+        "{:?}",
+        mounts_under(dir.path())
+    );
+    assert!(
+        !netns_exists(&slot),
+        "network namespace gfn{slot} left behind"
+    );
+    assert!(!dir.path().join(format!("run/containers/{id}")).exists());
+    assert!(!cgroup_exists(id), "the container's cgroup was left behind");
+    // And the function still works.
+    let (status, _) = get(&server, "/function/crash/whoami").await;
+    assert_eq!(status, 200);
+}
+
+fn netns_exists(slot: &str) -> bool {
+    Path::new(&format!("/var/run/netns/gfn{slot}")).exists()
+}
+
+fn cgroup_exists(id: &str) -> bool {
+    std::fs::read_dir("/sys/fs/cgroup/memory")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|e| {
+            let n = e.file_name().to_string_lossy().into_owned();
+            n.starts_with("gpufn-") && n.ends_with(id)
+        })
+}
