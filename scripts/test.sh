@@ -1,9 +1,25 @@
 #!/usr/bin/env bash
 # Runs every check and test: formatting, lints, unit, property and end-to-end tests.
-# Needs: the Rust toolchain and python3 (the end-to-end tests run real Python function processes).
+# Needs: the Rust toolchain, python3 (end-to-end tests run real Python function processes), and, as
+# root, runc + docker-registry + iproute2 (container tests; installed here with apt when missing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v python3 >/dev/null || { echo "python3 is required by the end-to-end tests" >&2; exit 1; }
+# The container tests run real images under runc, pulled from a real registry on loopback; they
+# need root (mounts, namespaces, cgroups), runc, docker-registry and ip (iproute2).
+missing=()
+for tool in runc docker-registry ip; do
+  command -v "$tool" >/dev/null || missing+=("$tool")
+done
+if ((${#missing[@]})); then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "installing ${missing[*]} for the container tests" >&2
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq runc docker-registry iproute2 >/dev/null
+  else
+    echo "the container tests need: ${missing[*]} (Debian: apt-get install runc docker-registry iproute2)" >&2
+    exit 1
+  fi
+fi
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
 cargo test --workspace --locked

@@ -11,6 +11,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+/// Finds a host device node's `(kind, major, minor)` by path.
+pub type NumbersFn = dyn Fn(&str) -> Option<(char, i64, i64)>;
+
 /// A device node to create in the container.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeviceNode {
@@ -281,7 +284,7 @@ pub fn gpu_edits(
     uuid: Option<&str>,
     cdi: &[(PathBuf, CdiSpec)],
     host: &HostGpuFiles,
-    numbers: &dyn Fn(&str) -> Option<(char, i64, i64)>,
+    numbers: &NumbersFn,
 ) -> GpuEdits {
     let visible = format!("NVIDIA_VISIBLE_DEVICES={index}");
     let wanted = index.to_string();
@@ -345,11 +348,7 @@ pub fn gpu_edits(
     }
 }
 
-fn apply_cdi(
-    edits: &mut GpuEdits,
-    e: &CdiEdits,
-    numbers: &dyn Fn(&str) -> Option<(char, i64, i64)>,
-) {
+fn apply_cdi(edits: &mut GpuEdits, e: &CdiEdits, numbers: &NumbersFn) {
     edits.env.extend(e.env.iter().cloned());
     for d in &e.device_nodes {
         let host = d.host_path.as_deref().unwrap_or(&d.path);
