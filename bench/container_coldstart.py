@@ -119,7 +119,7 @@ try:
     wait(registry_up, "registry")
     image, image_bytes = push(f"127.0.0.1:{reg_port}", "bench/testapp", "1")
     server = subprocess.Popen([BIN, "serve", "--listen", f"127.0.0.1:{gpufn_port}", "--data-dir",
-                               f"{WORK}/data", "--simulate-gpus", "1xbench:16"],
+                               f"{WORK}/data", "--simulate-gpus", "2xbench:16"],
                               stderr=subprocess.DEVNULL)
 
     def up():

@@ -579,7 +579,12 @@ impl RunningInstance for ContainerInstance {
     }
 
     async fn stop(&mut self, grace: Duration) -> String {
-        if self.exited.is_none() {
+        // The app is PID 1 of its namespace: the kernel drops any signal it has no handler for, so
+        // SIGTERM to an app that does not catch it would do nothing but hold the card for the
+        // whole grace (Docker's `docker stop` 10 s trap). Such an app is killed at once.
+        let catches_term = self.pid.is_none_or(catches_sigterm);
+        let grace = if catches_term { grace } else { Duration::ZERO };
+        if self.exited.is_none() && catches_term {
             self.runc(&["kill", &self.id, "TERM"]).await;
         }
         let how = match tokio::time::timeout(grace, self.wait_runc()).await {
@@ -608,6 +613,24 @@ impl Drop for ContainerInstance {
     }
 }
 
+/// Whether process `pid` has a handler for SIGTERM (bit 15 of `SigCgt` in /proc/PID/status).
+/// Unknown counts as yes: then the polite path is taken.
+fn catches_sigterm(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("SigCgt:"))
+                .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        })
+        .is_none_or(|mask| sigterm_caught(mask))
+}
+
+fn sigterm_caught(mask: u64) -> bool {
+    // Signal n is bit n-1.
+    mask & (1 << (libc::SIGTERM - 1)) != 0
+}
+
 fn describe(status: std::io::Result<std::process::ExitStatus>) -> String {
     use std::os::unix::process::ExitStatusExt;
     match status {
@@ -626,6 +649,14 @@ fn describe(status: std::io::Result<std::process::ExitStatus>) -> String {
 mod tests {
     use super::*;
     use std::os::unix::process::ExitStatusExt;
+
+    #[test]
+    fn the_sigterm_bit_is_read_from_the_caught_mask() {
+        assert!(sigterm_caught(0x4000));
+        assert!(!sigterm_caught(0x0000_0000_0000_0002));
+        // This test process itself: Rust installs no SIGTERM handler.
+        assert!(!catches_sigterm(std::process::id()));
+    }
 
     #[test]
     fn runc_exit_codes_above_128_are_signals() {

@@ -198,6 +198,22 @@ async fn a_container_function_is_pre_pulled_pinned_and_served_from_the_cache() {
     );
     assert_eq!(done[1]["cached"], false, "{events:?}");
     assert_eq!(events.last().unwrap()["event"], "done", "{events:?}");
+
+    // Deleting the function stops its container without waiting out the 120 s grace: the app
+    // cannot receive SIGTERM as PID 1 without a handler, so gpufn kills it at once.
+    let resp = server
+        .http
+        .delete(server.url("/api/v1/functions/app"))
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success());
+    server
+        .wait_for("the container gone", Duration::from_secs(30), || async {
+            runc_list(dir.path()).is_empty()
+        })
+        .await;
+    assert!(mounts_under(dir.path()).is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
