@@ -163,6 +163,33 @@ try:
         c = [r[key] for r in samples["ctr"] if r.get(key) is not None]
         p = [r[key] for r in samples["proc"] if r.get(key) is not None]
         print(f"  {key:34s} {q(c, .5):8.2f} / {q(c, .9):7.2f} {q(p, .5):8.2f} / {q(p, .9):7.2f}")
+    # Baseline: bare runc on the same unpacked rootfs (no overlay, no veth: runc makes an empty
+    # network namespace), timed from `runc run -d` to its pid file, like gpufn's start_ms.
+    rootfs_dir = os.path.join(WORK, "data/images/rootfs")
+    rootfs = os.path.join(rootfs_dir, [d for d in os.listdir(rootfs_dir)
+                                       if not d.endswith(".partial")][0])
+    bundle = os.path.join(WORK, "bundle")
+    os.makedirs(bundle)
+    subprocess.run(["runc", "spec", "--bundle", bundle], check=True)
+    with open(os.path.join(bundle, "config.json")) as f:
+        cfg = json.load(f)
+    cfg["root"] = {"path": rootfs, "readonly": True}
+    cfg["process"]["terminal"] = False
+    cfg["process"]["args"] = ["/app/gpufn-testapp"]
+    with open(os.path.join(bundle, "config.json"), "w") as f:
+        json.dump(cfg, f)
+    bare = []
+    for i in range(N):
+        pid_file = os.path.join(bundle, "pid")
+        t0 = time.perf_counter()
+        subprocess.run(["runc", "--root", f"{WORK}/runc", "run", "-d", "--bundle", bundle,
+                        "--pid-file", pid_file, f"bare{i}"], check=True,
+                       stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL)
+        bare.append((time.perf_counter() - t0) * 1000)
+        subprocess.run(["runc", "--root", f"{WORK}/runc", "delete", "--force", f"bare{i}"])
+        os.remove(pid_file)
+    print(f"  {'baseline: bare `runc run -d`':34s} {q(bare, .5):8.2f} / {q(bare, .9):7.2f}")
     ct = statistics.median(r["total_ms"] for r in samples["ctr"])
     pt = statistics.median(r["total_ms"] for r in samples["proc"])
     print(f"  container / process total (p50): {ct / pt:.2f}x (+{ct - pt:.1f} ms)")

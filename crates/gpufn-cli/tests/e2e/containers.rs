@@ -395,3 +395,100 @@ fn cgroup_exists(id: &str) -> bool {
             n.starts_with("gpufn-") && n.ends_with(id)
         })
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_network_eviction_and_a_pull_at_cold_start_when_the_cache_lost_the_image() {
+    let registry = Registry::start().await;
+    let image = push_testapp(&registry, "hostnet", "1", "h").await;
+    let dir = tempfile::tempdir().unwrap();
+    require("runc");
+    let server = ContainerServer(Server::start(
+        dir.path(),
+        &[
+            "--simulate-gpus",
+            "1xtesla-t4:16",
+            "--shutdown-grace-s",
+            "5",
+            "--image-cache-max-mb",
+            "1",
+        ],
+    ));
+    let (status, body) = server
+        .deploy_yaml(&spec(
+            "hostnet",
+            &image,
+            "network: host\nscaling: {idle_timeout_s: 1}\n",
+        ))
+        .await;
+    assert!(status == 201, "{status} {body}");
+    // With the host's network the app must listen on $PORT, which gpufn picks.
+    let (status, body) = get(&server, "/function/hostnet/whoami").await;
+    assert_eq!(status, 200, "{body}\n{}", instance_logs(dir.path()));
+    let who: Value = serde_json::from_str(&body).unwrap();
+    assert_ne!(who["port"], "9000", "{who}");
+
+    // The cache is over its 1 MB limit: a second image, pinned by nobody, is evicted right after
+    // its pull, while the deployed one stays, and so does the layer both share.
+    let other = push_testapp(&registry, "other", "1", "o").await;
+    let resp = server
+        .http
+        .post(server.url("/api/v1/images/pull"))
+        .json(&serde_json::json!({"image": other}))
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.text().await.unwrap().contains("\"event\":\"done\""));
+    server
+        .wait_for(
+            "the unpinned image evicted",
+            Duration::from_secs(20),
+            || async {
+                server
+                    .get_json("/api/v1/images")
+                    .await
+                    .as_array()
+                    .unwrap()
+                    .len()
+                    == 1
+            },
+        )
+        .await;
+    let images = server.get_json("/api/v1/images").await;
+    assert!(
+        images[0]["reference"].as_str().unwrap().starts_with(&image),
+        "{images}"
+    );
+    for layer in images[0]["layers"].as_array().unwrap() {
+        let hex = layer["digest"]
+            .as_str()
+            .unwrap()
+            .trim_start_matches("sha256:");
+        assert!(dir.path().join("images/blobs/sha256").join(hex).exists());
+    }
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("images/blobs/sha256"))
+            .unwrap()
+            .count(),
+        2,
+        "only the deployed image's two layers are left"
+    );
+
+    // The cache loses the image while the function is at zero: the next cold start pulls it
+    // again, and says so in its phases.
+    server
+        .wait_for("scale to zero", Duration::from_secs(30), || async {
+            server.instances("hostnet").await.is_empty()
+        })
+        .await;
+    std::fs::remove_dir_all(dir.path().join("images")).unwrap();
+    std::fs::create_dir_all(dir.path().join("images/blobs/sha256")).unwrap();
+    std::fs::create_dir_all(dir.path().join("images/rootfs")).unwrap();
+    std::fs::create_dir_all(dir.path().join("images/images")).unwrap();
+    let (status, body) = get(&server, "/function/hostnet/whoami").await;
+    assert_eq!(status, 200, "{body}");
+    let cold = server
+        .get_json("/api/v1/functions/hostnet/cold-starts?limit=1")
+        .await;
+    let pull_ms = cold[0]["image_pull_ms"].as_f64().unwrap();
+    assert!(pull_ms > 0.0, "{cold}");
+}
