@@ -623,7 +623,7 @@ fn catches_sigterm(pid: u32) -> bool {
                 .find_map(|l| l.strip_prefix("SigCgt:"))
                 .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
         })
-        .is_none_or(|mask| sigterm_caught(mask))
+        .is_none_or(sigterm_caught)
 }
 
 fn sigterm_caught(mask: u64) -> bool {
