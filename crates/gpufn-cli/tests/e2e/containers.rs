@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::common::oci::{Registry, push_testapp, require};
+use crate::common::oci::{
+    LOGIN, Registry, manifest_of, push_index, push_testapp, push_testapp_with, require,
+};
 use crate::common::{Server, unsafe_kill};
 
 /// A gpufn for container tests: stopped with SIGTERM on drop, so its containers are removed even
@@ -438,9 +440,11 @@ async fn host_network_eviction_and_a_pull_at_cold_start_when_the_cache_lost_the_
         .await
         .unwrap();
     assert!(resp.text().await.unwrap().contains("\"event\":\"done\""));
+    let blobs = dir.path().join("images/blobs/sha256");
+    let count = |d: &Path| std::fs::read_dir(d).unwrap().count();
     server
         .wait_for(
-            "the unpinned image evicted",
+            "the unpinned image and its own layer evicted",
             Duration::from_secs(20),
             || async {
                 server
@@ -450,6 +454,7 @@ async fn host_network_eviction_and_a_pull_at_cold_start_when_the_cache_lost_the_
                     .unwrap()
                     .len()
                     == 1
+                    && count(&blobs) == 2
             },
         )
         .await;
@@ -458,20 +463,14 @@ async fn host_network_eviction_and_a_pull_at_cold_start_when_the_cache_lost_the_
         images[0]["reference"].as_str().unwrap().starts_with(&image),
         "{images}"
     );
+    // The two blobs left are the deployed image's own (the base layer is shared with the evicted).
     for layer in images[0]["layers"].as_array().unwrap() {
         let hex = layer["digest"]
             .as_str()
             .unwrap()
             .trim_start_matches("sha256:");
-        assert!(dir.path().join("images/blobs/sha256").join(hex).exists());
+        assert!(blobs.join(hex).exists());
     }
-    assert_eq!(
-        std::fs::read_dir(dir.path().join("images/blobs/sha256"))
-            .unwrap()
-            .count(),
-        2,
-        "only the deployed image's two layers are left"
-    );
 
     // The cache loses the image while the function is at zero: the next cold start pulls it
     // again, and says so in its phases.
@@ -491,4 +490,81 @@ async fn host_network_eviction_and_a_pull_at_cold_start_when_the_cache_lost_the_
         .await;
     let pull_ms = cold[0]["image_pull_ms"].as_f64().unwrap();
     assert!(pull_ms > 0.0, "{cold}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_multi_platform_index_resolves_to_linux_amd64_and_zstd_layers_run() {
+    let registry = Registry::start().await;
+    // The amd64 image's app layer is zstd-compressed; the "arm64" entry points elsewhere.
+    let amd64 = push_testapp_with(&registry, "multi", "amd64", "amd", true).await;
+    let other = push_testapp(&registry, "multi", "other", "arm").await;
+    let index = push_index(&registry, "multi", "1", &amd64, &other).await;
+    let (amd_digest, _) = manifest_of(&registry, &amd64).await;
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path());
+    let (status, body) = server.deploy_yaml(&spec("multi", &index, "")).await;
+    assert!(status == 201, "{status} {body}");
+    assert_eq!(
+        body["spec"]["image"],
+        format!("{index}@{amd_digest}"),
+        "pinned to the linux/amd64 manifest"
+    );
+    let (status, body) = get(&server, "/function/multi/whoami").await;
+    assert_eq!(status, 200, "{body}\n{}", instance_logs(dir.path()));
+    // The variant file of the amd64 image is there, unpacked from the zstd layer.
+    let images = server.get_json("/api/v1/images").await;
+    let digest = images[0]["digest"].as_str().unwrap();
+    let rootfs = dir
+        .path()
+        .join("images/rootfs")
+        .join(digest.trim_start_matches("sha256:"));
+    assert!(rootfs.join("app/variant-amd").exists());
+    assert!(!rootfs.join("app/variant-arm").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_private_registry_needs_the_login_named_by_registry_auth() {
+    let registry = Registry::start_with_login().await;
+    let image = push_testapp(&registry, "private/app", "1", "p").await;
+    let dir = tempfile::tempdir().unwrap();
+    require("runc");
+    let server = ContainerServer(Server::start_with_env(
+        dir.path(),
+        &[
+            "--simulate-gpus",
+            "1xtesla-t4:16",
+            "--shutdown-grace-s",
+            "5",
+        ],
+        &[("REG_USER", LOGIN.0), ("REG_PASS", LOGIN.1)],
+    ));
+    // Anonymous: the registry's refusal is the reason.
+    let (status, body) = server.deploy_yaml(&spec("private", &image, "")).await;
+    assert_eq!(status, 422, "{body}");
+    let msg = body["error"]["message"].as_str().unwrap().to_lowercase();
+    assert!(msg.contains("not authorized"), "{msg}");
+    // A variable the server does not have: named, before any network.
+    let (status, body) = server
+        .deploy_yaml(&spec(
+            "private",
+            &image,
+            "registry_auth: {username_env: REG_USER, password_env: NO_SUCH_VAR}\n",
+        ))
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["field"], "registry_auth.password_env");
+    // With the login from the server's environment: pulled, deployed, served.
+    let (status, body) = server
+        .deploy_yaml(&spec(
+            "private",
+            &image,
+            "registry_auth: {username_env: REG_USER, password_env: REG_PASS}\n",
+        ))
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = get(&server, "/function/private/whoami").await;
+    assert_eq!(status, 200, "{body}\n{}", instance_logs(dir.path()));
+    // The password never shows in the stored spec.
+    let f = server.get_json("/api/v1/functions/private").await;
+    assert!(!f.to_string().contains(LOGIN.1), "{f}");
 }

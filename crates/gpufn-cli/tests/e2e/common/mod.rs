@@ -36,12 +36,18 @@ pub struct Server {
 impl Server {
     /// Starts gpufn on a free port with `extra` flags; waits until it listens.
     pub fn start(data_dir: &Path, extra: &[&str]) -> Server {
+        Self::start_with_env(data_dir, extra, &[])
+    }
+
+    /// [`Server::start`] with extra environment variables for the server.
+    pub fn start_with_env(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
         let mut child = Command::new(BIN)
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
             .args(extra)
             .env("RUST_LOG", "info,gpufn_server=debug")
             .env("SECRET_OF_SERVER", "must-not-leak")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()

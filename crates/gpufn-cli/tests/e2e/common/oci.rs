@@ -28,24 +28,44 @@ pub fn require(tool: &str) -> PathBuf {
 pub struct Registry {
     child: Child,
     pub host: String,
+    /// Basic-auth login the registry demands, if any.
+    pub login: Option<(String, String)>,
     _dir: tempfile::TempDir,
 }
 
+/// The login of [`Registry::start_with_login`]; the hash is bcrypt of the password (htpasswd).
+pub const LOGIN: (&str, &str) = ("gpufn", "gpufn-secret");
+const HTPASSWD: &str = "gpufn:$2b$04$OMyUsYSU8YBZD4wCgGgVfuoK.9dvG6WChZ0kt2LhBeJBRl4DOr/DS\n";
+
 impl Registry {
     pub async fn start() -> Registry {
+        Self::start_inner(false).await
+    }
+
+    /// A registry that refuses anonymous access (htpasswd basic auth).
+    pub async fn start_with_login() -> Registry {
+        Self::start_inner(true).await
+    }
+
+    async fn start_inner(login: bool) -> Registry {
         let bin = require("docker-registry");
         let dir = tempfile::tempdir().expect("tempdir");
         let port = super::free_port();
         let config = dir.path().join("config.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n\
-                 http:\n  addr: 127.0.0.1:{port}\n",
-                dir.path().join("data").display()
-            ),
-        )
-        .expect("registry config");
+        let mut text = format!(
+            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n\
+             http:\n  addr: 127.0.0.1:{port}\n",
+            dir.path().join("data").display()
+        );
+        if login {
+            let htpasswd = dir.path().join("htpasswd");
+            std::fs::write(&htpasswd, HTPASSWD).expect("htpasswd");
+            text.push_str(&format!(
+                "auth:\n  htpasswd:\n    realm: gpufn-test\n    path: {}\n",
+                htpasswd.display()
+            ));
+        }
+        std::fs::write(&config, text).expect("registry config");
         let child = Command::new(bin)
             .arg("serve")
             .arg(&config)
@@ -58,7 +78,8 @@ impl Registry {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Ok(r) = http.get(format!("http://{host}/v2/")).send().await {
-                if r.status().is_success() {
+                // 401 is a registry that is up and wants a login.
+                if r.status().is_success() || r.status().as_u16() == 401 {
                     break;
                 }
             }
@@ -68,8 +89,24 @@ impl Registry {
         Registry {
             child,
             host,
+            login: login.then(|| (LOGIN.0.to_string(), LOGIN.1.to_string())),
             _dir: dir,
         }
+    }
+
+    fn auth(&self) -> RegistryAuth {
+        match &self.login {
+            Some((u, p)) => RegistryAuth::Basic(u.clone(), p.clone()),
+            None => RegistryAuth::Anonymous,
+        }
+    }
+
+    fn client(&self) -> Client {
+        gpufn_oci::ensure_crypto_provider();
+        Client::new(ClientConfig {
+            protocol: ClientProtocol::Http,
+            ..ClientConfig::default()
+        })
     }
 }
 
@@ -88,6 +125,13 @@ struct Entry {
 }
 
 fn tar_gz(entries: &[Entry]) -> Vec<u8> {
+    let tar = tar_of(entries);
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(&tar).expect("gzip");
+    gz.finish().expect("gzip")
+}
+
+fn tar_of(entries: &[Entry]) -> Vec<u8> {
     let mut builder = tar::Builder::new(Vec::new());
     let mut dirs: Vec<String> = Vec::new();
     for e in entries {
@@ -124,10 +168,7 @@ fn tar_gz(entries: &[Entry]) -> Vec<u8> {
             .append_data(&mut h, &e.path, e.data.as_slice())
             .expect("file");
     }
-    let tar = builder.into_inner().expect("tar");
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    gz.write_all(&tar).expect("gzip");
-    gz.finish().expect("gzip")
+    builder.into_inner().expect("tar")
 }
 
 /// The shared libraries `ldd` lists for `bin`, as (path as the loader asks for it, real file).
@@ -154,6 +195,17 @@ fn shared_libraries(bin: &str) -> Vec<(String, PathBuf)> {
 /// (identical in every image built here, so images share it), layer 2 the app and a file named
 /// after `variant` (so two variants are two images).
 pub async fn push_testapp(registry: &Registry, repo: &str, tag: &str, variant: &str) -> String {
+    push_testapp_with(registry, repo, tag, variant, false).await
+}
+
+/// [`push_testapp`], with the app layer compressed with zstd when `zstd` is set.
+pub async fn push_testapp_with(
+    registry: &Registry,
+    repo: &str,
+    tag: &str,
+    variant: &str,
+    zstd: bool,
+) -> String {
     let mut base: Vec<Entry> = shared_libraries(TESTAPP)
         .into_iter()
         .map(|(path, real)| Entry {
@@ -185,9 +237,18 @@ pub async fn push_testapp(registry: &Registry, repo: &str, tag: &str, variant: &
         },
     ];
     let media = "application/vnd.oci.image.layer.v1.tar+gzip";
+    let app_layer = if zstd {
+        ImageLayer::new(
+            zstd::encode_all(tar_of(&app).as_slice(), 3).expect("zstd"),
+            "application/vnd.oci.image.layer.v1.tar+zstd".to_string(),
+            None,
+        )
+    } else {
+        ImageLayer::new(tar_gz(&app), media.to_string(), None)
+    };
     let layers = vec![
         ImageLayer::new(tar_gz(&base), media.to_string(), None),
-        ImageLayer::new(tar_gz(&app), media.to_string(), None),
+        app_layer,
     ];
     let config = serde_json::json!({
         "architecture": "amd64",
@@ -204,17 +265,66 @@ pub async fn push_testapp(registry: &Registry, repo: &str, tag: &str, variant: &
         "application/vnd.oci.image.config.v1+json".to_string(),
         None,
     );
-    gpufn_oci::ensure_crypto_provider();
-    let client = Client::new(ClientConfig {
-        protocol: ClientProtocol::Http,
-        ..ClientConfig::default()
-    });
+    let client = registry.client();
     let reference: Reference = format!("{}/{repo}:{tag}", registry.host)
         .parse()
         .expect("reference");
     client
-        .push(&reference, &layers, config, &RegistryAuth::Anonymous, None)
+        .push(&reference, &layers, config, &registry.auth(), None)
         .await
         .expect("push image");
+    format!("{}/{repo}:{tag}", registry.host)
+}
+
+const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+
+/// The manifest digest and size of a pushed image.
+pub async fn manifest_of(registry: &Registry, image: &str) -> (String, usize) {
+    let reference: Reference = image.parse().expect("reference");
+    let (bytes, digest) = registry
+        .client()
+        .pull_manifest_raw(&reference, &registry.auth(), &[OCI_MANIFEST])
+        .await
+        .expect("manifest");
+    (digest, bytes.len())
+}
+
+/// Pushes an image index (multi-platform image) at `repo:tag` whose first entry is `arm64`
+/// (pointing at `other`) and second `amd64` (pointing at `amd64`); returns the reference.
+pub async fn push_index(
+    registry: &Registry,
+    repo: &str,
+    tag: &str,
+    amd64: &str,
+    other: &str,
+) -> String {
+    let (amd_digest, amd_size) = manifest_of(registry, amd64).await;
+    let (arm_digest, arm_size) = manifest_of(registry, other).await;
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [
+            {"mediaType": OCI_MANIFEST, "digest": arm_digest, "size": arm_size,
+             "platform": {"architecture": "arm64", "os": "linux"}},
+            {"mediaType": OCI_MANIFEST, "digest": amd_digest, "size": amd_size,
+             "platform": {"architecture": "amd64", "os": "linux"}},
+        ],
+    });
+    let reference: Reference = format!("{}/{repo}:{tag}", registry.host)
+        .parse()
+        .expect("reference");
+    let client = registry.client();
+    // A push needs a token/session first; pulling the manifest set it up for this client.
+    client
+        .store_auth_if_needed(reference.resolve_registry(), &registry.auth())
+        .await;
+    client
+        .push_manifest_raw(
+            &reference,
+            serde_json::to_vec(&index).expect("index"),
+            reqwest::header::HeaderValue::from_static("application/vnd.oci.image.index.v1+json"),
+        )
+        .await
+        .expect("push index");
     format!("{}/{repo}:{tag}", registry.host)
 }
