@@ -73,6 +73,34 @@ impl ContainerRuntime {
         })
     }
 
+    /// Why containers cannot run on this host, if they cannot: gpufn is not root (overlay mounts,
+    /// namespaces and cgroups need it), or the OCI runtime binary is not there.
+    pub fn unavailable(&self) -> Option<String> {
+        #[allow(unsafe_code)]
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let euid = unsafe { libc::geteuid() };
+        if euid != 0 {
+            return Some(
+                "runtime: container needs gpufn to run as root (overlay mounts, namespaces, cgroups)"
+                    .into(),
+            );
+        }
+        let rt = &self.inner.cfg.oci_runtime;
+        let found = if rt.components().count() > 1 {
+            is_executable(rt)
+        } else {
+            std::env::var_os("PATH").is_some_and(|path| {
+                std::env::split_paths(&path).any(|dir| is_executable(&dir.join(rt)))
+            })
+        };
+        (!found).then(|| {
+            format!(
+                "the OCI runtime {} is not installed on the gpufn server (install runc, or pass --oci-runtime PATH)",
+                rt.display()
+            )
+        })
+    }
+
     /// The image store.
     pub fn images(&self) -> &Arc<ImageStore> {
         &self.inner.images
@@ -309,6 +337,12 @@ impl InstanceRuntime for ContainerRuntime {
             cleaned: false,
         }))
     }
+}
+
+fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    p.metadata()
+        .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
 fn inner_program(p: &Path) -> String {

@@ -551,6 +551,16 @@ impl Platform {
         }
         let mut spec = raw.validate()?;
         check_environment(&spec, &self.shared.allocator)?;
+        if spec.container.is_some() {
+            if let Some(why) = self.shared.containers.unavailable() {
+                return Err(ApiError::field(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "containers_unavailable",
+                    "runtime",
+                    why,
+                ));
+            }
+        }
         // Pulled before the deploy lock: a pull may take minutes and must not block other deploys.
         crate::containers::pin_image(self.shared.containers.images(), &mut spec, progress).await?;
         let json = serde_json::to_string(&spec.to_raw())

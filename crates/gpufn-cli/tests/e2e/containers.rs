@@ -568,3 +568,27 @@ async fn a_private_registry_needs_the_login_named_by_registry_auth() {
     let f = server.get_json("/api/v1/functions/private").await;
     assert!(!f.to_string().contains(LOGIN.1), "{f}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_oci_runtime_is_refused_at_deploy_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(
+        dir.path(),
+        &[
+            "--simulate-gpus",
+            "1xtesla-t4:16",
+            "--oci-runtime",
+            "/nonexistent/runc",
+        ],
+    );
+    let (status, body) = server.deploy_yaml(&spec("x", "127.0.0.1:1/x:1", "")).await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["error"]["field"], "runtime");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("/nonexistent/runc"),
+        "{body}"
+    );
+}
