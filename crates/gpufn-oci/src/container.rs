@@ -13,7 +13,7 @@
 //! cgroup in place long enough to read whether the kernel's OOM killer ended it.
 
 use std::collections::{HashMap, HashSet};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
@@ -266,10 +266,7 @@ impl InstanceRuntime for ContainerRuntime {
         let addr = match prepared_bundle {
             Ok(addr) => addr,
             Err(e) => {
-                let inner = inner.clone();
-                let id = id.clone();
-                let _ =
-                    tokio::task::spawn_blocking(move || inner.cleanup_blocking(&id, false)).await;
+                cleanup_async(&inner, &id).await;
                 return Err(e);
             }
         };
@@ -292,12 +289,9 @@ impl InstanceRuntime for ContainerRuntime {
         let mut child = match cmd.spawn() {
             Ok(child) => child,
             Err(source) => {
-                let inner = inner.clone();
-                let id2 = id.clone();
-                let _ =
-                    tokio::task::spawn_blocking(move || inner.cleanup_blocking(&id2, false)).await;
+                cleanup_async(&inner, &id).await;
                 return Err(RuntimeError::Spawn {
-                    program: inner_program(&self.inner.cfg.oci_runtime),
+                    program: self.inner.cfg.oci_runtime.display().to_string(),
                     source,
                 });
             }
@@ -345,8 +339,11 @@ fn is_executable(p: &Path) -> bool {
         .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
-fn inner_program(p: &Path) -> String {
-    p.display().to_string()
+/// [`Inner::cleanup_blocking`] off the async threads.
+async fn cleanup_async(inner: &Arc<Inner>, id: &str) {
+    let inner = inner.clone();
+    let id = id.to_string();
+    let _ = tokio::task::spawn_blocking(move || inner.cleanup_blocking(&id, true)).await;
 }
 
 /// Mounts the rootfs, claims the network, writes `config.json`. Returns where the app will be.
@@ -375,7 +372,7 @@ fn prepare_bundle(
     let args = container_args(&image.config, &spec.command)?;
     let (uid, gid) = resolve_user(&image.config.user, &prepared.rootfs)?;
     let (addr, netns, port) = if c.host_network {
-        let port = free_port().map_err(|e| format!("finding a free port: {e}"))?;
+        let port = gpufn_runtime::free_port().map_err(|e| format!("finding a free port: {e}"))?;
         (SocketAddr::from((Ipv4Addr::LOCALHOST, port)), None, port)
     } else {
         let seed = u64::from_le_bytes(
@@ -472,12 +469,6 @@ fn nofile_limit() -> (u64, u64) {
     }
     let hard = lim.rlim_max.min(1 << 20);
     (hard, hard)
-}
-
-fn free_port() -> std::io::Result<u16> {
-    Ok(TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
-        .local_addr()?
-        .port())
 }
 
 fn mount_overlay(lower: &Path, upper: &Path, work: &Path, target: &Path) -> Result<(), String> {
@@ -587,9 +578,7 @@ impl ContainerInstance {
             return;
         }
         self.cleaned = true;
-        let inner = self.inner.clone();
-        let id = self.id.clone();
-        let _ = tokio::task::spawn_blocking(move || inner.cleanup_blocking(&id, true)).await;
+        cleanup_async(&self.inner, &self.id).await;
     }
 }
 
@@ -665,18 +654,9 @@ fn sigterm_caught(mask: u64) -> bool {
     mask & (1 << (libc::SIGTERM - 1)) != 0
 }
 
+/// runc reports a container killed by signal N as exit code 128 + N.
 fn describe(status: std::io::Result<std::process::ExitStatus>) -> String {
-    use std::os::unix::process::ExitStatusExt;
-    match status {
-        // runc reports a container killed by signal N as 128 + N.
-        Ok(s) => match (s.code(), s.signal()) {
-            (Some(code), _) if code > 128 => format!("killed by signal {}", code - 128),
-            (Some(code), _) => format!("exited with code {code}"),
-            (None, Some(sig)) => format!("killed by signal {sig}"),
-            _ => "exited".into(),
-        },
-        Err(e) => format!("could not be waited for: {e}"),
-    }
+    gpufn_runtime::describe_exit(status, true)
 }
 
 #[cfg(test)]

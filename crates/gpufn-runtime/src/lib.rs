@@ -104,6 +104,36 @@ pub trait RunningInstance: Send + Sync + std::fmt::Debug {
     }
 }
 
+/// A loopback port nobody listens on right now. The instance binds it a moment later; another
+/// process could take it in between, in which case the instance fails its start and is retried.
+pub fn free_port() -> std::io::Result<u16> {
+    Ok(
+        std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))?
+            .local_addr()?
+            .port(),
+    )
+}
+
+/// How a process ended, in words. With `codes_over_128_are_signals` (runc's convention), exit code
+/// 128 + N reads as "killed by signal N".
+pub fn describe_exit(
+    status: std::io::Result<std::process::ExitStatus>,
+    codes_over_128_are_signals: bool,
+) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match status {
+        Ok(s) => match (s.code(), s.signal()) {
+            (Some(code), _) if codes_over_128_are_signals && code > 128 => {
+                format!("killed by signal {}", code - 128)
+            }
+            (Some(code), _) => format!("exited with code {code}"),
+            (None, Some(sig)) => format!("killed by signal {sig}"),
+            _ => "exited".into(),
+        },
+        Err(e) => format!("could not be waited for: {e}"),
+    }
+}
+
 /// Kills every process whose environment carries `GPUFN_INSTANCE_ID=<id>` for one of `ids`: the
 /// instances (and anything they forked) of a gpufn that died without stopping them. Matching on
 /// the environment rather than a stored pid cannot hit an unrelated process that reused the pid.

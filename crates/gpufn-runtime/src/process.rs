@@ -1,7 +1,7 @@
 //! The process runtime: each instance is a host process in its own process group.
 
-use std::net::{Ipv4Addr, SocketAddr, TcpListener};
-use std::process::{ExitStatus, Stdio};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::process::Stdio;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -29,7 +29,7 @@ impl InstanceRuntime for ProcessRuntime {
             .open(&spec.log_path)
             .map_err(RuntimeError::Setup)?;
         let log2 = log.try_clone().map_err(RuntimeError::Setup)?;
-        let port = free_port().map_err(RuntimeError::Setup)?;
+        let port = crate::free_port().map_err(RuntimeError::Setup)?;
         let program = spec.command.first().cloned().unwrap_or_default();
         let mut cmd = Command::new(&program);
         cmd.args(&spec.command[1..])
@@ -87,14 +87,6 @@ fn die_with_parent(cmd: &mut Command) {
     }
 }
 
-/// A loopback port nobody listens on right now. The instance binds it a moment later; another
-/// process could take it in between, in which case the instance fails its start and is retried.
-fn free_port() -> std::io::Result<u16> {
-    Ok(TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
-        .local_addr()?
-        .port())
-}
-
 #[derive(Debug)]
 struct ProcessInstance {
     child: Child,
@@ -126,7 +118,7 @@ impl RunningInstance for ProcessInstance {
     }
 
     async fn wait(&mut self) -> String {
-        let how = describe(self.child.wait().await);
+        let how = crate::describe_exit(self.child.wait().await, false);
         // The app's leader is gone; take down anything it left behind in its group.
         self.signal_group(libc::SIGKILL);
         how
@@ -135,29 +127,17 @@ impl RunningInstance for ProcessInstance {
     async fn stop(&mut self, grace: Duration) -> String {
         self.signal_group(libc::SIGTERM);
         let how = match tokio::time::timeout(grace, self.child.wait()).await {
-            Ok(status) => describe(status),
+            Ok(status) => crate::describe_exit(status, false),
             Err(_) => {
                 self.signal_group(libc::SIGKILL);
                 format!(
                     "{} (killed after {grace:?} grace)",
-                    describe(self.child.wait().await)
+                    crate::describe_exit(self.child.wait().await, false)
                 )
             }
         };
         self.signal_group(libc::SIGKILL);
         how
-    }
-}
-
-fn describe(status: std::io::Result<ExitStatus>) -> String {
-    use std::os::unix::process::ExitStatusExt;
-    match status {
-        Ok(s) => match (s.code(), s.signal()) {
-            (Some(code), _) => format!("exited with code {code}"),
-            (None, Some(sig)) => format!("killed by signal {sig}"),
-            _ => "exited".into(),
-        },
-        Err(e) => format!("could not be waited for: {e}"),
     }
 }
 

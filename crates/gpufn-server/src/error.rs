@@ -53,14 +53,7 @@ impl ApiError {
 
     /// 400 for a field.
     pub fn bad_field(field: impl Into<String>, message: impl Into<String>) -> Self {
-        let field = field.into();
-        let message = message.into();
-        Self {
-            details: vec![FieldError::new(field.clone(), message.clone())],
-            field: Some(field.clone()),
-            message: format!("{field}: {message}"),
-            ..Self::new(StatusCode::BAD_REQUEST, "invalid_request", "")
-        }
+        Self::field(StatusCode::BAD_REQUEST, "invalid_request", field, message)
     }
 
     /// An error about one field, with its own status and code.
