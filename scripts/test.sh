@@ -8,15 +8,18 @@ command -v python3 >/dev/null || { echo "python3 is required by the end-to-end t
 # The container tests run real images under runc, pulled from a real registry on loopback; they
 # need root (mounts, namespaces, cgroups), runc, docker-registry and ip (iproute2).
 missing=()
-for tool in runc docker-registry ip; do
+# The console tests drive Debian's Chromium with playwright-core (node + npm).
+for tool in runc docker-registry ip chromium node npm; do
   command -v "$tool" >/dev/null || missing+=("$tool")
 done
 if ((${#missing[@]})); then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    echo "installing ${missing[*]} for the container tests" >&2
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq runc docker-registry iproute2 >/dev/null
+    echo "installing what the tests need: ${missing[*]}" >&2
+    pkgs=(runc docker-registry iproute2 chromium)
+    command -v npm >/dev/null || pkgs+=(nodejs npm)
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${pkgs[@]}" >/dev/null
   else
-    echo "the container tests need: ${missing[*]} (Debian: apt-get install runc docker-registry iproute2)" >&2
+    echo "the tests need: ${missing[*]} (Debian: apt-get install runc docker-registry iproute2 chromium nodejs npm)" >&2
     exit 1
   fi
 fi
@@ -25,3 +28,6 @@ fi
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
 cargo test --workspace --locked
+# The web console in a real headless Chromium, against the gpufn just built (target/debug/gpufn).
+# Screenshots of every page land in artifacts/console/.
+(cd console && npm ci --no-audit --no-fund --silent && node test/console.test.mjs)

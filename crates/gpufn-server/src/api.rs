@@ -30,6 +30,11 @@ pub fn router(platform: Arc<Platform>) -> Router {
         .route("/api/v1/functions/{name}/instances", get(instances))
         .route("/api/v1/functions/{name}/instances/{id}/logs", get(logs))
         .route("/api/v1/functions/{name}/cold-starts", get(cold_starts))
+        .route("/api/v1/functions/{name}/usage", get(usage))
+        .route("/api/v1/estimate", get(estimate))
+        .route("/console", get(crate::console::index))
+        .route("/console/", get(crate::console::index))
+        .route("/console/{*file}", get(crate::console::asset))
         .route("/api/v1/images", get(images))
         .route("/api/v1/images/pull", post(pull_image))
         .route("/api/v1/billing", get(billing))
@@ -309,6 +314,94 @@ fn parse_time(field: &str, v: &str) -> Result<i64, ApiError> {
         .map_err(|_| ApiError::bad_field(field, format!("before 1970 (got {v:?})")))?
         .as_millis();
     i64::try_from(ms).map_err(|_| ApiError::bad_field(field, format!("out of range (got {v:?})")))
+}
+
+#[derive(Deserialize)]
+struct UsageQuery {
+    from: Option<String>,
+    to: Option<String>,
+    step_s: Option<i64>,
+}
+
+/// `GET /api/v1/functions/{name}/usage?from=T&to=T&step_s=60`: requests, cold starts and billed
+/// GB-seconds per `step_s` bucket (default: the last hour by minute). Busy periods count when
+/// they end (an instance going idle), so a request in flight shows up once it is done.
+async fn usage(
+    State(p): Shared,
+    Path(name): Path<String>,
+    Query(q): Query<UsageQuery>,
+) -> Result<Response, ApiError> {
+    let now = crate::util::now_ms();
+    let to =
+        q.to.as_deref()
+            .map(|v| parse_time("to", v))
+            .transpose()?
+            .unwrap_or(now);
+    let from = q
+        .from
+        .as_deref()
+        .map(|v| parse_time("from", v))
+        .transpose()?
+        .unwrap_or(to - 3_600_000);
+    let step_s = q.step_s.unwrap_or(60);
+    if step_s < 1 {
+        return Err(ApiError::bad_field("step_s", "must be >= 1"));
+    }
+    if from >= to {
+        return Err(ApiError::bad_field("to", "must be after from"));
+    }
+    if (to - from) / (step_s * 1000) > 10_000 {
+        return Err(ApiError::bad_field(
+            "step_s",
+            "gives more than 10000 buckets; use a larger step or a shorter window",
+        ));
+    }
+    let buckets = p.usage(&name, from, to, step_s * 1000).await?;
+    Ok(axum::Json(serde_json::json!({
+        "function": name,
+        "from_ms": from,
+        "to_ms": to,
+        "step_s": step_s,
+        "buckets": buckets,
+    }))
+    .into_response())
+}
+
+#[derive(Deserialize)]
+struct EstimateQuery {
+    invocations: f64,
+    duration_s: f64,
+    gpu_memory_gb: f64,
+    dedicated_usd_per_hour: Option<f64>,
+}
+
+/// `GET /api/v1/estimate?invocations=N&duration_s=D&gpu_memory_gb=G[&dedicated_usd_per_hour=2]`:
+/// the seed's serverless-vs-dedicated comparison at this server's active price.
+async fn estimate(State(p): Shared, Query(q): Query<EstimateQuery>) -> Result<Response, ApiError> {
+    for (field, v) in [
+        ("invocations", q.invocations),
+        ("duration_s", q.duration_s),
+        ("gpu_memory_gb", q.gpu_memory_gb),
+        (
+            "dedicated_usd_per_hour",
+            q.dedicated_usd_per_hour.unwrap_or(2.0),
+        ),
+    ] {
+        if !v.is_finite() || v < 0.0 {
+            return Err(ApiError::bad_field(
+                field,
+                format!("must be >= 0 (got {v})"),
+            ));
+        }
+    }
+    let e = gpufn_metering::estimate(gpufn_metering::EstimateInput {
+        invocations_per_day: q.invocations,
+        duration_s: q.duration_s,
+        gpu_memory_gb: q.gpu_memory_gb,
+        usd_per_gb_s: p.prices().active_usd_per_gb_s,
+        dedicated_usd_per_hour: q.dedicated_usd_per_hour.unwrap_or(2.0),
+    });
+    Ok(axum::Json(e).into_response())
 }
 
 /// `GET /api/v1/billing?function=NAME&from=..&to=..`: one row per function.

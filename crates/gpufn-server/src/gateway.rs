@@ -128,7 +128,9 @@ pub async fn invoke(State(platform): State<Arc<Platform>>, req: Request) -> Resp
         Err(e) => e.into_response(),
     };
     let m = pool.metrics();
-    m.request_duration.observe(arrival.elapsed().as_secs_f64());
+    let took = arrival.elapsed().as_secs_f64();
+    m.request_duration.observe(took);
+    m.recent.record((took * 1000.0) as f32);
     if resp.status() == StatusCode::OK {
         m.ok.inc();
     } else {

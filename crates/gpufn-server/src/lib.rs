@@ -10,6 +10,7 @@
 
 pub mod api;
 pub mod config;
+mod console;
 mod containers;
 pub mod error;
 pub mod gateway;

@@ -129,6 +129,48 @@ pub(crate) struct PoolMetrics {
     /// `gpufn_invocations_total{status="200"}`; other statuses go through the family.
     pub ok: Counter,
     pub billed_gb_seconds: Counter<f64, AtomicU64>,
+    /// The last request durations (ms), for p50/p99 in `GET /functions/{name}` and the console.
+    pub recent: std::sync::Arc<LatencyRing>,
+}
+
+/// The last [`LatencyRing::CAPACITY`] request durations of a function, in ms.
+#[derive(Debug, Default)]
+pub(crate) struct LatencyRing {
+    inner: std::sync::Mutex<(Vec<f32>, usize)>,
+}
+
+impl LatencyRing {
+    const CAPACITY: usize = 1024;
+
+    pub fn record(&self, ms: f32) {
+        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let (buf, next) = &mut *g;
+        if buf.len() < Self::CAPACITY {
+            buf.push(ms);
+        } else {
+            buf[*next] = ms;
+        }
+        *next = (*next + 1) % Self::CAPACITY;
+    }
+
+    /// (p50, p99), or `None` before the first request.
+    pub fn quantiles(&self) -> Option<(f64, f64)> {
+        let mut v = self
+            .inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .0
+            .clone();
+        if v.is_empty() {
+            return None;
+        }
+        v.sort_by(f32::total_cmp);
+        let at = |p: f64| {
+            let i = ((v.len() - 1) as f64 * p).round() as usize;
+            f64::from(v[i.min(v.len() - 1)])
+        };
+        Some((at(0.5), at(0.99)))
+    }
 }
 
 impl Metrics {
@@ -138,6 +180,7 @@ impl Metrics {
             request_duration: self.request_duration.get_or_create(&label).clone(),
             queue_wait: self.queue_wait.get_or_create(&label).clone(),
             billed_gb_seconds: self.billed_gb_seconds.get_or_create(&label).clone(),
+            recent: std::sync::Arc::new(LatencyRing::default()),
             ok: self
                 .invocations
                 .get_or_create(&StatusLabels {

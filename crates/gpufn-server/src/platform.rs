@@ -125,6 +125,10 @@ pub struct FunctionStats {
     pub cold_starts: i64,
     /// `cold_starts / invocations`.
     pub cold_start_rate: f64,
+    /// Median request latency (arrival → response headers), over the last 1024 requests.
+    pub latency_p50_ms: Option<f64>,
+    /// 99th percentile request latency, over the last 1024 requests.
+    pub latency_p99_ms: Option<f64>,
     /// Median cold start (request arrival → first byte), over the last 1000.
     pub cold_start_p50_ms: Option<f64>,
     /// 99th percentile cold start, over the last 1000.
@@ -316,6 +320,11 @@ impl Platform {
             .cloned()
     }
 
+    /// Billing prices.
+    pub fn prices(&self) -> Prices {
+        self.shared.prices
+    }
+
     /// The client the gateway uses to reach instances.
     pub fn client(&self) -> &InstanceClient {
         &self.client
@@ -385,6 +394,24 @@ impl Platform {
     }
 
     /// Billing per function for `[from_ms, to_ms)`: what is stored plus what is still open.
+    /// A function's usage time series (requests, cold starts, billed GB-s per bucket).
+    pub async fn usage(
+        &self,
+        name: &str,
+        from_ms: i64,
+        to_ms: i64,
+        step_ms: i64,
+    ) -> Result<Vec<gpufn_store::UsageBucket>, ApiError> {
+        if self.pool(name).is_none() {
+            return Err(ApiError::no_function(name));
+        }
+        self.shared.meter.flush().await;
+        self.shared
+            .store
+            .usage(name, from_ms, to_ms, step_ms)
+            .map_err(|e| ApiError::internal("reading usage records", e))
+    }
+
     pub async fn billing(
         &self,
         function: Option<&str>,
@@ -472,7 +499,10 @@ impl Platform {
             totals.get(i.min(last)).copied()
         };
         let invocations = bill.as_ref().map_or(0, |b| b.invocations);
+        let latency = self.pool(name).and_then(|p| p.metrics().recent.quantiles());
         Ok(FunctionStats {
+            latency_p50_ms: latency.map(|l| l.0),
+            latency_p99_ms: latency.map(|l| l.1),
             invocations,
             cold_starts,
             cold_start_rate: if invocations > 0 {

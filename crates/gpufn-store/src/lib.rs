@@ -346,6 +346,19 @@ pub struct ColdStartRow {
     pub total_ms: f64,
 }
 
+/// One bucket of a function's usage time series.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct UsageBucket {
+    /// Bucket start, ms since the epoch.
+    pub t_ms: i64,
+    /// Requests served in busy periods that started in the bucket.
+    pub invocations: i64,
+    /// Cold starts recorded in the bucket.
+    pub cold_starts: i64,
+    /// Active GB-seconds billed for those busy periods.
+    pub gb_seconds: f64,
+}
+
 /// Billing sums for one function over a time window (prices are applied by the caller).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct BillingSums {
@@ -461,6 +474,58 @@ impl Store {
                 .idle_gb_seconds = idle as f64;
         }
         Ok(out.into_values().collect())
+    }
+
+    /// A function's usage in `[from_ms, to_ms)` cut into `step_ms` buckets (every bucket present,
+    /// empty ones as zeros), for charts.
+    pub fn usage(
+        &self,
+        function: &str,
+        from_ms: i64,
+        to_ms: i64,
+        step_ms: i64,
+    ) -> Result<Vec<UsageBucket>, StoreError> {
+        let step = step_ms.max(1);
+        let n = usize::try_from(((to_ms - from_ms).max(0) + step - 1) / step).unwrap_or(0);
+        let mut out: Vec<UsageBucket> = (0..n)
+            .map(|i| UsageBucket {
+                t_ms: from_ms + i as i64 * step,
+                ..UsageBucket::default()
+            })
+            .collect();
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT (start_ms - ?2) / ?4, SUM(requests), SUM(billed_s * memory_gb) FROM busy_periods
+             WHERE function = ?1 AND start_ms >= ?2 AND start_ms < ?3 GROUP BY 1",
+        )?;
+        let rows = stmt.query_map(params![function, from_ms, to_ms, step], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, i64>(2)?,
+            ))
+        })?;
+        for row in rows {
+            let (i, req, gbs) = row?;
+            if let Some(b) = usize::try_from(i).ok().and_then(|i| out.get_mut(i)) {
+                b.invocations = req;
+                b.gb_seconds = gbs as f64;
+            }
+        }
+        let mut stmt = conn.prepare(
+            "SELECT (at_ms - ?2) / ?4, COUNT(*) FROM cold_starts
+             WHERE function = ?1 AND at_ms >= ?2 AND at_ms < ?3 GROUP BY 1",
+        )?;
+        let rows = stmt.query_map(params![function, from_ms, to_ms, step], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
+        })?;
+        for row in rows {
+            let (i, n) = row?;
+            if let Some(b) = usize::try_from(i).ok().and_then(|i| out.get_mut(i)) {
+                b.cold_starts = n;
+            }
+        }
+        Ok(out)
     }
 
     /// The most recent cold starts of a function, newest first.
@@ -657,6 +722,23 @@ mod tests {
         );
         assert_eq!(s.cold_starts("a", 1).expect("cold").len(), 1);
         assert_eq!(s.cold_start_count("a", 5_000).expect("count"), 1);
+        // Usage in 4 s buckets over [0, 12 s): a's busy periods at 1 s and 5 s, cold starts at
+        // 1 s and 9 s; every bucket present.
+        let usage = s.usage("a", 0, 12_000, 4_000).expect("usage");
+        let rows: Vec<(i64, i64, i64, f64)> = usage
+            .iter()
+            .map(|b| (b.t_ms, b.invocations, b.cold_starts, b.gb_seconds))
+            .collect();
+        assert_eq!(
+            rows,
+            [(0, 3, 1, 8.0), (4_000, 1, 0, 4.0), (8_000, 0, 1, 0.0)]
+        );
+        assert!(
+            s.usage("nobody", 0, 8_000, 4_000)
+                .expect("empty")
+                .iter()
+                .all(|b| b.invocations == 0)
+        );
     }
 
     #[test]
