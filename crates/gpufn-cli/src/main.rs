@@ -205,6 +205,20 @@ pub struct ServeArgs {
     /// Image cache limit in MB: least-recently-used images not in use are evicted past it.
     #[arg(long, default_value_t = 51_200)]
     image_cache_max_mb: u64,
+    /// An access key for the FC-compatible API (`/2023-03-30`), as ID:SECRET. Repeatable; also
+    /// GPUFN_ACCESS_KEYS=id:secret,id2:secret2. Without one, that API refuses every request.
+    #[arg(
+        long = "access-key",
+        env = "GPUFN_ACCESS_KEYS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    access_keys: Vec<String>,
+    /// Maps an FC gpuType to a local card type, as FC_TYPE=LOCAL_TYPE (e.g.
+    /// fc.gpu.ada.1=ada-1). Repeatable; defaults: fc.gpu.tesla.1=tesla-t4, fc.gpu.ampere.1=ampere-a10,
+    /// fc.gpu.ada.1=ada-l20, fc.gpu.hopper.1=hopper-h100.
+    #[arg(long = "fc-gpu-type")]
+    fc_gpu_types: Vec<String>,
     /// A registry (host:port) reached over plain HTTP; loopback registries always are. Repeatable.
     #[arg(long = "insecure-registry")]
     insecure_registries: Vec<String>,

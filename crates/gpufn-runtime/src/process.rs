@@ -42,6 +42,8 @@ impl InstanceRuntime for ProcessRuntime {
             )
             .envs(&spec.env)
             .env("PORT", port.to_string())
+            // Function Compute's custom runtimes read their port from FC_SERVER_PORT.
+            .env("FC_SERVER_PORT", port.to_string())
             .env("CUDA_VISIBLE_DEVICES", spec.gpu_index.to_string())
             .env("NVIDIA_VISIBLE_DEVICES", spec.gpu_index.to_string())
             .env("GPUFN_FUNCTION", &spec.function)

@@ -32,6 +32,7 @@ pub fn router(platform: Arc<Platform>) -> Router {
         .route("/api/v1/functions/{name}/cold-starts", get(cold_starts))
         .route("/api/v1/functions/{name}/usage", get(usage))
         .route("/api/v1/estimate", get(estimate))
+        .route("/2023-03-30/{*rest}", any(crate::fc::entry))
         .route("/console", get(crate::console::index))
         .route("/console/", get(crate::console::index))
         .route("/console/{*file}", get(crate::console::asset))

@@ -43,6 +43,10 @@ pub struct Config {
     pub tasks: TaskConfig,
     /// `runtime: container` settings.
     pub containers: ContainerSettings,
+    /// Access keys (`id`, `secret`) for the FC-compatible API; it refuses everything without one.
+    pub access_keys: Vec<(String, String)>,
+    /// FC `gpuType` → local card type, on top of the defaults.
+    pub fc_gpu_types: Vec<(String, String)>,
 }
 
 /// How container functions are run.
@@ -79,6 +83,8 @@ impl Default for Config {
             prices: Prices::default(),
             tasks: TaskConfig::default(),
             containers: ContainerSettings::default(),
+            access_keys: Vec::new(),
+            fc_gpu_types: Vec::new(),
         }
     }
 }

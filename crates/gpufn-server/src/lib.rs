@@ -13,6 +13,7 @@ pub mod config;
 mod console;
 mod containers;
 pub mod error;
+pub mod fc;
 pub mod gateway;
 pub mod instance;
 pub mod meter;

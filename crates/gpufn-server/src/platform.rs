@@ -205,6 +205,7 @@ pub struct Platform {
     shutdown: CancellationToken,
     client: InstanceClient,
     tasks: TaskRunner,
+    fc: crate::fc::FcState,
 }
 
 const QUOTA_KEY: &str = "quota_cards";
@@ -269,6 +270,7 @@ impl Platform {
             shutdown: CancellationToken::new(),
             client: instance_client(),
             tasks,
+            fc: crate::fc::FcState::new(&config.access_keys, &config.fc_gpu_types),
         });
         platform.load_functions()?;
         for raw in &config.deploy {
@@ -318,6 +320,11 @@ impl Platform {
             .unwrap_or_else(|p| p.into_inner())
             .get(name)
             .cloned()
+    }
+
+    /// The FC-compatible API's keys and tables.
+    pub(crate) fn fc(&self) -> &crate::fc::FcState {
+        &self.fc
     }
 
     /// Billing prices.

@@ -242,7 +242,12 @@ pub struct AsyncConfig {
 }
 
 /// Environment variables gpufn sets for every instance; a spec may not override them.
-pub const RESERVED_ENV: &[&str] = &["PORT", "CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES"];
+pub const RESERVED_ENV: &[&str] = &[
+    "PORT",
+    "FC_SERVER_PORT",
+    "CUDA_VISIBLE_DEVICES",
+    "NVIDIA_VISIBLE_DEVICES",
+];
 
 /// Collects errors so one pass reports every broken rule.
 #[derive(Default)]

@@ -255,6 +255,13 @@ impl Store {
         Ok(())
     }
 
+    /// Removes a setting (no error when absent).
+    pub fn delete_setting(&self, key: &str) -> Result<(), StoreError> {
+        self.conn()
+            .execute("DELETE FROM settings WHERE key = ?1", [key])?;
+        Ok(())
+    }
+
     /// Records a started instance process.
     pub fn add_instance(&self, rec: &InstanceRecord) -> Result<(), StoreError> {
         self.conn().execute(

@@ -163,6 +163,12 @@ fn route(
             }
         }
         ("POST", "/echo") => ("200 OK", body),
+        // Function Compute's event-function convention: the invocation payload is POSTed here.
+        ("POST", "/invoke") => {
+            let mut out = b"testapp-invoke:".to_vec();
+            out.extend_from_slice(&body);
+            ("200 OK", out)
+        }
         _ => ("404 Not Found", b"no such route".to_vec()),
     }
 }

@@ -47,7 +47,25 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .iter()
         .map(|f| specfile::load(f))
         .collect::<anyhow::Result<Vec<_>>>()?;
+    let pair = |flag: &str, sep: char, v: &str| -> anyhow::Result<(String, String)> {
+        match v.split_once(sep) {
+            Some((a, b)) if !a.is_empty() && !b.is_empty() => Ok((a.to_string(), b.to_string())),
+            _ => anyhow::bail!("{flag}: expected A{sep}B (got {v:?})"),
+        }
+    };
+    let access_keys = args
+        .access_keys
+        .iter()
+        .map(|k| pair("--access-key", ':', k))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let fc_gpu_types = args
+        .fc_gpu_types
+        .iter()
+        .map(|k| pair("--fc-gpu-type", '=', k))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let config = Config {
+        access_keys,
+        fc_gpu_types,
         listen: args.listen,
         data_dir: args.data_dir,
         quota_cards: args.quota_cards,

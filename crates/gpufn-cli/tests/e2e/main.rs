@@ -7,6 +7,7 @@ mod burst;
 mod cli;
 mod containers;
 mod failures;
+mod fc;
 mod lifecycle;
 mod metering;
 mod restart;

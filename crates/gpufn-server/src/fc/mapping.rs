@@ -1,0 +1,362 @@
+//! Function Compute 3.0 function documents ↔ gpufn specs. Pure: the zip, if any, is unpacked by
+//! the caller, which passes its directory.
+
+use std::collections::BTreeMap;
+
+use gpufn_spec::{RawAsync, RawGpu, RawHealthCheck, RawScaling, RawSpec};
+use serde_json::{Map, Value, json};
+
+/// FC GPU type names → local card types, unless the server config says otherwise.
+pub const DEFAULT_GPU_TYPES: &[(&str, &str)] = &[
+    ("fc.gpu.tesla.1", "tesla-t4"),
+    ("fc.gpu.ampere.1", "ampere-a10"),
+    ("fc.gpu.ada.1", "ada-l20"),
+    ("fc.gpu.hopper.1", "hopper-h100"),
+];
+
+/// An FC request that gpufn cannot take, in FC's words.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invalid(pub String);
+
+fn s<'a>(v: &'a Value, k: &str) -> Option<&'a str> {
+    v.get(k).and_then(Value::as_str)
+}
+
+fn i(v: &Value, k: &str) -> Result<Option<i64>, Invalid> {
+    match v.get(k) {
+        None | Some(Value::Null) => Ok(None),
+        Some(x) => x
+            .as_i64()
+            .or_else(|| x.as_f64().map(|f| f as i64))
+            .map(Some)
+            .ok_or_else(|| Invalid(format!("{k} must be a number"))),
+    }
+}
+
+fn strings(v: Option<&Value>) -> Vec<String> {
+    v.and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Maps an FC function document (CreateFunction input, or the merged record of an update) to a
+/// gpufn spec. `code_dir` is where a `custom*` runtime's zip was unpacked.
+pub fn to_spec(
+    name: &str,
+    fc: &Value,
+    code_dir: Option<&str>,
+    gpu_types: &BTreeMap<String, String>,
+) -> Result<RawSpec, Invalid> {
+    let runtime = s(fc, "runtime").ok_or_else(|| Invalid("runtime is required".into()))?;
+    let gpu = fc
+        .get("gpuConfig")
+        .filter(|g| !g.is_null())
+        .ok_or_else(|| Invalid("gpuConfig is required: gpufn runs GPU functions".into()))?;
+    let mb = i(gpu, "gpuMemorySize")?.ok_or_else(|| {
+        Invalid("gpuConfig.gpuMemorySize is required (MB, a multiple of 1024)".into())
+    })?;
+    if mb <= 0 || mb % 1024 != 0 {
+        return Err(Invalid(format!(
+            "gpuConfig.gpuMemorySize must be a positive multiple of 1024 MB (got {mb})"
+        )));
+    }
+    let card_type = match s(gpu, "gpuType") {
+        None => None,
+        Some(t) => Some(gpu_types.get(t).cloned().ok_or_else(|| {
+            Invalid(format!(
+                "gpuConfig.gpuType {t:?} is not mapped to a card type on this server (known: {})",
+                gpu_types.keys().cloned().collect::<Vec<_>>().join(", ")
+            ))
+        })?),
+    };
+    let mut spec = RawSpec {
+        name: Some(name.to_string()),
+        gpu: Some(RawGpu {
+            card_type,
+            memory_gb: Some(mb / 1024),
+        }),
+        cpu: fc.get("cpu").and_then(Value::as_f64),
+        memory_mb: i(fc, "memorySize")?,
+        disk_mb: i(fc, "diskSize")?,
+        instance_concurrency: i(fc, "instanceConcurrency")?,
+        request_timeout_s: i(fc, "timeout")?,
+        env: fc
+            .get("environmentVariables")
+            .and_then(Value::as_object)
+            .map(|m| {
+                m.iter()
+                    .map(|(k, v)| {
+                        (
+                            k.clone(),
+                            v.as_str().map_or_else(|| v.to_string(), str::to_string),
+                        )
+                    })
+                    .collect()
+            }),
+        ..RawSpec::default()
+    };
+    let health = |cfg: Option<&Value>| RawHealthCheck {
+        path: Some(
+            cfg.and_then(|c| c.get("healthCheckConfig"))
+                .and_then(|h| s(h, "httpGetUrl"))
+                .unwrap_or("/")
+                .to_string(),
+        ),
+        startup_timeout_s: None,
+    };
+    match runtime {
+        "custom-container" => {
+            let c = fc.get("customContainerConfig").ok_or_else(|| {
+                Invalid("customContainerConfig is required for custom-container".into())
+            })?;
+            spec.runtime = Some("container".into());
+            spec.image = Some(
+                s(c, "image")
+                    .ok_or_else(|| Invalid("customContainerConfig.image is required".into()))?
+                    .to_string(),
+            );
+            spec.port = Some(i(c, "port")?.unwrap_or(9000));
+            let argv: Vec<String> = strings(c.get("entrypoint"))
+                .into_iter()
+                .chain(strings(c.get("command")))
+                .collect();
+            spec.command = (!argv.is_empty()).then_some(argv);
+            spec.health_check = Some(health(Some(c)));
+        }
+        "custom" | "custom.debian10" | "custom.debian11" | "custom.debian12" => {
+            let c = fc.get("customRuntimeConfig");
+            let argv: Vec<String> = strings(c.and_then(|c| c.get("command")))
+                .into_iter()
+                .chain(strings(c.and_then(|c| c.get("args"))))
+                .collect();
+            if argv.is_empty() {
+                return Err(Invalid(
+                    "customRuntimeConfig.command is required for custom runtimes".into(),
+                ));
+            }
+            spec.runtime = Some("process".into());
+            spec.command = Some(argv);
+            spec.workdir = Some(
+                code_dir
+                    .ok_or_else(|| Invalid("code.zipFile is required for custom runtimes".into()))?
+                    .to_string(),
+            );
+            spec.health_check = Some(health(c));
+        }
+        other => {
+            return Err(Invalid(format!(
+                "runtime {other:?} is not supported: use custom-container, custom, custom.debian10, custom.debian11 or custom.debian12"
+            )));
+        }
+    }
+    if let Some(a) = fc.get("asyncInvokeConfig").filter(|a| !a.is_null()) {
+        let dest = |k: &str| {
+            a.get("destinationConfig")
+                .and_then(|d| d.get(k))
+                .and_then(|d| s(d, "destination"))
+                .map(str::to_string)
+        };
+        spec.async_invoke = Some(RawAsync {
+            max_retries: i(a, "maxAsyncRetryAttempts")?,
+            max_event_age_s: i(a, "maxAsyncEventAgeInSeconds")?,
+            on_success: dest("onSuccess"),
+            on_failure: dest("onFailure"),
+        });
+    }
+    Ok(spec)
+}
+
+/// Applies capacity settings (provisioned target, reserved concurrency) to a spec.
+pub fn apply_capacity(spec: &mut RawSpec, min_instances: Option<i64>, max_instances: Option<i64>) {
+    let scaling = spec.scaling.get_or_insert_with(RawScaling::default);
+    if let Some(m) = min_instances {
+        scaling.min_instances = Some(m);
+    }
+    if let Some(m) = max_instances {
+        scaling.max_instances = Some(m);
+    }
+}
+
+/// Instances needed for `reserved` requests in flight at `concurrency` each (at least one).
+pub fn instances_for(reserved: i64, concurrency: i64) -> i64 {
+    (reserved / concurrency.max(1)).max(1)
+}
+
+/// The FC `Function` object for a gpufn function: the stored FC document's own fields, then what
+/// the spec says, then the read-only fields.
+pub fn to_fc(
+    name: &str,
+    spec: &RawSpec,
+    fc_record: Option<&Value>,
+    created: &str,
+    modified: &str,
+    gpu_types: &BTreeMap<String, String>,
+) -> Value {
+    let mut out: Map<String, Value> = fc_record
+        .and_then(Value::as_object)
+        .cloned()
+        .unwrap_or_default();
+    out.remove("code");
+    let container = spec.runtime.as_deref() == Some("container");
+    out.entry("runtime").or_insert_with(|| {
+        json!(if container {
+            "custom-container"
+        } else {
+            "custom.debian12"
+        })
+    });
+    let gpu = spec.gpu.clone().unwrap_or_default();
+    let fc_type = gpu.card_type.as_ref().and_then(|t| {
+        gpu_types
+            .iter()
+            .find(|(_, local)| *local == t)
+            .map(|(fc, _)| fc.clone())
+    });
+    let mut gpu_config = json!({"gpuMemorySize": gpu.memory_gb.unwrap_or(0) * 1024});
+    if let Some(t) = fc_type {
+        gpu_config["gpuType"] = json!(t);
+    }
+    out.insert("gpuConfig".into(), gpu_config);
+    out.insert("functionName".into(), json!(name));
+    out.insert("functionId".into(), json!(format!("gpufn-{name}")));
+    out.insert(
+        "functionArn".into(),
+        json!(format!("acs:fc:local:gpufn:functions/{name}")),
+    );
+    out.insert("cpu".into(), json!(spec.cpu));
+    out.insert("memorySize".into(), json!(spec.memory_mb));
+    out.insert("diskSize".into(), json!(spec.disk_mb));
+    out.insert("timeout".into(), json!(spec.request_timeout_s));
+    out.insert(
+        "instanceConcurrency".into(),
+        json!(spec.instance_concurrency),
+    );
+    out.insert(
+        "environmentVariables".into(),
+        json!(spec.env.clone().unwrap_or_default()),
+    );
+    if container {
+        let c = out
+            .entry("customContainerConfig")
+            .or_insert_with(|| json!({}));
+        c["image"] = json!(spec.image);
+        c["port"] = json!(spec.port);
+        c["resolvedImageUri"] = json!(spec.image);
+    }
+    out.insert("createdTime".into(), json!(created));
+    out.insert("lastModifiedTime".into(), json!(modified));
+    out.insert("state".into(), json!("Active"));
+    out.insert("lastUpdateStatus".into(), json!("Successful"));
+    Value::Object(out)
+}
+
+/// FC's async task status for a gpufn task state.
+pub fn task_status(state: &str) -> &'static str {
+    match state {
+        "queued" => "Enqueued",
+        "running" => "Running",
+        "succeeded" => "Succeeded",
+        "failed" => "Failed",
+        "cancelled" => "Stopped",
+        "expired" => "Expired",
+        _ => "Invalid",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn types() -> BTreeMap<String, String> {
+        DEFAULT_GPU_TYPES
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn a_custom_container_function_maps_to_a_container_spec() {
+        let fc = json!({
+            "functionName": "sd", "runtime": "custom-container", "cpu": 2, "memorySize": 8192,
+            "diskSize": 10240, "timeout": 300, "instanceConcurrency": 4,
+            "environmentVariables": {"A": "1"},
+            "gpuConfig": {"gpuMemorySize": 16384, "gpuType": "fc.gpu.tesla.1"},
+            "customContainerConfig": {"image": "127.0.0.1:5000/sd:1", "port": 9000,
+                "entrypoint": ["/app"], "command": ["--fp16"],
+                "healthCheckConfig": {"httpGetUrl": "/ready"}},
+            "asyncInvokeConfig": {"maxAsyncRetryAttempts": 2, "maxAsyncEventAgeInSeconds": 600}
+        });
+        let spec = to_spec("sd", &fc, None, &types()).expect("maps");
+        assert_eq!(spec.runtime.as_deref(), Some("container"));
+        assert_eq!(spec.image.as_deref(), Some("127.0.0.1:5000/sd:1"));
+        assert_eq!(spec.port, Some(9000));
+        assert_eq!(spec.command, Some(vec!["/app".into(), "--fp16".into()]));
+        let gpu = spec.gpu.clone().expect("gpu");
+        assert_eq!(
+            (gpu.card_type.as_deref(), gpu.memory_gb),
+            (Some("tesla-t4"), Some(16))
+        );
+        assert_eq!(
+            spec.health_check.clone().and_then(|h| h.path).as_deref(),
+            Some("/ready")
+        );
+        assert_eq!(
+            spec.async_invoke.clone().and_then(|a| a.max_retries),
+            Some(2)
+        );
+        assert!(spec.validate().is_ok(), "{:?}", spec.validate());
+        let back = to_fc("sd", &spec, Some(&fc), "t0", "t1", &types());
+        assert_eq!(
+            back["gpuConfig"],
+            json!({"gpuMemorySize": 16384, "gpuType": "fc.gpu.tesla.1"})
+        );
+        assert_eq!(back["functionName"], "sd");
+        assert_eq!(back["state"], "Active");
+    }
+
+    #[test]
+    fn a_custom_runtime_runs_its_command_in_the_unpacked_code() {
+        let fc = json!({"runtime": "custom.debian10", "gpuConfig": {"gpuMemorySize": 4096},
+            "customRuntimeConfig": {"command": ["python3"], "args": ["app.py"], "port": 9000}});
+        let spec = to_spec("f", &fc, Some("/data/fc-code/f/abc"), &types()).expect("maps");
+        assert_eq!(spec.runtime.as_deref(), Some("process"));
+        assert_eq!(spec.command, Some(vec!["python3".into(), "app.py".into()]));
+        assert_eq!(spec.workdir.as_deref(), Some("/data/fc-code/f/abc"));
+        assert_eq!(spec.health_check.and_then(|h| h.path).as_deref(), Some("/"));
+    }
+
+    #[test]
+    fn what_cannot_be_mapped_is_named() {
+        let bad = |fc: Value| {
+            to_spec("f", &fc, Some("/x"), &types())
+                .expect_err("invalid")
+                .0
+        };
+        assert!(
+            bad(json!({"runtime": "python3.10", "gpuConfig": {"gpuMemorySize": 1024}}))
+                .contains("python3.10")
+        );
+        assert!(bad(json!({"runtime": "custom"})).contains("gpuConfig"));
+        assert!(
+            bad(json!({"runtime": "custom", "gpuConfig": {"gpuMemorySize": 1000}}))
+                .contains("1024")
+        );
+        assert!(bad(json!({"runtime": "custom", "gpuConfig": {"gpuMemorySize": 1024, "gpuType": "fc.gpu.x"}})).contains("fc.gpu.x"));
+        assert!(
+            bad(json!({"runtime": "custom", "gpuConfig": {"gpuMemorySize": 1024}}))
+                .contains("command")
+        );
+    }
+
+    #[test]
+    fn capacity_and_states() {
+        assert_eq!(instances_for(10, 4), 2);
+        assert_eq!(instances_for(1, 4), 1);
+        assert_eq!(task_status("cancelled"), "Stopped");
+        assert_eq!(task_status("queued"), "Enqueued");
+    }
+}

@@ -1,0 +1,700 @@
+//! Function Compute 3.0 API compatibility (`/2023-03-30/...`): the official FC SDKs work against
+//! gpufn unchanged. Every request is verified with ACS3-HMAC-SHA256 ([`auth`]) against the access
+//! keys gpufn is started with; FC documents are mapped to gpufn specs ([`mapping`]) and every
+//! action goes through the same platform operations as gpufn's own API.
+
+pub mod auth;
+pub mod mapping;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use serde_json::{Value, json};
+use sha2::Digest;
+
+use crate::error::ApiError;
+use crate::platform::Platform;
+
+/// FC settings: access keys and the GPU type table.
+#[derive(Debug)]
+pub struct FcState {
+    pub(crate) verifier: auth::Verifier,
+    pub(crate) gpu_types: BTreeMap<String, String>,
+}
+
+impl FcState {
+    /// From `id:secret` keys and `fc-type=local-type` overrides of [`mapping::DEFAULT_GPU_TYPES`].
+    pub fn new(keys: &[(String, String)], gpu_types: &[(String, String)]) -> Self {
+        let mut table: BTreeMap<String, String> = mapping::DEFAULT_GPU_TYPES
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect();
+        table.extend(gpu_types.iter().cloned());
+        FcState {
+            verifier: auth::Verifier::new(keys.iter().cloned().collect::<HashMap<_, _>>()),
+            gpu_types: table,
+        }
+    }
+}
+
+/// An FC error: `{"Code", "Message", "RequestId"}`.
+struct FcError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+fn err(status: StatusCode, code: &'static str, message: impl Into<String>) -> FcError {
+    FcError {
+        status,
+        code,
+        message: message.into(),
+    }
+}
+
+impl From<ApiError> for FcError {
+    fn from(e: ApiError) -> Self {
+        let code = match (e.status, e.code) {
+            (StatusCode::NOT_FOUND, "function_not_found") => "FunctionNotFound",
+            (StatusCode::NOT_FOUND, _) => "ResourceNotFound",
+            (StatusCode::TOO_MANY_REQUESTS, _) => "ResourceThrottled",
+            (StatusCode::CONFLICT, _) => "ResourceConflict",
+            (s, _) if s.is_client_error() => "InvalidArgument",
+            (StatusCode::SERVICE_UNAVAILABLE, _) => "ServiceUnavailable",
+            _ => "InternalServerError",
+        };
+        let status = if e.status == StatusCode::UNPROCESSABLE_ENTITY {
+            StatusCode::BAD_REQUEST
+        } else {
+            e.status
+        };
+        err(status, code, e.message)
+    }
+}
+
+const SETTING_PREFIX: &str = "fc:function:";
+
+fn with_request_id(mut resp: Response, id: &str) -> Response {
+    if let Ok(v) = HeaderValue::from_str(id) {
+        resp.headers_mut().insert("x-fc-request-id", v);
+    }
+    resp
+}
+
+fn fc_error_response(e: FcError, request_id: &str) -> Response {
+    let body = json!({"Code": e.code, "Message": e.message, "RequestId": request_id});
+    with_request_id((e.status, axum::Json(body)).into_response(), request_id)
+}
+
+fn ok_json(status: StatusCode, v: Value) -> Result<Response, FcError> {
+    Ok((status, axum::Json(v)).into_response())
+}
+
+fn query_pairs(q: Option<&str>) -> Vec<(String, String)> {
+    q.map(|q| url_pairs(q).into_iter().collect())
+        .unwrap_or_default()
+}
+
+fn url_pairs(q: &str) -> Vec<(String, String)> {
+    q.split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (decode(k), decode(v))
+        })
+        .collect()
+}
+
+/// Percent-decodes a query component (`+` is a space there).
+fn decode(s: &str) -> String {
+    percent_decode(s, true)
+}
+
+fn percent_decode(s: &str, plus_is_space: bool) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if b == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3).unwrap_or(b"zz")).unwrap_or("zz");
+            if let Ok(v) = u8::from_str_radix(hex, 16) {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(if b == b'+' && plus_is_space { b' ' } else { b });
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Everything under `/2023-03-30/`.
+pub async fn entry(State(p): State<Arc<Platform>>, req: Request) -> Response {
+    let request_id = uuid::Uuid::new_v4().to_string();
+    let (parts, body) = req.into_parts();
+    let body = match axum::body::to_bytes(body, 64 * 1024 * 1024).await {
+        Ok(b) => b,
+        Err(_) => {
+            return fc_error_response(
+                err(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "InvalidArgument",
+                    "the body is over 64 MiB",
+                ),
+                &request_id,
+            );
+        }
+    };
+    let fc = p.fc();
+    if fc.verifier.is_empty() {
+        return fc_error_response(
+            err(
+                StatusCode::FORBIDDEN,
+                "InvalidAccessKeyId",
+                "the FC API is disabled: start gpufn with --access-key ID:SECRET (or GPUFN_ACCESS_KEYS)",
+            ),
+            &request_id,
+        );
+    }
+    let path = percent_decode(parts.uri.path(), false);
+    let query = query_pairs(parts.uri.query());
+    let headers: Vec<(String, String)> = parts
+        .headers
+        .iter()
+        .filter_map(|(k, v)| Some((k.to_string(), v.to_str().ok()?.to_string())))
+        .collect();
+    let signed = auth::SignedRequest {
+        method: parts.method.as_str(),
+        path: &path,
+        query: query.clone(),
+        headers,
+        body: &body,
+    };
+    if let Err(e) = fc.verifier.verify(&signed, SystemTime::now()) {
+        tracing::warn!("FC API request refused: {e}");
+        return fc_error_response(
+            err(StatusCode::FORBIDDEN, e.code(), e.to_string()),
+            &request_id,
+        );
+    }
+    let segments: Vec<&str> = path
+        .trim_start_matches("/2023-03-30/")
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .collect();
+    let q: HashMap<String, String> = query.into_iter().collect();
+    let result = route(&p, &parts.method, &segments, &q, &parts.headers, body).await;
+    match result {
+        Ok(resp) => with_request_id(resp, &request_id),
+        Err(e) => fc_error_response(e, &request_id),
+    }
+}
+
+async fn route(
+    p: &Arc<Platform>,
+    method: &Method,
+    seg: &[&str],
+    q: &HashMap<String, String>,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Result<Response, FcError> {
+    let json_body = || -> Result<Value, FcError> {
+        if body.is_empty() {
+            return Ok(json!({}));
+        }
+        serde_json::from_slice(&body).map_err(|e| {
+            err(
+                StatusCode::BAD_REQUEST,
+                "InvalidArgument",
+                format!("the body is not JSON: {e}"),
+            )
+        })
+    };
+    match (method.as_str(), seg) {
+        ("POST", ["functions"]) => create_function(p, json_body()?).await,
+        ("GET", ["functions"]) => list_functions(p, q),
+        ("GET", ["functions", name]) => ok_json(StatusCode::OK, get_function(p, name).await?),
+        ("PUT", ["functions", name]) => update_function(p, name, json_body()?).await,
+        ("DELETE", ["functions", name]) => {
+            p.delete(name).await?;
+            let _ = p.store().delete_setting(&format!("{SETTING_PREFIX}{name}"));
+            Ok(StatusCode::NO_CONTENT.into_response())
+        }
+        ("POST", ["functions", name, "invocations"]) => invoke(p, name, headers, body).await,
+        ("GET", ["functions", name, "async-tasks", id]) => {
+            ok_json(StatusCode::OK, async_task(p, name, id)?)
+        }
+        ("GET", ["functions", name, "async-tasks"]) => list_async_tasks(p, name, q),
+        ("PUT", ["functions", name, "async-tasks", id, "stop"]) => {
+            stop_async_task(p, name, id).await
+        }
+        ("PUT", ["functions", name, "provision-config"]) => {
+            let target = json_body()?
+                .get("target")
+                .and_then(Value::as_i64)
+                .ok_or_else(|| {
+                    err(
+                        StatusCode::BAD_REQUEST,
+                        "InvalidArgument",
+                        "target is required",
+                    )
+                })?;
+            if target < 0 {
+                return Err(err(
+                    StatusCode::BAD_REQUEST,
+                    "InvalidArgument",
+                    "target must be >= 0",
+                ));
+            }
+            set_capacity(p, name, Some(target), None).await?;
+            ok_json(StatusCode::OK, provision_config(p, name)?)
+        }
+        ("GET", ["functions", name, "provision-config"]) => {
+            ok_json(StatusCode::OK, provision_config(p, name)?)
+        }
+        ("DELETE", ["functions", name, "provision-config"]) => {
+            set_capacity(p, name, Some(0), None).await?;
+            Ok(StatusCode::NO_CONTENT.into_response())
+        }
+        ("PUT", ["functions", name, "concurrency"]) => {
+            let reserved = json_body()?
+                .get("reservedConcurrency")
+                .and_then(Value::as_i64)
+                .ok_or_else(|| {
+                    err(
+                        StatusCode::BAD_REQUEST,
+                        "InvalidArgument",
+                        "reservedConcurrency is required",
+                    )
+                })?;
+            if reserved < 1 {
+                return Err(err(
+                    StatusCode::BAD_REQUEST,
+                    "InvalidArgument",
+                    "reservedConcurrency must be >= 1",
+                ));
+            }
+            let conc = p
+                .pool(name)
+                .map_or(1, |pl| i64::from(pl.spec().instance_concurrency));
+            set_capacity(p, name, None, Some(mapping::instances_for(reserved, conc))).await?;
+            p.store()
+                .set_setting(&format!("fc:concurrency:{name}"), &reserved.to_string())
+                .map_err(|e| ApiError::internal("storing the concurrency", e))?;
+            ok_json(
+                StatusCode::OK,
+                json!({"functionArn": arn(name), "reservedConcurrency": reserved}),
+            )
+        }
+        ("GET", ["functions", name, "concurrency"]) => {
+            let v = p
+                .store()
+                .setting(&format!("fc:concurrency:{name}"))
+                .map_err(|e| ApiError::internal("reading the concurrency", e))?
+                .and_then(|v| v.parse::<i64>().ok());
+            ok_json(
+                StatusCode::OK,
+                json!({"functionArn": arn(name), "reservedConcurrency": v}),
+            )
+        }
+        ("GET", ["functions", name, "instances"]) => {
+            let pool = p.pool(name).ok_or_else(|| ApiError::no_function(name))?;
+            let list: Vec<Value> = pool
+                .instances()
+                .iter()
+                .map(|i| {
+                    json!({"instanceId": i.id, "status": i.state, "qualifier": "LATEST",
+                                "versionId": i.revision.to_string(), "resourceType": "gpu"})
+                })
+                .collect();
+            ok_json(StatusCode::OK, json!({"instances": list}))
+        }
+        _ => Err(err(
+            StatusCode::NOT_FOUND,
+            "ResourceNotFound",
+            format!(
+                "{method} /2023-03-30/{} is not supported by gpufn (see README: FC API)",
+                seg.join("/")
+            ),
+        )),
+    }
+}
+
+fn arn(name: &str) -> String {
+    format!("acs:fc:local:gpufn:functions/{name}")
+}
+
+fn fc_record(p: &Platform, name: &str) -> Option<Value> {
+    p.store()
+        .setting(&format!("{SETTING_PREFIX}{name}"))
+        .ok()
+        .flatten()
+        .and_then(|t| serde_json::from_str(&t).ok())
+}
+
+/// Unpacks `code.zipFile` (base64) into `<data>/fc-code/<name>/<sha256>`; returns the directory.
+fn unpack_code(p: &Platform, name: &str, fc: &Value) -> Result<Option<String>, FcError> {
+    let Some(b64) = fc
+        .get("code")
+        .and_then(|c| c.get("zipFile"))
+        .and_then(Value::as_str)
+    else {
+        return Ok(None);
+    };
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(b64.trim())
+        .map_err(|e| {
+            err(
+                StatusCode::BAD_REQUEST,
+                "InvalidArgument",
+                format!("code.zipFile is not base64: {e}"),
+            )
+        })?;
+    let digest = hex::encode(sha2::Sha256::digest(&bytes));
+    let dir = p.data_dir().join("fc-code").join(name).join(&digest[..16]);
+    if !dir.is_dir() {
+        let partial = dir.with_extension("partial");
+        let _ = std::fs::remove_dir_all(&partial);
+        let mut zip = zip::ZipArchive::new(std::io::Cursor::new(bytes)).map_err(|e| {
+            err(
+                StatusCode::BAD_REQUEST,
+                "InvalidArgument",
+                format!("code.zipFile is not a zip: {e}"),
+            )
+        })?;
+        // extract() refuses entries that would leave the directory.
+        zip.extract(&partial).map_err(|e| {
+            err(
+                StatusCode::BAD_REQUEST,
+                "InvalidArgument",
+                format!("code.zipFile: {e}"),
+            )
+        })?;
+        std::fs::rename(&partial, &dir)
+            .map_err(|e| ApiError::internal("storing function code", e))?;
+    }
+    Ok(Some(dir.display().to_string()))
+}
+
+async fn deploy_fc(
+    p: &Platform,
+    name: &str,
+    record: Value,
+    code_dir: Option<String>,
+) -> Result<(), FcError> {
+    let mut spec = mapping::to_spec(name, &record, code_dir.as_deref(), &p.fc().gpu_types)
+        .map_err(|e| err(StatusCode::BAD_REQUEST, "InvalidArgument", e.0))?;
+    // Capacity set through PutProvisionConfig / PutConcurrencyConfig survives updates.
+    if let Some(pool) = p.pool(name) {
+        let cur = pool.spec();
+        mapping::apply_capacity(
+            &mut spec,
+            Some(i64::from(cur.scaling.min_instances)),
+            Some(i64::from(cur.scaling.max_instances)),
+        );
+    }
+    p.deploy(spec).await?;
+    let mut stored = record;
+    if let (Some(obj), Some(dir)) = (stored.as_object_mut(), code_dir) {
+        obj.remove("code");
+        obj.insert("gpufnCodeDir".into(), json!(dir));
+    }
+    p.store()
+        .set_setting(&format!("{SETTING_PREFIX}{name}"), &stored.to_string())
+        .map_err(|e| ApiError::internal("storing the FC function", e))?;
+    Ok(())
+}
+
+async fn create_function(p: &Platform, input: Value) -> Result<Response, FcError> {
+    let name = input
+        .get("functionName")
+        .and_then(Value::as_str)
+        .ok_or_else(|| {
+            err(
+                StatusCode::BAD_REQUEST,
+                "InvalidArgument",
+                "functionName is required",
+            )
+        })?
+        .to_string();
+    if p.pool(&name).is_some() {
+        return Err(err(
+            StatusCode::CONFLICT,
+            "FunctionAlreadyExists",
+            format!("function {name} already exists"),
+        ));
+    }
+    let code_dir = unpack_code(p, &name, &input)?;
+    deploy_fc(p, &name, input, code_dir).await?;
+    ok_json(StatusCode::OK, get_function(p, &name).await?)
+}
+
+async fn update_function(p: &Platform, name: &str, input: Value) -> Result<Response, FcError> {
+    if p.pool(name).is_none() {
+        return Err(ApiError::no_function(name).into());
+    }
+    let mut record = fc_record(p, name).unwrap_or_else(|| json!({}));
+    let code_dir = match unpack_code(p, name, &input)? {
+        Some(d) => Some(d),
+        None => record
+            .get("gpufnCodeDir")
+            .and_then(Value::as_str)
+            .map(str::to_string),
+    };
+    if let (Some(obj), Some(new)) = (record.as_object_mut(), input.as_object()) {
+        for (k, v) in new {
+            obj.insert(k.clone(), v.clone());
+        }
+    }
+    deploy_fc(p, name, record, code_dir).await?;
+    ok_json(StatusCode::OK, get_function(p, name).await?)
+}
+
+async fn get_function(p: &Platform, name: &str) -> Result<Value, FcError> {
+    let f = p.function(name).await?;
+    Ok(mapping::to_fc(
+        name,
+        &f.spec,
+        fc_record(p, name).as_ref(),
+        &f.created_at,
+        &f.updated_at,
+        &p.fc().gpu_types,
+    ))
+}
+
+fn list_functions(p: &Platform, q: &HashMap<String, String>) -> Result<Response, FcError> {
+    let prefix = q.get("prefix").cloned().unwrap_or_default();
+    let limit = q
+        .get("limit")
+        .and_then(|l| l.parse::<usize>().ok())
+        .unwrap_or(20)
+        .clamp(1, 100);
+    let after = q.get("nextToken").cloned().unwrap_or_default();
+    let mut all: Vec<_> = p
+        .functions()?
+        .into_iter()
+        .filter(|f| f.name.starts_with(&prefix) && f.name > after)
+        .collect();
+    all.sort_by(|a, b| a.name.cmp(&b.name));
+    let more = all.len() > limit;
+    all.truncate(limit);
+    let next = if more {
+        all.last().map(|f| f.name.clone())
+    } else {
+        None
+    };
+    let gpu_types = &p.fc().gpu_types;
+    let functions: Vec<Value> = all
+        .iter()
+        .map(|f| {
+            mapping::to_fc(
+                &f.name,
+                &f.spec,
+                fc_record(p, &f.name).as_ref(),
+                &f.created_at,
+                &f.updated_at,
+                gpu_types,
+            )
+        })
+        .collect();
+    let mut out = json!({"functions": functions});
+    if let Some(n) = next {
+        out["nextToken"] = json!(n);
+    }
+    ok_json(StatusCode::OK, out)
+}
+
+/// `InvokeFunction`: sync — the body goes to the instance's `/invoke` (FC's event-function
+/// convention) and its answer comes back; `x-fc-invocation-type: Async` — a durable task.
+async fn invoke(
+    p: &Arc<Platform>,
+    name: &str,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Result<Response, FcError> {
+    if p.pool(name).is_none() {
+        return Err(ApiError::no_function(name).into());
+    }
+    let header = |k: &str| {
+        headers
+            .get(k)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let is_async = header("x-fc-invocation-type").is_some_and(|t| t.eq_ignore_ascii_case("async"));
+    let mut builder = Request::builder().method(Method::POST);
+    if let Some(ct) = header("content-type") {
+        builder = builder.header("content-type", ct);
+    }
+    if is_async {
+        builder = builder.uri(format!("/async-function/{name}/invoke"));
+        if let Some(id) = header("x-fc-async-task-id") {
+            builder = builder.header("x-gpufn-task-id", id);
+        }
+        let req = builder
+            .body(Body::from(body))
+            .map_err(|e| err(StatusCode::BAD_REQUEST, "InvalidArgument", e.to_string()))?;
+        let resp = crate::tasks_api::accept(State(p.clone()), req).await?;
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .unwrap_or_default();
+        let v: Value = serde_json::from_slice(&bytes).unwrap_or_default();
+        let mut out = StatusCode::ACCEPTED.into_response();
+        if let Some(id) = v.get("task_id").and_then(Value::as_str) {
+            if let Ok(h) = HeaderValue::from_str(id) {
+                out.headers_mut().insert("x-fc-async-task-id", h);
+            }
+        }
+        return Ok(out);
+    }
+    let req = builder
+        .uri(format!("/function/{name}/invoke"))
+        .body(Body::from(body))
+        .map_err(|e| err(StatusCode::BAD_REQUEST, "InvalidArgument", e.to_string()))?;
+    let resp = crate::gateway::invoke(State(p.clone()), req).await;
+    // gpufn's own refusals (queue full, quota, start failure) become FC errors; the function's
+    // own answers, whatever their status, are passed through as FC does.
+    if resp.headers().get("x-gpufn-instance-id").is_none() && !resp.status().is_success() {
+        let status = resp.status();
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .unwrap_or_default();
+        let v: Value = serde_json::from_slice(&bytes).unwrap_or_default();
+        let message = v["error"]["message"]
+            .as_str()
+            .unwrap_or("invocation failed")
+            .to_string();
+        let code = if status == StatusCode::TOO_MANY_REQUESTS {
+            "ResourceThrottled"
+        } else {
+            "FunctionNotReady"
+        };
+        return Err(err(status, code, message));
+    }
+    Ok(resp)
+}
+
+fn task_of(p: &Platform, name: &str, id: &str) -> Result<gpufn_store::TaskRow, FcError> {
+    p.store()
+        .task(id)
+        .map_err(|e| ApiError::internal("reading the task", e))?
+        .filter(|t| t.function == name)
+        .ok_or_else(|| {
+            err(
+                StatusCode::NOT_FOUND,
+                "AsyncTaskNotFound",
+                format!("async task {id} of {name} not found"),
+            )
+        })
+}
+
+fn fc_task(t: &gpufn_store::TaskRow) -> Value {
+    let v = crate::tasks_api::task_json(t, true);
+    let ms = |k: &str| {
+        v.get(k)
+            .and_then(Value::as_str)
+            .and_then(|s| humantime::parse_rfc3339_weak(s).ok())
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_millis() as i64)
+    };
+    json!({
+        "taskId": t.id,
+        "status": mapping::task_status(t.state.as_str()),
+        "functionArn": arn(&t.function),
+        "qualifier": "LATEST",
+        "alreadyRetriedTimes": (t.attempts - 1).max(0),
+        "startedTime": ms("started_at"),
+        "endTime": ms("finished_at"),
+        "instanceId": t.instance,
+        "requestId": t.id,
+        "taskPayload": String::from_utf8_lossy(&t.body),
+        "returnPayload": v["result"]["body"].as_str(),
+        "taskErrorMessage": v["error"].as_str(),
+    })
+}
+
+fn async_task(p: &Platform, name: &str, id: &str) -> Result<Value, FcError> {
+    Ok(fc_task(&task_of(p, name, id)?))
+}
+
+fn list_async_tasks(
+    p: &Platform,
+    name: &str,
+    q: &HashMap<String, String>,
+) -> Result<Response, FcError> {
+    if p.pool(name).is_none() {
+        return Err(ApiError::no_function(name).into());
+    }
+    let limit = q
+        .get("limit")
+        .and_then(|l| l.parse::<usize>().ok())
+        .unwrap_or(20)
+        .clamp(1, 100);
+    let rows = p
+        .store()
+        .tasks(Some(name), None, limit)
+        .map_err(|e| ApiError::internal("listing tasks", e))?;
+    ok_json(
+        StatusCode::OK,
+        json!({"tasks": rows.iter().map(fc_task).collect::<Vec<_>>()}),
+    )
+}
+
+async fn stop_async_task(p: &Arc<Platform>, name: &str, id: &str) -> Result<Response, FcError> {
+    task_of(p, name, id)?;
+    crate::tasks_api::cancel_task(State(p.clone()), axum::extract::Path(id.to_string()))
+        .await
+        .map_err(FcError::from)?;
+    Ok(StatusCode::OK.into_response())
+}
+
+async fn set_capacity(
+    p: &Platform,
+    name: &str,
+    min: Option<i64>,
+    max: Option<i64>,
+) -> Result<(), FcError> {
+    let f = p.function(name).await?;
+    let mut spec = f.spec;
+    mapping::apply_capacity(&mut spec, min, max);
+    p.deploy(spec).await?;
+    Ok(())
+}
+
+fn provision_config(p: &Platform, name: &str) -> Result<Value, FcError> {
+    let pool = p.pool(name).ok_or_else(|| ApiError::no_function(name))?;
+    let st = pool.status();
+    Ok(json!({
+        "functionArn": arn(name),
+        "target": pool.spec().scaling.min_instances,
+        "current": st.ready + st.busy,
+        "alwaysAllocateGPU": true,
+        "alwaysAllocateCPU": true,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_strings_decode() {
+        assert_eq!(
+            url_pairs("prefix=a%2Fb&limit=5&x=1+2"),
+            [
+                ("prefix".to_string(), "a/b".to_string()),
+                ("limit".into(), "5".into()),
+                ("x".into(), "1 2".into())
+            ]
+        );
+        assert_eq!(decode("%zz"), "%zz");
+    }
+}
