@@ -13,7 +13,16 @@ use crate::{specfile, table};
 use crate::table::cell as s;
 
 pub async fn deploy(api: &Api, file: &Path) -> anyhow::Result<ExitCode> {
-    let raw = specfile::load(file)?;
+    for loaded in specfile::load_all(file)? {
+        for field in &loaded.ignored {
+            eprintln!("ignored (gpufn does not use it): {field}");
+        }
+        deploy_one(api, &loaded.spec).await?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn deploy_one(api: &Api, raw: &gpufn_spec::RawSpec) -> anyhow::Result<()> {
     if raw.runtime.as_deref() == Some("container") {
         if let Some(image) = &raw.image {
             // Pre-pull with progress; the deploy then finds the image in the cache and pins the
@@ -22,7 +31,7 @@ pub async fn deploy(api: &Api, file: &Path) -> anyhow::Result<ExitCode> {
         }
     }
     let resp = api
-        .send(api.request(Method::POST, "/api/v1/functions").json(&raw))
+        .send(api.request(Method::POST, "/api/v1/functions").json(raw))
         .await?;
     let created = resp.status() == reqwest::StatusCode::CREATED;
     let v: Value = error_for_status(resp).await?.json().await?;
@@ -36,7 +45,7 @@ pub async fn deploy(api: &Api, file: &Path) -> anyhow::Result<ExitCode> {
         "call it: curl {}",
         api.url(&format!("/function/{}/", s(&v, &["name"])))
     );
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }
 
 pub async fn list(api: &Api, json: bool) -> anyhow::Result<ExitCode> {

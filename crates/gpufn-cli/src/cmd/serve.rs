@@ -45,8 +45,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let deploy = args
         .deploy
         .iter()
-        .map(|f| specfile::load(f))
-        .collect::<anyhow::Result<Vec<_>>>()?;
+        .map(|f| specfile::load_all(f))
+        .collect::<anyhow::Result<Vec<_>>>()?
+        .into_iter()
+        .flatten()
+        .map(|l| l.spec)
+        .collect();
     let pair = |flag: &str, sep: char, v: &str| -> anyhow::Result<(String, String)> {
         match v.split_once(sep) {
             Some((a, b)) if !a.is_empty() && !b.is_empty() => Ok((a.to_string(), b.to_string())),
