@@ -37,6 +37,9 @@ class H(BaseHTTPRequestHandler):
         n = int(self.headers.get("content-length") or 0)
         data = self.rfile.read(n)
         if self.path == "/invoke":
+            if data == b"slow":
+                import time
+                time.sleep(5)
             greeting = os.environ.get("GREETING", "")
             self.reply(200, b"zipfn:" + data + b":" + greeting.encode())
         else:
@@ -151,6 +154,19 @@ assert t.body.status == "Succeeded", t.body.to_map()
 assert t.body.return_payload == "zipfn:later:hi", t.body.to_map()
 tasks = c.list_async_tasks("zipfn", m.ListAsyncTasksRequest())
 assert [x.task_id for x in tasks.body.tasks] == ["task-1"], tasks.body.to_map()
+assert tasks.body.tasks[0].status == "Succeeded"
+
+step("StopAsyncTask: a running task becomes Stopped")
+rt = __import__("darabonba.runtime", fromlist=["RuntimeOptions"]).RuntimeOptions()
+c.invoke_function_with_options("zipfn", m.InvokeFunctionRequest(body=io.BytesIO(b"slow")),
+                               m.InvokeFunctionHeaders(x_fc_invocation_type="Async", x_fc_async_task_id="task-stop"), rt)
+for _ in range(300):
+    if c.get_async_task("zipfn", "task-stop", m.GetAsyncTaskRequest()).body.status == "Running":
+        break
+    time.sleep(0.05)
+c.stop_async_task("zipfn", "task-stop", m.StopAsyncTaskRequest())
+t = c.get_async_task("zipfn", "task-stop", m.GetAsyncTaskRequest())
+assert t.body.status == "Stopped", t.body.to_map()
 
 step("Provision config: target = min instances")
 c.put_provision_config("zipfn", m.PutProvisionConfigRequest().from_map({"body": {"target": 1}}))
