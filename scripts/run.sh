@@ -75,6 +75,7 @@ else
   echo "Try it yourself:"
   echo "  curl -o mandelbrot.png '$URL/function/$NAME/render?w=512&h=384&iter=300'"
 fi
+echo "  open $URL/console   # the web console: functions, cold starts, cost"
 echo "  curl -s $URL/api/v1/functions/$NAME/instances"
 echo "  $BIN list      # (GPUFN_SERVER=$URL)"
 echo "Idle instances stop after the spec's idle_timeout_s (scale to zero). Ctrl-C stops gpufn."
