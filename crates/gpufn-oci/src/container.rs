@@ -240,15 +240,7 @@ impl InstanceRuntime for ContainerRuntime {
         } else {
             prepared.elapsed
         };
-        if let Some(dir) = spec.log_path.parent() {
-            std::fs::create_dir_all(dir).map_err(RuntimeError::Setup)?;
-        }
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&spec.log_path)
-            .map_err(RuntimeError::Setup)?;
-        let log2 = log.try_clone().map_err(RuntimeError::Setup)?;
+        let (log, log2) = gpufn_runtime::open_log(&spec.log_path)?;
         let id = spec.instance_id.clone();
         if let Ok(mut live) = inner.live.lock() {
             live.insert(id.clone(), prepared.image.digest.clone());

@@ -346,7 +346,7 @@ impl ImageStore {
         if let Some(image) = self.cached(&digest) {
             return Ok(self.hit(image, t0, progress));
         }
-        let _guard = self.pull_lock.lock().await;
+        let guard = self.pull_lock.lock().await;
         // Another pull may have finished it while this one waited.
         if let Some(image) = self.cached(&digest) {
             return Ok(self.hit(image, t0, progress));
@@ -410,7 +410,7 @@ impl ImageStore {
             last_used_ms: now_ms(),
         };
         self.write_record(&image)?;
-        drop(_guard);
+        drop(guard);
         Ok(Prepared {
             rootfs,
             image,

@@ -104,6 +104,21 @@ pub trait RunningInstance: Send + Sync + std::fmt::Debug {
     }
 }
 
+/// Opens (creating its directory) an instance's log for appending: one handle for stdout, one for
+/// stderr.
+pub fn open_log(path: &std::path::Path) -> Result<(std::fs::File, std::fs::File), RuntimeError> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(RuntimeError::Setup)?;
+    }
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(RuntimeError::Setup)?;
+    let log2 = log.try_clone().map_err(RuntimeError::Setup)?;
+    Ok((log, log2))
+}
+
 /// A loopback port nobody listens on right now. The instance binds it a moment later; another
 /// process could take it in between, in which case the instance fails its start and is retried.
 pub fn free_port() -> std::io::Result<u16> {

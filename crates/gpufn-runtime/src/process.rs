@@ -20,15 +20,7 @@ pub struct ProcessRuntime;
 #[async_trait]
 impl InstanceRuntime for ProcessRuntime {
     async fn launch(&self, spec: &LaunchSpec) -> Result<Box<dyn RunningInstance>, RuntimeError> {
-        if let Some(dir) = spec.log_path.parent() {
-            std::fs::create_dir_all(dir).map_err(RuntimeError::Setup)?;
-        }
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&spec.log_path)
-            .map_err(RuntimeError::Setup)?;
-        let log2 = log.try_clone().map_err(RuntimeError::Setup)?;
+        let (log, log2) = crate::open_log(&spec.log_path)?;
         let port = crate::free_port().map_err(RuntimeError::Setup)?;
         let program = spec.command.first().cloned().unwrap_or_default();
         let mut cmd = Command::new(&program);

@@ -68,12 +68,7 @@ pub async fn pull(
                 }
                 "layer_done" => {
                     layers_done += 1;
-                    let d = ev["digest"].as_str().unwrap_or_default().to_string();
-                    if ev["cached"].as_bool() == Some(true) {
-                        bar.inc(0);
-                    }
                     bar.set_message(format!("layers {layers_done}/{layers_total}"));
-                    let _ = d;
                 }
                 "unpacked" => bar.set_message("unpacked".to_string()),
                 "done" | "error" => last = Some(ev),

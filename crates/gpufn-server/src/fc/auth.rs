@@ -3,8 +3,8 @@
 //!
 //! ```text
 //! canonical request = METHOD \n PATH \n sorted query (key=percent-encoded value, &-joined) \n
-//!                     signed headers as "name:value\n" (lowercase, trimmed, sorted) \n
-//!                     signed header names ;-joined \n hex sha256 of the body
+//!                     signed headers as "name:value\n" (lowercase, trimmed, sorted), then an
+//!                     empty line \n signed header names ;-joined \n hex sha256 of the body
 //! string to sign    = "ACS3-HMAC-SHA256\n" + hex sha256(canonical request)
 //! signature         = hex HMAC-SHA256(secret, string to sign)
 //! Authorization: ACS3-HMAC-SHA256 Credential=ID,SignedHeaders=a;b,Signature=HEX
