@@ -8,8 +8,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 DUR="${1:-10}"; CONN="${2:-32}"
 DIR=$(mktemp -d /tmp/gpufn-async.XXXX)
-cargo build --release --quiet --bin gpufn
-target/release/gpufn serve --listen 127.0.0.1:18701 --data-dir "$DIR/data" --simulate-gpus 1xbench:16 \
+# GPUFN_BENCH_PROFILE=debug (the CI smoke) uses the debug build as it is.
+PROFILE="${GPUFN_BENCH_PROFILE:-release}"
+[ "$PROFILE" != release ] || cargo build --release --quiet --bin gpufn
+"target/$PROFILE/gpufn" serve --listen 127.0.0.1:18701 --data-dir "$DIR/data" --simulate-gpus 1xbench:16 \
   --quota-cards 0 --deploy bench/gateway.yaml 2>"$DIR/gpufn.log" &
 PID=$!
 trap 'kill -TERM $PID 2>/dev/null; wait $PID 2>/dev/null' EXIT

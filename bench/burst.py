@@ -14,6 +14,7 @@ import threading
 import time
 import urllib.request
 
+PROFILE = os.environ.get("GPUFN_BENCH_PROFILE", "release")  # "debug" for the CI smoke
 N = int(sys.argv[1]) if len(sys.argv) > 1 else 300
 SERVICE_MS = 200
 ADDR = "127.0.0.1:18801"
@@ -28,7 +29,7 @@ gpu: {{type: t4, memory_gb: 4}}
 instance_concurrency: 1
 scaling: {{max_instances: 30, max_queue: 1000}}
 """)
-server = subprocess.Popen(["target/release/gpufn", "serve", "--listen", ADDR, "--data-dir",
+server = subprocess.Popen([f"target/{PROFILE}/gpufn", "serve", "--listen", ADDR, "--data-dir",
                            os.path.join(tmp, "data"), "--simulate-gpus", "30xt4:16", "--deploy", spec],
                           stderr=subprocess.DEVNULL)
 try:
@@ -75,6 +76,8 @@ try:
     print(f"  queue wait p50 {q(0.5):.2f} s, p99 {q(0.99):.2f} s; all done after {total:.2f} s")
     print(f"  failed requests: {failed}")
     print(f"  ideal (30 instances, {SERVICE_MS} ms each, no start time): {N / 30 * SERVICE_MS / 1000:.2f} s")
+    if failed:
+        sys.exit(1)
 finally:
     server.terminate()
     server.wait(timeout=60)

@@ -16,8 +16,9 @@ import tempfile
 import time
 import urllib.request
 
+PROFILE = os.environ.get("GPUFN_BENCH_PROFILE", "release")  # "debug" for the CI smoke
 N = int(sys.argv[1]) if len(sys.argv) > 1 else 20
-BIN = "target/release/gpufn"
+BIN = f"target/{PROFILE}/gpufn"
 ADDR = "127.0.0.1:18303"
 URL = f"http://{ADDR}"
 os.environ["BENCH_DIR"] = tempfile.mkdtemp(prefix="gpufn-cold.")

@@ -24,9 +24,10 @@ import tempfile
 import time
 import urllib.request
 
+PROFILE = os.environ.get("GPUFN_BENCH_PROFILE", "release")  # "debug" for the CI smoke
 N = int(sys.argv[1]) if len(sys.argv) > 1 else 20
-BIN = os.path.abspath("target/release/gpufn")
-APP = os.path.abspath("target/release/gpufn-testapp")
+BIN = os.path.abspath(f"target/{PROFILE}/gpufn")
+APP = os.path.abspath(f"target/{PROFILE}/gpufn-testapp")
 WORK = tempfile.mkdtemp(prefix="gpufn-ctr-cold.")
 
 

@@ -25,9 +25,10 @@ import tempfile
 import threading
 import time
 
+PROFILE = os.environ.get("GPUFN_BENCH_PROFILE", "release")  # "debug" for the CI smoke
 SECS = float(sys.argv[1]) if len(sys.argv) > 1 else 5.0
-APP = os.path.abspath("target/release/gpufn-embed")
-GPUFN = os.path.abspath("target/release/gpufn")
+APP = os.path.abspath(f"target/{PROFILE}/gpufn-embed")
+GPUFN = os.path.abspath(f"target/{PROFILE}/gpufn")
 MODEL = os.path.abspath("examples/embed/model")
 WORDS = ("gpu serverless function instance cold start batch model image request scale zero card "
          "memory latency throughput queue token embedding vector sentence").split()

@@ -9,13 +9,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 DUR="${1:-10}"; CONN="${2:-16}"
 export BENCH_DIR=$(mktemp -d /tmp/gpufn-bench.XXXX)
-cargo build --release --quiet --bin gpufn
-BIN=target/release/gpufn
+# GPUFN_BENCH_PROFILE=debug (the CI smoke) uses the debug build as it is.
+PROFILE="${GPUFN_BENCH_PROFILE:-release}"
+[ "$PROFILE" != release ] || cargo build --release --quiet --bin gpufn
+BIN=target/$PROFILE/gpufn
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT
 
-wait_http() { for _ in $(seq 1 200); do curl -fsS -o /dev/null "$1" 2>/dev/null && return 0; sleep 0.05; done; echo "no answer from $1" >&2; return 1; }
+wait_http() { for _ in $(seq 1 200); do curl -fsS -m 5 -o /dev/null "$1" 2>/dev/null && return 0; sleep 0.05; done; echo "no answer from $1" >&2; return 1; }
 
 PORT=18201 bash bench/upstream.sh & pids+=($!)
 sed -e "s|__PORT__|18202|g" -e "s|__UPSTREAM__|18201|g" -e "s|__DIR__|$BENCH_DIR|g" bench/proxy.conf.tmpl > "$BENCH_DIR/proxy.conf"

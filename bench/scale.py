@@ -13,6 +13,8 @@ import sys
 import tempfile
 import time
 
+PROFILE = os.environ.get("GPUFN_BENCH_PROFILE", "release")  # "debug" for the CI smoke
+WRK_S = os.environ.get("BENCH_WRK_S", "5")
 N = int(sys.argv[1]) if len(sys.argv) > 1 else 10_000
 HOST, PORT = "127.0.0.1", 18901
 tmp = tempfile.mkdtemp(prefix="gpufn-scale.")
@@ -28,14 +30,14 @@ def rss_mb(pid):
 
 
 def wrk(url, conns=16):
-    out = subprocess.run(["wrk", "-t1", f"-c{conns}", "-d5s", "--latency", url], capture_output=True,
+    out = subprocess.run(["wrk", "-t1", f"-c{conns}", f"-d{WRK_S}s", "--latency", url], capture_output=True,
                          text=True).stdout
     rps = float(next(l.split()[1] for l in out.splitlines() if l.startswith("Requests/sec")))
     p50 = next(l.split()[1] for l in out.splitlines() if l.strip().startswith("50%"))
     return rps, p50
 
 
-server = subprocess.Popen(["target/release/gpufn", "serve", "--listen", f"{HOST}:{PORT}", "--data-dir",
+server = subprocess.Popen([f"target/{PROFILE}/gpufn", "serve", "--listen", f"{HOST}:{PORT}", "--data-dir",
                            os.path.join(tmp, "data"), "--simulate-gpus", "2xbench:16",
                            "--worker-threads", "1"], stderr=subprocess.DEVNULL)
 try:

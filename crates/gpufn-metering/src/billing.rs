@@ -41,15 +41,26 @@ pub struct ClosedPeriod {
     pub busy: Duration,
     /// Requests that started in the period.
     pub requests: u64,
-    /// `billed_seconds(busy)`.
+    /// Whole seconds this period adds to the bill: its length rounded up, less what an earlier
+    /// period's rounding already paid for (see [`BusyTracker`]).
     pub billed_seconds: u64,
 }
 
 /// Follows the requests in flight on one instance and cuts busy periods.
+///
+/// Per-second billing rounds busy time up to whole seconds, but not each period on its own: a
+/// period that starts inside the second(s) the previous one was already billed for only adds the
+/// seconds it runs past them. Rounding every period separately billed a busy instance with
+/// sub-millisecond gaps between requests one second per gap — hundreds of billed seconds per
+/// second of wall time under load. With the carried-over window, what an instance is billed never
+/// exceeds its busy span rounded up to a second, and one isolated period is billed exactly as
+/// `billed_seconds(busy)`.
 #[derive(Debug, Clone, Default)]
 pub struct BusyTracker {
     in_flight: u32,
     open: Option<(Instant, u64)>,
+    /// The end of the time already billed: the last period's start plus its rounded-up length.
+    paid_until: Option<Instant>,
     billed_total: u64,
     busy_total: Duration,
 }
@@ -78,7 +89,8 @@ impl BusyTracker {
         let (start, requests) = self.open.take()?;
         self.in_flight = 0;
         let busy = now.saturating_duration_since(start);
-        let billed = billed_seconds(busy);
+        let (billed, paid_until) = self.bill(start, now);
+        self.paid_until = Some(paid_until);
         self.billed_total += billed;
         self.busy_total += busy;
         Some(ClosedPeriod {
@@ -89,6 +101,20 @@ impl BusyTracker {
         })
     }
 
+    /// Seconds a period from `start` to `end` adds to the bill, and the new end of billed time.
+    fn bill(&self, start: Instant, end: Instant) -> (u64, Instant) {
+        match self.paid_until {
+            Some(until) if start < until => {
+                let extra = billed_seconds(end.saturating_duration_since(until));
+                (extra, until + Duration::from_secs(extra))
+            }
+            _ => {
+                let secs = billed_seconds(end.saturating_duration_since(start));
+                (secs, start + Duration::from_secs(secs))
+            }
+        }
+    }
+
     /// The open period so far, as if it closed at `now` (for live reports).
     pub fn open_period(&self, now: Instant) -> Option<ClosedPeriod> {
         let (start, requests) = self.open?;
@@ -97,7 +123,7 @@ impl BusyTracker {
             start,
             busy,
             requests,
-            billed_seconds: billed_seconds(busy),
+            billed_seconds: self.bill(start, now).0,
         })
     }
 
@@ -190,13 +216,38 @@ mod tests {
         assert_eq!(b.end(t0 + ms(1200)), None, "A still in flight");
         let p = b.end(t0 + ms(1500)).expect("period closes");
         assert_eq!((p.busy, p.requests, p.billed_seconds), (ms(1500), 2, 2));
-        // Two separate short requests are two periods, each rounded up.
+        // Two separate short requests a second apart are two periods, each rounded up.
         b.start(t0 + ms(3000));
         assert_eq!(b.end(t0 + ms(3100)).map(|p| p.billed_seconds), Some(1));
         b.start(t0 + ms(4000));
         assert_eq!(b.end(t0 + ms(4100)).map(|p| p.billed_seconds), Some(1));
         assert_eq!(b.billed_total(), 4);
         assert_eq!(b.busy_total(), ms(1700));
+    }
+
+    #[test]
+    fn short_periods_inside_an_already_billed_second_add_nothing() {
+        let t0 = Instant::now();
+        let mut b = BusyTracker::default();
+        // 1 000 requests of 0.5 ms, one every millisecond: 1 s of wall time, 1 000 periods.
+        let mut billed = Vec::new();
+        for i in 0..1000 {
+            b.start(t0 + Duration::from_micros(i * 1000));
+            let p = b
+                .end(t0 + Duration::from_micros(i * 1000 + 500))
+                .expect("period");
+            billed.push(p.billed_seconds);
+        }
+        assert_eq!(billed[0], 1, "the first period pays for its second");
+        assert_eq!(billed.iter().sum::<u64>(), 1, "the others fall inside it");
+        // A period that runs past the paid second pays only for the seconds it adds.
+        b.start(t0 + ms(999));
+        assert_eq!(
+            b.open_period(t0 + ms(2500)).map(|p| p.billed_seconds),
+            Some(2)
+        );
+        assert_eq!(b.end(t0 + ms(2500)).map(|p| p.billed_seconds), Some(2));
+        assert_eq!(b.billed_total(), 3);
     }
 
     #[test]
@@ -228,11 +279,11 @@ mod tests {
     }
 
     proptest! {
-        /// For any pattern of requests on one instance: every period is billed at least its busy
-        /// time and less than one second more, overlaps are billed once (total busy time never
-        /// exceeds the span), and every request is counted.
+        /// For any pattern of requests on one instance: the bill covers the busy time and each
+        /// period adds less than one second beyond its own busy time, the total never exceeds the
+        /// span of the requests rounded up, overlaps are billed once, and every request counts.
         #[test]
-        fn billed_covers_busy_time_and_less_than_a_second_more_per_period(
+        fn billed_covers_busy_time_and_never_exceeds_the_span(
             reqs in proptest::collection::vec((0u64..20_000, 1u64..5_000), 1..40)
         ) {
             let t0 = Instant::now();
@@ -255,8 +306,11 @@ mod tests {
                 - reqs.iter().map(|(s, _)| *s).min().unwrap_or(0);
             let busy: Duration = periods.iter().map(|p| p.busy).sum();
             prop_assert!(busy <= ms(span));
+            let billed: u64 = periods.iter().map(|p| p.billed_seconds).sum();
+            prop_assert_eq!(billed, b.billed_total());
+            prop_assert!(Duration::from_secs(billed) >= busy);
+            prop_assert!(billed <= billed_seconds(ms(span)));
             for p in &periods {
-                prop_assert!(Duration::from_secs(p.billed_seconds) >= p.busy);
                 prop_assert!(Duration::from_secs(p.billed_seconds) < p.busy + Duration::from_secs(1));
             }
         }

@@ -2,7 +2,8 @@
 //!
 //! - [`BusyTracker`] turns request starts and ends on one instance into busy periods (maximal
 //!   intervals with at least one request in flight), so overlapping requests are billed once.
-//! - [`billed_seconds`] rounds each period **up** to a whole second: per-second billing.
+//! - [`billed_seconds`] rounds busy time **up** to whole seconds: per-second billing (a period
+//!   inside a second already billed adds nothing; see [`BusyTracker`]).
 //! - [`Prices`] and [`InstanceBill`] price active GB-seconds, and for provisioned instances the
 //!   idle rest of their lifetime.
 //! - [`estimate`] is the seed's cost comparison against a dedicated GPU server.

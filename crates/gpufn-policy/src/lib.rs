@@ -101,12 +101,14 @@ pub fn keep_alive(
 #[cfg(test)]
 mod tests;
 
-/// Idle times between a function's invocations, in one-minute bins up to four hours: the hybrid
-/// histogram policy of "Serverless in the Wild" (Shahrad et al., ATC'20).
+/// Idle times between a function's invocations, in [`IdleHistogram::BINS`] bins (one minute wide
+/// by default: up to four hours): the hybrid histogram policy of "Serverless in the Wild"
+/// (Shahrad et al., ATC'20).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IdleHistogram {
     bins: Vec<u32>,
     out_of_bounds: u32,
+    bin: Duration,
 }
 
 /// What the histogram policy decided for the next idle period.
@@ -126,23 +128,34 @@ pub enum Windows {
 
 impl Default for IdleHistogram {
     fn default() -> Self {
-        Self {
-            bins: vec![0; Self::BINS],
-            out_of_bounds: 0,
-        }
+        Self::new(Duration::from_secs(60))
     }
 }
 
 impl IdleHistogram {
-    /// Four hours of one-minute bins.
+    /// Bins in the histogram: four hours of one-minute bins by default.
     pub const BINS: usize = 240;
+
+    /// An empty histogram with bins `bin` wide (at least a millisecond).
+    pub fn new(bin: Duration) -> Self {
+        Self {
+            bins: vec![0; Self::BINS],
+            out_of_bounds: 0,
+            bin: bin.max(Duration::from_millis(1)),
+        }
+    }
+
+    /// The width of one bin.
+    pub fn bin(&self) -> Duration {
+        self.bin
+    }
     /// Below this many idle times the histogram is not representative.
     pub const MIN_SAMPLES: u32 = 10;
 
     /// Records one idle time (from the end of one busy period to the next arrival).
     pub fn record(&mut self, idle: Duration) {
-        let minute = usize::try_from(idle.as_secs() / 60).unwrap_or(usize::MAX);
-        match self.bins.get_mut(minute) {
+        let index = usize::try_from(idle.as_nanos() / self.bin.as_nanos()).unwrap_or(usize::MAX);
+        match self.bins.get_mut(index) {
             Some(b) => *b += 1,
             None => self.out_of_bounds += 1,
         }
@@ -184,9 +197,9 @@ impl IdleHistogram {
             }
             self.bins.len() - 1
         };
-        // Bin i holds idle times in [i, i+1) minutes: the head is the bin's start, the tail its end.
-        let head = Duration::from_secs(60 * percentile(0.05) as u64).mul_f64(0.9);
-        let tail = Duration::from_secs(60 * (percentile(0.99) as u64 + 1)).mul_f64(1.1);
+        // Bin i holds idle times in [i, i+1) bins: the head is the bin's start, the tail its end.
+        let head = self.bin.mul_f64(percentile(0.05) as f64 * 0.9);
+        let tail = self.bin.mul_f64((percentile(0.99) + 1) as f64 * 1.1);
         Windows::Histogram {
             prewarm: head,
             keep_alive: tail,

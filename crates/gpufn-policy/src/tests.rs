@@ -162,6 +162,28 @@ fn the_histogram_policy_needs_a_representative_histogram() {
 }
 
 #[test]
+fn the_bin_width_scales_the_windows() {
+    // One-second bins (a function called every few seconds): idle times of 3.5 s fall in bin 3.
+    let mut h = IdleHistogram::new(Duration::from_secs(1));
+    for _ in 0..10 {
+        h.record(Duration::from_millis(3500));
+    }
+    assert_eq!(
+        h.windows(),
+        Windows::Histogram {
+            prewarm: Duration::from_millis(2700),
+            keep_alive: Duration::from_millis(4400),
+        }
+    );
+    // Past 240 bins is past the range: 5 minutes is out of bounds for one-second bins.
+    let mut far = IdleHistogram::new(Duration::from_secs(1));
+    for _ in 0..10 {
+        far.record(Duration::from_secs(300));
+    }
+    assert_eq!(far.windows(), Windows::Fallback);
+}
+
+#[test]
 fn histogram_decisions() {
     let min = |m: u64| Duration::from_secs(60 * m);
     let w = Windows::Histogram {

@@ -13,7 +13,6 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http_body::{Frame, SizeHint};
-use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -22,6 +21,7 @@ use crate::error::ApiError;
 use crate::metrics::StatusLabels;
 use crate::platform::Platform;
 use crate::pool::{AcquireError, Pool, Slot};
+use crate::upstream::{UpstreamBody, UpstreamError, UpstreamResponse};
 use crate::util::now_ms;
 
 /// Response header: the request's id (the caller's own if it sent a valid one).
@@ -31,10 +31,11 @@ pub const INSTANCE_ID: &str = "x-gpufn-instance-id";
 /// Response header: `true` when the request waited for an instance to start.
 pub const COLD_START: &str = "x-gpufn-cold-start";
 
-/// The client that talks to instances (HTTP/1.1, pooled keep-alive connections).
+/// The general-purpose client (webhook deliveries to any URL). Instances are reached through
+/// [`crate::upstream::Upstream`].
 pub type InstanceClient = Client<HttpConnector, Body>;
 
-/// Builds the instance client.
+/// Builds the general-purpose client.
 pub fn instance_client() -> InstanceClient {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
@@ -167,7 +168,7 @@ async fn forward(
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0.ip());
     let (mut parts, body) = req.into_parts();
-    parts.uri = format!("http://{}{target}", slot.addr())
+    parts.uri = target
         .parse()
         .map_err(|e| ApiError::bad_field("path", format!("cannot be forwarded: {e}")))?;
     strip_hop_by_hop(&mut parts.headers);
@@ -310,10 +311,7 @@ pub(crate) fn acquire_error(e: AcquireError) -> ApiError {
 }
 
 /// What sending a request to an instance gave: a response, a connection error, or a timeout.
-pub(crate) type Sent = Result<
-    Result<http::Response<Incoming>, hyper_util::client::legacy::Error>,
-    tokio::time::error::Elapsed,
->;
+pub(crate) type Sent = Result<Result<UpstreamResponse, UpstreamError>, tokio::time::error::Elapsed>;
 
 /// Sends `upstream` to the slot's instance within the function's request timeout.
 ///
@@ -327,10 +325,11 @@ pub(crate) async fn exchange(
     upstream: http::Request<Body>,
 ) -> Result<(Sent, Slot), ApiError> {
     let timeout = slot.request_timeout();
-    let fut: ExchangeFuture = Box::pin(tokio::time::timeout(
-        timeout,
-        platform.client().request(upstream),
-    ));
+    let up = platform.upstream().clone();
+    let addr = slot.addr();
+    let fut: ExchangeFuture = Box::pin(tokio::time::timeout(timeout, async move {
+        up.send(addr, upstream).await
+    }));
     let mut exchange = Exchange {
         fut: Some(fut),
         slot: Some(slot),
@@ -346,16 +345,7 @@ pub(crate) async fn exchange(
     Ok((sent, slot))
 }
 
-type ExchangeFuture = Pin<
-    Box<
-        dyn std::future::Future<
-                Output = Result<
-                    Result<http::Response<Incoming>, hyper_util::client::legacy::Error>,
-                    tokio::time::error::Elapsed,
-                >,
-            > + Send,
-    >,
->;
+type ExchangeFuture = Pin<Box<dyn std::future::Future<Output = Sent> + Send>>;
 
 /// A request on its way to an instance, with its slot. Dropped before the instance answered (the
 /// caller went away), it lets the exchange finish in the background and only then frees the slot.
@@ -377,7 +367,7 @@ impl Drop for Exchange {
 
 /// An instance's response body that holds the request's slot until it is done.
 struct SlotBody {
-    inner: Incoming,
+    inner: UpstreamBody,
     _slot: Slot,
 }
 

@@ -23,6 +23,7 @@ pub mod pool;
 pub mod serve;
 pub mod tasks;
 pub mod tasks_api;
+pub mod upstream;
 mod util;
 
 pub use config::{Config, ContainerSettings, GpuSource};

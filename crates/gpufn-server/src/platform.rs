@@ -204,6 +204,7 @@ pub struct Platform {
     deploy_lock: tokio::sync::Mutex<()>,
     shutdown: CancellationToken,
     client: InstanceClient,
+    upstream: crate::upstream::Upstream,
     tasks: TaskRunner,
     fc: crate::fc::FcState,
 }
@@ -269,6 +270,7 @@ impl Platform {
             deploy_lock: tokio::sync::Mutex::new(()),
             shutdown: CancellationToken::new(),
             client: instance_client(),
+            upstream: crate::upstream::Upstream::new(),
             tasks,
             fc: crate::fc::FcState::new(&config.access_keys, &config.fc_gpu_types),
         });
@@ -333,6 +335,12 @@ impl Platform {
     }
 
     /// The client the gateway uses to reach instances.
+    /// Connections to instances, for the requests they serve.
+    pub fn upstream(&self) -> &crate::upstream::Upstream {
+        &self.upstream
+    }
+
+    /// The general HTTP client (webhook deliveries; any URL).
     pub fn client(&self) -> &InstanceClient {
         &self.client
     }

@@ -151,6 +151,7 @@ struct PoolState {
 
 impl PoolState {
     fn new(spec: FunctionSpec, revision: i64) -> Self {
+        let histogram_bin = spec.scaling.histogram_bin;
         Self {
             spec: Arc::new(spec),
             revision,
@@ -161,7 +162,7 @@ impl PoolState {
             blocked: None,
             min_retry_at: None,
             failed_starts: 0,
-            hist: gpufn_policy::IdleHistogram::default(),
+            hist: gpufn_policy::IdleHistogram::new(histogram_bin),
             idle_start: None,
             last_load: Duration::ZERO,
             prewarm_min: 0,
@@ -796,6 +797,10 @@ impl Pool {
         {
             let mut st = self.lock();
             out.wake = true;
+            if spec.scaling.histogram_bin != st.hist.bin() {
+                // Idle times binned at another width do not carry over.
+                st.hist = gpufn_policy::IdleHistogram::new(spec.scaling.histogram_bin);
+            }
             st.spec = Arc::new(spec);
             st.revision = revision;
             st.min_retry_at = None;

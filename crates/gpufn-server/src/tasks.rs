@@ -411,7 +411,7 @@ fn build_request(
 async fn collect_body(
     platform: &Platform,
     task_id: &str,
-    mut body: hyper::body::Incoming,
+    mut body: crate::upstream::UpstreamBody,
 ) -> Result<(Option<Vec<u8>>, Option<String>), String> {
     use tokio::io::AsyncWriteExt;
     let limit = platform.tasks().config.inline_result_bytes;

@@ -112,6 +112,9 @@ pub struct RawScaling {
     /// `fixed` (keep idle instances `idle_timeout_s`) or `histogram` (learn the function's idle
     /// times; keep or pre-warm from them, with `idle_timeout_s` as the fallback).
     pub keep_alive: Option<String>,
+    /// `keep_alive: histogram`: the width of one histogram bin in seconds (default 60; the
+    /// histogram has 240 bins). Smaller bins suit functions called every few seconds.
+    pub histogram_bin_s: Option<i64>,
     /// Seconds a request may wait for a slot before it is refused with 503 (default: the startup
     /// timeout plus 60 s, so a request at zero can always wait out a whole cold start).
     pub queue_timeout_s: Option<i64>,

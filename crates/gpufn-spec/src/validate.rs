@@ -147,6 +147,8 @@ pub struct Scaling {
     pub queue_timeout: Duration,
     /// How idle instances are kept.
     pub keep_alive: KeepAliveMode,
+    /// `keep_alive: histogram`: width of one idle-time bin.
+    pub histogram_bin: Duration,
 }
 
 /// `scaling.keep_alive`.
@@ -633,6 +635,7 @@ fn check_scaling(c: &mut Checker, s: Option<&RawScaling>, health: &HealthCheck) 
                 KeepAliveMode::Fixed
             }
         },
+        histogram_bin: c.secs("scaling.histogram_bin_s", s.histogram_bin_s, 60, 1, 3600),
     }
 }
 
@@ -716,6 +719,7 @@ impl FunctionSpec {
                 max_queue: Some(i64::from(self.scaling.max_queue)),
                 queue_timeout_s: secs(self.scaling.queue_timeout),
                 keep_alive: Some(self.scaling.keep_alive.as_str().into()),
+                histogram_bin_s: secs(self.scaling.histogram_bin),
             }),
             request_timeout_s: secs(self.request_timeout),
             async_invoke: Some(RawAsync {

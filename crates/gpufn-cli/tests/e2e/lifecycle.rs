@@ -302,6 +302,61 @@ async fn redeploying_a_changed_spec_replaces_instances() {
 }
 
 #[tokio::test]
+async fn the_histogram_keep_alive_releases_at_once_and_prewarms_before_the_next_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path(), &["--simulate-gpus", "1xtesla-t4:16"]);
+    // One-second bins: a caller that comes back 2.5 s after each answer puts every idle time in
+    // bin 2, so once ten are seen the policy releases the instance at once, starts one again at
+    // 1.8 s (90 % of the bin's start) less the last start's duration, and keeps it until 3.3 s.
+    s.deploy_testfn(
+        "pw",
+        "scaling: {keep_alive: histogram, histogram_bin_s: 1, idle_timeout_s: 1}",
+    )
+    .await;
+    let call = || async {
+        let resp = s.http.get(s.url("/function/pw/work")).send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        resp.headers()["x-gpufn-cold-start"]
+            .to_str()
+            .unwrap()
+            .to_string()
+    };
+    // Learning: eleven calls, 2.5 s apart — the gap is the workload being modelled, not a wait
+    // for some state. Ten idle times; while fewer, idle_timeout_s (1 s) applies: all cold.
+    for i in 0..11 {
+        if i > 0 {
+            tokio::time::sleep(Duration::from_millis(2500)).await;
+        }
+        assert_eq!(
+            call().await,
+            "true",
+            "call {i} comes after the 1 s fallback keep-alive"
+        );
+    }
+    // Released at once (not kept for idle_timeout_s, not kept until the tail)…
+    s.wait_for("the instance released", Duration::from_secs(3), || async {
+        s.instances("pw").await.is_empty()
+    })
+    .await;
+    // …and started again, with no request, ahead of the next expected call.
+    s.wait_for("a pre-warmed instance", Duration::from_secs(5), || async {
+        s.instances("pw")
+            .await
+            .first()
+            .is_some_and(|i| i["state"] == "ready")
+    })
+    .await;
+    assert_eq!(
+        call().await,
+        "false",
+        "the next call finds the pre-warmed instance"
+    );
+    let v = s.get_json("/api/v1/functions/pw").await;
+    assert_eq!(v["spec"]["scaling"]["histogram_bin_s"], 1);
+    assert_eq!(v["stats"]["cold_starts"], 11, "{v}");
+}
+
+#[tokio::test]
 async fn the_histogram_keep_alive_falls_back_to_idle_timeout_until_it_has_learned() {
     let dir = tempfile::tempdir().unwrap();
     let s = Server::start(dir.path(), &["--simulate-gpus", "1xtesla-t4:16"]);

@@ -18,7 +18,8 @@ async fn invocations_are_billed_per_second_recorded_and_exported() {
     let dir = tempfile::tempdir().unwrap();
     let mut s = Server::start(dir.path(), &["--simulate-gpus", "1xtesla-t4:16"]);
     s.deploy_testfn("m", "").await; // gpu.memory_gb: 4
-    // A 1.2 s request (billed 2 s) and a short one (billed 1 s): 3 s × 4 GB = 12 GB-s.
+    // A 1.2 s request (billed 2 s) and a short one right after it, inside the second already paid
+    // for (it adds nothing): 2 s × 4 GB = 8 GB-s.
     let r = s
         .http
         .get(s.url("/function/m/work?ms=1200"))
@@ -44,14 +45,14 @@ async fn invocations_are_billed_per_second_recorded_and_exported() {
     let row = &bill[0];
     assert_eq!(row["function"], "m");
     assert_eq!(row["invocations"], 2, "{bill}");
-    assert_eq!(row["billed_seconds"], 3, "{bill}");
-    assert_eq!(row["gb_seconds"], 12.0, "{bill}");
+    assert_eq!(row["billed_seconds"], 2, "{bill}");
+    assert_eq!(row["gb_seconds"], 8.0, "{bill}");
     assert_eq!(
         row["idle_gb_seconds"], 0.0,
         "on-demand instances pay no idle time"
     );
     assert!(
-        (row["cost_usd"].as_f64().unwrap() - 12.0 * 0.000_018).abs() < 1e-12,
+        (row["cost_usd"].as_f64().unwrap() - 8.0 * 0.000_018).abs() < 1e-12,
         "{bill}"
     );
     // A window after the calls bills nothing (a deployed function still has its row); a bad
@@ -102,7 +103,7 @@ async fn invocations_are_billed_per_second_recorded_and_exported() {
     assert_eq!(stats["cold_starts"], 1);
     assert_eq!(stats["cold_start_rate"], 0.5);
     assert_eq!(stats["cold_start_p50_ms"].as_f64(), Some(total));
-    assert!((stats["cost_usd"].as_f64().unwrap() - 12.0 * 0.000_018).abs() < 1e-12);
+    assert!((stats["cost_usd"].as_f64().unwrap() - 8.0 * 0.000_018).abs() < 1e-12);
 
     // Prometheus.
     let text = s
@@ -128,7 +129,7 @@ async fn invocations_are_billed_per_second_recorded_and_exported() {
     );
     assert_eq!(
         metric(&text, r#"gpufn_billed_gb_seconds_total{function="m"}"#),
-        Some(12.0)
+        Some(8.0)
     );
     assert_eq!(
         metric(
@@ -166,7 +167,7 @@ async fn invocations_are_billed_per_second_recorded_and_exported() {
     let out = s.cli(&["bill", "--function", "m"]);
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(
-        table.contains("FUNCTION") && table.contains("0.000216"),
+        table.contains("FUNCTION") && table.contains("0.000144"),
         "{table}"
     );
 
@@ -174,7 +175,7 @@ async fn invocations_are_billed_per_second_recorded_and_exported() {
     assert_eq!(s.terminate(), Some(0));
     let s = Server::start(dir.path(), &["--simulate-gpus", "1xtesla-t4:16"]);
     let bill = s.get_json("/api/v1/billing?function=m").await;
-    assert_eq!(bill[0]["billed_seconds"], 3, "{bill}");
+    assert_eq!(bill[0]["billed_seconds"], 2, "{bill}");
     assert_eq!(
         s.get_json("/api/v1/functions/m/cold-starts")
             .await
