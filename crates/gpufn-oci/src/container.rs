@@ -230,18 +230,39 @@ impl InstanceRuntime for ContainerRuntime {
             username: u.clone(),
             password: p.clone(),
         });
-        let prepared = inner
+        let id = spec.instance_id.clone();
+        // Claim the image before looking it up: an eviction running between the cache check and
+        // the mount must see it in use. Deployed specs name their digest (`repo:tag@sha256:…`).
+        if let (Some((_, digest)), Ok(mut live)) = (c.image.rsplit_once('@'), inner.live.lock()) {
+            live.insert(id.clone(), digest.to_string());
+        }
+        let prepared = match inner
             .images
             .prepare(&c.image, credentials.as_ref(), &|_| {})
             .await
-            .map_err(|e| RuntimeError::Image(e.to_string()))?;
+        {
+            Ok(p) => p,
+            Err(e) => {
+                if let Ok(mut live) = inner.live.lock() {
+                    live.remove(&id);
+                }
+                return Err(RuntimeError::Image(e.to_string()));
+            }
+        };
         let pull = if prepared.cache_hit {
             Duration::ZERO
         } else {
             prepared.elapsed
         };
-        let (log, log2) = gpufn_runtime::open_log(&spec.log_path)?;
-        let id = spec.instance_id.clone();
+        let (log, log2) = match gpufn_runtime::open_log(&spec.log_path) {
+            Ok(logs) => logs,
+            Err(e) => {
+                if let Ok(mut live) = inner.live.lock() {
+                    live.remove(&id);
+                }
+                return Err(e);
+            }
+        };
         if let Ok(mut live) = inner.live.lock() {
             live.insert(id.clone(), prepared.image.digest.clone());
         }

@@ -9,9 +9,17 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use axum::serve::ListenerExt;
+use std::convert::Infallible;
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, State};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper_util::rt::TokioIo;
+use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
 
 use crate::api::router;
 use crate::config::Config;
@@ -69,16 +77,12 @@ pub async fn run(
     tracing::info!("gpufn listening on http://{addr}");
     on_listen(addr);
     let drain = CancellationToken::new();
-    let app = router(platform.clone()).into_make_service_with_connect_info::<SocketAddr>();
-    // Responses are written as they stream: without TCP_NODELAY, Nagle's algorithm and delayed
-    // ACKs stall the tail of a response for ~40 ms.
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!("cannot set TCP_NODELAY: {e}");
-        }
-    });
-    let server = axum::serve(listener, app).with_graceful_shutdown(drain.clone().cancelled_owned());
-    let mut server = tokio::spawn(server.into_future());
+    let mut server = tokio::spawn(accept_loop(
+        listener,
+        platform.clone(),
+        router(platform.clone()),
+        drain.clone(),
+    ));
     tokio::select! {
         () = stop => {}
         res = &mut server => {
@@ -105,6 +109,82 @@ pub async fn run(
     }
     shutdown_instances(&platform).await;
     Ok(())
+}
+
+/// Accepts connections and serves HTTP/1.1 on each until `drain` is cancelled, then waits for the
+/// connections to finish their requests in flight (idle keep-alive connections close at once).
+///
+/// Why not `axum::serve`: the gateway is the hot path, and a request to `/function/…` goes straight
+/// to `gateway::invoke` here — no router match, no HTTP-version sniffing (`hyper_util`'s auto
+/// builder reads the first bytes of every connection to look for HTTP/2), no tower layers. Every
+/// other path goes to the axum router, with `ConnectInfo` set as `axum::serve` would.
+async fn accept_loop(
+    listener: TcpListener,
+    platform: Arc<Platform>,
+    router: axum::Router,
+    drain: CancellationToken,
+) -> std::io::Result<()> {
+    let graceful = GracefulShutdown::new();
+    loop {
+        let (tcp, peer) = tokio::select! {
+            () = drain.cancelled() => break,
+            res = listener.accept() => match res {
+                Ok(x) => x,
+                Err(e) if is_transient_accept_error(&e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!("accept: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            },
+        };
+        // Responses are written as they stream: without TCP_NODELAY, Nagle's algorithm and
+        // delayed ACKs stall the tail of a response for ~40 ms.
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!("cannot set TCP_NODELAY: {e}");
+        }
+        let platform = platform.clone();
+        let router = router.clone();
+        let service = hyper::service::service_fn(move |req: http::Request<Incoming>| {
+            let platform = platform.clone();
+            let router = router.clone();
+            async move {
+                let mut req = req.map(Body::new);
+                req.extensions_mut().insert(ConnectInfo(peer));
+                if req.uri().path().starts_with(GATEWAY_PREFIX) {
+                    Ok::<_, Infallible>(crate::gateway::invoke(State(platform), req).await)
+                } else {
+                    router.oneshot(req).await
+                }
+            }
+        });
+        let conn = http1::Builder::new().serve_connection(TokioIo::new(tcp), service);
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!("connection from {peer}: {e}");
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
+}
+
+/// The gateway's route prefix (`ANY /function/{name}/{path}`).
+const GATEWAY_PREFIX: &str = "/function/";
+
+/// Accept errors that concern one connection or a passing resource shortage, not the listener.
+fn is_transient_accept_error(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(
+        e.kind(),
+        ConnectionRefused | ConnectionAborted | ConnectionReset | Interrupted | WouldBlock
+    ) || matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
 }
 
 async fn shutdown_instances(platform: &Arc<Platform>) {
