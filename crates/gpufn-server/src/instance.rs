@@ -55,6 +55,8 @@ pub struct ColdStartPhases {
 #[derive(Debug)]
 pub(crate) struct Instance {
     pub id: String,
+    /// `id` as a header value, made once: every response carries it in `x-gpufn-instance-id`.
+    pub id_header: http::HeaderValue,
     pub revision: i64,
     pub state: InstanceState,
     pub in_flight: u32,

@@ -66,6 +66,7 @@ pub enum AcquireError {
 pub struct Slot {
     pool: Arc<Pool>,
     instance: String,
+    instance_header: http::HeaderValue,
     addr: SocketAddr,
     cold: bool,
     /// For a cold start: the instance's phases and when it became ready.
@@ -88,6 +89,11 @@ impl Slot {
     /// The instance holding this slot.
     pub fn instance_id(&self) -> &str {
         &self.instance
+    }
+
+    /// The instance id as a header value (made once per instance).
+    pub fn instance_header(&self) -> &http::HeaderValue {
+        &self.instance_header
     }
 
     /// Where to send the request.
@@ -418,6 +424,7 @@ impl Pool {
         Some(Slot {
             pool: self.clone(),
             instance: inst.id.clone(),
+            instance_header: inst.id_header.clone(),
             addr,
             cold,
             cold_info,
@@ -503,6 +510,8 @@ impl Pool {
                 provisioned,
                 memory_gb: spec.gpu.memory_gb,
                 created: t,
+                id_header: http::HeaderValue::from_str(&id)
+                    .unwrap_or_else(|_| http::HeaderValue::from_static("invalid-id")),
                 id: id.clone(),
                 revision: st.revision,
                 state: InstanceState::Starting,

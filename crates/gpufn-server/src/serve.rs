@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::convert::Infallible;
 
 use axum::body::Body;
-use axum::extract::{ConnectInfo, State};
+use axum::extract::ConnectInfo;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::TokioIo;
@@ -146,15 +146,17 @@ async fn accept_loop(
         }
         let platform = platform.clone();
         let router = router.clone();
+        let client = Arc::new(crate::gateway::Peer::new(peer));
         let service = hyper::service::service_fn(move |req: http::Request<Incoming>| {
             let platform = platform.clone();
             let router = router.clone();
+            let client = client.clone();
             async move {
                 let mut req = req.map(Body::new);
-                req.extensions_mut().insert(ConnectInfo(peer));
                 if req.uri().path().starts_with(GATEWAY_PREFIX) {
-                    Ok::<_, Infallible>(crate::gateway::invoke(State(platform), req).await)
+                    Ok::<_, Infallible>(crate::gateway::handle(&platform, Some(&client), req).await)
                 } else {
+                    req.extensions_mut().insert(ConnectInfo(peer));
                     router.oneshot(req).await
                 }
             }

@@ -76,8 +76,9 @@ type Conn = http1::Connection<TokioIo<TcpStream>, Body>;
 /// One connection: the handle requests are sent through, and the future that does the I/O.
 struct Link {
     sender: http1::SendRequest<Body>,
-    /// `None` once the connection ended (closed by either side, or failed).
-    conn: Option<Conn>,
+    /// `None` once the connection ended (closed by either side, or failed). Boxed: a `Link` moves
+    /// in and out of the idle list on every request, and hyper's connection state is large.
+    conn: Option<Pin<Box<Conn>>>,
 }
 
 impl Link {
@@ -86,7 +87,7 @@ impl Link {
         let Some(conn) = self.conn.as_mut() else {
             return true;
         };
-        match Pin::new(conn).poll(cx) {
+        match conn.as_mut().poll(cx) {
             Poll::Pending => false,
             Poll::Ready(res) => {
                 if let Err(e) = res {
@@ -320,7 +321,7 @@ async fn connect(addr: SocketAddr) -> Result<Link, UpstreamError> {
         .await?;
     Ok(Link {
         sender,
-        conn: Some(conn),
+        conn: Some(Box::pin(conn)),
     })
 }
 
