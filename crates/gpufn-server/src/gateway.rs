@@ -191,7 +191,6 @@ async fn forward(
     req: Request,
     arrival: Instant,
 ) -> Result<Response, ApiError> {
-    let arrival_ms = now_ms();
     let slot = pool.acquire().await.map_err(acquire_error)?;
     pool.metrics()
         .queue_wait
@@ -238,6 +237,9 @@ async fn forward(
         }
     };
     if let Some((phases, ready_at)) = slot.cold_start_info() {
+        // Wall-clock arrival, worked out only for the (rare) cold start: one clock read less on
+        // every warm request.
+        let arrival_ms = now_ms() - i64::try_from(arrival.elapsed().as_millis()).unwrap_or(0);
         platform.record_cold_start(&slot, arrival_ms, arrival, phases, ready_at);
     }
     let (mut parts, body) = resp.into_parts();

@@ -317,6 +317,7 @@ async fn connect(addr: SocketAddr) -> Result<Link, UpstreamError> {
         tracing::debug!("cannot set TCP_NODELAY towards {addr}: {e}");
     }
     let (sender, conn) = http1::Builder::new()
+        .writev(false)
         .handshake(TokioIo::new(stream))
         .await?;
     Ok(Link {
