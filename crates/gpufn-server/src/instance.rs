@@ -73,6 +73,8 @@ pub(crate) struct Instance {
     pub stop: CancellationToken,
     /// Busy periods, for billing.
     pub busy: gpufn_metering::BusyTracker,
+    /// Closed busy periods not yet handed to the meter (one record per window, not per request).
+    pub batch: gpufn_metering::PeriodBatch,
     /// Started to satisfy `min_instances`: billed for its whole lifetime.
     pub provisioned: bool,
     /// The spec's `gpu.memory_gb`, what each second is billed by.

@@ -4,7 +4,8 @@
 //! Records are written as soon as the thread is free; under load, whatever queued up meanwhile is
 //! written in one transaction. A clean shutdown writes everything (instances are stopped first, which
 //! closes their busy periods). A SIGKILLed gpufn loses only records not yet written — at most one
-//! batch — and the busy periods still open.
+//! batch — the busy periods still open, and the closed ones still in their instance's one-second
+//! metering batch (`PeriodBatch`: a busy instance sends a record per second, not per request).
 
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, Sender, channel};

@@ -635,8 +635,10 @@ impl Platform {
         if changed {
             tracing::info!(function = %row.name, revision = row.revision, "deployed");
         }
-        // Provisioned instances start now rather than at the reconciler's next pass.
+        // Provisioned instances start now rather than at the reconciler's next pass; the
+        // reconciler then schedules the pool's next look.
         pool.reconcile(Instant::now());
+        self.shared.mark_dirty(&row.name);
         let view = view(&row, &pool);
         if pool.spec().container.is_some() {
             self.evict_images();

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
 use gpufn_gpu::{AllocError, AllocRequest};
-use gpufn_metering::{BusyTracker, ClosedPeriod, billed_seconds};
+use gpufn_metering::{BusyTracker, ClosedPeriod, PeriodBatch, billed_seconds};
 use gpufn_policy::{Demand, InstanceView, Limits};
 use gpufn_spec::FunctionSpec;
 use gpufn_store::MeterRecord;
@@ -153,6 +153,9 @@ struct PoolState {
     idle_start: Option<Instant>,
     last_load: Duration,
     prewarm_min: u32,
+    /// When the reconciler looks at this pool next (what the last `reconcile` returned): an
+    /// instance going idle wakes it only if it must look sooner.
+    check_at: Option<Instant>,
 }
 
 impl PoolState {
@@ -172,6 +175,7 @@ impl PoolState {
             idle_start: None,
             last_load: Duration::ZERO,
             prewarm_min: 0,
+            check_at: None,
         }
     }
 }
@@ -266,11 +270,11 @@ fn keep_alive_window(st: &PoolState, now: Instant) -> (Duration, u32, Option<Ins
 /// Usage not yet in the store (see [`Pool::live_usage`]).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct LiveUsage {
-    /// Requests in open busy periods.
+    /// Requests in open busy periods and in closed ones not yet recorded.
     pub invocations: u64,
-    /// Seconds billed so far for open periods.
+    /// Seconds billed so far for those periods.
     pub billed_seconds: u64,
-    /// GB-seconds of open periods.
+    /// GB-seconds of those periods.
     pub gb_seconds: f64,
     /// Idle GB-seconds so far of live provisioned instances.
     pub idle_gb_seconds: f64,
@@ -287,6 +291,10 @@ fn busy_record(function: &str, instance: &str, memory_gb: u32, p: &ClosedPeriod)
         memory_gb: i64::from(memory_gb),
     }
 }
+
+/// An instance's busy periods starting within this window of each other make one metering record
+/// (see [`PeriodBatch`]): a record per second per busy instance at most, not one per request.
+const BATCH_WINDOW: Duration = Duration::from_secs(1);
 
 fn count(n: usize) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
@@ -507,6 +515,7 @@ impl Pool {
             let provisioned = live < spec.scaling.min_instances;
             st.instances.push(Instance {
                 busy: BusyTracker::default(),
+                batch: PeriodBatch::new(BATCH_WINDOW),
                 provisioned,
                 memory_gb: spec.gpu.memory_gb,
                 created: t,
@@ -573,18 +582,31 @@ impl Pool {
         let mut out = Outbox::default();
         {
             let mut st = self.lock();
+            let now = Instant::now();
+            // Under fixed keep-alive an instance going idle needs a look at its keep-alive deadline
+            // and when its pending metering batch is due; if the reconciler is due to look sooner
+            // anyway, it will see both then (and reschedule), so it is not woken on every request.
+            let fixed = st.spec.scaling.keep_alive == gpufn_spec::KeepAliveMode::Fixed;
+            let keep_until = now + st.spec.scaling.idle_timeout;
+            let check_at = st.check_at;
             let Some(inst) = st.instances.iter_mut().find(|i| i.id == id) else {
                 return;
             };
             inst.in_flight = inst.in_flight.saturating_sub(1);
             inst.served += 1;
-            if let Some(period) = inst.busy.end(Instant::now()) {
-                out.records
-                    .push(busy_record(&self.name, &inst.id, inst.memory_gb, &period));
+            if let Some(period) = inst.busy.end(now) {
+                if let Some(batch) = inst.batch.push(period) {
+                    out.records
+                        .push(busy_record(&self.name, &inst.id, inst.memory_gb, &batch));
+                }
             }
             if inst.in_flight == 0 {
-                out.wake = true;
-                inst.idle_since = Instant::now();
+                let needed = inst
+                    .batch
+                    .due_at()
+                    .map_or(keep_until, |d| d.min(keep_until));
+                out.wake = !fixed || check_at.is_none_or(|c| c > needed);
+                inst.idle_since = now;
                 if inst.state == InstanceState::Draining {
                     out.stops.push(inst.stop.clone());
                 }
@@ -681,9 +703,10 @@ impl Pool {
         };
         let mut inst = st.instances.remove(pos);
         let now = Instant::now();
-        if let Some(period) = inst.busy.close(now) {
+        let last = inst.busy.close(now).and_then(|p| inst.batch.push(p));
+        for batch in last.into_iter().chain(inst.batch.take()) {
             out.records
-                .push(busy_record(&self.name, &inst.id, inst.memory_gb, &period));
+                .push(busy_record(&self.name, &inst.id, inst.memory_gb, &batch));
         }
         if inst.provisioned {
             let lifetime = billed_seconds(now.saturating_duration_since(inst.created));
@@ -698,8 +721,9 @@ impl Pool {
         }
     }
 
-    /// What is billable right now but not yet recorded: busy periods still open (started at or after
-    /// `from_ms`) and the idle time so far of live provisioned instances.
+    /// What is billable right now but not yet recorded: busy periods still open or waiting in their
+    /// instance's metering batch (started at or after `from_ms`), and the idle time so far of live
+    /// provisioned instances.
     pub fn live_usage(&self, from_ms: i64) -> LiveUsage {
         let now = Instant::now();
         let st = self.lock();
@@ -710,7 +734,8 @@ impl Pool {
                 .busy
                 .open_period(now)
                 .filter(|p| wall_ms(p.start) >= from_ms);
-            if let Some(p) = open {
+            let pending = inst.batch.pending().filter(|p| wall_ms(p.start) >= from_ms);
+            for p in open.iter().chain(pending) {
                 u.invocations += p.requests;
                 u.billed_seconds += p.billed_seconds;
                 u.gb_seconds += p.billed_seconds as f64 * gb;
@@ -776,12 +801,30 @@ impl Pool {
                 }
             }
             self.scale(&mut st, &mut out);
-            [decision.next_check, st.min_retry_at, wake_at]
+            // Metering batches whose window has passed go to the meter; the others are due later.
+            let mut batch_due = None::<Instant>;
+            for inst in &mut st.instances {
+                if let Some(batch) = inst.batch.take_due(now) {
+                    out.records
+                        .push(busy_record(&self.name, &inst.id, inst.memory_gb, &batch));
+                }
+                batch_due = match (batch_due, inst.batch.due_at()) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+            }
+            let next = [decision.next_check, st.min_retry_at, wake_at, batch_due]
                 .into_iter()
                 .flatten()
-                .min()
+                .min();
+            st.check_at = next;
+            next
         };
-        if !out.starts.is_empty() || !out.stops.is_empty() || !out.answers.is_empty() {
+        if !out.starts.is_empty()
+            || !out.stops.is_empty()
+            || !out.answers.is_empty()
+            || !out.records.is_empty()
+        {
             self.run(out);
         }
         next

@@ -216,3 +216,55 @@ async fn provisioned_instances_are_billed_for_idle_time_too() {
         "{b}"
     );
 }
+
+/// Rows in the store's busy_periods table for `function`, and the requests they count.
+fn busy_rows(data_dir: &std::path::Path, function: &str) -> (i64, i64) {
+    let db = rusqlite::Connection::open_with_flags(
+        data_dir.join("gpufn.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    db.query_row(
+        "SELECT COUNT(*), COALESCE(SUM(requests), 0) FROM busy_periods WHERE function = ?1",
+        [function],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_busy_instance_writes_a_record_per_second_not_per_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path(), &["--simulate-gpus", "1xtesla-t4:16"]);
+    s.deploy_testfn("b", "").await;
+    // One call at a time: every request closes a busy period of its own.
+    let started = std::time::Instant::now();
+    for _ in 0..40 {
+        let r = s
+            .http
+            .get(s.url("/function/b/work?ms=0"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        r.bytes().await.unwrap();
+    }
+    let took = started.elapsed();
+    // Billing sees all 40 at once, recorded or not yet.
+    let bill = s.get_json("/api/v1/billing?function=b").await;
+    assert_eq!(bill[0]["invocations"], 40, "{bill}");
+    // The last batch reaches the store once its one-second window has passed, with no request
+    // to push it out.
+    s.wait_for(
+        "all 40 requests in the store",
+        Duration::from_secs(10),
+        || async { busy_rows(dir.path(), "b").1 == 40 },
+    )
+    .await;
+    let (rows, _) = busy_rows(dir.path(), "b");
+    // One record per second the calls took (the first, cold, one is its own), not 40.
+    let most = i64::try_from(took.as_secs()).unwrap() + 2;
+    assert!(rows <= most, "{rows} records for 40 requests in {took:?}");
+    let bill = s.get_json("/api/v1/billing?function=b").await;
+    assert_eq!(bill[0]["invocations"], 40, "nothing counted twice: {bill}");
+}
