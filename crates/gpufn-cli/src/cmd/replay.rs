@@ -169,14 +169,41 @@ pub async fn run(api: &Api, a: &ReplayArgs) -> anyhow::Result<ExitCode> {
             .await?;
         gb_s += bill[0]["gb_seconds"].as_f64().unwrap_or(0.0);
     }
-    let predicted = simulate(
-        &t,
-        Policy::Fixed(f64::from(a.idle_timeout_s)),
-        SimConfig {
-            cold_start_s: ready_delay_ms as f64 / 1000.0 + a.platform_overhead_ms / 1000.0,
-            ..SimConfig::default()
-        },
-    );
+    let config = SimConfig {
+        cold_start_s: ready_delay_ms as f64 / 1000.0 + a.platform_overhead_ms / 1000.0,
+        ..SimConfig::default()
+    };
+    let policy = Policy::Fixed(f64::from(a.idle_timeout_s));
+    let predicted = simulate(&t, policy, config);
+    // The same prediction with the starts this run actually took (allocate + pull + spawn +
+    // ready) in place of the assumed load + overhead: compressed loads are tens of milliseconds,
+    // where probe granularity and a busy machine are a large share of a start — and a longer start
+    // queues more requests behind it, all of them cold.
+    let mut starts = Vec::new();
+    for name in &names {
+        let rows = api
+            .json(
+                api.request(
+                    Method::GET,
+                    &format!("/api/v1/functions/{name}/cold-starts"),
+                )
+                .query(&[("limit", "1000")]),
+            )
+            .await?;
+        starts.extend(rows.as_array().into_iter().flatten().map(|c| {
+            ["gpu_allocate_ms", "image_pull_ms", "start_ms", "ready_ms"]
+                .iter()
+                .map(|k| c[*k].as_f64().unwrap_or(0.0))
+                .sum::<f64>()
+                / 1000.0
+        }));
+    }
+    starts.sort_by(f64::total_cmp);
+    let with_starts = (!starts.is_empty()).then(|| {
+        let mut measured = t.clone();
+        measured.cold_start_samples.clone_from(&starts);
+        simulate(&measured, policy, config)
+    });
     if !a.keep {
         for name in &names {
             let _ = api
@@ -193,13 +220,26 @@ pub async fn run(api: &Api, a: &ReplayArgs) -> anyhow::Result<ExitCode> {
         }
     };
     let rate = cold as f64 / n;
+    let (m_rate, m_gb_s) = with_starts.as_ref().map_or((f64::NAN, f64::NAN), |w| {
+        (w.cold_start_rate, w.active_billed_gb_seconds)
+    });
+    let shown = |v: String| if with_starts.is_some() { v } else { "-".into() };
     table::print(
-        &["", "MEASURED", "SIMULATED", "DIFFERENCE"],
+        &[
+            "",
+            "MEASURED",
+            "SIMULATED",
+            "DIFFERENCE",
+            "SIMULATED (MEASURED STARTS)",
+            "DIFFERENCE",
+        ],
         &[
             vec![
                 "requests".into(),
                 results.len().to_string(),
                 predicted.requests.to_string(),
+                String::new(),
+                shown(predicted.requests.to_string()),
                 String::new(),
             ],
             vec![
@@ -207,21 +247,37 @@ pub async fn run(api: &Api, a: &ReplayArgs) -> anyhow::Result<ExitCode> {
                 failed.to_string(),
                 "0".into(),
                 String::new(),
+                shown("0".into()),
+                String::new(),
             ],
             vec![
                 "cold-start rate".into(),
                 format!("{:.2} %", rate * 100.0),
                 format!("{:.2} %", predicted.cold_start_rate * 100.0),
                 diff(rate, predicted.cold_start_rate),
+                shown(format!("{:.2} %", m_rate * 100.0)),
+                shown(diff(rate, m_rate)),
             ],
             vec![
                 "billed GB-s (busy, per-second)".into(),
                 format!("{gb_s:.0}"),
                 format!("{:.0}", predicted.active_billed_gb_seconds),
                 diff(gb_s, predicted.active_billed_gb_seconds),
+                shown(format!("{m_gb_s:.0}")),
+                shown(diff(gb_s, m_gb_s)),
             ],
         ],
     );
+    if let (Some(lo), Some(hi)) = (starts.first(), starts.last()) {
+        println!(
+            "# starts measured: {} (p50 {:.1} ms, {:.1}..{:.1} ms); assumed: {:.1} ms",
+            starts.len(),
+            starts[starts.len() / 2] * 1000.0,
+            lo * 1000.0,
+            hi * 1000.0,
+            config.cold_start_s * 1000.0
+        );
+    }
     Ok(if failed == 0 {
         ExitCode::SUCCESS
     } else {
