@@ -180,6 +180,11 @@ pub struct ServeArgs {
     /// Seconds an instance gets between SIGTERM and SIGKILL.
     #[arg(long, default_value_t = 10)]
     instance_stop_grace_s: u64,
+    /// Seconds after which a client connection with no request in flight that starts none is
+    /// closed (idle keep-alive connections, request heads that never complete); closed within
+    /// twice this.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    client_idle_timeout_s: u64,
     /// Deploy this spec at start (repeatable).
     #[arg(long)]
     deploy: Vec<PathBuf>,

@@ -35,6 +35,10 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// How long an instance gets between SIGTERM and SIGKILL.
     pub instance_stop_grace: Duration,
+    /// A client connection with no request in flight that starts none for this long is closed
+    /// (after between one and two times this): idle keep-alive connections and request heads that
+    /// never complete.
+    pub client_idle_timeout: Duration,
     /// Specs deployed at start (`--deploy FILE`), workdirs already resolved.
     pub deploy: Vec<RawSpec>,
     /// Billing prices.
@@ -79,6 +83,7 @@ impl Default for Config {
             gpus: GpuSource::Nvml,
             shutdown_grace: Duration::from_secs(30),
             instance_stop_grace: Duration::from_secs(10),
+            client_idle_timeout: Duration::from_secs(60),
             deploy: Vec::new(),
             prices: Prices::default(),
             tasks: TaskConfig::default(),

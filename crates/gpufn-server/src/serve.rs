@@ -7,7 +7,10 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::task::{Context, Poll};
 
 use std::convert::Infallible;
 
@@ -82,6 +85,7 @@ pub async fn run(
         platform.clone(),
         router(platform.clone()),
         drain.clone(),
+        config.client_idle_timeout,
     ));
     tokio::select! {
         () = stop => {}
@@ -123,6 +127,7 @@ async fn accept_loop(
     platform: Arc<Platform>,
     router: axum::Router,
     drain: CancellationToken,
+    client_idle_timeout: std::time::Duration,
 ) -> std::io::Result<()> {
     let graceful = GracefulShutdown::new();
     loop {
@@ -147,18 +152,28 @@ async fn accept_loop(
         let platform = platform.clone();
         let router = router.clone();
         let client = Arc::new(crate::gateway::Peer::new(peer));
+        let activity = Arc::new(Activity::default());
+        let seen = activity.clone();
         let service = hyper::service::service_fn(move |req: http::Request<Incoming>| {
             let platform = platform.clone();
             let router = router.clone();
             let client = client.clone();
+            let guard = InFlight::new(&activity);
             async move {
                 let mut req = req.map(Body::new);
-                if req.uri().path().starts_with(GATEWAY_PREFIX) {
-                    Ok::<_, Infallible>(crate::gateway::handle(&platform, Some(&client), req).await)
+                let resp = if req.uri().path().starts_with(GATEWAY_PREFIX) {
+                    crate::gateway::handle(&platform, Some(&client), req).await
                 } else {
                     req.extensions_mut().insert(ConnectInfo(peer));
-                    router.oneshot(req).await
-                }
+                    match router.oneshot(req).await {
+                        Ok(resp) => resp,
+                        Err(never) => match never {},
+                    }
+                };
+                Ok::<_, Infallible>(resp.map(|inner| ConnBody {
+                    inner,
+                    _guard: guard,
+                }))
             }
         });
         // Flattened writes: the response head and a small body leave in one write() instead of a
@@ -169,14 +184,96 @@ async fn accept_loop(
             .serve_connection(TokioIo::new(tcp), service);
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!("connection from {peer}: {e}");
+            // The idle watchdog closes connections that neither have a request in flight nor
+            // started one during the last `client_idle_timeout`: idle keep-alive connections, and
+            // clients that never finish a request head (slowloris), would otherwise hold a task and
+            // a file descriptor each, forever. One timer per connection, not one per request:
+            // hyper's own header_read_timeout arms a timer for every request head and cost ~10 %
+            // of warm-path throughput (BENCHMARKS.md).
+            let mut conn = std::pin::pin!(conn);
+            let mut tick = tokio::time::interval_at(
+                tokio::time::Instant::now() + client_idle_timeout,
+                client_idle_timeout,
+            );
+            let mut last_started = 0;
+            loop {
+                tokio::select! {
+                    biased;
+                    res = &mut conn => {
+                        if let Err(e) = res {
+                            tracing::debug!("connection from {peer}: {e}");
+                        }
+                        break;
+                    }
+                    _ = tick.tick() => {
+                        let started = seen.started.load(Ordering::Relaxed);
+                        if started == last_started && seen.in_flight.load(Ordering::Relaxed) == 0 {
+                            tracing::debug!("connection from {peer}: idle past {client_idle_timeout:?}; closed");
+                            break;
+                        }
+                        last_started = started;
+                    }
+                }
             }
         });
     }
     drop(listener);
     graceful.shutdown().await;
     Ok(())
+}
+
+/// What the idle watchdog of one client connection looks at.
+#[derive(Debug, Default)]
+struct Activity {
+    /// Requests whose head was read.
+    started: AtomicU64,
+    /// Requests not yet answered to the end (their response body not yet sent or dropped).
+    in_flight: AtomicU32,
+}
+
+/// One request of a connection, in flight until dropped with its response body.
+#[derive(Debug)]
+struct InFlight(Arc<Activity>);
+
+impl InFlight {
+    fn new(activity: &Arc<Activity>) -> Self {
+        activity.started.fetch_add(1, Ordering::Relaxed);
+        activity.in_flight.fetch_add(1, Ordering::Relaxed);
+        Self(activity.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A response body that keeps its request counted as in flight until it is done (no second box:
+/// hyper takes any body type).
+struct ConnBody {
+    inner: Body,
+    _guard: InFlight,
+}
+
+impl http_body::Body for ConnBody {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, axum::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// The gateway's route prefix (`ANY /function/{name}/{path}`).

@@ -76,6 +76,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         gpus,
         shutdown_grace: Duration::from_secs(args.shutdown_grace_s),
         instance_stop_grace: Duration::from_secs(args.instance_stop_grace_s),
+        client_idle_timeout: Duration::from_secs(args.client_idle_timeout_s),
         deploy,
         tasks: TaskConfig {
             max_share: args.async_max_share,

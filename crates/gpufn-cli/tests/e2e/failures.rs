@@ -123,3 +123,82 @@ async fn a_crash_mid_request_gives_502_and_the_next_request_gets_a_new_instance(
     let insts = s.instances("crashy").await;
     assert_eq!(insts.len(), 1, "{insts:?}");
 }
+
+/// Reads from `conn` until the server closes it (or 10 s pass); returns what it sent.
+async fn read_until_closed(conn: &mut tokio::net::TcpStream) -> Option<Vec<u8>> {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let read_all = async {
+        loop {
+            match conn.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), read_all)
+        .await
+        .ok()
+        .map(|()| got)
+}
+
+#[tokio::test]
+async fn connections_that_send_no_request_head_are_closed() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(
+        dir.path(),
+        &[
+            "--simulate-gpus",
+            "1xtesla-t4:16",
+            "--client-idle-timeout-s",
+            "1",
+        ],
+    );
+    let addr = s
+        .url("")
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_string();
+
+    // A slowloris: half a request head, then nothing.
+    let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let got = read_until_closed(&mut slow).await;
+    assert!(
+        got.is_some(),
+        "a half-sent request head keeps its connection open"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "closed before the timeout: {:?}",
+        started.elapsed()
+    );
+
+    // An idle keep-alive connection: answered, then closed once idle past the timeout.
+    let mut idle = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let got = read_until_closed(&mut idle)
+        .await
+        .expect("idle connection kept open");
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+
+    // A request that takes longer than the timeout, sending nothing meanwhile, is in flight: its
+    // connection stays open until it is answered.
+    s.deploy_testfn("slow", "").await;
+    let r = s
+        .http
+        .get(s.url("/function/slow/work?ms=2500"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(!r.bytes().await.unwrap().is_empty());
+}
