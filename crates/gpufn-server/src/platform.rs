@@ -264,6 +264,9 @@ impl Platform {
             config.tasks,
             config.data_dir.join("task-results"),
         );
+        let fc = crate::fc::FcState::new(&config.access_keys, &config.fc_gpu_types, |v| {
+            remember_nonces(v, &shared)
+        });
         let platform = Arc::new(Self {
             shared,
             pools: RwLock::new(BTreeMap::new()),
@@ -272,7 +275,7 @@ impl Platform {
             client: instance_client(),
             upstream: crate::upstream::Upstream::new(),
             tasks,
-            fc: crate::fc::FcState::new(&config.access_keys, &config.fc_gpu_types),
+            fc,
         });
         platform.load_functions()?;
         for raw in &config.deploy {
@@ -826,6 +829,44 @@ impl Platform {
             }
         });
     }
+}
+
+/// The FC API's signature nonces outlive a restart: those accepted within the last two skew
+/// windows are loaded, and each new one goes to the store through the meter thread (batched, no
+/// fsync on the request path; a crash can lose only the last batch).
+fn remember_nonces(
+    v: crate::fc::auth::Verifier,
+    shared: &Arc<Shared>,
+) -> crate::fc::auth::Verifier {
+    let window = crate::fc::auth::MAX_SKEW * 2;
+    let window_ms = i64::try_from(window.as_millis()).unwrap_or(i64::MAX);
+    let seen = shared
+        .store
+        .recent_nonces(now_ms().saturating_sub(window_ms))
+        .unwrap_or_else(|e| {
+            tracing::error!("cannot read the FC API's used nonces: {e}");
+            Vec::new()
+        })
+        .into_iter()
+        .map(|(n, ms)| {
+            let at = std::time::UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0));
+            (n, at)
+        });
+    let meter = shared.meter.clone();
+    v.remembering(
+        seen,
+        Box::new(move |nonce, at| {
+            let ms = |t: std::time::SystemTime| {
+                t.duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+            };
+            meter.record(MeterRecord::Nonce {
+                nonce: nonce.to_string(),
+                seen_ms: ms(at),
+                forget_before_ms: ms(at).saturating_sub(window_ms),
+            });
+        }),
+    )
 }
 
 fn shutting_down() -> ApiError {

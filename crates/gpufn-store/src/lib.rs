@@ -138,6 +138,8 @@ const MIGRATIONS: &[&str] = &[
         last_error TEXT
      );
      CREATE INDEX deliveries_due ON deliveries (state, next_ms);",
+    "CREATE TABLE fc_nonces (nonce TEXT PRIMARY KEY, seen_ms INTEGER NOT NULL);
+     CREATE INDEX fc_nonces_by_time ON fc_nonces (seen_ms);",
 ];
 
 /// The store. Share it behind an `Arc`.
@@ -328,6 +330,17 @@ pub enum MeterRecord {
     },
     /// A cold start, with its phases.
     ColdStart(ColdStartRow),
+    /// A signature nonce the FC-compatible API accepted: not metering, but written the same
+    /// batched way, so a restart does not make a captured request valid again. Nonces seen before
+    /// `forget_before_ms` are deleted in the same transaction.
+    Nonce {
+        /// The `x-acs-signature-nonce`.
+        nonce: String,
+        /// When it was accepted, ms since the epoch.
+        seen_ms: i64,
+        /// Older nonces can no longer come back with a valid date.
+        forget_before_ms: i64,
+    },
 }
 
 /// A cold start as stored.
@@ -428,10 +441,32 @@ impl Store {
                         c.total_ms
                     ],
                 )?,
+                MeterRecord::Nonce {
+                    nonce,
+                    seen_ms,
+                    forget_before_ms,
+                } => {
+                    tx.execute(
+                        "DELETE FROM fc_nonces WHERE seen_ms < ?1",
+                        [forget_before_ms],
+                    )?;
+                    tx.execute(
+                        "INSERT OR IGNORE INTO fc_nonces (nonce, seen_ms) VALUES (?1, ?2)",
+                        params![nonce, seen_ms],
+                    )?
+                }
             };
         }
         tx.commit()?;
         Ok(())
+    }
+
+    /// FC signature nonces accepted at or after `since_ms`, with when.
+    pub fn recent_nonces(&self, since_ms: i64) -> Result<Vec<(String, i64)>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare("SELECT nonce, seen_ms FROM fc_nonces WHERE seen_ms >= ?1")?;
+        let rows = stmt.query_map([since_ms], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     /// Billing sums per function for busy periods starting, and provisioned instances ending, in
@@ -669,6 +704,39 @@ mod tests {
         assert_eq!(s.instances().expect("list"), vec![rec]);
         s.remove_instance("f-1").expect("remove");
         assert!(s.instances().expect("list").is_empty());
+    }
+
+    #[test]
+    fn nonces_survive_reopening_and_old_ones_are_forgotten() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("db");
+        let nonce = |n: &str, seen_ms, forget_before_ms| MeterRecord::Nonce {
+            nonce: n.into(),
+            seen_ms,
+            forget_before_ms,
+        };
+        {
+            let s = Store::open(&path).expect("open");
+            s.write_meter(&[nonce("a", 1_000, 0), nonce("b", 5_000, 0)])
+                .expect("write");
+            // The same nonce twice is one row (the verifier refuses it before it gets here).
+            s.write_meter(&[nonce("b", 6_000, 0)]).expect("again");
+        }
+        let s = Store::open(&path).expect("reopen");
+        let mut got = s.recent_nonces(0).expect("read");
+        got.sort();
+        assert_eq!(got, [("a".to_string(), 1_000), ("b".to_string(), 5_000)]);
+        assert_eq!(s.recent_nonces(2_000).expect("read").len(), 1);
+        // A later nonce forgets the ones seen before its cut-off.
+        s.write_meter(&[nonce("c", 9_000, 4_000)]).expect("write");
+        let mut got: Vec<String> = s
+            .recent_nonces(0)
+            .expect("read")
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        got.sort();
+        assert_eq!(got, ["b", "c"]);
     }
 
     #[test]

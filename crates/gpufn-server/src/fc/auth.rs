@@ -78,11 +78,23 @@ pub struct SignedRequest<'a> {
     pub body: &'a [u8],
 }
 
+/// Told of every nonce the verifier accepts, with when (the server writes them to its store).
+pub type NonceSink = Box<dyn Fn(&str, SystemTime) + Send + Sync>;
+
 /// Access keys and the nonces seen recently.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Verifier {
     keys: HashMap<String, String>,
     nonces: Mutex<HashMap<String, SystemTime>>,
+    sink: Option<NonceSink>,
+}
+
+impl std::fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Verifier")
+            .field("keys", &self.keys.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Verifier {
@@ -91,7 +103,23 @@ impl Verifier {
         Verifier {
             keys,
             nonces: Mutex::new(HashMap::new()),
+            sink: None,
         }
+    }
+
+    /// Remembers nonces accepted before (by an earlier run: a restart must not make a captured
+    /// request valid again), and tells `sink` of each one accepted from now on.
+    pub fn remembering(
+        mut self,
+        seen: impl IntoIterator<Item = (String, SystemTime)>,
+        sink: NonceSink,
+    ) -> Self {
+        self.nonces
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(seen);
+        self.sink = Some(sink);
+        self
     }
 
     /// True when no key is configured (the FC API is then refused as a whole).
@@ -190,7 +218,11 @@ impl Verifier {
         if nonces.contains_key(&nonce) {
             return Err(AuthError::Replayed(nonce));
         }
-        nonces.insert(nonce, now);
+        nonces.insert(nonce.clone(), now);
+        drop(nonces);
+        if let Some(sink) = &self.sink {
+            sink(&nonce, now);
+        }
         Ok(id)
     }
 }
@@ -266,6 +298,29 @@ mod tests {
 
     fn verifier() -> Verifier {
         Verifier::new(HashMap::from([("AKID".to_string(), "s3cret".to_string())]))
+    }
+
+    #[test]
+    fn nonces_accepted_by_an_earlier_run_stay_used() {
+        let now = epoch(AT + 60);
+        let told = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let log = told.clone();
+        let first = verifier().remembering(
+            Vec::new(),
+            Box::new(move |n, at| log.lock().unwrap().push((n.to_string(), at))),
+        );
+        assert_eq!(
+            first.verify(&request(SDK_AUTH, BODY, "abc123"), now),
+            Ok("AKID".into())
+        );
+        let seen = told.lock().unwrap().clone();
+        assert_eq!(seen, [("abc123".to_string(), now)]);
+        // The next run starts from what the first one recorded.
+        let second = verifier().remembering(seen, Box::new(|_, _| {}));
+        assert_eq!(
+            second.verify(&request(SDK_AUTH, BODY, "abc123"), now),
+            Err(AuthError::Replayed("abc123".into()))
+        );
     }
 
     #[test]

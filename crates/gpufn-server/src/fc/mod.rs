@@ -30,14 +30,20 @@ pub struct FcState {
 
 impl FcState {
     /// From `id:secret` keys and `fc-type=local-type` overrides of [`mapping::DEFAULT_GPU_TYPES`].
-    pub fn new(keys: &[(String, String)], gpu_types: &[(String, String)]) -> Self {
+    pub fn new(
+        keys: &[(String, String)],
+        gpu_types: &[(String, String)],
+        verifier: impl FnOnce(auth::Verifier) -> auth::Verifier,
+    ) -> Self {
         let mut table: BTreeMap<String, String> = mapping::DEFAULT_GPU_TYPES
             .iter()
             .map(|(a, b)| (a.to_string(), b.to_string()))
             .collect();
         table.extend(gpu_types.iter().cloned());
         FcState {
-            verifier: auth::Verifier::new(keys.iter().cloned().collect::<HashMap<_, _>>()),
+            verifier: verifier(auth::Verifier::new(
+                keys.iter().cloned().collect::<HashMap<_, _>>(),
+            )),
             gpu_types: table,
         }
     }
