@@ -236,8 +236,9 @@ fn busy_rows(data_dir: &std::path::Path, function: &str) -> (i64, i64) {
 async fn a_busy_instance_writes_a_record_per_second_not_per_request() {
     let dir = tempfile::tempdir().unwrap();
     let s = Server::start(dir.path(), &["--simulate-gpus", "1xtesla-t4:16"]);
-    s.deploy_testfn("b", "").await;
-    // One call at a time: every request closes a busy period of its own.
+    s.deploy_testfn("b", "scaling: {idle_timeout_s: 1}").await;
+    // One call at a time: every request closes a busy period of its own (and leaves the instance
+    // idle, which no longer wakes the reconciler each time).
     let started = std::time::Instant::now();
     for _ in 0..40 {
         let r = s
@@ -267,4 +268,10 @@ async fn a_busy_instance_writes_a_record_per_second_not_per_request() {
     assert!(rows <= most, "{rows} records for 40 requests in {took:?}");
     let bill = s.get_json("/api/v1/billing?function=b").await;
     assert_eq!(bill[0]["invocations"], 40, "nothing counted twice: {bill}");
+    // Keep-alive still sees the last idle transition: back to zero after idle_timeout_s.
+    s.wait_for("scale to zero", Duration::from_secs(15), || async {
+        s.instances("b").await.is_empty()
+    })
+    .await;
+    assert_eq!(busy_rows(dir.path(), "b").1, 40);
 }
