@@ -221,13 +221,9 @@ impl Upstream {
     fn checkout(&self, addr: SocketAddr) -> Option<Link> {
         loop {
             let mut idle = {
-                let mut map = lock(&self.inner.idle);
-                let list = map.get_mut(&addr)?;
-                let idle = list.pop();
-                if list.is_empty() {
-                    map.remove(&addr);
-                }
-                idle?
+                // An emptied list stays in the map (the sweep drops empty ones): removing it here
+                // freed and re-allocated a Vec on every request at low concurrency.
+                lock(&self.inner.idle).get_mut(&addr)?.pop()?
             };
             // Nothing polled it while it was idle: look once, without a waker, whether the
             // instance closed it (the app exited, or its own keep-alive timer ran out).
