@@ -185,6 +185,11 @@ pub struct ServeArgs {
     /// twice this.
     #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     client_idle_timeout_s: u64,
+    /// How `/function/` requests are proxied: `direct` (heads parsed with httparse, bodies
+    /// relayed as bytes, anything unusual handed to hyper) or `hyper` (hyper's server and client
+    /// for every request).
+    #[arg(long, default_value = "direct", value_parser = ["direct", "hyper"])]
+    gateway: String,
     /// Deploy this spec at start (repeatable).
     #[arg(long)]
     deploy: Vec<PathBuf>,

@@ -20,6 +20,17 @@ pub enum GpuSource {
     NvmlOrSimulated(String),
 }
 
+/// How the gateway proxies `/function/` requests (`--gateway`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum GatewayPath {
+    /// Heads parsed with httparse and bodies relayed as bytes; requests it does not take (and
+    /// everything after them on the same connection) go to hyper. The default.
+    #[default]
+    Direct,
+    /// Every request through hyper's server and client (the reference path).
+    Hyper,
+}
+
 /// Everything `gpufn serve` is configured with.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -39,6 +50,8 @@ pub struct Config {
     /// (after between one and two times this): idle keep-alive connections and request heads that
     /// never complete.
     pub client_idle_timeout: Duration,
+    /// How `/function/` requests are proxied.
+    pub gateway: GatewayPath,
     /// Specs deployed at start (`--deploy FILE`), workdirs already resolved.
     pub deploy: Vec<RawSpec>,
     /// Billing prices.
@@ -84,6 +97,7 @@ impl Default for Config {
             shutdown_grace: Duration::from_secs(30),
             instance_stop_grace: Duration::from_secs(10),
             client_idle_timeout: Duration::from_secs(60),
+            gateway: GatewayPath::Direct,
             deploy: Vec::new(),
             prices: Prices::default(),
             tasks: TaskConfig::default(),

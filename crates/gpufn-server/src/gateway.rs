@@ -130,19 +130,23 @@ pub(crate) fn split_target_with_prefix<'a>(
 /// The caller's request id if it sent a sane one, else a new one. A header value, made once: it
 /// goes to the instance and back to the caller.
 fn request_id(headers: &HeaderMap) -> HeaderValue {
-    let sane = |v: &&HeaderValue| {
-        let b = v.as_bytes();
-        !b.is_empty()
-            && b.len() <= 128
-            && b.iter()
-                .all(|c| c.is_ascii_alphanumeric() || b"-_.:".contains(c))
-    };
-    if let Some(v) = headers.get(REQUEST_ID).filter(sane) {
+    if let Some(v) = headers
+        .get(REQUEST_ID)
+        .filter(|v| sane_request_id(v.as_bytes()))
+    {
         return v.clone();
     }
     let mut buf = [0u8; uuid::fmt::Simple::LENGTH];
     let id = uuid::Uuid::new_v4().simple().encode_lower(&mut buf);
     HeaderValue::from_str(id).unwrap_or_else(|_| HeaderValue::from_static("-"))
+}
+
+/// A caller's request id is kept if it is 1–128 characters of `[A-Za-z0-9-_.:]`.
+pub(crate) fn sane_request_id(b: &[u8]) -> bool {
+    !b.is_empty()
+        && b.len() <= 128
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || b"-_.:".contains(c))
 }
 
 /// Who sent a request: the peer's address, and that address as an `x-forwarded-for` value (made

@@ -12,6 +12,7 @@ pub mod api;
 pub mod config;
 mod console;
 mod containers;
+mod direct;
 pub mod error;
 pub mod fc;
 pub mod gateway;
@@ -26,7 +27,7 @@ pub mod tasks_api;
 pub mod upstream;
 mod util;
 
-pub use config::{Config, ContainerSettings, GpuSource};
+pub use config::{Config, ContainerSettings, GatewayPath, GpuSource};
 pub use platform::Platform;
 pub use serve::{ServerError, run};
 pub use tasks::TaskConfig;

@@ -19,13 +19,14 @@ use axum::extract::ConnectInfo;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::TokioIo;
-use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
 use crate::api::router;
-use crate::config::Config;
+use crate::config::{Config, GatewayPath};
+use crate::direct::{Direct, Outcome, Rewind};
 use crate::error::ApiError;
 use crate::platform::Platform;
 
@@ -85,7 +86,10 @@ pub async fn run(
         platform.clone(),
         router(platform.clone()),
         drain.clone(),
-        config.client_idle_timeout,
+        ConnConfig {
+            client_idle_timeout: config.client_idle_timeout,
+            gateway: config.gateway,
+        },
     ));
     tokio::select! {
         () = stop => {}
@@ -118,18 +122,20 @@ pub async fn run(
 /// Accepts connections and serves HTTP/1.1 on each until `drain` is cancelled, then waits for the
 /// connections to finish their requests in flight (idle keep-alive connections close at once).
 ///
-/// Why not `axum::serve`: the gateway is the hot path, and a request to `/function/…` goes straight
-/// to `gateway::invoke` here — no router match, no HTTP-version sniffing (`hyper_util`'s auto
-/// builder reads the first bytes of every connection to look for HTTP/2), no tower layers. Every
-/// other path goes to the axum router, with `ConnectInfo` set as `axum::serve` would.
+/// Why not `axum::serve`: the gateway is the hot path. With the direct gateway (the default),
+/// `/function/` requests are proxied by [`crate::direct`] without hyper; with `--gateway hyper`, or
+/// once a connection sends a request the direct path does not take, a request to `/function/…`
+/// goes straight to `gateway::handle` — no router match, no HTTP-version sniffing, no tower
+/// layers. Every other path goes to the axum router, with `ConnectInfo` set as `axum::serve` would.
 async fn accept_loop(
     listener: TcpListener,
     platform: Arc<Platform>,
     router: axum::Router,
     drain: CancellationToken,
-    client_idle_timeout: std::time::Duration,
+    config: ConnConfig,
 ) -> std::io::Result<()> {
-    let graceful = GracefulShutdown::new();
+    let connections = TaskTracker::new();
+    let direct = (config.gateway == GatewayPath::Direct).then(|| Direct::new(platform.clone()));
     loop {
         let (tcp, peer) = tokio::select! {
             () = drain.cancelled() => break,
@@ -149,77 +155,118 @@ async fn accept_loop(
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!("cannot set TCP_NODELAY: {e}");
         }
-        let platform = platform.clone();
-        let router = router.clone();
-        let client = Arc::new(crate::gateway::Peer::new(peer));
-        let activity = Arc::new(Activity::default());
-        let seen = activity.clone();
-        let service = hyper::service::service_fn(move |req: http::Request<Incoming>| {
-            let platform = platform.clone();
-            let router = router.clone();
-            let client = client.clone();
-            let guard = InFlight::new(&activity);
-            async move {
-                let mut req = req.map(Body::new);
-                let resp = if req.uri().path().starts_with(GATEWAY_PREFIX) {
-                    crate::gateway::handle(&platform, Some(&client), req).await
-                } else {
-                    req.extensions_mut().insert(ConnectInfo(peer));
-                    match router.oneshot(req).await {
-                        Ok(resp) => resp,
-                        Err(never) => match never {},
-                    }
-                };
-                Ok::<_, Infallible>(resp.map(|inner| ConnBody {
-                    inner,
-                    _guard: guard,
-                }))
-            }
-        });
-        // Flattened writes: the response head and a small body leave in one write() instead of a
-        // writev of two buffers — measurably cheaper for the small responses that dominate
-        // request counts; a large body costs one memcpy per chunk (BENCHMARKS.md, 1 MiB rows).
-        let conn = http1::Builder::new()
-            .writev(false)
-            .serve_connection(TokioIo::new(tcp), service);
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            // The idle watchdog closes connections that neither have a request in flight nor
-            // started one during the last `client_idle_timeout`: idle keep-alive connections, and
-            // clients that never finish a request head (slowloris), would otherwise hold a task and
-            // a file descriptor each, forever. One timer per connection, not one per request:
-            // hyper's own header_read_timeout arms a timer for every request head and cost ~10 %
-            // of warm-path throughput (BENCHMARKS.md).
-            let mut conn = std::pin::pin!(conn);
-            let mut tick = tokio::time::interval_at(
-                tokio::time::Instant::now() + client_idle_timeout,
-                client_idle_timeout,
-            );
-            let mut last_started = 0;
-            loop {
-                tokio::select! {
-                    biased;
-                    res = &mut conn => {
-                        if let Err(e) = res {
-                            tracing::debug!("connection from {peer}: {e}");
-                        }
-                        break;
-                    }
-                    _ = tick.tick() => {
-                        let started = seen.started.load(Ordering::Relaxed);
-                        if started == last_started && seen.in_flight.load(Ordering::Relaxed) == 0 {
-                            tracing::debug!("connection from {peer}: idle past {client_idle_timeout:?}; closed");
-                            break;
-                        }
-                        last_started = started;
-                    }
-                }
-            }
-        });
+        connections.spawn(serve_client(
+            tcp,
+            peer,
+            platform.clone(),
+            router.clone(),
+            direct.clone(),
+            drain.clone(),
+            config.client_idle_timeout,
+        ));
     }
     drop(listener);
-    graceful.shutdown().await;
+    connections.close();
+    connections.wait().await;
     Ok(())
+}
+
+/// What the accept loop needs from the configuration.
+#[derive(Debug, Clone, Copy)]
+struct ConnConfig {
+    client_idle_timeout: std::time::Duration,
+    gateway: GatewayPath,
+}
+
+/// Serves one client connection: the direct gateway first (if on), then hyper from the first
+/// request the direct path does not take.
+///
+/// The idle watchdog closes connections that neither have a request in flight nor started one
+/// during the last `client_idle_timeout`: idle keep-alive connections, and clients that never
+/// finish a request head (slowloris), would otherwise hold a task and a file descriptor each,
+/// forever. One timer per connection, not one per request: hyper's own header_read_timeout arms a
+/// timer for every request head and cost ~10 % of warm-path throughput (BENCHMARKS.md).
+async fn serve_client(
+    mut tcp: TcpStream,
+    peer: SocketAddr,
+    platform: Arc<Platform>,
+    router: axum::Router,
+    direct: Option<Direct>,
+    drain: CancellationToken,
+    client_idle_timeout: std::time::Duration,
+) {
+    let client = Arc::new(crate::gateway::Peer::new(peer));
+    let mut tick = tokio::time::interval_at(
+        tokio::time::Instant::now() + client_idle_timeout,
+        client_idle_timeout,
+    );
+    // After a long request, one late tick, then a full period: the idle time is counted from
+    // when the connection went idle, not from a burst of missed ticks.
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let pre = match &direct {
+        Some(direct) => match direct.serve(&mut tcp, &client, &mut tick, &drain).await {
+            Outcome::Closed => return,
+            Outcome::Fallback(pre) => pre,
+        },
+        None => bytes::BytesMut::new(),
+    };
+    let activity = Arc::new(Activity::default());
+    let seen = activity.clone();
+    let service = hyper::service::service_fn(move |req: http::Request<Incoming>| {
+        let platform = platform.clone();
+        let router = router.clone();
+        let client = client.clone();
+        let guard = InFlight::new(&activity);
+        async move {
+            let mut req = req.map(Body::new);
+            let resp = if req.uri().path().starts_with(GATEWAY_PREFIX) {
+                crate::gateway::handle(&platform, Some(&client), req).await
+            } else {
+                req.extensions_mut().insert(ConnectInfo(peer));
+                match router.oneshot(req).await {
+                    Ok(resp) => resp,
+                    Err(never) => match never {},
+                }
+            };
+            Ok::<_, Infallible>(resp.map(|inner| ConnBody {
+                inner,
+                _guard: guard,
+            }))
+        }
+    });
+    // Flattened writes: the response head and a small body leave in one write() instead of a
+    // writev of two buffers — measurably cheaper for the small responses that dominate request
+    // counts; a large body costs one memcpy per chunk (BENCHMARKS.md, 1 MiB rows).
+    let conn = http1::Builder::new()
+        .writev(false)
+        .serve_connection(TokioIo::new(Rewind::new(pre, tcp)), service);
+    let mut conn = std::pin::pin!(conn);
+    let mut last_started = 0;
+    let mut draining = false;
+    loop {
+        tokio::select! {
+            biased;
+            res = conn.as_mut() => {
+                if let Err(e) = res {
+                    tracing::debug!("connection from {peer}: {e}");
+                }
+                break;
+            }
+            () = drain.cancelled(), if !draining => {
+                // Finish the request in flight, then close; an idle connection closes at once.
+                conn.as_mut().graceful_shutdown();
+                draining = true;
+            }
+            _ = tick.tick() => {
+                let started = seen.started.load(Ordering::Relaxed);
+                if started == last_started && seen.in_flight.load(Ordering::Relaxed) == 0 {
+                    tracing::debug!("connection from {peer}: idle past {client_idle_timeout:?}; closed");
+                    break;
+                }
+                last_started = started;
+            }
+        }
+    }
 }
 
 /// What the idle watchdog of one client connection looks at.

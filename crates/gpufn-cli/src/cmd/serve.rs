@@ -4,7 +4,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use gpufn_metering::Prices;
-use gpufn_server::{Config, ContainerSettings, GpuSource, TaskConfig};
+use gpufn_server::{Config, ContainerSettings, GatewayPath, GpuSource, TaskConfig};
 
 use crate::ServeArgs;
 use crate::specfile;
@@ -77,6 +77,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         shutdown_grace: Duration::from_secs(args.shutdown_grace_s),
         instance_stop_grace: Duration::from_secs(args.instance_stop_grace_s),
         client_idle_timeout: Duration::from_secs(args.client_idle_timeout_s),
+        gateway: if args.gateway == "hyper" {
+            GatewayPath::Hyper
+        } else {
+            GatewayPath::Direct
+        },
         deploy,
         tasks: TaskConfig {
             max_share: args.async_max_share,

@@ -1,0 +1,1005 @@
+//! The direct gateway: `/function/{name}/{path}` requests proxied as bytes, without building
+//! hyper requests and responses.
+//!
+//! Why: on the warm path gpufn's own work is a few percent of its CPU; the rest is the kernel and
+//! the HTTP stack. With hyper on both sides (server for the caller, client for the instance) gpufn
+//! reached 0.79–0.88 of nginx's requests/s for small requests, and a bare hyper proxy with no gpufn
+//! logic 0.86–0.91 (BENCHMARKS.md). Like nginx (and Cloudflare's Pingora), this path parses heads
+//! with `httparse`, copies the header lines it keeps, adds its own, and relays bodies as they are —
+//! `Content-Length` and chunked framing included — finding only where each body ends.
+//!
+//! Scope: it takes the common requests and hands everything else to hyper, on the same connection,
+//! with the bytes already read put back in front ([`Rewind`]). A request is taken only if it is
+//! HTTP/1.1, its target is origin-form under `/function/` naming a deployed function, it has no
+//! `Transfer-Encoding`, `Upgrade` or `Expect`, at most one valid `Content-Length`, `Connection`
+//! tokens only `keep-alive`/`close`, and its method is not `HEAD` or `CONNECT`. The decision is made
+//! on the complete head, before anything happens, so the hand-over loses nothing; once handed over a
+//! connection stays with hyper.
+//!
+//! Invariants, the same as the hyper path's (`gateway.rs`, `upstream.rs`):
+//! - The slot is held until the response body was relayed to its end, or the caller went away.
+//! - An instance connection is reused only when its response was read exactly to the end and it
+//!   did not ask to close; a request is retried on a fresh connection only if the reused one was
+//!   found closed before anything was sent, or closed without a byte of answer to a request with no
+//!   body and an idempotent method.
+//! - A connection-level failure of the instance marks it broken (502); no answer within the
+//!   function's `request_timeout_s` gives 504 without marking it.
+//! - A response head that is already on its way to the caller cannot become an error response: a
+//!   body that breaks off closes the caller's connection.
+
+mod chunked;
+mod conns;
+mod rewind;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::response::IntoResponse;
+use bytes::{Buf, BytesMut};
+use http::StatusCode;
+use http_body_util::BodyExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::Interval;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::ApiError;
+use crate::gateway::{COLD_START, INSTANCE_ID, Peer, REQUEST_ID, acquire_error, sane_request_id};
+use crate::metrics::StatusLabels;
+use crate::platform::Platform;
+use crate::pool::{AcquireError, Pool, Slot};
+use crate::util::now_ms;
+
+use chunked::ChunkedEnd;
+pub(crate) use conns::Conns;
+pub(crate) use rewind::Rewind;
+
+/// Largest request or response head taken (hyper's default limit is larger: bigger request heads
+/// go to hyper, bigger response heads are refused with 502).
+const MAX_HEAD: usize = 64 * 1024;
+/// Most header lines in a head the direct path parses (more: the request goes to hyper).
+const MAX_HEADERS: usize = 64;
+/// Most header lines in an instance's response head.
+const MAX_RESPONSE_HEADERS: usize = 100;
+/// Bytes read at a time when relaying a body.
+const RELAY_CHUNK: usize = 64 * 1024;
+/// Bodies up to this size are copied behind the head and leave in one write.
+const COPY_BEHIND_HEAD: usize = 16 * 1024;
+/// How long connecting to an instance may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What became of a client connection.
+#[derive(Debug)]
+pub(crate) enum Outcome {
+    /// Closed (by either side, idle, or at shutdown).
+    Closed,
+    /// A request the direct path does not take: serve the connection with hyper from these bytes
+    /// on.
+    Fallback(BytesMut),
+}
+
+/// The direct gateway of one server.
+#[derive(Clone)]
+pub(crate) struct Direct {
+    platform: Arc<Platform>,
+    conns: Conns,
+}
+
+impl Direct {
+    pub(crate) fn new(platform: Arc<Platform>) -> Self {
+        Self {
+            platform,
+            conns: Conns::new(),
+        }
+    }
+
+    /// Serves `tcp` until it closes or a request needs hyper. The connection closes when `tick`
+    /// fires twice with no request started in between while waiting for a request head (the
+    /// client idle timeout), and when `drain` is cancelled between requests.
+    pub(crate) async fn serve(
+        &self,
+        tcp: &mut TcpStream,
+        peer: &Peer,
+        tick: &mut Interval,
+        drain: &CancellationToken,
+    ) -> Outcome {
+        let mut buf = BytesMut::with_capacity(8 * 1024);
+        let mut bufs = Buffers {
+            out: Vec::with_capacity(4 * 1024),
+            up: BytesMut::with_capacity(16 * 1024),
+            rid: Vec::with_capacity(64),
+        };
+        let mut started: u64 = 0;
+        let mut seen: u64 = 0;
+        loop {
+            let prepared = loop {
+                if !buf.is_empty() {
+                    match self.prepare(&buf, peer, &mut bufs) {
+                        Classified::Partial if buf.len() < MAX_HEAD => {}
+                        Classified::Partial | Classified::Fallback => {
+                            return Outcome::Fallback(buf);
+                        }
+                        Classified::Direct(p) => break p,
+                    }
+                }
+                if buf.capacity() - buf.len() < 2048 {
+                    buf.reserve(8 * 1024);
+                }
+                tokio::select! {
+                    biased;
+                    r = tcp.read_buf(&mut buf) => match r {
+                        Ok(0) | Err(_) => return Outcome::Closed,
+                        Ok(_) => {}
+                    },
+                    () = drain.cancelled(), if buf.is_empty() => return Outcome::Closed,
+                    _ = tick.tick() => {
+                        if started == seen {
+                            tracing::debug!("connection: idle past the client idle timeout; closed");
+                            return Outcome::Closed;
+                        }
+                        seen = started;
+                    }
+                }
+            };
+            started += 1;
+            buf.advance(prepared.head_len);
+            let keep = self
+                .exchange(tcp, &mut buf, &mut bufs, prepared, drain)
+                .await;
+            if !keep || drain.is_cancelled() {
+                return Outcome::Closed;
+            }
+        }
+    }
+
+    /// Parses the request head at the front of `buf` and, if the direct path takes it, writes the
+    /// instance's request head into `bufs.out` (all but the instance id, `Host` if missing and
+    /// the blank line, which need the slot).
+    fn prepare(&self, buf: &[u8], peer: &Peer, bufs: &mut Buffers) -> Classified {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut req = httparse::Request::new(&mut headers);
+        let head_len = match req.parse(buf) {
+            Ok(httparse::Status::Complete(n)) => n,
+            Ok(httparse::Status::Partial) => return Classified::Partial,
+            // Malformed, or too many headers: hyper answers it (400/431) or takes it.
+            Err(_) => return Classified::Fallback,
+        };
+        let (Some(method), Some(path), Some(1)) = (req.method, req.path, req.version) else {
+            return Classified::Fallback;
+        };
+        if method == "HEAD" || method == "CONNECT" {
+            return Classified::Fallback;
+        }
+        let Some((name, target)) = split_path(path) else {
+            return Classified::Fallback;
+        };
+        // Unknown names go to hyper, which answers 404 (and keeps them out of the metrics).
+        let Some(pool) = self.platform.pool(name) else {
+            return Classified::Fallback;
+        };
+        let mut content_length = None;
+        let mut close = false;
+        let mut has_host = false;
+        let mut forwarded_for = None;
+        let mut caller_id = None;
+        for h in req.headers.iter() {
+            let n = h.name;
+            if n.eq_ignore_ascii_case("content-length") {
+                if content_length.is_some() {
+                    return Classified::Fallback;
+                }
+                match parse_length(h.value) {
+                    Some(v) => content_length = Some(v),
+                    None => return Classified::Fallback,
+                }
+            } else if n.eq_ignore_ascii_case("connection") {
+                match connection_tokens(h.value) {
+                    Some(c) => close |= c,
+                    None => return Classified::Fallback,
+                }
+            } else if n.eq_ignore_ascii_case("transfer-encoding")
+                || n.eq_ignore_ascii_case("upgrade")
+                || n.eq_ignore_ascii_case("expect")
+            {
+                return Classified::Fallback;
+            } else if n.eq_ignore_ascii_case("host") {
+                has_host = true;
+            } else if n.eq_ignore_ascii_case("x-forwarded-for") {
+                forwarded_for.get_or_insert(h.value);
+            } else if n.eq_ignore_ascii_case(REQUEST_ID) {
+                caller_id.get_or_insert(h.value);
+            }
+        }
+
+        bufs.rid.clear();
+        match caller_id.filter(|v| sane_request_id(v)) {
+            Some(v) => bufs.rid.extend_from_slice(v),
+            None => {
+                let mut id = [0u8; uuid::fmt::Simple::LENGTH];
+                uuid::Uuid::new_v4().simple().encode_lower(&mut id);
+                bufs.rid.extend_from_slice(&id);
+            }
+        }
+
+        let out = &mut bufs.out;
+        out.clear();
+        out.extend_from_slice(method.as_bytes());
+        out.push(b' ');
+        if !target.starts_with('/') {
+            out.push(b'/');
+        }
+        out.extend_from_slice(target.as_bytes());
+        out.extend_from_slice(b" HTTP/1.1\r\n");
+        let mut host = None;
+        for h in req.headers.iter() {
+            if h.name.eq_ignore_ascii_case("host") {
+                host.get_or_insert(h.value);
+            }
+            if !request_header_forwarded(h.name) {
+                continue;
+            }
+            put_header(out, h.name.as_bytes(), h.value);
+        }
+        out.extend_from_slice(b"x-forwarded-for: ");
+        if let Some(prev) = forwarded_for {
+            out.extend_from_slice(prev);
+            out.extend_from_slice(b", ");
+        }
+        out.extend_from_slice(peer.header.as_bytes());
+        out.extend_from_slice(b"\r\n");
+        if let Some(host) = host {
+            put_header(out, b"x-forwarded-host", host);
+        }
+        out.extend_from_slice(b"x-forwarded-proto: http\r\n");
+        put_header(out, REQUEST_ID.as_bytes(), &bufs.rid);
+        Classified::Direct(Prepared {
+            pool,
+            head_len,
+            content_length: content_length.unwrap_or(0),
+            close,
+            has_host,
+            retryable: matches!(method, "GET" | "OPTIONS" | "PUT" | "DELETE" | "TRACE"),
+        })
+    }
+
+    /// Serves one taken request. False when the client connection must close afterwards.
+    async fn exchange(
+        &self,
+        tcp: &mut TcpStream,
+        buf: &mut BytesMut,
+        bufs: &mut Buffers,
+        p: Prepared,
+        drain: &CancellationToken,
+    ) -> bool {
+        let arrival = Instant::now();
+        let buffered = p.content_length.min(buf.len() as u64) as usize;
+        let body_in_socket = p.content_length - buffered as u64;
+        // The caller may go away while the request waits for a slot: its queue place is then
+        // given up. Watched only when the body is all here (other bytes would be body, not EOF).
+        let slot = match acquire_watching(&p.pool, tcp, body_in_socket == 0).await {
+            Some(Ok(slot)) => slot,
+            Some(Err(e)) => {
+                let resp = acquire_error(e).into_response();
+                // An unread body cannot be skipped cheaply: close after answering.
+                let close = p.close || body_in_socket > 0;
+                buf.advance(buffered);
+                return self
+                    .respond_error(tcp, bufs, resp, None, &p, arrival, close)
+                    .await
+                    && !close;
+            }
+            None => return false,
+        };
+        p.pool
+            .metrics()
+            .queue_wait
+            .observe(arrival.elapsed().as_secs_f64());
+        let addr = slot.addr();
+        let out = &mut bufs.out;
+        put_header(
+            out,
+            INSTANCE_ID.as_bytes(),
+            slot.instance_header().as_bytes(),
+        );
+        if !p.has_host {
+            out.extend_from_slice(format!("host: {addr}\r\n").as_bytes());
+        }
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(&buf[..buffered]);
+        buf.advance(buffered);
+
+        let meta = ResponseMeta {
+            instance: slot.instance_header().as_bytes(),
+            cold: slot.cold_start(),
+            close: p.close,
+        };
+        let sent = tokio::time::timeout(
+            slot.request_timeout(),
+            self.send(
+                addr,
+                tcp,
+                buf,
+                bufs,
+                body_in_socket,
+                p.retryable && p.content_length == 0,
+                &meta,
+                drain,
+            ),
+        )
+        .await;
+        let (mut up, info) = match sent {
+            Ok(Ok(x)) => x,
+            Ok(Err(SendError::Client)) => return false,
+            Ok(Err(SendError::Upstream(e))) => {
+                // The instance broke the connection (crashed, refused): it will not serve again.
+                slot.mark_broken();
+                let resp = ApiError::new(
+                    StatusCode::BAD_GATEWAY,
+                    "instance_error",
+                    format!("instance {} failed to answer: {e}", slot.instance_id()),
+                )
+                .into_response();
+                self.respond_error(tcp, bufs, resp, Some(&slot), &p, arrival, true)
+                    .await;
+                return false;
+            }
+            Err(_) => {
+                let resp = ApiError::new(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "request_timeout",
+                    format!(
+                        "instance {} sent no response within request_timeout_s ({}s)",
+                        slot.instance_id(),
+                        slot.request_timeout().as_secs()
+                    ),
+                )
+                .into_response();
+                // The request body may be half-read: the connection is not reusable.
+                self.respond_error(tcp, bufs, resp, Some(&slot), &p, arrival, true)
+                    .await;
+                return false;
+            }
+        };
+        if let Some((phases, ready_at)) = slot.cold_start_info() {
+            let arrival_ms = now_ms() - i64::try_from(arrival.elapsed().as_millis()).unwrap_or(0);
+            self.platform
+                .record_cold_start(&slot, arrival_ms, arrival, phases, ready_at);
+        }
+        self.observe(&p.pool, info.status, arrival);
+        let relayed = relay(tcp, &mut up, &mut bufs.up, &mut bufs.out, info.framing).await;
+        if relayed.upstream_reusable && info.upstream_keep_alive {
+            self.conns.give_back(addr, up);
+        }
+        drop(slot);
+        relayed.client_ok && !info.close_client
+    }
+
+    /// Sends the request (head in `bufs.out`, `body_in_socket` more body bytes to come from the
+    /// caller) and reads the response head; on success `bufs.out` holds the caller's response head
+    /// and `bufs.up` the bytes after the instance's.
+    #[allow(clippy::too_many_arguments)]
+    async fn send(
+        &self,
+        addr: SocketAddr,
+        tcp: &mut TcpStream,
+        buf: &mut BytesMut,
+        bufs: &mut Buffers,
+        body_in_socket: u64,
+        retry_if_unanswered: bool,
+        meta: &ResponseMeta<'_>,
+        drain: &CancellationToken,
+    ) -> Result<(TcpStream, ResponseInfo), SendError> {
+        let mut fresh_only = false;
+        loop {
+            let (mut up, reused) = match self.conns.checkout(addr) {
+                Some(s) if !fresh_only => (s, true),
+                _ => (connect(addr).await.map_err(SendError::Upstream)?, false),
+            };
+            if let Err(e) = up.write_all(&bufs.out).await {
+                if reused && body_in_socket == 0 {
+                    // The app had closed it (keep-alive timer): nothing reached the app.
+                    fresh_only = true;
+                    continue;
+                }
+                return Err(SendError::Upstream(UpError::Io(e)));
+            }
+            if body_in_socket > 0 {
+                copy_body(tcp, buf, &mut up, body_in_socket).await?;
+            }
+            bufs.up.clear();
+            let close = meta.close || drain.is_cancelled();
+            match read_response_head(&mut up, &mut bufs.up, &mut bufs.out, &bufs.rid, meta, close)
+                .await
+            {
+                Ok(info) => return Ok((up, info)),
+                Err(UpError::Unanswered) if reused && retry_if_unanswered => {
+                    tracing::debug!("reused connection to {addr} closed unanswered; retrying");
+                    fresh_only = true;
+                }
+                Err(e) => return Err(SendError::Upstream(e)),
+            }
+        }
+    }
+
+    /// Answers with a gpufn error response (small JSON body). False if the caller is gone.
+    #[allow(clippy::too_many_arguments)]
+    async fn respond_error(
+        &self,
+        tcp: &mut TcpStream,
+        bufs: &mut Buffers,
+        resp: axum::response::Response,
+        slot: Option<&Slot>,
+        p: &Prepared,
+        arrival: Instant,
+        close: bool,
+    ) -> bool {
+        self.observe(&p.pool, resp.status().as_u16(), arrival);
+        let (parts, body) = resp.into_parts();
+        let body = match body.collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(_) => bytes::Bytes::new(),
+        };
+        let out = &mut bufs.out;
+        out.clear();
+        out.extend_from_slice(b"HTTP/1.1 ");
+        out.extend_from_slice(parts.status.as_str().as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(parts.status.canonical_reason().unwrap_or("").as_bytes());
+        out.extend_from_slice(b"\r\n");
+        for (k, v) in &parts.headers {
+            put_header(out, k.as_str().as_bytes(), v.as_bytes());
+        }
+        put_header(out, b"content-length", body.len().to_string().as_bytes());
+        put_header(out, REQUEST_ID.as_bytes(), &bufs.rid);
+        if let Some(slot) = slot {
+            put_header(
+                out,
+                INSTANCE_ID.as_bytes(),
+                slot.instance_header().as_bytes(),
+            );
+            put_header(out, COLD_START.as_bytes(), cold_value(slot.cold_start()));
+        }
+        if close {
+            out.extend_from_slice(b"connection: close\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(&body);
+        tcp.write_all(out).await.is_ok()
+    }
+
+    /// The request's duration and status, as the hyper path records them (at the response head).
+    fn observe(&self, pool: &Pool, status: u16, arrival: Instant) {
+        let m = pool.metrics();
+        let took = arrival.elapsed().as_secs_f64();
+        m.request_duration.observe(took);
+        m.recent.record((took * 1000.0) as f32);
+        if status == 200 {
+            m.ok.inc();
+        } else {
+            self.platform
+                .metrics()
+                .invocations
+                .get_or_create(&StatusLabels {
+                    function: pool.name().to_string(),
+                    status: status.to_string(),
+                })
+                .inc();
+        }
+    }
+}
+
+/// Per-connection buffers, reused from request to request.
+struct Buffers {
+    /// The head being sent (to the instance, then to the caller).
+    out: Vec<u8>,
+    /// Bytes read from the instance.
+    up: BytesMut,
+    /// The request id.
+    rid: Vec<u8>,
+}
+
+enum Classified {
+    /// The head is not complete yet.
+    Partial,
+    /// Hyper takes it.
+    Fallback,
+    /// The direct path takes it.
+    Direct(Prepared),
+}
+
+struct Prepared {
+    pool: Arc<Pool>,
+    head_len: usize,
+    content_length: u64,
+    /// The caller asked to close after this response.
+    close: bool,
+    has_host: bool,
+    /// The method may be sent again when a reused connection closed without answering.
+    retryable: bool,
+}
+
+/// What the caller's response head gets from gpufn.
+struct ResponseMeta<'a> {
+    instance: &'a [u8],
+    cold: bool,
+    close: bool,
+}
+
+/// How an instance's response body is delimited.
+#[derive(Debug)]
+enum Framing {
+    /// No body (204, 304).
+    Empty,
+    /// `Content-Length`.
+    Length(u64),
+    /// `Transfer-Encoding: chunked`, relayed as it is.
+    Chunked(ChunkedEnd),
+    /// Until the instance closes the connection.
+    Close,
+}
+
+struct ResponseInfo {
+    status: u16,
+    framing: Framing,
+    /// The instance keeps the connection open after this response.
+    upstream_keep_alive: bool,
+    /// The caller's connection closes after this response.
+    close_client: bool,
+}
+
+/// Why an exchange with an instance failed.
+#[derive(Debug, thiserror::Error)]
+enum UpError {
+    #[error("cannot connect to {addr}: {source}")]
+    Connect {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("connecting to {addr} took over {CONNECT_TIMEOUT:?}")]
+    ConnectTimeout { addr: SocketAddr },
+    #[error("connection closed before a response")]
+    Unanswered,
+    #[error("connection closed in the middle of the response head")]
+    Truncated,
+    #[error("invalid response head: {0}")]
+    Parse(&'static str),
+    #[error("response head over {MAX_HEAD} bytes")]
+    HeadTooLarge,
+    #[error("{0}")]
+    Io(std::io::Error),
+}
+
+enum SendError {
+    /// The caller went away while its body was being read.
+    Client,
+    /// The instance failed.
+    Upstream(UpError),
+}
+
+/// `/function/{name}{target}` → (`name`, `target`); `None` if the path is not one the direct path
+/// forwards as it is.
+fn split_path(path: &str) -> Option<(&str, &str)> {
+    let rest = path.strip_prefix("/function/")?;
+    // Bytes hyper's URI parser would refuse, and fragments, are left to it.
+    if !path.bytes().all(|b| (0x21..0x7f).contains(&b) && b != b'#') {
+        return None;
+    }
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let name = &rest[..end];
+    if name.is_empty() {
+        return None;
+    }
+    Some((name, &rest[end..]))
+}
+
+/// A `Content-Length` value: ASCII digits only (no sign, no spaces, no list).
+fn parse_length(v: &[u8]) -> Option<u64> {
+    if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(v).ok()?.parse().ok()
+}
+
+/// `Connection` tokens: `Some(true)` if one is `close`; `None` if any token other than
+/// `keep-alive` or `close` (headers named there would need stripping: left to hyper).
+fn connection_tokens(v: &[u8]) -> Option<bool> {
+    let mut close = false;
+    for t in v.split(|b| *b == b',') {
+        let t = t.trim_ascii();
+        if t.eq_ignore_ascii_case(b"close") {
+            close = true;
+        } else if !(t.is_empty() || t.eq_ignore_ascii_case(b"keep-alive")) {
+            return None;
+        }
+    }
+    Some(close)
+}
+
+/// Request headers forwarded as they are (hop-by-hop ones and those gpufn sets are not).
+fn request_header_forwarded(name: &str) -> bool {
+    const DROPPED: [&str; 10] = [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "x-forwarded-for",
+        "x-forwarded-host",
+        "x-forwarded-proto",
+        REQUEST_ID,
+    ];
+    !(DROPPED.iter().any(|d| name.eq_ignore_ascii_case(d))
+        || name.eq_ignore_ascii_case(INSTANCE_ID))
+}
+
+/// Response headers never passed on: hop-by-hop ones, the framing gpufn re-states, and those gpufn
+/// sets.
+fn response_header_dropped(name: &str) -> bool {
+    const DROPPED: [&str; 11] = [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authenticate",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        INSTANCE_ID,
+        COLD_START,
+        REQUEST_ID,
+    ];
+    DROPPED.iter().any(|d| name.eq_ignore_ascii_case(d))
+}
+
+fn put_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+fn cold_value(cold: bool) -> &'static [u8] {
+    if cold { b"true" } else { b"false" }
+}
+
+/// Waits for a slot; `None` if `watch` and the caller closed its connection meanwhile.
+async fn acquire_watching(
+    pool: &Arc<Pool>,
+    tcp: &TcpStream,
+    watch: bool,
+) -> Option<Result<crate::pool::Slot, AcquireError>> {
+    let acquire = pool.acquire();
+    tokio::pin!(acquire);
+    if !watch {
+        return Some(acquire.await);
+    }
+    let mut probe = [0u8; 1];
+    tokio::select! {
+        biased;
+        r = &mut acquire => Some(r),
+        r = tcp.peek(&mut probe) => match r {
+            Ok(0) | Err(_) => None,
+            // A pipelined request: the caller is there; stop watching.
+            Ok(_) => Some(acquire.await),
+        },
+    }
+}
+
+async fn connect(addr: SocketAddr) -> Result<TcpStream, UpError> {
+    let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(source)) => return Err(UpError::Connect { addr, source }),
+        Err(_) => return Err(UpError::ConnectTimeout { addr }),
+    };
+    // Heads and bodies are written as they come; Nagle + delayed ACK would stall tails.
+    if let Err(e) = stream.set_nodelay(true) {
+        tracing::debug!("cannot set TCP_NODELAY towards {addr}: {e}");
+    }
+    Ok(stream)
+}
+
+/// Copies `left` body bytes from the caller to the instance; bytes read past them (a pipelined
+/// request) stay in `buf`.
+async fn copy_body(
+    tcp: &mut TcpStream,
+    buf: &mut BytesMut,
+    up: &mut TcpStream,
+    mut left: u64,
+) -> Result<(), SendError> {
+    while left > 0 {
+        buf.clear();
+        buf.reserve(RELAY_CHUNK);
+        match tcp.read_buf(buf).await {
+            Ok(0) | Err(_) => return Err(SendError::Client),
+            Ok(_) => {}
+        }
+        let take = left.min(buf.len() as u64) as usize;
+        up.write_all(&buf[..take])
+            .await
+            .map_err(|e| SendError::Upstream(UpError::Io(e)))?;
+        buf.advance(take);
+        left -= take as u64;
+    }
+    Ok(())
+}
+
+/// Reads the instance's response head into `up` (skipping interim 1xx responses) and writes the
+/// caller's response head into `out`. On return `up` holds only the bytes after the head.
+async fn read_response_head(
+    stream: &mut TcpStream,
+    up: &mut BytesMut,
+    out: &mut Vec<u8>,
+    rid: &[u8],
+    meta: &ResponseMeta<'_>,
+    close: bool,
+) -> Result<ResponseInfo, UpError> {
+    let mut got_any = false;
+    loop {
+        if !up.is_empty() {
+            got_any = true;
+            match parse_response(up, out, rid, meta, close)? {
+                Parsed::Head(info, len) => {
+                    up.advance(len);
+                    return Ok(info);
+                }
+                Parsed::Interim(len) => {
+                    up.advance(len);
+                    continue;
+                }
+                Parsed::Partial if up.len() >= MAX_HEAD => return Err(UpError::HeadTooLarge),
+                Parsed::Partial => {}
+            }
+        }
+        if up.capacity() - up.len() < 2048 {
+            up.reserve(16 * 1024);
+        }
+        match stream.read_buf(up).await {
+            Ok(0) if got_any => return Err(UpError::Truncated),
+            Ok(0) => return Err(UpError::Unanswered),
+            Ok(_) => {}
+            Err(e)
+                if !got_any
+                    && matches!(
+                        e.kind(),
+                        std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+                    ) =>
+            {
+                return Err(UpError::Unanswered);
+            }
+            Err(e) => return Err(UpError::Io(e)),
+        }
+    }
+}
+
+enum Parsed {
+    Partial,
+    /// A 1xx interim response of this many bytes (skipped).
+    Interim(usize),
+    /// The final response head and its length.
+    Head(ResponseInfo, usize),
+}
+
+/// Parses an instance's response head and writes the caller's response head into `out`.
+fn parse_response(
+    up: &[u8],
+    out: &mut Vec<u8>,
+    rid: &[u8],
+    meta: &ResponseMeta<'_>,
+    close_requested: bool,
+) -> Result<Parsed, UpError> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
+    let mut resp = httparse::Response::new(&mut headers);
+    let len = match resp.parse(up) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Ok(Parsed::Partial),
+        Err(e) => return Err(UpError::Parse(parse_error(e))),
+    };
+    let (Some(version), Some(code)) = (resp.version, resp.code) else {
+        return Err(UpError::Parse("no status line"));
+    };
+    if code == 101 {
+        return Err(UpError::Parse(
+            "101 Switching Protocols to a request that asked for none",
+        ));
+    }
+    if (100..200).contains(&code) {
+        return Ok(Parsed::Interim(len));
+    }
+    let mut length: Option<u64> = None;
+    let mut chunked = false;
+    let mut encoded = false;
+    let mut conn_close = version == 0;
+    let mut listed: [&str; 8] = [""; 8];
+    let mut n_listed = 0;
+    for h in resp.headers.iter() {
+        let n = h.name;
+        if n.eq_ignore_ascii_case("content-length") {
+            let v = parse_length(h.value).ok_or(UpError::Parse("invalid Content-Length"))?;
+            if length.is_some_and(|l| l != v) {
+                return Err(UpError::Parse("conflicting Content-Length values"));
+            }
+            length = Some(v);
+        } else if n.eq_ignore_ascii_case("transfer-encoding") {
+            // The last coding decides (RFC 9112 §6.3): chunked, or read until close.
+            encoded = true;
+            chunked = h
+                .value
+                .rsplit(|b| *b == b',')
+                .next()
+                .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+        } else if n.eq_ignore_ascii_case("connection") {
+            for t in h.value.split(|b| *b == b',') {
+                let t = t.trim_ascii();
+                if t.eq_ignore_ascii_case(b"close") {
+                    conn_close = true;
+                } else if t.eq_ignore_ascii_case(b"keep-alive") {
+                    if version == 0 {
+                        conn_close = false;
+                    }
+                } else if !t.is_empty() {
+                    let t = std::str::from_utf8(t).map_err(|_| UpError::Parse("bad Connection"))?;
+                    if n_listed == listed.len() {
+                        return Err(UpError::Parse("too many Connection tokens"));
+                    }
+                    listed[n_listed] = t;
+                    n_listed += 1;
+                }
+            }
+        }
+    }
+    let framing = if code == 204 || code == 304 {
+        Framing::Empty
+    } else if encoded {
+        if chunked {
+            Framing::Chunked(ChunkedEnd::default())
+        } else {
+            Framing::Close
+        }
+    } else if let Some(l) = length {
+        Framing::Length(l)
+    } else {
+        Framing::Close
+    };
+    let close_client = close_requested || matches!(framing, Framing::Close);
+
+    out.clear();
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(code.to_string().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(resp.reason.unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    let listed = &listed[..n_listed];
+    for h in resp.headers.iter() {
+        if response_header_dropped(h.name)
+            || listed.iter().any(|l| h.name.eq_ignore_ascii_case(l))
+            || (encoded && h.name.eq_ignore_ascii_case("content-length"))
+        {
+            continue;
+        }
+        put_header(out, h.name.as_bytes(), h.value);
+    }
+    if matches!(framing, Framing::Chunked(_)) {
+        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+    }
+    put_header(out, INSTANCE_ID.as_bytes(), meta.instance);
+    put_header(out, COLD_START.as_bytes(), cold_value(meta.cold));
+    put_header(out, REQUEST_ID.as_bytes(), rid);
+    if close_client {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    Ok(Parsed::Head(
+        ResponseInfo {
+            status: code,
+            upstream_keep_alive: !conn_close && !matches!(framing, Framing::Close),
+            framing,
+            close_client,
+        },
+        len,
+    ))
+}
+
+fn parse_error(e: httparse::Error) -> &'static str {
+    match e {
+        httparse::Error::HeaderName => "invalid header name",
+        httparse::Error::HeaderValue => "invalid header value",
+        httparse::Error::NewLine => "invalid line ending",
+        httparse::Error::Status => "invalid status",
+        httparse::Error::Token => "invalid token",
+        httparse::Error::TooManyHeaders => "too many headers",
+        httparse::Error::Version => "invalid HTTP version",
+    }
+}
+
+struct Relayed {
+    /// The caller got the whole response and its connection may serve the next request.
+    client_ok: bool,
+    /// The instance's response was read exactly to its end.
+    upstream_reusable: bool,
+}
+
+/// Sends the head in `out` and relays the body: first what is in `up`, then from `stream`.
+async fn relay(
+    tcp: &mut TcpStream,
+    stream: &mut TcpStream,
+    up: &mut BytesMut,
+    out: &mut Vec<u8>,
+    framing: Framing,
+) -> Relayed {
+    const BROKEN: Relayed = Relayed {
+        client_ok: false,
+        upstream_reusable: false,
+    };
+    // What of `up` belongs to the body, and whether the body ends there.
+    let (mut left, mut chunks) = match framing {
+        Framing::Empty => (Some(0), None),
+        Framing::Length(n) => (Some(n), None),
+        Framing::Chunked(scan) => (None, Some(scan)),
+        Framing::Close => (None, None),
+    };
+    let mut first = true;
+    let mut reusable = true;
+    loop {
+        let (take, done) = match (&mut left, &mut chunks) {
+            (Some(l), _) => {
+                let take = (*l).min(up.len() as u64) as usize;
+                *l -= take as u64;
+                (take, *l == 0)
+            }
+            (None, Some(scan)) => match scan.feed(up) {
+                Ok(Some(n)) => (n, true),
+                Ok(None) => (up.len(), false),
+                Err(e) => {
+                    tracing::debug!("instance response: {e}");
+                    return BROKEN;
+                }
+            },
+            (None, None) => (up.len(), false),
+        };
+        if done && take < up.len() {
+            // Bytes after the response: the instance is confused; do not reuse the connection.
+            reusable = false;
+        }
+        let write = if first && take <= COPY_BEHIND_HEAD {
+            out.extend_from_slice(&up[..take]);
+            tcp.write_all(out).await
+        } else if first {
+            match tcp.write_all(out).await {
+                Ok(()) => tcp.write_all(&up[..take]).await,
+                Err(e) => Err(e),
+            }
+        } else if take > 0 {
+            tcp.write_all(&up[..take]).await
+        } else {
+            Ok(())
+        };
+        first = false;
+        if write.is_err() {
+            return BROKEN;
+        }
+        if done {
+            return Relayed {
+                client_ok: true,
+                upstream_reusable: reusable,
+            };
+        }
+        up.clear();
+        up.reserve(RELAY_CHUNK);
+        match stream.read_buf(up).await {
+            Ok(0) if left.is_none() && chunks.is_none() => {
+                // A body delimited by the close: it is complete.
+                return Relayed {
+                    client_ok: false,
+                    upstream_reusable: false,
+                };
+            }
+            Ok(0) | Err(_) => return BROKEN,
+            Ok(_) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
