@@ -8,6 +8,7 @@ mod cli;
 mod containers;
 mod failures;
 mod fc;
+mod gateway;
 mod lifecycle;
 mod metering;
 mod restart;

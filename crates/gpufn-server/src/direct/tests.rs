@@ -163,7 +163,9 @@ async fn idle_connections_closed_or_holding_bytes_are_not_reused() {
     let (_kept, _) = listener.accept().await.expect("accept");
     conns.give_back(addr, client);
     assert_eq!(conns.idle_count(), 1);
-    let client = conns.checkout(addr).expect("an open idle connection is reused");
+    let client = conns
+        .checkout(addr)
+        .expect("an open idle connection is reused");
     assert_eq!(conns.idle_count(), 0);
     drop(client);
 
@@ -173,7 +175,10 @@ async fn idle_connections_closed_or_holding_bytes_are_not_reused() {
     drop(server);
     client.readable().await.expect("readable");
     conns.give_back(addr, client);
-    assert!(conns.checkout(addr).is_none(), "a closed connection is dropped");
+    assert!(
+        conns.checkout(addr).is_none(),
+        "a closed connection is dropped"
+    );
 
     // Stray bytes after a response: dropped too.
     let client = TcpStream::connect(addr).await.expect("connect");

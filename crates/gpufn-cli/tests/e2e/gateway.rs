@@ -1,0 +1,287 @@
+//! The gateway on the wire: pipelining, the hand-over from the direct path to hyper on one
+//! connection, chunked and close-delimited responses, large bodies, forwarding headers — checked
+//! with raw sockets, for both `--gateway direct` (the default) and `--gateway hyper`.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::common::*;
+
+/// One HTTP/1.1 response read off a raw connection.
+#[derive(Debug)]
+struct Resp {
+    status: u16,
+    headers: HashMap<String, String>,
+    body: Vec<u8>,
+}
+
+impl Resp {
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&self.body)))
+    }
+}
+
+/// A raw client connection with a read buffer.
+struct Raw {
+    conn: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Raw {
+    async fn connect(s: &Server) -> Raw {
+        let addr = s
+            .url("")
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_string();
+        Raw {
+            conn: TcpStream::connect(addr).await.unwrap(),
+            buf: Vec::new(),
+        }
+    }
+
+    async fn send(&mut self, bytes: &[u8]) {
+        self.conn.write_all(bytes).await.unwrap();
+    }
+
+    /// Reads more; false at EOF.
+    async fn fill(&mut self) -> bool {
+        let mut chunk = [0u8; 16 * 1024];
+        let n = tokio::time::timeout(Duration::from_secs(20), self.conn.read(&mut chunk))
+            .await
+            .expect("response within 20 s")
+            .unwrap_or(0);
+        self.buf.extend_from_slice(&chunk[..n]);
+        n > 0
+    }
+
+    async fn line(&mut self) -> String {
+        loop {
+            if let Some(i) = self.buf.windows(2).position(|w| w == b"\r\n") {
+                let line = String::from_utf8(self.buf[..i].to_vec()).unwrap();
+                self.buf.drain(..i + 2);
+                return line;
+            }
+            assert!(self.fill().await, "EOF inside a line");
+        }
+    }
+
+    async fn exact(&mut self, n: usize) -> Vec<u8> {
+        while self.buf.len() < n {
+            assert!(self.fill().await, "EOF inside a body");
+        }
+        self.buf.drain(..n).collect()
+    }
+
+    /// Reads one response, decoding its framing.
+    async fn response(&mut self) -> Resp {
+        let status_line = self.line().await;
+        let status = status_line
+            .split(' ')
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or_else(|| panic!("status line {status_line:?}"));
+        let mut headers = HashMap::new();
+        loop {
+            let line = self.line().await;
+            if line.is_empty() {
+                break;
+            }
+            let (k, v) = line.split_once(':').expect("header line");
+            headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
+        }
+        let body = if headers
+            .get("transfer-encoding")
+            .is_some_and(|v| v.eq_ignore_ascii_case("chunked"))
+        {
+            let mut body = Vec::new();
+            loop {
+                let size_line = self.line().await;
+                let size = usize::from_str_radix(size_line.split(';').next().unwrap().trim(), 16)
+                    .expect("chunk size");
+                if size == 0 {
+                    while !self.line().await.is_empty() {}
+                    break;
+                }
+                body.extend(self.exact(size).await);
+                assert_eq!(self.line().await, "", "CRLF after chunk data");
+            }
+            body
+        } else if let Some(n) = headers.get("content-length") {
+            self.exact(n.parse().unwrap()).await
+        } else {
+            while self.fill().await {}
+            std::mem::take(&mut self.buf)
+        };
+        Resp {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    /// True when the server closed the connection (nothing more to read).
+    async fn closed(&mut self) -> bool {
+        self.buf.is_empty() && !self.fill().await
+    }
+}
+
+fn get(path: &str) -> String {
+    format!("GET {path} HTTP/1.1\r\nhost: gw\r\n\r\n")
+}
+
+async fn server(dir: &std::path::Path, gateway: &str) -> Server {
+    let s = Server::start(
+        dir,
+        &["--simulate-gpus", "1xtesla-t4:16", "--gateway", gateway],
+    );
+    s.deploy_testfn("d", "instance_concurrency: 4").await;
+    s
+}
+
+#[tokio::test]
+async fn pipelined_requests_then_a_request_for_hyper_share_one_connection() {
+    for gateway in ["direct", "hyper"] {
+        let dir = tempfile::tempdir().unwrap();
+        let s = server(dir.path(), gateway).await;
+        let mut c = Raw::connect(&s).await;
+        // Two requests in one write: answered in order.
+        c.send(
+            format!(
+                "{}{}",
+                get("/function/d/echo?n=1"),
+                get("/function/d/echo?n=2")
+            )
+            .as_bytes(),
+        )
+        .await;
+        let (a, b) = (c.response().await, c.response().await);
+        assert_eq!((a.status, b.status), (200, 200), "{gateway}");
+        assert_eq!(a.json()["query"], "n=1", "{gateway}");
+        assert_eq!(b.json()["query"], "n=2", "{gateway}");
+        for r in [&a, &b] {
+            assert!(r.headers["x-gpufn-instance-id"].starts_with("d-"), "{r:?}");
+            assert_eq!(r.headers["x-gpufn-request-id"].len(), 32, "{r:?}");
+            assert_eq!(r.headers["x-app-header"], "from-app");
+        }
+        assert_eq!(a.headers["x-gpufn-cold-start"], "true", "{gateway}");
+        assert_eq!(b.headers["x-gpufn-cold-start"], "false", "{gateway}");
+        assert_ne!(
+            a.headers["x-gpufn-request-id"],
+            b.headers["x-gpufn-request-id"]
+        );
+
+        // A chunked request body (the direct path leaves it to hyper), on the same connection.
+        c.send(
+            b"POST /function/d/echo HTTP/1.1\r\nhost: gw\r\ntransfer-encoding: chunked\r\n\r\n\
+              5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
+        )
+        .await;
+        let r = c.response().await;
+        assert_eq!(r.status, 200, "{gateway}: {r:?}");
+        assert_eq!(r.json()["body"], "hello world", "{gateway}");
+
+        // Then more function calls, an API path and an unknown function, still one connection.
+        c.send(get("/function/d/echo?n=3").as_bytes()).await;
+        let r = c.response().await;
+        assert_eq!(r.json()["query"], "n=3", "{gateway}");
+        c.send(get("/healthz").as_bytes()).await;
+        assert_eq!(c.response().await.status, 200, "{gateway}");
+        c.send(get("/function/nope/x").as_bytes()).await;
+        let r = c.response().await;
+        assert_eq!(r.status, 404, "{gateway}");
+        assert_eq!(r.json()["error"]["code"], "function_not_found");
+    }
+}
+
+#[tokio::test]
+async fn chunked_and_close_delimited_responses_are_relayed_whole() {
+    for gateway in ["direct", "hyper"] {
+        let dir = tempfile::tempdir().unwrap();
+        let s = server(dir.path(), gateway).await;
+        let mut c = Raw::connect(&s).await;
+        // A chunked response (extension, trailer), twice on one connection: the instance
+        // connection is reused after it, which the app sees as the same peer port.
+        c.send(get("/function/d/chunks").as_bytes()).await;
+        let r = c.response().await;
+        assert_eq!(r.status, 200, "{gateway}");
+        assert_eq!(r.body, b"abcdefgh", "{gateway}");
+        assert!(!r.headers.contains_key("content-length"), "{r:?}");
+        c.send(get("/function/d/echo").as_bytes()).await;
+        let first_port = c.response().await.json()["peer_port"].clone();
+        c.send(get("/function/d/chunks").as_bytes()).await;
+        assert_eq!(c.response().await.body, b"abcdefgh", "{gateway}");
+        c.send(get("/function/d/echo").as_bytes()).await;
+        let second_port = c.response().await.json()["peer_port"].clone();
+        if gateway == "direct" {
+            // (The hyper path does not reuse it after a response with trailers.)
+            assert_eq!(
+                second_port, first_port,
+                "the instance connection is reused after a chunked response"
+            );
+        }
+
+        // A body that ends with the instance's connection: all of it arrives.
+        c.send(get("/function/d/until-close").as_bytes()).await;
+        let r = c.response().await;
+        assert_eq!(r.status, 200, "{gateway}");
+        assert_eq!(r.body, b"all of it", "{gateway}");
+        // The next call still works (on a new connection if the gateway closed this one).
+        let mut c = Raw::connect(&s).await;
+        c.send(get("/function/d/echo?after=close").as_bytes()).await;
+        assert_eq!(c.response().await.json()["query"], "after=close");
+    }
+}
+
+#[tokio::test]
+async fn large_bodies_and_forwarding_headers_go_through_intact() {
+    for gateway in ["direct", "hyper"] {
+        let dir = tempfile::tempdir().unwrap();
+        let s = server(dir.path(), gateway).await;
+        let mut c = Raw::connect(&s).await;
+        // 300 KB of body in several writes, and a request right behind it.
+        let body = "0123456789abcdef".repeat(300 * 1024 / 16);
+        let head = format!(
+            "POST /function/d/echo?big=1 HTTP/1.1\r\nhost: gw.example\r\ncontent-length: {}\r\n\
+             x-forwarded-for: 10.0.0.1\r\nx-gpufn-request-id: trace-7\r\nx-gpufn-instance-id: forged\r\n\
+             connection: keep-alive\r\n\r\n",
+            body.len()
+        );
+        c.send(head.as_bytes()).await;
+        for part in body.as_bytes().chunks(64 * 1024) {
+            c.send(part).await;
+        }
+        c.send(get("/function/d/echo?next=1").as_bytes()).await;
+        let r = c.response().await;
+        assert_eq!(r.status, 200, "{gateway}");
+        assert_eq!(r.headers["x-gpufn-request-id"], "trace-7");
+        let v = r.json();
+        assert_eq!(v["body_len"], body.len(), "{gateway}");
+        assert_eq!(v["body"], body.as_str(), "{gateway}");
+        let h = &v["headers"];
+        assert_eq!(h["x-forwarded-for"], "10.0.0.1, 127.0.0.1", "{gateway}");
+        assert_eq!(h["x-forwarded-host"], "gw.example", "{gateway}");
+        assert_eq!(h["x-forwarded-proto"], "http", "{gateway}");
+        assert_eq!(h["x-gpufn-request-id"], "trace-7", "{gateway}");
+        assert!(
+            h["x-gpufn-instance-id"].as_str().unwrap().starts_with("d-"),
+            "{gateway}: the caller cannot set the instance id: {h}"
+        );
+        assert_eq!(h["connection"], Value::Null, "{gateway}: hop-by-hop: {h}");
+        let r = c.response().await;
+        assert_eq!(r.json()["query"], "next=1", "{gateway}");
+
+        // `connection: close` from the caller: answered, then closed.
+        c.send(b"GET /function/d/echo HTTP/1.1\r\nhost: gw\r\nconnection: close\r\n\r\n")
+            .await;
+        let r = c.response().await;
+        assert_eq!(r.status, 200, "{gateway}");
+        assert_eq!(r.headers["connection"], "close", "{gateway}");
+        assert!(c.closed().await, "{gateway}: closed after the response");
+    }
+}
