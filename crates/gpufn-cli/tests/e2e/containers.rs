@@ -210,12 +210,14 @@ async fn a_container_function_is_pre_pulled_pinned_and_served_from_the_cache() {
         .await
         .unwrap();
     assert!(resp.status().is_success());
+    // `runc delete` comes before the rootfs is unmounted: wait for both.
     server
-        .wait_for("the container gone", Duration::from_secs(30), || async {
-            runc_list(dir.path()).is_empty()
-        })
+        .wait_for(
+            "the container and its mounts gone",
+            Duration::from_secs(30),
+            || async { runc_list(dir.path()).is_empty() && mounts_under(dir.path()).is_empty() },
+        )
         .await;
-    assert!(mounts_under(dir.path()).is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

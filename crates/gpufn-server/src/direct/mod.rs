@@ -112,9 +112,14 @@ impl Direct {
         };
         let mut started: u64 = 0;
         let mut seen: u64 = 0;
+        // Registered once per connection, not once per request.
+        let mut cancelled = std::pin::pin!(drain.cancelled());
         loop {
+            // How much of `buf` is known to hold no complete head: a head sent a byte at a time
+            // is searched once, not re-parsed on every read.
+            let mut scanned = 0;
             let prepared = loop {
-                if !buf.is_empty() {
+                if head_complete(&buf, &mut scanned) {
                     match self.prepare(&buf, peer, &mut bufs) {
                         Classified::Partial if buf.len() < MAX_HEAD => {}
                         Classified::Partial | Classified::Fallback => {
@@ -122,6 +127,8 @@ impl Direct {
                         }
                         Classified::Direct(p) => break p,
                     }
+                } else if buf.len() >= MAX_HEAD {
+                    return Outcome::Fallback(buf);
                 }
                 if buf.capacity() - buf.len() < 2048 {
                     buf.reserve(8 * 1024);
@@ -132,7 +139,7 @@ impl Direct {
                         Ok(0) | Err(_) => return Outcome::Closed,
                         Ok(_) => {}
                     },
-                    () = drain.cancelled(), if buf.is_empty() => return Outcome::Closed,
+                    () = &mut cancelled, if buf.is_empty() => return Outcome::Closed,
                     _ = tick.tick() => {
                         if started == seen {
                             tracing::debug!("connection: idle past the client idle timeout; closed");
@@ -333,7 +340,11 @@ impl Direct {
             Ok(Err(SendError::Client)) => return false,
             Ok(Err(SendError::Upstream(e))) => {
                 // The instance broke the connection (crashed, refused): it will not serve again.
-                slot.mark_broken();
+                // Not so for an idle connection its keep-alive timer closed just as the request
+                // went out (a request that cannot be sent again).
+                if !matches!(e, UpError::ClosedIdle) {
+                    slot.mark_broken();
+                }
                 let resp = ApiError::new(
                     StatusCode::BAD_GATEWAY,
                     "instance_error",
@@ -416,6 +427,9 @@ impl Direct {
                 Err(UpError::Unanswered) if reused && retry_if_unanswered => {
                     tracing::debug!("reused connection to {addr} closed unanswered; retrying");
                     fresh_only = true;
+                }
+                Err(UpError::Unanswered) if reused => {
+                    return Err(SendError::Upstream(UpError::ClosedIdle));
                 }
                 Err(e) => return Err(SendError::Upstream(e)),
             }
@@ -560,6 +574,8 @@ enum UpError {
     ConnectTimeout { addr: SocketAddr },
     #[error("connection closed before a response")]
     Unanswered,
+    #[error("an idle connection was closed by the instance as the request was sent")]
+    ClosedIdle,
     #[error("connection closed in the middle of the response head")]
     Truncated,
     #[error("invalid response head: {0}")]
@@ -575,6 +591,17 @@ enum SendError {
     Client,
     /// The instance failed.
     Upstream(UpError),
+}
+
+/// Whether `buf` holds the blank line that ends a head (CRLF CRLF, or bare LFs, which httparse
+/// also accepts), searching only past `scanned`, which it advances.
+fn head_complete(buf: &[u8], scanned: &mut usize) -> bool {
+    let from = scanned.saturating_sub(3);
+    let found = buf[from..].windows(2).any(|w| w == b"\n\n" || w == b"\n\r");
+    if !found {
+        *scanned = buf.len();
+    }
+    found
 }
 
 /// `/function/{name}{target}` → (`name`, `target`); `None` if the path is not one the direct path

@@ -189,3 +189,22 @@ async fn idle_connections_closed_or_holding_bytes_are_not_reused() {
     assert!(conns.checkout(addr).is_none(), "unexpected bytes: dropped");
     assert_eq!(conns.idle_count(), 0);
 }
+
+#[test]
+fn a_head_is_complete_at_its_blank_line_and_searched_once() {
+    let mut scanned = 0;
+    assert!(!head_complete(
+        b"GET / HTTP/1.1\r\nhost: a\r\n",
+        &mut scanned
+    ));
+    assert_eq!(scanned, 25);
+    // The blank line split across reads is still found.
+    assert!(head_complete(
+        b"GET / HTTP/1.1\r\nhost: a\r\n\r\n",
+        &mut scanned
+    ));
+    let mut scanned = 0;
+    assert!(head_complete(b"GET / HTTP/1.1\nhost: a\n\n", &mut scanned));
+    let mut scanned = 0;
+    assert!(!head_complete(b"", &mut scanned));
+}
