@@ -341,7 +341,12 @@ impl Pool {
     /// Waits for a slot: at once on an instance with a free slot, else in the queue while instances
     /// start (a cold start) or slots free up, for at most `scaling.queue_timeout_s`.
     pub async fn acquire(self: &Arc<Self>) -> Result<Slot, AcquireError> {
-        let now = Instant::now();
+        self.acquire_at(Instant::now()).await
+    }
+
+    /// [`Pool::acquire`] for a request that arrived at `now` (the caller's clock reading, so the
+    /// hot path reads the clock once less).
+    pub async fn acquire_at(self: &Arc<Self>, now: Instant) -> Result<Slot, AcquireError> {
         let mut out = Outbox::default();
         let (id, mut rx, queue_timeout) = {
             let mut st = self.lock();
@@ -351,7 +356,7 @@ impl Pool {
             if let Some(since) = st.idle_start.take() {
                 st.hist.record(now.saturating_duration_since(since));
             }
-            if let Some(slot) = self.take_slot(&mut st, None) {
+            if let Some(slot) = self.take_slot(&mut st, None, now) {
                 return Ok(slot);
             }
             if st.queue.len() >= st.spec.scaling.max_queue as usize {
@@ -410,6 +415,7 @@ impl Pool {
         self: &Arc<Self>,
         st: &mut PoolState,
         waited_since: Option<Instant>,
+        now: Instant,
     ) -> Option<Slot> {
         let concurrency = st.spec.instance_concurrency;
         let revision = st.revision;
@@ -420,7 +426,7 @@ impl Pool {
             .min_by_key(|i| i.in_flight)?;
         let addr = inst.addr?;
         inst.in_flight += 1;
-        inst.busy.start(Instant::now());
+        inst.busy.start(now);
         let cold = match (waited_since, inst.ready_at) {
             (Some(since), Some(ready)) => ready > since,
             _ => false,
@@ -441,14 +447,14 @@ impl Pool {
     }
 
     /// Hands free slots to waiters, oldest first.
-    fn dispatch(self: &Arc<Self>, st: &mut PoolState, out: &mut Outbox) {
+    fn dispatch(self: &Arc<Self>, st: &mut PoolState, out: &mut Outbox, now: Instant) {
         while let Some(front) = st.queue.front() {
             if front.tx.is_closed() {
                 st.queue.pop_front();
                 continue;
             }
             let since = front.enqueued;
-            let Some(slot) = self.take_slot(st, Some(since)) else {
+            let Some(slot) = self.take_slot(st, Some(since), now) else {
                 break;
             };
             if let Some(w) = st.queue.pop_front() {
@@ -611,9 +617,9 @@ impl Pool {
                     out.stops.push(inst.stop.clone());
                 }
             }
-            self.dispatch(&mut st, &mut out);
+            self.dispatch(&mut st, &mut out, now);
             if st.queue.is_empty() && st.instances.iter().all(|i| i.in_flight == 0) {
-                st.idle_start.get_or_insert_with(Instant::now);
+                st.idle_start.get_or_insert(now);
             }
         }
         self.run(out);
@@ -656,7 +662,7 @@ impl Pool {
                 out.stops.push(inst.stop.clone());
             }
             st.last_load = load;
-            self.dispatch(&mut st, &mut out);
+            self.dispatch(&mut st, &mut out, Instant::now());
         }
         self.run(out);
     }

@@ -7,19 +7,24 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::net::TcpStream;
 
-/// How long an unused connection is kept.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// An unused connection is kept between one and two of these. Connections are stamped with a
+/// sweep counter, not a clock reading: no clock read per request.
+const SWEEP_EVERY: Duration = Duration::from_secs(15);
 /// Most idle connections kept per instance.
 const MAX_IDLE_PER_ADDR: usize = 512;
 
 #[derive(Default)]
 struct Inner {
-    idle: Mutex<HashMap<SocketAddr, Vec<(TcpStream, Instant)>>>,
+    /// Idle connections with the sweep count when they were given back.
+    idle: Mutex<HashMap<SocketAddr, Vec<(TcpStream, u64)>>>,
+    /// Sweeps so far.
+    sweeps: AtomicU64,
 }
 
 /// The direct gateway's idle connections. Cheap to clone.
@@ -40,8 +45,8 @@ impl Conns {
     /// An idle connection to `addr` that the instance has not closed meanwhile.
     pub(crate) fn checkout(&self, addr: SocketAddr) -> Option<TcpStream> {
         loop {
-            let (stream, since) = lock(&self.inner.idle).get_mut(&addr)?.pop()?;
-            if since.elapsed() < IDLE_TIMEOUT && still_open(&stream) {
+            let (stream, _) = lock(&self.inner.idle).get_mut(&addr)?.pop()?;
+            if still_open(&stream) {
                 return Some(stream);
             }
         }
@@ -49,10 +54,11 @@ impl Conns {
 
     /// Keeps `stream` for the next request to `addr`.
     pub(crate) fn give_back(&self, addr: SocketAddr, stream: TcpStream) {
+        let stamp = self.inner.sweeps.load(Ordering::Relaxed);
         let mut map = lock(&self.inner.idle);
         let list = map.entry(addr).or_default();
         if list.len() < MAX_IDLE_PER_ADDR {
-            list.push((stream, Instant::now()));
+            list.push((stream, stamp));
         }
     }
 
@@ -72,14 +78,15 @@ fn still_open(stream: &TcpStream) -> bool {
 }
 
 async fn sweep_loop(inner: Weak<Inner>) {
-    let mut tick = tokio::time::interval(IDLE_TIMEOUT / 2);
+    let mut tick = tokio::time::interval(SWEEP_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         let Some(inner) = inner.upgrade() else { return };
-        let now = Instant::now();
+        // Given back before the previous sweep: idle for at least one full period.
+        let sweeps = inner.sweeps.fetch_add(1, Ordering::Relaxed) + 1;
         lock(&inner.idle).retain(|_, list| {
-            list.retain(|(_, since)| now.duration_since(*since) < IDLE_TIMEOUT);
+            list.retain(|(_, stamp)| *stamp + 1 >= sweeps);
             !list.is_empty()
         });
     }

@@ -119,9 +119,10 @@ impl Direct {
             // is searched once, not re-parsed on every read.
             let mut scanned = 0;
             let prepared = loop {
-                if head_complete(&buf, &mut scanned) {
+                // The first read nearly always holds the whole head: parse it at once.
+                if (scanned == 0 && !buf.is_empty()) || head_complete(&buf, &mut scanned) {
                     match self.prepare(&buf, peer, &mut bufs) {
-                        Classified::Partial if buf.len() < MAX_HEAD => {}
+                        Classified::Partial if buf.len() < MAX_HEAD => scanned = scanned.max(1),
                         Classified::Partial | Classified::Fallback => {
                             return Outcome::Fallback(buf);
                         }
@@ -284,7 +285,7 @@ impl Direct {
         let body_in_socket = p.content_length - buffered as u64;
         // The caller may go away while the request waits for a slot: its queue place is then
         // given up. Watched only when the body is all here (other bytes would be body, not EOF).
-        let slot = match acquire_watching(&p.pool, tcp, body_in_socket == 0).await {
+        let slot = match acquire_watching(&p.pool, tcp, body_in_socket == 0, arrival).await {
             Some(Ok(slot)) => slot,
             Some(Err(e)) => {
                 let resp = acquire_error(e).into_response();
@@ -298,10 +299,12 @@ impl Direct {
             }
             None => return false,
         };
-        p.pool
-            .metrics()
-            .queue_wait
-            .observe(arrival.elapsed().as_secs_f64());
+        let (slot, waited) = slot;
+        p.pool.metrics().queue_wait.observe(if waited {
+            arrival.elapsed().as_secs_f64()
+        } else {
+            0.0
+        });
         let addr = slot.addr();
         let out = &mut bufs.out;
         put_header(
@@ -321,8 +324,8 @@ impl Direct {
             cold: slot.cold_start(),
             close: p.close,
         };
-        let sent = tokio::time::timeout(
-            slot.request_timeout(),
+        let sent = tokio::time::timeout_at(
+            tokio::time::Instant::from_std(arrival) + slot.request_timeout(),
             self.send(
                 addr,
                 tcp,
@@ -691,27 +694,39 @@ fn cold_value(cold: bool) -> &'static [u8] {
     if cold { b"true" } else { b"false" }
 }
 
-/// Waits for a slot; `None` if `watch` and the caller closed its connection meanwhile.
+/// Waits for a slot for a request that arrived at `arrival`; `None` if `watch` and the caller
+/// closed its connection meanwhile. With the slot: whether it had to wait (a slot taken on the
+/// first poll waited no measurable time, and its queue wait is recorded without a clock read).
 async fn acquire_watching(
     pool: &Arc<Pool>,
     tcp: &TcpStream,
     watch: bool,
-) -> Option<Result<crate::pool::Slot, AcquireError>> {
-    let acquire = pool.acquire();
+    arrival: Instant,
+) -> Option<Result<(Slot, bool), AcquireError>> {
+    let acquire = pool.acquire_at(arrival);
     tokio::pin!(acquire);
+    // A first look without a waker (the real one is registered by the await below).
+    let first = {
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        acquire.as_mut().poll(&mut cx)
+    };
+    if let std::task::Poll::Ready(r) = first {
+        return Some(r.map(|s| (s, false)));
+    }
     if !watch {
-        return Some(acquire.await);
+        return Some(acquire.await.map(|s| (s, true)));
     }
     let mut probe = [0u8; 1];
-    tokio::select! {
+    let r = tokio::select! {
         biased;
-        r = &mut acquire => Some(r),
+        r = &mut acquire => r,
         r = tcp.peek(&mut probe) => match r {
-            Ok(0) | Err(_) => None,
+            Ok(0) | Err(_) => return None,
             // A pipelined request: the caller is there; stop watching.
-            Ok(_) => Some(acquire.await),
+            Ok(_) => acquire.await,
         },
-    }
+    };
+    Some(r.map(|s| (s, true)))
 }
 
 async fn connect(addr: SocketAddr) -> Result<TcpStream, UpError> {
