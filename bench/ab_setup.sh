@@ -1,6 +1,8 @@
 # Sourced by bench/gateway_ab.sh and bench/c1_spin.sh: starts the nginx upstream (18501), nginx as
 # the baseline reverse proxy (18502), and two gpufn builds with --worker-threads 1 — $OLD on 18503,
-# $NEW (default target/release/gpufn) on 18504 — and waits until all four answer. Everything it
+# $NEW (default target/release/gpufn) on 18504 — and waits until all four answer. Extra `serve`
+# flags go in $OLD_FLAGS / $NEW_FLAGS (e.g. OLD=target/release/gpufn OLD_FLAGS="--gateway hyper"
+# compares the two gateway paths of one build). Everything it
 # started (and whatever the caller adds to `pids`) is stopped on exit.
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export BENCH_DIR=$(mktemp -d /tmp/gpufn-ab.XXXX)
@@ -12,6 +14,6 @@ PORT=18501 bash bench/upstream.sh & pids+=($!)
 sed -e "s|__PORT__|18502|g" -e "s|__UPSTREAM__|18501|g" -e "s|__DIR__|$BENCH_DIR|g" bench/proxy.conf.tmpl > "$BENCH_DIR/proxy.conf"
 mkdir -p "$BENCH_DIR/tmp-proxy"
 nginx -p "$BENCH_DIR" -c "$BENCH_DIR/proxy.conf" & pids+=($!)
-"${OLD:?set OLD to the previous gpufn binary}" serve --listen 127.0.0.1:18503 --data-dir "$BENCH_DIR/old" --simulate-gpus 1xbench:16 --worker-threads 1 --deploy bench/gateway.yaml 2>/dev/null & pids+=($!)
-"${NEW:-target/release/gpufn}" serve --listen 127.0.0.1:18504 --data-dir "$BENCH_DIR/new" --simulate-gpus 1xbench:16 --worker-threads 1 --deploy bench/gateway.yaml 2>/dev/null & pids+=($!)
+"${OLD:?set OLD to the previous gpufn binary}" serve --listen 127.0.0.1:18503 --data-dir "$BENCH_DIR/old" --simulate-gpus 1xbench:16 --worker-threads 1 --deploy bench/gateway.yaml ${OLD_FLAGS:-} 2>/dev/null & pids+=($!)
+"${NEW:-target/release/gpufn}" serve --listen 127.0.0.1:18504 --data-dir "$BENCH_DIR/new" --simulate-gpus 1xbench:16 --worker-threads 1 --deploy bench/gateway.yaml ${NEW_FLAGS:-} 2>/dev/null & pids+=($!)
 for p in 18501/ 18502/ 18503/function/bench/ 18504/function/bench/; do wait_http http://127.0.0.1:$p; done
