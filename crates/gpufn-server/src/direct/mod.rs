@@ -62,8 +62,12 @@ const MAX_HEAD: usize = 64 * 1024;
 const MAX_HEADERS: usize = 64;
 /// Most header lines in an instance's response head.
 const MAX_RESPONSE_HEADERS: usize = 100;
-/// Bytes read at a time when relaying a body.
-const RELAY_CHUNK: usize = 64 * 1024;
+/// Bytes read at a time when relaying a body: large bodies (images, video) move in few system
+/// calls. A connection's buffers shrink back to [`KEEP_CAPACITY`] after such a body, so idle
+/// connections stay small.
+const RELAY_CHUNK: usize = 256 * 1024;
+/// Most buffer capacity a connection keeps between requests.
+const KEEP_CAPACITY: usize = 32 * 1024;
 /// Bodies up to this size are copied behind the head and leave in one write.
 const COPY_BEHIND_HEAD: usize = 16 * 1024;
 /// How long connecting to an instance may take.
@@ -155,6 +159,10 @@ impl Direct {
             let keep = self
                 .exchange(tcp, &mut buf, &mut bufs, prepared, drain)
                 .await;
+            if buf.capacity() > KEEP_CAPACITY {
+                // After a large request body: keep only what is left (a pipelined request).
+                buf = BytesMut::from(&buf[..]);
+            }
             if !keep || drain.is_cancelled() {
                 return Outcome::Closed;
             }
@@ -382,6 +390,9 @@ impl Direct {
         }
         self.observe(&p.pool, info.status, arrival);
         let relayed = relay(tcp, &mut up, &mut bufs.up, &mut bufs.out, info.framing).await;
+        if bufs.up.capacity() > KEEP_CAPACITY {
+            bufs.up = BytesMut::with_capacity(16 * 1024);
+        }
         if relayed.upstream_reusable && info.upstream_keep_alive {
             self.conns.give_back(addr, up);
         }
