@@ -244,37 +244,11 @@ async fn large_bodies_and_forwarding_headers_go_through_intact() {
         let dir = tempfile::tempdir().unwrap();
         let s = server(dir.path(), gateway).await;
         let mut c = Raw::connect(&s).await;
-        // 300 KB of body in several writes, and a request right behind it.
-        let body = "0123456789abcdef".repeat(300 * 1024 / 16);
-        let head = format!(
-            "POST /function/d/echo?big=1 HTTP/1.1\r\nhost: gw.example\r\ncontent-length: {}\r\n\
-             x-forwarded-for: 10.0.0.1\r\nx-gpufn-request-id: trace-7\r\nx-gpufn-instance-id: forged\r\n\
-             connection: keep-alive\r\n\r\n",
-            body.len()
-        );
-        c.send(head.as_bytes()).await;
-        for part in body.as_bytes().chunks(64 * 1024) {
-            c.send(part).await;
+        // 60 KB of body (the direct path's) and 300 KB (hyper's in both modes), each sent in
+        // several writes with a request right behind it.
+        for kb in [60, 300] {
+            big_body_then_a_request(&mut c, kb, gateway).await;
         }
-        c.send(get("/function/d/echo?next=1").as_bytes()).await;
-        let r = c.response().await;
-        assert_eq!(r.status, 200, "{gateway}");
-        assert_eq!(r.headers["x-gpufn-request-id"], "trace-7");
-        let v = r.json();
-        assert_eq!(v["body_len"], body.len(), "{gateway}");
-        assert_eq!(v["body"], body.as_str(), "{gateway}");
-        let h = &v["headers"];
-        assert_eq!(h["x-forwarded-for"], "10.0.0.1, 127.0.0.1", "{gateway}");
-        assert_eq!(h["x-forwarded-host"], "gw.example", "{gateway}");
-        assert_eq!(h["x-forwarded-proto"], "http", "{gateway}");
-        assert_eq!(h["x-gpufn-request-id"], "trace-7", "{gateway}");
-        assert!(
-            h["x-gpufn-instance-id"].as_str().unwrap().starts_with("d-"),
-            "{gateway}: the caller cannot set the instance id: {h}"
-        );
-        assert_eq!(h["connection"], Value::Null, "{gateway}: hop-by-hop: {h}");
-        let r = c.response().await;
-        assert_eq!(r.json()["query"], "next=1", "{gateway}");
 
         // `connection: close` from the caller: answered, then closed.
         c.send(b"GET /function/d/echo HTTP/1.1\r\nhost: gw\r\nconnection: close\r\n\r\n")
@@ -284,4 +258,38 @@ async fn large_bodies_and_forwarding_headers_go_through_intact() {
         assert_eq!(r.headers["connection"], "close", "{gateway}");
         assert!(c.closed().await, "{gateway}: closed after the response");
     }
+}
+
+/// A POST of `kb` KiB in 16 KiB writes with a GET pipelined behind it: both answered whole.
+async fn big_body_then_a_request(c: &mut Raw, kb: usize, gateway: &str) {
+    let body = "0123456789abcdef".repeat(kb * 1024 / 16);
+    let head = format!(
+        "POST /function/d/echo?big=1 HTTP/1.1\r\nhost: gw.example\r\ncontent-length: {}\r\n\
+         x-forwarded-for: 10.0.0.1\r\nx-gpufn-request-id: trace-7\r\nx-gpufn-instance-id: forged\r\n\
+         connection: keep-alive\r\n\r\n",
+        body.len()
+    );
+    c.send(head.as_bytes()).await;
+    for part in body.as_bytes().chunks(16 * 1024) {
+        c.send(part).await;
+    }
+    c.send(get("/function/d/echo?next=1").as_bytes()).await;
+    let r = c.response().await;
+    assert_eq!(r.status, 200, "{gateway}");
+    assert_eq!(r.headers["x-gpufn-request-id"], "trace-7");
+    let v = r.json();
+    assert_eq!(v["body_len"], body.len(), "{gateway}");
+    assert_eq!(v["body"], body.as_str(), "{gateway}");
+    let h = &v["headers"];
+    assert_eq!(h["x-forwarded-for"], "10.0.0.1, 127.0.0.1", "{gateway}");
+    assert_eq!(h["x-forwarded-host"], "gw.example", "{gateway}");
+    assert_eq!(h["x-forwarded-proto"], "http", "{gateway}");
+    assert_eq!(h["x-gpufn-request-id"], "trace-7", "{gateway}");
+    assert!(
+        h["x-gpufn-instance-id"].as_str().unwrap().starts_with("d-"),
+        "{gateway}: the caller cannot set the instance id: {h}"
+    );
+    assert_eq!(h["connection"], Value::Null, "{gateway}: hop-by-hop: {h}");
+    let r = c.response().await;
+    assert_eq!(r.json()["query"], "next=1", "{gateway}");
 }

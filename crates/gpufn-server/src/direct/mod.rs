@@ -11,7 +11,8 @@
 //! Scope: it takes the common requests and hands everything else to hyper, on the same connection,
 //! with the bytes already read put back in front ([`Rewind`]). A request is taken only if it is
 //! HTTP/1.1, its target is origin-form under `/function/` naming a deployed function, it has no
-//! `Transfer-Encoding`, `Upgrade` or `Expect`, at most one valid `Content-Length`, `Connection`
+//! `Transfer-Encoding`, `Upgrade` or `Expect`, at most one valid `Content-Length` of at most
+//! 64 KiB ([`MAX_BODY`]), `Connection`
 //! tokens only `keep-alive`/`close`, and its method is not `HEAD` or `CONNECT`. The decision is made
 //! on the complete head, before anything happens, so the hand-over loses nothing; once handed over a
 //! connection stays with hyper.
@@ -70,6 +71,10 @@ const RELAY_CHUNK: usize = 256 * 1024;
 const KEEP_CAPACITY: usize = 32 * 1024;
 /// Bodies up to this size are copied behind the head and leave in one write.
 const COPY_BEHIND_HEAD: usize = 16 * 1024;
+/// Largest request body the direct path takes. It sends the whole body before it reads the
+/// response, which is safe while the body fits in the socket buffers; larger uploads go to hyper,
+/// which reads an early answer (an app refusing an upload unread) while still sending.
+const MAX_BODY: u64 = 64 * 1024;
 /// How long connecting to an instance may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -206,8 +211,8 @@ impl Direct {
                     return Classified::Fallback;
                 }
                 match parse_length(h.value) {
-                    Some(v) => content_length = Some(v),
-                    None => return Classified::Fallback,
+                    Some(v) if v <= MAX_BODY => content_length = Some(v),
+                    _ => return Classified::Fallback,
                 }
             } else if n.eq_ignore_ascii_case("connection") {
                 match connection_tokens(h.value) {
