@@ -168,6 +168,10 @@ impl Direct {
                 // After a large request body: keep only what is left (a pipelined request).
                 buf = BytesMut::from(&buf[..]);
             }
+            if bufs.out.capacity() > KEEP_CAPACITY {
+                // After a large head.
+                bufs.out = Vec::with_capacity(4 * 1024);
+            }
             if !keep || drain.is_cancelled() {
                 return Outcome::Closed;
             }
