@@ -63,10 +63,36 @@ const MAX_HEAD: usize = 64 * 1024;
 const MAX_HEADERS: usize = 64;
 /// Most header lines in an instance's response head.
 const MAX_RESPONSE_HEADERS: usize = 100;
-/// Bytes read at a time when relaying a body: large bodies (images, video) move in few system
-/// calls. A connection's buffers shrink back to [`KEEP_CAPACITY`] after such a body, so idle
-/// connections stay small.
+/// Bytes read at a time when relaying a response body: large bodies (images, video) move in few
+/// system calls. The buffer comes from [`RELAY_BUFFERS`] and goes back there after the body, so
+/// idle connections stay small and a large response costs no fresh (page-faulting) allocation.
 const RELAY_CHUNK: usize = 256 * 1024;
+/// Relay buffers kept for reuse across connections (at most this many, 256 KiB each).
+const RELAY_BUFFERS_KEPT: usize = 32;
+static RELAY_BUFFERS: std::sync::Mutex<Vec<BytesMut>> = std::sync::Mutex::new(Vec::new());
+
+/// A relay buffer from the shared free list, or a new one.
+fn take_relay_buffer() -> BytesMut {
+    let reused = RELAY_BUFFERS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .pop();
+    reused.unwrap_or_else(|| BytesMut::with_capacity(RELAY_CHUNK))
+}
+
+/// Gives a relay buffer back to the shared free list.
+fn give_relay_buffer(mut b: BytesMut) {
+    b.clear();
+    if b.capacity() < RELAY_CHUNK {
+        return;
+    }
+    let mut kept = RELAY_BUFFERS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if kept.len() < RELAY_BUFFERS_KEPT {
+        kept.push(b);
+    }
+}
 /// Most buffer capacity a connection keeps between requests.
 const KEEP_CAPACITY: usize = 32 * 1024;
 /// Bodies up to this size are copied behind the head and leave in one write.
@@ -400,7 +426,10 @@ impl Direct {
         self.observe(&p.pool, info.status, arrival);
         let relayed = relay(tcp, &mut up, &mut bufs.up, &mut bufs.out, info.framing).await;
         if bufs.up.capacity() > KEEP_CAPACITY {
-            bufs.up = BytesMut::with_capacity(16 * 1024);
+            give_relay_buffer(std::mem::replace(
+                &mut bufs.up,
+                BytesMut::with_capacity(16 * 1024),
+            ));
         }
         if relayed.upstream_reusable && info.upstream_keep_alive {
             self.conns.give_back(addr, up);
@@ -772,7 +801,7 @@ async fn copy_body(
 ) -> Result<(), SendError> {
     while left > 0 {
         buf.clear();
-        buf.reserve(RELAY_CHUNK);
+        buf.reserve(left.min(MAX_BODY) as usize);
         match tcp.read_buf(buf).await {
             Ok(0) | Err(_) => return Err(SendError::Client),
             Ok(_) => {}
@@ -1048,7 +1077,11 @@ async fn relay(
             };
         }
         up.clear();
-        up.reserve(RELAY_CHUNK);
+        if up.capacity() < RELAY_CHUNK {
+            // The body goes on past the first read: relay it through a large buffer (given
+            // back by the caller).
+            *up = take_relay_buffer();
+        }
         match stream.read_buf(up).await {
             Ok(0) if left.is_none() && chunks.is_none() => {
                 // A body delimited by the close: it is complete.
