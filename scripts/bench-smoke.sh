@@ -34,6 +34,7 @@ done
 
 check "gateway (bench/gateway.sh)" 'gpufn / nginx throughput ratio: [0-9.]+' bench/gateway.sh 1 4
 check "gateway A/B (bench/gateway_ab.sh)" '^1 new [0-9.]+ ' env OLD=target/debug/gpufn NEW=target/debug/gpufn R=1 D=1 C=4 bench/gateway_ab.sh
+check "gateway CPU per request, hyper vs direct (bench/gateway_cpu.sh)" '^1 new rps=[0-9.]+ .*user_ns/req=[0-9]+ ' env OLD=target/debug/gpufn OLD_FLAGS="--gateway hyper" NEW=target/debug/gpufn R=1 D=1 C=4 bench/gateway_cpu.sh
 check "one connection, vCPUs kept awake (bench/c1_spin.sh)" '^spin=1 new [0-9.]+ ' env OLD=target/debug/gpufn NEW=target/debug/gpufn D=1 bench/c1_spin.sh
 check "async accept (bench/async_accept.sh)" 'gpufn durable accepts: +[0-9.]+ tasks/s.*non-2xx 0$' bench/async_accept.sh 1 4
 check "cold start (bench/coldstart.py)" "gpufn's own share" python3 bench/coldstart.py 2
