@@ -377,6 +377,13 @@ impl http_body::Body for UpstreamBody {
                 this.link = None;
                 Poll::Ready(Some(Err(e)))
             }
+            Poll::Ready(Some(Ok(frame))) if frame.is_trailers() => {
+                // Trailers end an HTTP/1.1 body, and hyper's server does not poll past them: the
+                // connection is given back now, not left to a drop that would close it.
+                this.ended = true;
+                this.release();
+                Poll::Ready(Some(Ok(frame)))
+            }
             other => other,
         }
     }

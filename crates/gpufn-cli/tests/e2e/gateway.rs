@@ -217,14 +217,11 @@ async fn chunked_and_close_delimited_responses_are_relayed_whole() {
         c.send(get("/function/d/chunks").as_bytes()).await;
         assert_eq!(c.response().await.body, b"abcdefgh", "{gateway}");
         c.send(get("/function/d/echo").as_bytes()).await;
-        let second_port = c.response().await.json()["peer_port"].clone();
-        if gateway == "direct" {
-            // (The hyper path does not reuse it after a response with trailers.)
-            assert_eq!(
-                second_port, first_port,
-                "the instance connection is reused after a chunked response"
-            );
-        }
+        assert_eq!(
+            c.response().await.json()["peer_port"],
+            first_port,
+            "{gateway}: the instance connection is reused after a chunked response with trailers"
+        );
 
         // A body that ends with the instance's connection: all of it arrives.
         c.send(get("/function/d/until-close").as_bytes()).await;
