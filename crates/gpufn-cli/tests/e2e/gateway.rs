@@ -290,3 +290,36 @@ async fn big_body_then_a_request(c: &mut Raw, kb: usize, gateway: &str) {
     let r = c.response().await;
     assert_eq!(r.json()["query"], "next=1", "{gateway}");
 }
+
+#[tokio::test]
+async fn errors_and_large_heads_keep_the_connection_serving() {
+    for gateway in ["direct", "hyper"] {
+        let dir = tempfile::tempdir().unwrap();
+        let s = server(dir.path(), gateway).await;
+        let mut c = Raw::connect(&s).await;
+        // A response head of 100 KiB comes through whole.
+        c.send(get("/function/d/big-head?kb=100").as_bytes()).await;
+        let r = c.response().await;
+        assert_eq!(
+            r.status,
+            200,
+            "{gateway}: {:?}",
+            r.headers.get("content-type")
+        );
+        assert_eq!(r.headers["x-big"].len(), 100 * 1024, "{gateway}");
+        // The instance dies mid-request: 502 naming it, and the caller's connection goes on to
+        // the next request (served by a new instance).
+        c.send(get("/function/d/crash").as_bytes()).await;
+        let r = c.response().await;
+        assert_eq!(r.status, 502, "{gateway}");
+        assert_eq!(r.json()["error"]["code"], "instance_error", "{gateway}");
+        assert!(
+            r.headers["x-gpufn-instance-id"].starts_with("d-"),
+            "{gateway}"
+        );
+        c.send(get("/function/d/echo?after=crash").as_bytes()).await;
+        let r = c.response().await;
+        assert_eq!(r.status, 200, "{gateway}");
+        assert_eq!(r.json()["query"], "after=crash", "{gateway}");
+    }
+}

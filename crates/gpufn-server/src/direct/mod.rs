@@ -56,9 +56,10 @@ use chunked::ChunkedEnd;
 pub(crate) use conns::Conns;
 pub(crate) use rewind::Rewind;
 
-/// Largest request or response head taken (hyper's default limit is larger: bigger request heads
-/// go to hyper, bigger response heads are refused with 502).
+/// Largest request head the direct path takes (bigger ones go to hyper).
 const MAX_HEAD: usize = 64 * 1024;
+/// Largest response head taken from an instance (hyper's client allows about as much).
+const MAX_RESPONSE_HEAD: usize = 400 * 1024;
 /// Most header lines in a head the direct path parses (more: the request goes to hyper).
 const MAX_HEADERS: usize = 64;
 /// Most header lines in an instance's response head.
@@ -384,22 +385,25 @@ impl Direct {
         let (mut up, info) = match sent {
             Ok(Ok(x)) => x,
             Ok(Err(SendError::Client)) => return false,
-            Ok(Err(SendError::Upstream(e))) => {
+            Ok(Err(SendError::Upstream { error, body_read })) => {
                 // The instance broke the connection (crashed, refused): it will not serve again.
                 // Not so for an idle connection its keep-alive timer closed just as the request
                 // went out (a request that cannot be sent again).
-                if !matches!(e, UpError::ClosedIdle) {
+                if !matches!(error, UpError::ClosedIdle) {
                     slot.mark_broken();
                 }
                 let resp = ApiError::new(
                     StatusCode::BAD_GATEWAY,
                     "instance_error",
-                    format!("instance {} failed to answer: {e}", slot.instance_id()),
+                    format!("instance {} failed to answer: {error}", slot.instance_id()),
                 )
                 .into_response();
-                self.respond_error(tcp, bufs, resp, Some(&slot), &p, arrival, true)
-                    .await;
-                return false;
+                // The caller's connection serves on unless part of its body is still unread.
+                let close = p.close || !body_read;
+                return self
+                    .respond_error(tcp, bufs, resp, Some(&slot), &p, arrival, close)
+                    .await
+                    && !close;
             }
             Err(_) => {
                 let resp = ApiError::new(
@@ -457,7 +461,12 @@ impl Direct {
         loop {
             let (mut up, reused) = match self.conns.checkout(addr) {
                 Some(s) if !fresh_only => (s, true),
-                _ => (connect(addr).await.map_err(SendError::Upstream)?, false),
+                _ => (
+                    connect(addr)
+                        .await
+                        .map_err(|e| SendError::upstream(e, body_in_socket == 0))?,
+                    false,
+                ),
             };
             if let Err(e) = up.write_all(&bufs.out).await {
                 if reused && body_in_socket == 0 {
@@ -465,7 +474,7 @@ impl Direct {
                     fresh_only = true;
                     continue;
                 }
-                return Err(SendError::Upstream(UpError::Io(e)));
+                return Err(SendError::upstream(UpError::Io(e), body_in_socket == 0));
             }
             if body_in_socket > 0 {
                 copy_body(tcp, buf, &mut up, body_in_socket).await?;
@@ -481,9 +490,9 @@ impl Direct {
                     fresh_only = true;
                 }
                 Err(UpError::Unanswered) if reused => {
-                    return Err(SendError::Upstream(UpError::ClosedIdle));
+                    return Err(SendError::upstream(UpError::ClosedIdle, true));
                 }
-                Err(e) => return Err(SendError::Upstream(e)),
+                Err(e) => return Err(SendError::upstream(e, true)),
             }
         }
     }
@@ -632,7 +641,7 @@ enum UpError {
     Truncated,
     #[error("invalid response head: {0}")]
     Parse(&'static str),
-    #[error("response head over {MAX_HEAD} bytes")]
+    #[error("response head over {MAX_RESPONSE_HEAD} bytes")]
     HeadTooLarge,
     #[error("{0}")]
     Io(std::io::Error),
@@ -641,8 +650,15 @@ enum UpError {
 enum SendError {
     /// The caller went away while its body was being read.
     Client,
-    /// The instance failed.
-    Upstream(UpError),
+    /// The instance failed; `body_read`: the caller's request body had been read to its end (its
+    /// connection can take another request after the error response).
+    Upstream { error: UpError, body_read: bool },
+}
+
+impl SendError {
+    fn upstream(error: UpError, body_read: bool) -> Self {
+        Self::Upstream { error, body_read }
+    }
 }
 
 /// Whether `buf` holds the blank line that ends a head (CRLF CRLF, or bare LFs, which httparse
@@ -809,7 +825,7 @@ async fn copy_body(
         let take = left.min(buf.len() as u64) as usize;
         up.write_all(&buf[..take])
             .await
-            .map_err(|e| SendError::Upstream(UpError::Io(e)))?;
+            .map_err(|e| SendError::upstream(UpError::Io(e), false))?;
         buf.advance(take);
         left -= take as u64;
     }
@@ -839,7 +855,9 @@ async fn read_response_head(
                     up.advance(len);
                     continue;
                 }
-                Parsed::Partial if up.len() >= MAX_HEAD => return Err(UpError::HeadTooLarge),
+                Parsed::Partial if up.len() >= MAX_RESPONSE_HEAD => {
+                    return Err(UpError::HeadTooLarge);
+                }
                 Parsed::Partial => {}
             }
         }
