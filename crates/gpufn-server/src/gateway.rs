@@ -253,16 +253,7 @@ async fn forward(
             return Ok(resp);
         }
         Err(_) => {
-            let mut resp = ApiError::new(
-                StatusCode::GATEWAY_TIMEOUT,
-                "request_timeout",
-                format!(
-                    "instance {} sent no response within request_timeout_s ({}s)",
-                    slot.instance_id(),
-                    slot.request_timeout().as_secs()
-                ),
-            )
-            .into_response();
+            let mut resp = request_timeout_error(&slot).into_response();
             add_slot_headers(resp.headers_mut(), &slot);
             return Ok(resp);
         }
@@ -283,6 +274,20 @@ async fn forward(
         _slot: slot,
     });
     Ok(Response::from_parts(parts, body))
+}
+
+/// 504: the instance holding `slot` sent no response head within the function's
+/// `request_timeout_s` (both gateway paths).
+pub(crate) fn request_timeout_error(slot: &Slot) -> ApiError {
+    ApiError::new(
+        StatusCode::GATEWAY_TIMEOUT,
+        "request_timeout",
+        format!(
+            "instance {} sent no response within request_timeout_s ({}s)",
+            slot.instance_id(),
+            slot.request_timeout().as_secs()
+        ),
+    )
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {

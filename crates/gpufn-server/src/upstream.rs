@@ -302,7 +302,9 @@ fn prepare(req: &mut Request<Body>, addr: SocketAddr) -> Result<(), UpstreamErro
     Ok(())
 }
 
-async fn connect(addr: SocketAddr) -> Result<Link, UpstreamError> {
+/// A TCP connection to an instance (both gateway paths), within [`CONNECT_TIMEOUT`], with
+/// `TCP_NODELAY`.
+pub(crate) async fn connect_stream(addr: SocketAddr) -> Result<TcpStream, UpstreamError> {
     let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
         Ok(Ok(s)) => s,
         Ok(Err(source)) => return Err(UpstreamError::Connect { addr, source }),
@@ -312,6 +314,11 @@ async fn connect(addr: SocketAddr) -> Result<Link, UpstreamError> {
     if let Err(e) = stream.set_nodelay(true) {
         tracing::debug!("cannot set TCP_NODELAY towards {addr}: {e}");
     }
+    Ok(stream)
+}
+
+async fn connect(addr: SocketAddr) -> Result<Link, UpstreamError> {
+    let stream = connect_stream(addr).await?;
     let (sender, conn) = http1::Builder::new()
         .writev(false)
         .handshake(TokioIo::new(stream))

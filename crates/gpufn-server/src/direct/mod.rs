@@ -34,7 +34,7 @@ mod rewind;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use axum::response::IntoResponse;
 use bytes::{Buf, BytesMut};
@@ -46,7 +46,10 @@ use tokio::time::Interval;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::ApiError;
-use crate::gateway::{COLD_START, INSTANCE_ID, Peer, REQUEST_ID, acquire_error, sane_request_id};
+use crate::gateway::{
+    COLD_START, INSTANCE_ID, Peer, REQUEST_ID, acquire_error, request_timeout_error,
+    sane_request_id,
+};
 use crate::metrics::StatusLabels;
 use crate::platform::Platform;
 use crate::pool::{AcquireError, Pool, Slot};
@@ -102,8 +105,6 @@ const COPY_BEHIND_HEAD: usize = 16 * 1024;
 /// response, which is safe while the body fits in the socket buffers; larger uploads go to hyper,
 /// which reads an early answer (an app refusing an upload unread) while still sending.
 const MAX_BODY: u64 = 64 * 1024;
-/// How long connecting to an instance may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What became of a client connection.
 #[derive(Debug)]
@@ -406,16 +407,7 @@ impl Direct {
                     && !close;
             }
             Err(_) => {
-                let resp = ApiError::new(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    "request_timeout",
-                    format!(
-                        "instance {} sent no response within request_timeout_s ({}s)",
-                        slot.instance_id(),
-                        slot.request_timeout().as_secs()
-                    ),
-                )
-                .into_response();
+                let resp = request_timeout_error(&slot).into_response();
                 // The request body may be half-read: the connection is not reusable.
                 self.respond_error(tcp, bufs, resp, Some(&slot), &p, arrival, true)
                     .await;
@@ -626,13 +618,9 @@ struct ResponseInfo {
 /// Why an exchange with an instance failed.
 #[derive(Debug, thiserror::Error)]
 enum UpError {
-    #[error("cannot connect to {addr}: {source}")]
-    Connect {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
-    #[error("connecting to {addr} took over {CONNECT_TIMEOUT:?}")]
-    ConnectTimeout { addr: SocketAddr },
+    /// Connecting failed or timed out (the message names the address).
+    #[error(transparent)]
+    Connect(crate::upstream::UpstreamError),
     #[error("connection closed before a response")]
     Unanswered,
     #[error("an idle connection was closed by the instance as the request was sent")]
@@ -795,16 +783,9 @@ async fn acquire_watching(
 }
 
 async fn connect(addr: SocketAddr) -> Result<TcpStream, UpError> {
-    let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(source)) => return Err(UpError::Connect { addr, source }),
-        Err(_) => return Err(UpError::ConnectTimeout { addr }),
-    };
-    // Heads and bodies are written as they come; Nagle + delayed ACK would stall tails.
-    if let Err(e) = stream.set_nodelay(true) {
-        tracing::debug!("cannot set TCP_NODELAY towards {addr}: {e}");
-    }
-    Ok(stream)
+    crate::upstream::connect_stream(addr)
+        .await
+        .map_err(UpError::Connect)
 }
 
 /// Copies `left` body bytes from the caller to the instance; bytes read past them (a pipelined
