@@ -1,5 +1,7 @@
 //! A thin client of the control API that turns API errors into readable ones.
 
+use std::path::Path;
+
 use anyhow::{Context, anyhow};
 use reqwest::{Method, RequestBuilder, Response};
 use serde_json::Value;
@@ -11,14 +13,66 @@ pub struct Api {
     http: reqwest::Client,
 }
 
+/// The token the CLI sends: `$GPUFN_TOKEN`, else `--token`, else `<data-dir>/admin.token` when
+/// the server is on this machine (a loopback URL: the local admin token never goes elsewhere).
+pub fn resolve_token(flag: Option<&str>, server: &str, data_dir: &Path) -> Option<String> {
+    let clean = |t: String| {
+        let t = t.trim().to_string();
+        (!t.is_empty()).then_some(t)
+    };
+    if let Some(t) = std::env::var("GPUFN_TOKEN").ok().and_then(clean) {
+        return Some(t);
+    }
+    if let Some(t) = flag.map(str::to_string).and_then(clean) {
+        return Some(t);
+    }
+    if !is_loopback_url(server) {
+        return None;
+    }
+    std::fs::read_to_string(data_dir.join("admin.token"))
+        .ok()
+        .and_then(clean)
+}
+
+/// Whether `url` names this machine (localhost, 127.0.0.0/8 or [::1]).
+pub fn is_loopback_url(url: &str) -> bool {
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+        .unwrap_or(url);
+    let authority = rest.split('/').next().unwrap_or("");
+    let host = if let Some(v6) = authority.strip_prefix('[') {
+        v6.split(']').next().unwrap_or("")
+    } else {
+        authority.rsplit_once(':').map_or(authority, |(h, _)| h)
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 impl Api {
-    pub fn new(server: &str) -> Self {
+    pub fn new(server: &str, token: Option<String>) -> Self {
         // reqwest is built with rustls without a default provider (the registry client's choice);
         // one must be installed before any client is built.
         gpufn_oci::ensure_crypto_provider();
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(v) = token
+            .as_deref()
+            .and_then(|t| reqwest::header::HeaderValue::from_str(&format!("Bearer {t}")).ok())
+        {
+            let mut v = v;
+            v.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, v);
+        }
+        let http = reqwest::Client::builder()
+            .default_headers(headers)
+            .build()
+            .unwrap_or_default();
         Self {
             base: server.trim_end_matches('/').to_string(),
-            http: reqwest::Client::new(),
+            http,
         }
     }
 
@@ -85,5 +139,35 @@ pub fn api_error_message(status: reqwest::StatusCode, body: &str) -> String {
         .get("message")
         .and_then(Value::as_str)
         .unwrap_or_default();
+    if status == reqwest::StatusCode::UNAUTHORIZED {
+        return format!(
+            "{status}: {message}\n  (the CLI sends $GPUFN_TOKEN, else --token, else <data-dir>/admin.token for a server on this machine)"
+        );
+    }
     format!("{status}: {message}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_loopback_url;
+
+    #[test]
+    fn loopback_urls() {
+        for u in [
+            "http://127.0.0.1:8080",
+            "http://localhost:1/",
+            "http://[::1]:80",
+            "https://127.0.0.2",
+        ] {
+            assert!(is_loopback_url(u), "{u}");
+        }
+        for u in [
+            "http://10.0.0.1:8080",
+            "http://gpu.example.com",
+            "http://localhost.example.com:80",
+            "http://[::2]:1",
+        ] {
+            assert!(!is_loopback_url(u), "{u}");
+        }
+    }
 }

@@ -28,6 +28,19 @@ struct Cli {
         default_value = "http://127.0.0.1:8080"
     )]
     server: String,
+    /// API token (after $GPUFN_TOKEN; without either, <data-dir>/admin.token is used for a server
+    /// on this machine).
+    #[arg(long, global = true, hide_env_values = true)]
+    token: Option<String>,
+    /// gpufn's data directory: `serve` keeps its store there; client commands read its
+    /// admin.token when they talk to a server on this machine.
+    #[arg(
+        long,
+        global = true,
+        env = "GPUFN_DATA_DIR",
+        default_value = "./gpufn-data"
+    )]
+    data_dir: PathBuf,
     #[command(subcommand)]
     command: Command,
 }
@@ -35,7 +48,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the platform: control API, HTTP trigger and health on one address.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Create or update a function from a YAML spec.
     Deploy {
         /// The spec file (gpufn.yaml).
@@ -144,6 +157,18 @@ enum Command {
     /// A minimal function (health after READY_DELAY_MS, /work?ms=N), used by replay.
     #[command(hide = true)]
     SleepApp,
+    /// Create, list and revoke API tokens (admin).
+    #[command(subcommand)]
+    Token(cmd::tokens::TokenCmd),
+    /// The audit log: every change, with the token that made it (admin).
+    Audit {
+        /// How many entries, newest first.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print an instance's log.
     Logs {
         /// Function name.
@@ -162,9 +187,6 @@ pub struct ServeArgs {
     /// Address for the API, the HTTP trigger and health.
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
-    /// Directory for the SQLite store and instance logs.
-    #[arg(long, default_value = "./gpufn-data")]
-    data_dir: PathBuf,
     /// GPU-card quota (default: the stored quota, else 30).
     #[arg(long)]
     quota_cards: Option<u32>,
@@ -215,7 +237,8 @@ pub struct ServeArgs {
     /// Image cache limit in MB: least-recently-used images not in use are evicted past it.
     #[arg(long, default_value_t = 51_200)]
     image_cache_max_mb: u64,
-    /// An access key for the FC-compatible API (`/2023-03-30`), as ID:SECRET. Repeatable; also
+    /// An access key for the FC-compatible API (`/2023-03-30`), as ID:SECRET or ID:SECRET:ROLE
+    /// (viewer, invoker, developer, admin; admin when absent). Repeatable; also
     /// GPUFN_ACCESS_KEYS=id:secret,id2:secret2. Without one, that API refuses every request.
     #[arg(
         long = "access-key",
@@ -229,6 +252,14 @@ pub struct ServeArgs {
     /// fc.gpu.ada.1=ada-l20, fc.gpu.hopper.1=hopper-h100.
     #[arg(long = "fc-gpu-type")]
     fc_gpu_types: Vec<String>,
+    /// A host name besides localhost, 127.0.0.1 and [::1] that requests may carry in `Host` while
+    /// gpufn listens on loopback (other names are refused: DNS rebinding). Repeatable.
+    #[arg(long = "public-host")]
+    public_hosts: Vec<String>,
+    /// An origin (https://app.example.com) whose web pages may call gpufn from a browser (CORS).
+    /// None by default. Repeatable.
+    #[arg(long = "cors-origin")]
+    cors_origins: Vec<String>,
     /// A registry (host:port) reached over plain HTTP; loopback registries always are. Repeatable.
     #[arg(long = "insecure-registry")]
     insecure_registries: Vec<String>,
@@ -247,10 +278,8 @@ pub struct ServeArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Command::Serve(ServeArgs {
-        worker_threads: Some(n),
-        ..
-    }) = &cli.command
+    if let Command::Serve(args) = &cli.command
+        && let Some(n) = &args.worker_threads
     {
         if *n == 0 {
             eprintln!("error: --worker-threads: must be >= 1");
@@ -275,9 +304,15 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let api = client::Api::new(&cli.server);
+    if let Command::Serve(args) = cli.command {
+        return cmd::serve::run(*args, cli.data_dir).await;
+    }
+    let token = client::resolve_token(cli.token.as_deref(), &cli.server, &cli.data_dir);
+    let api = client::Api::new(&cli.server, token);
     match cli.command {
-        Command::Serve(args) => cmd::serve::run(args).await,
+        Command::Serve(_) => unreachable!("handled above"),
+        Command::Token(cmd) => cmd::tokens::run(&api, cmd).await,
+        Command::Audit { limit, json } => cmd::tokens::audit(&api, limit, json).await,
         Command::Deploy { file } => cmd::functions::deploy(&api, &file).await,
         Command::Images { json } => cmd::images::list(&api, json).await,
         Command::Pull { image } => cmd::images::pull(&api, &image, None)

@@ -5,12 +5,14 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
+use gpufn_auth::{Action, Grant, Role};
 use serde::{Deserialize, Serialize};
 
+use crate::auth::{audit, forbidden};
 use crate::error::ApiError;
 use crate::gateway;
 use crate::platform::Platform;
@@ -46,6 +48,10 @@ pub fn router(platform: Arc<Platform>) -> Router {
         .route("/api/v1/tasks/{id}", get(tasks_api::get_task))
         .route("/api/v1/tasks/{id}/cancel", post(tasks_api::cancel_task))
         .route("/api/v1/tasks/{id}/result", get(tasks_api::task_result))
+        .route("/api/v1/tokens", post(create_token).get(list_tokens))
+        .route("/api/v1/tokens/{id}", axum::routing::delete(revoke_token))
+        .route("/api/v1/audit", get(audit_log))
+        .route("/api/v1/whoami", get(whoami))
         .route("/async-function/{name}", any(tasks_api::accept))
         .route("/async-function/{name}/", any(tasks_api::accept))
         .route("/async-function/{name}/{*rest}", any(tasks_api::accept))
@@ -53,6 +59,10 @@ pub fn router(platform: Arc<Platform>) -> Router {
         .route("/function/{name}/", any(gateway::invoke))
         .route("/function/{name}/{*rest}", any(gateway::invoke))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
+        .layer(axum::middleware::from_fn_with_state(
+            platform.clone(),
+            crate::auth::gate,
+        ))
         .with_state(platform)
 }
 
@@ -69,8 +79,9 @@ async fn healthz(State(p): Shared) -> Response {
 }
 
 /// `GET /api/v1/images`: the image cache.
-async fn images(State(p): Shared) -> Response {
-    axum::Json(p.images()).into_response()
+async fn images(State(p): Shared, Extension(who): Extension<Grant>) -> Result<Response, ApiError> {
+    who.check(Action::Read, None).map_err(forbidden)?;
+    Ok(axum::Json(p.images()).into_response())
 }
 
 #[derive(Deserialize)]
@@ -83,7 +94,12 @@ struct PullRequest {
 /// `POST /api/v1/images/pull` `{"image": ..., "registry_auth": {...}}`: pulls into the cache,
 /// streaming progress as NDJSON (one [`gpufn_oci::PullEvent`] per line), ending with
 /// `{"event":"done",...}` or `{"event":"error","error":{...}}`.
-async fn pull_image(State(p): Shared, body: Bytes) -> Result<Response, ApiError> {
+async fn pull_image(
+    State(p): Shared,
+    Extension(who): Extension<Grant>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    who.check(Action::PullImage, None).map_err(forbidden)?;
     let req: PullRequest = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_field("(document)", e.to_string()))?;
     gpufn_oci::ImageStore::parse(&req.image)
@@ -139,7 +155,12 @@ async fn pull_image(State(p): Shared, body: Bytes) -> Result<Response, ApiError>
 }
 
 /// `POST /api/v1/functions`: the spec as JSON, or YAML with a YAML content type.
-async fn deploy(State(p): Shared, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+async fn deploy(
+    State(p): Shared,
+    Extension(who): Extension<Grant>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     let is_yaml = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -151,7 +172,19 @@ async fn deploy(State(p): Shared, headers: HeaderMap, body: Bytes) -> Result<Res
     } else {
         gpufn_spec::parse_json(&body)?
     };
+    // A process function runs a host command line: only an admin deploys one, or replaces one.
+    let name = raw.name.clone().unwrap_or_default();
+    let process = raw.runtime.as_deref() != Some("container") || is_process(&p, &name);
+    who.check(Action::Deploy { process }, Some(&name))
+        .map_err(forbidden)?;
     let (view, created) = p.deploy(raw).await?;
+    audit(
+        &p,
+        &who,
+        "function.deploy",
+        &view.name,
+        Some(&format!("revision {}", view.revision)),
+    );
     let status = if created {
         StatusCode::CREATED
     } else {
@@ -160,20 +193,52 @@ async fn deploy(State(p): Shared, headers: HeaderMap, body: Bytes) -> Result<Res
     Ok((status, axum::Json(view)).into_response())
 }
 
-async fn list(State(p): Shared) -> Result<Response, ApiError> {
-    Ok(axum::Json(p.functions()?).into_response())
+/// Whether `name` is deployed as a `runtime: process` function.
+fn is_process(p: &Platform, name: &str) -> bool {
+    p.pool(name)
+        .is_some_and(|pl| pl.spec().runtime == gpufn_spec::Runtime::Process)
 }
 
-async fn get_function(State(p): Shared, Path(name): Path<String>) -> Result<Response, ApiError> {
+/// Checks that `who` may read `name`.
+fn may_read(who: &Grant, name: &str) -> Result<(), ApiError> {
+    who.check(Action::Read, Some(name)).map_err(forbidden)
+}
+
+async fn list(State(p): Shared, Extension(who): Extension<Grant>) -> Result<Response, ApiError> {
+    who.check(Action::Read, None).map_err(forbidden)?;
+    let mut all = p.functions()?;
+    all.retain(|f| who.covers(&f.name));
+    Ok(axum::Json(all).into_response())
+}
+
+async fn get_function(
+    State(p): Shared,
+    Extension(who): Extension<Grant>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    may_read(&who, &name)?;
     Ok(axum::Json(p.function(&name).await?).into_response())
 }
 
-async fn delete_function(State(p): Shared, Path(name): Path<String>) -> Result<Response, ApiError> {
+async fn delete_function(
+    State(p): Shared,
+    Extension(who): Extension<Grant>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let process = is_process(&p, &name);
+    who.check(Action::Deploy { process }, Some(&name))
+        .map_err(forbidden)?;
     p.delete(&name).await?;
+    audit(&p, &who, "function.delete", &name, None);
     Ok(axum::Json(serde_json::json!({"deleted": name})).into_response())
 }
 
-async fn instances(State(p): Shared, Path(name): Path<String>) -> Result<Response, ApiError> {
+async fn instances(
+    State(p): Shared,
+    Extension(who): Extension<Grant>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    may_read(&who, &name)?;
     let pool = p.pool(&name).ok_or_else(|| ApiError::no_function(&name))?;
     Ok(axum::Json(pool.instances()).into_response())
 }
@@ -186,9 +251,11 @@ struct LogQuery {
 /// The last lines of an instance's log (also after the instance is gone).
 async fn logs(
     State(p): Shared,
+    Extension(who): Extension<Grant>,
     Path((name, id)): Path<(String, String)>,
     Query(q): Query<LogQuery>,
 ) -> Result<Response, ApiError> {
+    may_read(&who, &name)?;
     let safe = |s: &str| {
         !s.is_empty()
             && s.bytes()
@@ -222,8 +289,9 @@ async fn logs(
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], out).into_response())
 }
 
-async fn gpus(State(p): Shared) -> Response {
-    axum::Json(p.allocator().snapshot()).into_response()
+async fn gpus(State(p): Shared, Extension(who): Extension<Grant>) -> Result<Response, ApiError> {
+    who.check(Action::Read, None).map_err(forbidden)?;
+    Ok(axum::Json(p.allocator().snapshot()).into_response())
 }
 
 #[derive(Serialize)]
@@ -245,12 +313,21 @@ fn quota_view(p: &Platform) -> QuotaView {
     }
 }
 
-async fn get_quota(State(p): Shared) -> Response {
-    axum::Json(quota_view(&p)).into_response()
+async fn get_quota(
+    State(p): Shared,
+    Extension(who): Extension<Grant>,
+) -> Result<Response, ApiError> {
+    who.check(Action::Read, None).map_err(forbidden)?;
+    Ok(axum::Json(quota_view(&p)).into_response())
 }
 
 /// `PUT /api/v1/quota` with `{"cards": N}`.
-async fn put_quota(State(p): Shared, body: Bytes) -> Result<Response, ApiError> {
+async fn put_quota(
+    State(p): Shared,
+    Extension(who): Extension<Grant>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    who.check(Action::Administer, None).map_err(forbidden)?;
     let value: serde_json::Value = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_field("(document)", format!("is not JSON: {e}")))?;
     let cards = value
@@ -272,6 +349,7 @@ async fn put_quota(State(p): Shared, body: Bytes) -> Result<Response, ApiError> 
         return Err(ApiError::bad_field(extra.clone(), "unknown field"));
     }
     p.set_quota(u32::try_from(cards).unwrap_or(0))?;
+    audit(&p, &who, "quota.set", "quota", Some(&cards.to_string()));
     Ok(axum::Json(quota_view(&p)).into_response())
 }
 
@@ -283,9 +361,11 @@ struct LimitQuery {
 /// `GET /api/v1/functions/{name}/cold-starts?limit=100`: newest first.
 async fn cold_starts(
     State(p): Shared,
+    Extension(who): Extension<Grant>,
     Path(name): Path<String>,
     Query(q): Query<LimitQuery>,
 ) -> Result<Response, ApiError> {
+    may_read(&who, &name)?;
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
     Ok(axum::Json(p.cold_starts(&name, limit).await?).into_response())
 }
@@ -329,9 +409,11 @@ struct UsageQuery {
 /// they end (an instance going idle), so a request in flight shows up once it is done.
 async fn usage(
     State(p): Shared,
+    Extension(who): Extension<Grant>,
     Path(name): Path<String>,
     Query(q): Query<UsageQuery>,
 ) -> Result<Response, ApiError> {
+    may_read(&who, &name)?;
     let now = crate::util::now_ms();
     let to =
         q.to.as_deref()
@@ -406,7 +488,13 @@ async fn estimate(State(p): Shared, Query(q): Query<EstimateQuery>) -> Result<Re
 }
 
 /// `GET /api/v1/billing?function=NAME&from=..&to=..`: one row per function.
-async fn billing(State(p): Shared, Query(q): Query<BillingQuery>) -> Result<Response, ApiError> {
+async fn billing(
+    State(p): Shared,
+    Extension(who): Extension<Grant>,
+    Query(q): Query<BillingQuery>,
+) -> Result<Response, ApiError> {
+    who.check(Action::Read, q.function.as_deref())
+        .map_err(forbidden)?;
     let from = q
         .from
         .as_deref()
@@ -421,11 +509,19 @@ async fn billing(State(p): Shared, Query(q): Query<BillingQuery>) -> Result<Resp
     if from >= to {
         return Err(ApiError::bad_field("to", "must be after from"));
     }
-    let rows = p.billing(q.function.as_deref(), from, to).await?;
+    let mut rows = p.billing(q.function.as_deref(), from, to).await?;
+    rows.retain(|r| who.covers(&r.function));
     Ok(axum::Json(rows).into_response())
 }
 
-async fn metrics(State(p): Shared) -> Response {
+async fn metrics(State(p): Shared, Extension(who): Extension<Grant>) -> Response {
+    // The page names every function: a token limited to some of them does not read it.
+    if let Err(e) = who.check(Action::Read, None) {
+        return forbidden(e).into_response();
+    }
+    if let Some(prefix) = who.prefix.clone() {
+        return forbidden(gpufn_auth::Denied::Scope { prefix }).into_response();
+    }
     (
         [(
             header::CONTENT_TYPE,
@@ -434,4 +530,150 @@ async fn metrics(State(p): Shared) -> Response {
         p.metrics_text(),
     )
         .into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewTokenBody {
+    role: String,
+    functions: Option<String>,
+    name: Option<String>,
+    /// A lifetime: `30d`, `12h`...
+    expires: Option<String>,
+}
+
+/// `POST /api/v1/tokens` `{"role", "functions", "name", "expires"}` (admin): the token's text is in
+/// this answer and nowhere else, ever.
+async fn create_token(
+    State(p): Shared,
+    Extension(who): Extension<Grant>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    who.check(Action::Administer, None).map_err(forbidden)?;
+    let req: NewTokenBody = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_field("(document)", e.to_string()))?;
+    let role: Role = req
+        .role
+        .parse()
+        .map_err(|e: String| ApiError::bad_field("role", e))?;
+    if let Some(f) = &req.functions {
+        gpufn_auth::check_prefix(f).map_err(|e| ApiError::bad_field("functions", e))?;
+    }
+    if let Some(n) = &req.name {
+        if n.len() > 200 || n.chars().any(char::is_control) {
+            return Err(ApiError::bad_field(
+                "name",
+                "must be at most 200 characters, none of them control characters",
+            ));
+        }
+    }
+    let expires_ms = match &req.expires {
+        None => None,
+        Some(v) => {
+            let d = gpufn_auth::parse_lifetime(v).map_err(|e| ApiError::bad_field("expires", e))?;
+            Some(crate::util::now_ms() + i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 2))
+        }
+    };
+    let (token, view) = p.access().create(
+        p.store(),
+        &who,
+        crate::auth::TokenRequest {
+            role,
+            functions: req.functions,
+            name: req.name,
+            expires_ms,
+        },
+    )?;
+    audit(
+        &p,
+        &who,
+        "token.create",
+        &view.id,
+        Some(&format!(
+            "{}{}",
+            view.role,
+            view.functions
+                .as_deref()
+                .map(|f| format!(" functions {f}*"))
+                .unwrap_or_default()
+        )),
+    );
+    let mut v = serde_json::to_value(&view).unwrap_or_default();
+    v["token"] = serde_json::Value::String(token);
+    Ok((StatusCode::CREATED, axum::Json(v)).into_response())
+}
+
+/// `GET /api/v1/tokens` (admin): ids, roles and states, never the tokens.
+async fn list_tokens(
+    State(p): Shared,
+    Extension(who): Extension<Grant>,
+) -> Result<Response, ApiError> {
+    who.check(Action::Administer, None).map_err(forbidden)?;
+    Ok(axum::Json(p.access().list()).into_response())
+}
+
+/// `DELETE /api/v1/tokens/{id}` (admin): revokes; the token stays listed as revoked.
+async fn revoke_token(
+    State(p): Shared,
+    Extension(who): Extension<Grant>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    who.check(Action::Administer, None).map_err(forbidden)?;
+    let view = p.access().revoke(p.store(), &id)?;
+    audit(&p, &who, "token.revoke", &view.id, None);
+    Ok(axum::Json(view).into_response())
+}
+
+#[derive(Deserialize)]
+struct AuditQuery {
+    limit: Option<usize>,
+    before: Option<i64>,
+}
+
+/// `GET /api/v1/audit?limit=100&before=ID` (admin): changes, newest first.
+async fn audit_log(
+    State(p): Shared,
+    Extension(who): Extension<Grant>,
+    Query(q): Query<AuditQuery>,
+) -> Result<Response, ApiError> {
+    who.check(Action::Administer, None).map_err(forbidden)?;
+    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    let rows = p
+        .store()
+        .audit_log(q.before, limit)
+        .map_err(|e| ApiError::internal("reading the audit log", e))?;
+    let list: Vec<serde_json::Value> = rows
+        .into_iter()
+        .map(|e| {
+            serde_json::json!({
+                "id": e.id,
+                "at": crate::util::rfc3339(crate::util::from_ms(e.at_ms)),
+                "token_id": e.token_id,
+                "role": e.role,
+                "action": e.action,
+                "target": e.target,
+                "detail": e.detail,
+            })
+        })
+        .collect();
+    Ok(axum::Json(list).into_response())
+}
+
+/// `GET /api/v1/whoami`: the calling token's id, role and scope, and what the role allows (the
+/// console shows only what the caller may use).
+async fn whoami(Extension(who): Extension<Grant>) -> Response {
+    let can = |a: Action| who.check(a, None).is_ok();
+    axum::Json(serde_json::json!({
+        "token_id": who.token_id,
+        "role": who.role,
+        "functions": who.prefix,
+        "can": {
+            "read": can(Action::Read),
+            "invoke": gpufn_auth::allows(who.role, Action::Invoke),
+            "deploy": gpufn_auth::allows(who.role, Action::Deploy { process: false }),
+            "deploy_process": gpufn_auth::allows(who.role, Action::Deploy { process: true }),
+            "administer": can(Action::Administer),
+        },
+    }))
+    .into_response()
 }

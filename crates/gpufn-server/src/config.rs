@@ -60,8 +60,11 @@ pub struct Config {
     pub tasks: TaskConfig,
     /// `runtime: container` settings.
     pub containers: ContainerSettings,
-    /// Access keys (`id`, `secret`) for the FC-compatible API; it refuses everything without one.
-    pub access_keys: Vec<(String, String)>,
+    /// Access keys (`id`, `secret`, role) for the FC-compatible API; it refuses everything
+    /// without one.
+    pub access_keys: Vec<(String, String, gpufn_auth::Role)>,
+    /// Who may reach gpufn from a browser (`--public-host`, `--cors-origin`).
+    pub access: crate::auth::AccessConfig,
     /// FC `gpuType` → local card type, on top of the defaults.
     pub fc_gpu_types: Vec<(String, String)>,
 }
@@ -103,6 +106,7 @@ impl Default for Config {
             tasks: TaskConfig::default(),
             containers: ContainerSettings::default(),
             access_keys: Vec::new(),
+            access: crate::auth::AccessConfig::default(),
             fc_gpu_types: Vec::new(),
         }
     }

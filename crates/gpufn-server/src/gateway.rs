@@ -189,6 +189,12 @@ pub async fn handle(platform: &Arc<Platform>, peer: Option<&Peer>, req: Request)
     let Some(pool) = platform.pool(name) else {
         return ApiError::no_function(name).into_response();
     };
+    let mut req = req;
+    if let Err(e) = admit(platform, &pool, &mut req) {
+        let mut resp = e.into_response();
+        resp.headers_mut().insert(REQUEST_ID_HEADER, request_id);
+        return resp;
+    }
     let mut resp = match forward(platform, &pool, peer, &request_id, &target, req, arrival).await {
         Ok(resp) => resp,
         Err(e) => e.into_response(),
@@ -211,6 +217,32 @@ pub async fn handle(platform: &Arc<Platform>, peer: Option<&Peer>, req: Request)
     }
     resp.headers_mut().insert(REQUEST_ID_HEADER, request_id);
     resp
+}
+
+/// Checks the caller of a trigger request against the function's `auth`. A [`gpufn_auth::Grant`]
+/// already in the request's extensions comes from gpufn itself (the FC API, which checked its own
+/// signature); a client cannot put one there. The gpufn token is taken off the request: function
+/// code never sees a caller's token.
+pub(crate) fn admit(
+    platform: &Platform,
+    pool: &Pool,
+    req: &mut Request,
+) -> Result<Option<gpufn_auth::Grant>, ApiError> {
+    let name = pool.name();
+    let grant = match req.extensions().get::<gpufn_auth::Grant>() {
+        Some(g) => {
+            g.check(gpufn_auth::Action::Invoke, Some(name))
+                .map_err(crate::auth::forbidden)?;
+            Some(g.clone())
+        }
+        None => platform
+            .access()
+            .trigger(pool.trigger_auth(), name, req.headers())?,
+    };
+    if pool.trigger_auth() == gpufn_spec::TriggerAuth::Token {
+        req.headers_mut().remove(header::AUTHORIZATION);
+    }
+    Ok(grant)
 }
 
 async fn forward(

@@ -9,6 +9,7 @@
 //! - [`serve`]: binding, signals and the bounded graceful shutdown.
 
 pub mod api;
+pub mod auth;
 pub mod config;
 mod console;
 mod containers;

@@ -207,6 +207,7 @@ pub struct Platform {
     upstream: crate::upstream::Upstream,
     tasks: TaskRunner,
     fc: crate::fc::FcState,
+    access: crate::auth::Access,
 }
 
 const QUOTA_KEY: &str = "quota_cards";
@@ -264,6 +265,13 @@ impl Platform {
             config.tasks,
             config.data_dir.join("task-results"),
         );
+        let access = crate::auth::Access::open(
+            &shared.store,
+            &config.data_dir,
+            config.listen.ip().is_loopback(),
+            config.access.clone(),
+        )
+        .map_err(|e| ServerError::Io(std::io::Error::other(e)))?;
         let fc = crate::fc::FcState::new(&config.access_keys, &config.fc_gpu_types, |v| {
             remember_nonces(v, &shared)
         });
@@ -276,6 +284,7 @@ impl Platform {
             upstream: crate::upstream::Upstream::new(),
             tasks,
             fc,
+            access,
         });
         platform.load_functions()?;
         for raw in &config.deploy {
@@ -328,6 +337,11 @@ impl Platform {
     }
 
     /// The FC-compatible API's keys and tables.
+    /// Tokens and the browser rules.
+    pub fn access(&self) -> &crate::auth::Access {
+        &self.access
+    }
+
     pub(crate) fn fc(&self) -> &crate::fc::FcState {
         &self.fc
     }

@@ -11,6 +11,7 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -196,6 +197,8 @@ struct Outbox {
 #[derive(Debug)]
 pub struct Pool {
     name: String,
+    /// `auth: {type: anonymous}` in the current spec.
+    anonymous: AtomicBool,
     shared: Arc<Shared>,
     metrics: crate::metrics::PoolMetrics,
     state: Mutex<PoolState>,
@@ -305,6 +308,7 @@ impl Pool {
         Arc::new(Self {
             metrics: shared.metrics.for_pool(&spec.name),
             name: spec.name.clone(),
+            anonymous: AtomicBool::new(spec.auth == gpufn_spec::TriggerAuth::Anonymous),
             shared,
             state: Mutex::new(PoolState::new(spec, revision)),
         })
@@ -331,6 +335,15 @@ impl Pool {
     /// The current spec.
     pub fn spec(&self) -> Arc<FunctionSpec> {
         self.lock().spec.clone()
+    }
+
+    /// Who may call the triggers (read without the pool lock: the gateway asks on every request).
+    pub fn trigger_auth(&self) -> gpufn_spec::TriggerAuth {
+        if self.anonymous.load(std::sync::atomic::Ordering::Relaxed) {
+            gpufn_spec::TriggerAuth::Anonymous
+        } else {
+            gpufn_spec::TriggerAuth::Token
+        }
     }
 
     /// The current revision.
@@ -859,6 +872,10 @@ impl Pool {
                 // Idle times binned at another width do not carry over.
                 st.hist = gpufn_policy::IdleHistogram::new(spec.scaling.histogram_bin);
             }
+            self.anonymous.store(
+                spec.auth == gpufn_spec::TriggerAuth::Anonymous,
+                std::sync::atomic::Ordering::Relaxed,
+            );
             st.spec = Arc::new(spec);
             st.revision = revision;
             st.min_retry_at = None;

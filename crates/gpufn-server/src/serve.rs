@@ -16,6 +16,7 @@ use std::convert::Infallible;
 
 use axum::body::Body;
 use axum::extract::ConnectInfo;
+use axum::response::IntoResponse;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::TokioIo;
@@ -78,6 +79,11 @@ pub async fn run(
             source,
         })?;
     let addr = listener.local_addr()?;
+    if !addr.ip().is_loopback() {
+        tracing::warn!(
+            "gpufn listens on {addr}, beyond loopback, over plain HTTP: tokens cross the network in the clear; serve TLS (--tls-cert/--tls-key) or put a TLS proxy in front"
+        );
+    }
     tracing::info!("gpufn listening on http://{addr}");
     on_listen(addr);
     let drain = CancellationToken::new();
@@ -219,7 +225,25 @@ async fn serve_client(
         let guard = InFlight::new(&activity);
         async move {
             let mut req = req.map(Body::new);
-            let resp = if req.uri().path().starts_with(GATEWAY_PREFIX) {
+            let access = platform.access();
+            if !access.host_allowed(req.headers().get(http::header::HOST).map(|v| v.as_bytes())) {
+                let resp = crate::auth::host_refused().into_response();
+                return Ok(resp.map(|inner| ConnBody {
+                    inner,
+                    _guard: guard,
+                }));
+            }
+            if let Some(resp) = crate::auth::preflight(access, req.method(), req.headers()) {
+                return Ok(resp.map(|inner| ConnBody {
+                    inner,
+                    _guard: guard,
+                }));
+            }
+            let origin = access
+                .cors_enabled()
+                .then(|| req.headers().get(http::header::ORIGIN).cloned())
+                .flatten();
+            let mut resp = if req.uri().path().starts_with(GATEWAY_PREFIX) {
                 crate::gateway::handle(&platform, Some(&client), req).await
             } else {
                 req.extensions_mut().insert(ConnectInfo(peer));
@@ -228,6 +252,9 @@ async fn serve_client(
                     Err(never) => match never {},
                 }
             };
+            if origin.is_some() {
+                crate::auth::add_cors(access, origin.as_ref(), &mut resp);
+            }
             Ok::<_, Infallible>(resp.map(|inner| ConnBody {
                 inner,
                 _guard: guard,

@@ -3,10 +3,11 @@
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{Extension, Path, Query, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
+use gpufn_auth::{Action, Grant};
 use gpufn_store::{NewTask, TaskRow, TaskState};
 use http_body_util::BodyExt;
 use serde::Deserialize;
@@ -43,9 +44,11 @@ pub async fn accept(State(p): State<Arc<Platform>>, req: Request) -> Result<Resp
     let (name, path) = split_target_with_prefix(req.uri(), "/async-function/")
         .map(|(n, t)| (n.to_string(), t))
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route"))?;
-    if p.pool(&name).is_none() {
+    let Some(pool) = p.pool(&name) else {
         return Err(ApiError::no_function(&name));
-    }
+    };
+    let mut req = req;
+    let owner = crate::gateway::admit(&p, &pool, &mut req)?.map(|g| g.token_id);
     // Read the headers in a block: a borrow of the request must not live across an await
     // (the body is not Sync, so the future would not be Send).
     let (task_id, callback_url) = {
@@ -101,6 +104,7 @@ pub async fn accept(State(p): State<Arc<Platform>>, req: Request) -> Result<Resp
         body: body.to_vec(),
         callback_url,
         now_ms: now_ms(),
+        owner,
     };
     let (row, _created) = p
         .tasks()
@@ -179,19 +183,35 @@ fn not_found(id: &str) -> ApiError {
     )
 }
 
-fn load(p: &Platform, id: &str) -> Result<TaskRow, ApiError> {
-    p.store()
+/// A task `who` may see (`manage`: may cancel). Tasks of functions out of the token's scope, and
+/// other callers' tasks for an `invoker`, are answered as not found: their ids are not confirmed.
+fn load(p: &Platform, who: &Grant, id: &str, manage: bool) -> Result<TaskRow, ApiError> {
+    let t = p
+        .store()
         .task(id)
         .map_err(|e| ApiError::internal("reading the task", e))?
-        .ok_or_else(|| not_found(id))
+        .ok_or_else(|| not_found(id))?;
+    let own = t.owner.as_deref() == Some(who.token_id.as_str());
+    let wanted = if manage {
+        Action::ManageTasks
+    } else {
+        Action::Read
+    };
+    let allowed = who.check(wanted, Some(&t.function)).is_ok()
+        || (own && who.check(Action::Invoke, Some(&t.function)).is_ok());
+    if !allowed {
+        return Err(not_found(id));
+    }
+    Ok(t)
 }
 
 /// `GET /api/v1/tasks/{id}`.
 pub async fn get_task(
     State(p): State<Arc<Platform>>,
+    Extension(who): Extension<Grant>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let t = load(&p, &id)?;
+    let t = load(&p, &who, &id, false)?;
     let mut v = task_json(&t, true);
     let deliveries = p
         .store()
@@ -215,8 +235,22 @@ pub struct ListQuery {
 /// `GET /api/v1/tasks?function=&state=&limit=`: newest first, without result bodies.
 pub async fn list_tasks(
     State(p): State<Arc<Platform>>,
+    Extension(who): Extension<Grant>,
     Query(q): Query<ListQuery>,
 ) -> Result<Response, ApiError> {
+    // Readers see every task their scope reaches; an invoker only its own.
+    let reader = gpufn_auth::allows(who.role, Action::Read);
+    if !reader && !gpufn_auth::allows(who.role, Action::Invoke) {
+        return Err(crate::auth::forbidden(gpufn_auth::Denied::Role {
+            role: who.role,
+            needed: gpufn_auth::Role::Viewer,
+        }));
+    }
+    if let Some(f) = &q.function {
+        who.check(Action::Read, Some(f))
+            .or_else(|_| who.check(Action::Invoke, Some(f)))
+            .map_err(crate::auth::forbidden)?;
+    }
     let state = match q.state.as_deref() {
         None => None,
         Some(s) => Some(TaskState::parse(s).ok_or_else(|| {
@@ -227,20 +261,26 @@ pub async fn list_tasks(
         })?),
     };
     let limit = q.limit.unwrap_or(100).clamp(1, 10_000);
+    let owner = (!reader).then_some(who.token_id.as_str());
     let rows = p
         .store()
-        .tasks(q.function.as_deref(), state, limit)
+        .tasks_of(q.function.as_deref(), state, owner, limit)
         .map_err(|e| ApiError::internal("listing tasks", e))?;
-    let list: Vec<Value> = rows.iter().map(|t| task_json(t, false)).collect();
+    let list: Vec<Value> = rows
+        .iter()
+        .filter(|t| who.covers(&t.function))
+        .map(|t| task_json(t, false))
+        .collect();
     Ok(axum::Json(list).into_response())
 }
 
 /// `POST /api/v1/tasks/{id}/cancel`: a queued or running task becomes `cancelled`.
 pub async fn cancel_task(
     State(p): State<Arc<Platform>>,
+    Extension(who): Extension<Grant>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let before = load(&p, &id)?;
+    let before = load(&p, &who, &id, true)?;
     if before.state.is_final() {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -252,15 +292,17 @@ pub async fn cancel_task(
         .cancel_task(&id, now_ms())
         .map_err(|e| ApiError::internal("cancelling the task", e))?;
     p.tasks().cancel_running(&id);
-    get_task(State(p), Path(id)).await
+    crate::auth::audit(&p, &who, "task.cancel", &id, Some(&before.function));
+    get_task(State(p), Extension(who), Path(id)).await
 }
 
 /// `GET /api/v1/tasks/{id}/result`: the raw result body, with the function's content type.
 pub async fn task_result(
     State(p): State<Arc<Platform>>,
+    Extension(who): Extension<Grant>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let t = load(&p, &id)?;
+    let t = load(&p, &who, &id, false)?;
     let body = match (&t.result.file, &t.result.body) {
         (Some(file), _) => Body::from(
             tokio::fs::read(file)

@@ -8,8 +8,8 @@
 mod raw;
 mod validate;
 
-pub use raw::{RawAsync, RawGpu, RawHealthCheck, RawRegistryAuth, RawScaling, RawSpec};
+pub use raw::{RawAsync, RawAuth, RawGpu, RawHealthCheck, RawRegistryAuth, RawScaling, RawSpec};
 pub use validate::{
     AsyncConfig, ContainerSpec, FieldError, FunctionSpec, GpuRequest, HealthCheck, KeepAliveMode,
-    RegistryAuth, Runtime, Scaling, SpecError, check_http_url, parse_json, parse_yaml,
+    RegistryAuth, Runtime, Scaling, SpecError, TriggerAuth, check_http_url, parse_json, parse_yaml,
 };

@@ -49,6 +49,19 @@ pub struct RawSpec {
     /// Asynchronous invocation: retries, event age, destinations.
     #[serde(rename = "async")]
     pub async_invoke: Option<RawAsync>,
+    /// Who may call the function's triggers (`/function/`, `/async-function/`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auth: Option<RawAuth>,
+}
+
+/// `auth:` — `{type: token}` (the default: an `invoker` or higher token that reaches the function)
+/// or `{type: anonymous}` (anyone who reaches gpufn: an explicit opt-in for public endpoints).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAuth {
+    /// `token` or `anonymous`.
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
 }
 
 /// `async:` — how asynchronous invocations (`/async-function/...`) are retried and reported.

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::raw::{RawAsync, RawGpu, RawHealthCheck, RawRegistryAuth, RawScaling, RawSpec};
+use crate::raw::{RawAsync, RawAuth, RawGpu, RawHealthCheck, RawRegistryAuth, RawScaling, RawSpec};
 
 /// One broken rule: the dotted path of the field and what is wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -228,6 +228,29 @@ pub struct FunctionSpec {
     pub request_timeout: Duration,
     /// Asynchronous invocation settings.
     pub async_invoke: AsyncConfig,
+    /// Who may call the triggers.
+    pub auth: TriggerAuth,
+}
+
+/// Who may call a function's triggers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TriggerAuth {
+    /// A bearer token of role `invoker` or higher whose scope reaches the function.
+    #[default]
+    Token,
+    /// Anyone (an explicit opt-in for public endpoints).
+    Anonymous,
+}
+
+impl TriggerAuth {
+    /// As written in a spec.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TriggerAuth::Token => "token",
+            TriggerAuth::Anonymous => "anonymous",
+        }
+    }
 }
 
 /// How asynchronous tasks are retried and reported.
@@ -328,6 +351,21 @@ impl RawSpec {
         let scaling = check_scaling(&mut c, self.scaling.as_ref(), &health_check);
         let request_timeout = c.secs("request_timeout_s", self.request_timeout_s, 600, 1, 86_400);
         let async_invoke = check_async(&mut c, self.async_invoke.as_ref());
+        let auth = match self.auth.as_ref().map(|a| a.kind.as_deref()) {
+            None | Some(Some("token")) => TriggerAuth::Token,
+            Some(Some("anonymous")) => TriggerAuth::Anonymous,
+            Some(None) => {
+                c.fail("auth.type", "is required: token or anonymous".into());
+                TriggerAuth::Token
+            }
+            Some(Some(other)) => {
+                c.fail(
+                    "auth.type",
+                    format!("must be one of: token, anonymous (got {other:?})"),
+                );
+                TriggerAuth::Token
+            }
+        };
         if !c.errors.is_empty() {
             return Err(SpecError::Invalid(c.errors));
         }
@@ -347,6 +385,7 @@ impl RawSpec {
             scaling,
             request_timeout,
             async_invoke,
+            auth,
         })
     }
 
@@ -727,6 +766,9 @@ impl FunctionSpec {
                 max_event_age_s: secs(self.async_invoke.max_event_age),
                 on_success: self.async_invoke.on_success.clone(),
                 on_failure: self.async_invoke.on_failure.clone(),
+            }),
+            auth: Some(RawAuth {
+                kind: Some(self.auth.as_str().into()),
             }),
         }
     }

@@ -10,7 +10,9 @@ use std::sync::{Mutex, MutexGuard};
 
 use rusqlite::{Connection, OptionalExtension, params};
 
+mod access;
 mod tasks;
+pub use access::{AuditEntry, StoredSecret, StoredToken};
 pub use tasks::{Delivery, NewTask, TaskResult, TaskRow, TaskState};
 
 /// A store failure.
@@ -140,6 +142,35 @@ const MIGRATIONS: &[&str] = &[
      CREATE INDEX deliveries_due ON deliveries (state, next_ms);",
     "CREATE TABLE fc_nonces (nonce TEXT PRIMARY KEY, seen_ms INTEGER NOT NULL);
      CREATE INDEX fc_nonces_by_time ON fc_nonces (seen_ms);",
+    "CREATE TABLE tokens (
+        id TEXT PRIMARY KEY,
+        hash TEXT NOT NULL,
+        role TEXT NOT NULL,
+        functions TEXT,
+        name TEXT,
+        created_ms INTEGER NOT NULL,
+        expires_ms INTEGER,
+        revoked_ms INTEGER,
+        created_by TEXT NOT NULL
+     );
+     CREATE TABLE audit (
+        id INTEGER PRIMARY KEY,
+        at_ms INTEGER NOT NULL,
+        token_id TEXT NOT NULL,
+        role TEXT NOT NULL,
+        action TEXT NOT NULL,
+        target TEXT NOT NULL,
+        detail TEXT
+     );
+     CREATE INDEX audit_by_time ON audit (at_ms);
+     CREATE TABLE secrets (
+        name TEXT PRIMARY KEY,
+        nonce BLOB NOT NULL,
+        ciphertext BLOB NOT NULL,
+        created_ms INTEGER NOT NULL,
+        updated_ms INTEGER NOT NULL
+     );
+     ALTER TABLE tasks ADD COLUMN owner TEXT;",
 ];
 
 /// The store. Share it behind an `Arc`.

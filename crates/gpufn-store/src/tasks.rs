@@ -77,6 +77,8 @@ pub struct NewTask {
     pub callback_url: Option<String>,
     /// Accept time, ms since the epoch.
     pub now_ms: i64,
+    /// The id of the token that submitted it (an `invoker` reads only its own tasks).
+    pub owner: Option<String>,
 }
 
 /// What an attempt produced.
@@ -129,11 +131,13 @@ pub struct TaskRow {
     pub instance: Option<String>,
     /// The result so far.
     pub result: TaskResult,
+    /// The id of the token that submitted it.
+    pub owner: Option<String>,
 }
 
 const COLUMNS: &str = "id, function, method, path, headers, body, callback_url, state, attempts,
     created_ms, updated_ms, started_ms, finished_ms, next_attempt_ms, instance, error,
-    result_status, result_headers, result_body, result_file";
+    result_status, result_headers, result_body, result_file, owner";
 
 fn row_to_task(r: &Row<'_>) -> rusqlite::Result<TaskRow> {
     let state: String = r.get(7)?;
@@ -160,6 +164,7 @@ fn row_to_task(r: &Row<'_>) -> rusqlite::Result<TaskRow> {
             body: r.get(18)?,
             file: r.get(19)?,
         },
+        owner: r.get(20)?,
     })
 }
 
@@ -188,9 +193,9 @@ impl Store {
         for t in tasks {
             let inserted = tx.execute(
                 "INSERT OR IGNORE INTO tasks (id, function, method, path, headers, body, callback_url,
-                    state, created_ms, updated_ms, next_attempt_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'queued', ?8, ?8, ?8)",
-                params![t.id, t.function, t.method, t.path, t.headers_json, t.body, t.callback_url, t.now_ms],
+                    state, created_ms, updated_ms, next_attempt_ms, owner)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'queued', ?8, ?8, ?8, ?9)",
+                params![t.id, t.function, t.method, t.path, t.headers_json, t.body, t.callback_url, t.now_ms, t.owner],
             )? == 1;
             let row = tx.query_row(
                 &format!("SELECT {COLUMNS} FROM tasks WHERE id = ?1"),
@@ -222,17 +227,30 @@ impl Store {
         state: Option<TaskState>,
         limit: usize,
     ) -> Result<Vec<TaskRow>, StoreError> {
+        self.tasks_of(function, state, None, limit)
+    }
+
+    /// [`Store::tasks`], only those submitted by the token `owner` when given.
+    pub fn tasks_of(
+        &self,
+        function: Option<&str>,
+        state: Option<TaskState>,
+        owner: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<TaskRow>, StoreError> {
         let conn = self.conn();
         let mut stmt = conn.prepare(&format!(
             "SELECT {COLUMNS} FROM tasks
              WHERE (?1 IS NULL OR function = ?1) AND (?2 IS NULL OR state = ?2)
+               AND (?4 IS NULL OR owner = ?4)
              ORDER BY created_ms DESC, id DESC LIMIT ?3"
         ))?;
         let rows = stmt.query_map(
             params![
                 function,
                 state.map(TaskState::as_str),
-                i64::try_from(limit).unwrap_or(i64::MAX)
+                i64::try_from(limit).unwrap_or(i64::MAX),
+                owner
             ],
             row_to_task,
         )?;
@@ -477,6 +495,7 @@ mod tests {
             body: b"x".to_vec(),
             callback_url: None,
             now_ms,
+            owner: Some("tok1".into()),
         }
     }
 

@@ -10,3 +10,4 @@ pub mod serve;
 pub mod simulate;
 pub mod sleep_app;
 pub mod tasks;
+pub mod tokens;

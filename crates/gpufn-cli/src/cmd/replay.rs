@@ -134,15 +134,18 @@ pub async fn run(api: &Api, a: &ReplayArgs) -> anyhow::Result<ExitCode> {
         .map_or(0, |d| d.as_secs());
     let start = tokio::time::Instant::now() + Duration::from_millis(500);
     let sends = t.requests.iter().map(|r| {
-        let url = api.url(&format!(
-            "/function/{}/work?ms={}",
-            names[r.function as usize],
-            (r.duration_s * 1000.0).round() as u64
-        ));
+        let req = api.request(
+            Method::GET,
+            &format!(
+                "/function/{}/work?ms={}",
+                names[r.function as usize],
+                (r.duration_s * 1000.0).round() as u64
+            ),
+        );
         let at = start + Duration::from_secs_f64(r.t);
         async move {
             tokio::time::sleep_until(at).await;
-            match reqwest::get(url).await {
+            match req.send().await {
                 Ok(resp) => {
                     let cold = resp
                         .headers()

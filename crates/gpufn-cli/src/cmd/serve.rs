@@ -9,7 +9,7 @@ use gpufn_server::{Config, ContainerSettings, GatewayPath, GpuSource, TaskConfig
 use crate::ServeArgs;
 use crate::specfile;
 
-pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
+pub async fn run(args: ServeArgs, data_dir: std::path::PathBuf) -> anyhow::Result<ExitCode> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -60,8 +60,25 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let access_keys = args
         .access_keys
         .iter()
-        .map(|k| pair("--access-key", ':', k))
+        .map(|k| access_key(k))
         .collect::<anyhow::Result<Vec<_>>>()?;
+    for h in &args.public_hosts {
+        anyhow::ensure!(
+            !h.is_empty() && !h.contains([':', '/', ' ']),
+            "--public-host: a host name without port or scheme (got {h:?})"
+        );
+    }
+    for o in &args.cors_origins {
+        anyhow::ensure!(
+            (o.starts_with("http://") || o.starts_with("https://"))
+                && !o
+                    .trim_start_matches("https://")
+                    .trim_start_matches("http://")
+                    .contains('/')
+                && o != "*",
+            "--cors-origin: an origin such as https://app.example.com (scheme, host, optional port; got {o:?})"
+        );
+    }
     let fc_gpu_types = args
         .fc_gpu_types
         .iter()
@@ -71,7 +88,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         access_keys,
         fc_gpu_types,
         listen: args.listen,
-        data_dir: args.data_dir,
+        data_dir,
+        access: gpufn_server::auth::AccessConfig {
+            public_hosts: args.public_hosts,
+            cors_origins: args.cors_origins,
+        },
         quota_cards: args.quota_cards,
         gpus,
         shutdown_grace: Duration::from_secs(args.shutdown_grace_s),
@@ -102,4 +123,42 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     };
     gpufn_server::run(config, gpufn_server::serve::signal(), |_| {}).await?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `ID:SECRET[:ROLE]` (role admin when absent).
+fn access_key(v: &str) -> anyhow::Result<(String, String, gpufn_auth::Role)> {
+    let (rest, role) = match v.rsplit_once(':') {
+        Some((rest, role)) if rest.contains(':') => match role.parse() {
+            Ok(r) => (rest, r),
+            Err(e) => anyhow::bail!("--access-key: the role {e}"),
+        },
+        _ => (v, gpufn_auth::Role::Admin),
+    };
+    match rest.split_once(':') {
+        Some((id, secret)) if !id.is_empty() && !secret.is_empty() => {
+            Ok((id.to_string(), secret.to_string(), role))
+        }
+        _ => anyhow::bail!("--access-key: expected ID:SECRET or ID:SECRET:ROLE"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::access_key;
+    use gpufn_auth::Role;
+
+    #[test]
+    fn access_keys_take_an_optional_role() {
+        assert_eq!(
+            access_key("id:secret").unwrap(),
+            ("id".into(), "secret".into(), Role::Admin)
+        );
+        assert_eq!(
+            access_key("id:secret:invoker").unwrap(),
+            ("id".into(), "secret".into(), Role::Invoker)
+        );
+        assert!(access_key("id:secret:boss").is_err());
+        assert!(access_key("id").is_err());
+        assert!(access_key(":s").is_err());
+    }
 }

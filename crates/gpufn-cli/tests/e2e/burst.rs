@@ -214,7 +214,7 @@ async fn a_caller_that_goes_away_frees_its_queue_place_but_not_a_slot_still_in_u
     // A: in flight on the only slot, then its caller disconnects.
     let a = tokio::spawn({
         let url = s.url(&format!("/function/gone/work?{}", latch.query()));
-        let http = crate::common::http_client();
+        let http = s.http.clone();
         async move { http.get(url).send().await }
     });
     s.wait_for("A in flight", Duration::from_secs(15), || async {
@@ -227,7 +227,7 @@ async fn a_caller_that_goes_away_frees_its_queue_place_but_not_a_slot_still_in_u
     // Q: queued behind A, then its caller disconnects too: its queue place is freed.
     let q = tokio::spawn({
         let url = s.url("/function/gone/work");
-        let http = crate::common::http_client();
+        let http = s.http.clone();
         async move { http.get(url).send().await }
     });
     s.wait_for("Q queued", Duration::from_secs(10), || async {

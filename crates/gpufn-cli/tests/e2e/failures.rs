@@ -164,7 +164,7 @@ async fn connections_that_send_no_request_head_are_closed() {
 
     // A slowloris: half a request head, then nothing.
     let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
-    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n")
         .await
         .unwrap();
     let started = std::time::Instant::now();
@@ -181,7 +181,7 @@ async fn connections_that_send_no_request_head_are_closed() {
 
     // An idle keep-alive connection: answered, then closed once idle past the timeout.
     let mut idle = tokio::net::TcpStream::connect(&addr).await.unwrap();
-    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
         .await
         .unwrap();
     let got = read_until_closed(&mut idle)

@@ -30,6 +30,8 @@ impl Resp {
 struct Raw {
     conn: TcpStream,
     buf: Vec<u8>,
+    /// `authorization: Bearer <admin token>\r\n`, put in front of every `host` line sent.
+    auth_line: String,
 }
 
 impl Raw {
@@ -42,11 +44,21 @@ impl Raw {
         Raw {
             conn: TcpStream::connect(addr).await.unwrap(),
             buf: Vec::new(),
+            auth_line: format!("authorization: Bearer {}\r\n", s.token),
         }
     }
 
+    /// Sends `bytes` as they are, except that every request head (each `\r\nhost: ` line) gets
+    /// the admin token: the functions here take tokens, as every function does by default.
     async fn send(&mut self, bytes: &[u8]) {
-        self.conn.write_all(bytes).await.unwrap();
+        let text = String::from_utf8_lossy(bytes);
+        let bytes = if text.contains("\r\nhost: ") {
+            text.replace("\r\nhost: ", &format!("\r\n{}host: ", self.auth_line))
+                .into_bytes()
+        } else {
+            bytes.to_vec()
+        };
+        self.conn.write_all(&bytes).await.unwrap();
     }
 
     /// Reads more; false at EOF.
@@ -138,7 +150,16 @@ fn get(path: &str) -> String {
 async fn server(dir: &std::path::Path, gateway: &str) -> Server {
     let s = Server::start(
         dir,
-        &["--simulate-gpus", "1xtesla-t4:16", "--gateway", gateway],
+        &[
+            "--simulate-gpus",
+            "1xtesla-t4:16",
+            "--gateway",
+            gateway,
+            "--public-host",
+            "gw",
+            "--public-host",
+            "gw.example",
+        ],
     );
     s.deploy_testfn("d", "instance_concurrency: 4").await;
     s
@@ -287,6 +308,11 @@ async fn big_body_then_a_request(c: &mut Raw, kb: usize, gateway: &str) {
         "{gateway}: the caller cannot set the instance id: {h}"
     );
     assert_eq!(h["connection"], Value::Null, "{gateway}: hop-by-hop: {h}");
+    assert_eq!(
+        h["authorization"],
+        Value::Null,
+        "{gateway}: the caller's gpufn token never reaches the app: {h}"
+    );
     let r = c.response().await;
     assert_eq!(r.json()["query"], "next=1", "{gateway}");
 }

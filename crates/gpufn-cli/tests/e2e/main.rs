@@ -3,6 +3,7 @@
 
 mod common;
 
+mod auth;
 mod burst;
 mod cli;
 mod containers;

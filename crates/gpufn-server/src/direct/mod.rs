@@ -236,6 +236,9 @@ impl Direct {
         let mut has_host = false;
         let mut forwarded_for = None;
         let mut caller_id = None;
+        let mut host_value = None;
+        let mut authorization = None;
+        let mut origin = false;
         for h in req.headers.iter() {
             let n = h.name;
             if n.eq_ignore_ascii_case("content-length") {
@@ -258,10 +261,31 @@ impl Direct {
                 return Classified::Fallback;
             } else if n.eq_ignore_ascii_case("host") {
                 has_host = true;
+                host_value.get_or_insert(h.value);
+            } else if n.eq_ignore_ascii_case("authorization") {
+                if authorization.replace(h.value).is_some() {
+                    return Classified::Fallback;
+                }
+            } else if n.eq_ignore_ascii_case("origin") {
+                origin = true;
             } else if n.eq_ignore_ascii_case("x-forwarded-for") {
                 forwarded_for.get_or_insert(h.value);
             } else if n.eq_ignore_ascii_case(REQUEST_ID) {
                 caller_id.get_or_insert(h.value);
+            }
+        }
+
+        // Access: anything but an admitted caller (a foreign Host on loopback, a missing or refused
+        // token, a CORS request) goes to hyper, which answers it — before any effect here.
+        let access = self.platform.access();
+        if !access.host_allowed(host_value) || (origin && access.cors_enabled()) {
+            return Classified::Fallback;
+        }
+        let token_auth = pool.trigger_auth() == gpufn_spec::TriggerAuth::Token;
+        if token_auth {
+            match access.authenticate(authorization) {
+                Ok(g) if g.check(gpufn_auth::Action::Invoke, Some(name)).is_ok() => {}
+                _ => return Classified::Fallback,
             }
         }
 
@@ -289,7 +313,10 @@ impl Direct {
             if h.name.eq_ignore_ascii_case("host") {
                 host.get_or_insert(h.value);
             }
-            if !request_header_forwarded(h.name) {
+            if !request_header_forwarded(h.name)
+                || (token_auth && h.name.eq_ignore_ascii_case("authorization"))
+            {
+                // The caller's gpufn token never reaches function code.
                 continue;
             }
             put_header(out, h.name.as_bytes(), h.value);

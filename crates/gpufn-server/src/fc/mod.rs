@@ -25,13 +25,15 @@ use crate::platform::Platform;
 #[derive(Debug)]
 pub struct FcState {
     pub(crate) verifier: auth::Verifier,
+    /// The role each access key acts with (`--access-key ID:SECRET:ROLE`; admin by default).
+    pub(crate) roles: HashMap<String, gpufn_auth::Role>,
     pub(crate) gpu_types: BTreeMap<String, String>,
 }
 
 impl FcState {
     /// From `id:secret` keys and `fc-type=local-type` overrides of [`mapping::DEFAULT_GPU_TYPES`].
     pub fn new(
-        keys: &[(String, String)],
+        keys: &[(String, String, gpufn_auth::Role)],
         gpu_types: &[(String, String)],
         verifier: impl FnOnce(auth::Verifier) -> auth::Verifier,
     ) -> Self {
@@ -42,8 +44,14 @@ impl FcState {
         table.extend(gpu_types.iter().cloned());
         FcState {
             verifier: verifier(auth::Verifier::new(
-                keys.iter().cloned().collect::<HashMap<_, _>>(),
+                keys.iter()
+                    .map(|(id, secret, _)| (id.clone(), secret.clone()))
+                    .collect::<HashMap<_, _>>(),
             )),
+            roles: keys
+                .iter()
+                .map(|(id, _, role)| (id.clone(), *role))
+                .collect(),
             gpu_types: table,
         }
     }
@@ -184,28 +192,82 @@ pub async fn entry(State(p): State<Arc<Platform>>, req: Request) -> Response {
         headers,
         body: &body,
     };
-    if let Err(e) = fc.verifier.verify(&signed, SystemTime::now()) {
-        tracing::warn!("FC API request refused: {e}");
-        return fc_error_response(
-            err(StatusCode::FORBIDDEN, e.code(), e.to_string()),
-            &request_id,
-        );
-    }
+    let key = match fc.verifier.verify(&signed, SystemTime::now()) {
+        Ok(key) => key,
+        Err(e) => {
+            tracing::warn!("FC API request refused: {e}");
+            return fc_error_response(
+                err(StatusCode::FORBIDDEN, e.code(), e.to_string()),
+                &request_id,
+            );
+        }
+    };
+    let grant = gpufn_auth::Grant {
+        role: fc
+            .roles
+            .get(&key)
+            .copied()
+            .unwrap_or(gpufn_auth::Role::Admin),
+        token_id: format!("fc:{key}"),
+        prefix: None,
+    };
     let segments: Vec<&str> = path
         .trim_start_matches("/2023-03-30/")
         .split('/')
         .filter(|s| !s.is_empty())
         .collect();
     let q: HashMap<String, String> = query.into_iter().collect();
-    let result = route(&p, &parts.method, &segments, &q, &parts.headers, body).await;
+    let result = route(
+        &p,
+        &grant,
+        &parts.method,
+        &segments,
+        &q,
+        &parts.headers,
+        body,
+    )
+    .await;
     match result {
         Ok(resp) => with_request_id(resp, &request_id),
         Err(e) => fc_error_response(e, &request_id),
     }
 }
 
+/// What an FC call needs of its key's role (create and update check `runtime` again once the
+/// document is read), and the function it concerns.
+fn required<'a>(
+    p: &Platform,
+    method: &str,
+    seg: &[&'a str],
+) -> (gpufn_auth::Action, Option<&'a str>) {
+    use gpufn_auth::Action;
+    let function = match seg {
+        ["functions", name, ..] => Some(*name),
+        _ => None,
+    };
+    let is_process = |name: Option<&str>| {
+        name.and_then(|n| p.pool(n))
+            .is_some_and(|pl| pl.spec().runtime == gpufn_spec::Runtime::Process)
+    };
+    let action = match (method, seg) {
+        ("GET", _) => Action::Read,
+        ("POST", ["functions", _, "invocations"]) => Action::Invoke,
+        ("PUT", ["functions", _, "async-tasks", _, "stop"]) => Action::ManageTasks,
+        ("DELETE", ["functions", name]) | ("PUT", ["functions", name]) => Action::Deploy {
+            process: is_process(Some(name)),
+        },
+        _ => Action::Deploy { process: false },
+    };
+    (action, function)
+}
+
+fn denied(e: gpufn_auth::Denied) -> FcError {
+    err(StatusCode::FORBIDDEN, "AccessDenied", e.to_string())
+}
+
 async fn route(
     p: &Arc<Platform>,
+    grant: &gpufn_auth::Grant,
     method: &Method,
     seg: &[&str],
     q: &HashMap<String, String>,
@@ -224,23 +286,26 @@ async fn route(
             )
         })
     };
+    let (action, function) = required(p, method.as_str(), seg);
+    grant.check(action, function).map_err(denied)?;
     match (method.as_str(), seg) {
-        ("POST", ["functions"]) => create_function(p, json_body()?).await,
+        ("POST", ["functions"]) => create_function(p, grant, json_body()?).await,
         ("GET", ["functions"]) => list_functions(p, q),
         ("GET", ["functions", name]) => ok_json(StatusCode::OK, get_function(p, name).await?),
-        ("PUT", ["functions", name]) => update_function(p, name, json_body()?).await,
+        ("PUT", ["functions", name]) => update_function(p, grant, name, json_body()?).await,
         ("DELETE", ["functions", name]) => {
             p.delete(name).await?;
+            crate::auth::audit(p, grant, "function.delete", name, Some("fc"));
             let _ = p.store().delete_setting(&format!("{SETTING_PREFIX}{name}"));
             Ok(StatusCode::NO_CONTENT.into_response())
         }
-        ("POST", ["functions", name, "invocations"]) => invoke(p, name, headers, body).await,
+        ("POST", ["functions", name, "invocations"]) => invoke(p, grant, name, headers, body).await,
         ("GET", ["functions", name, "async-tasks", id]) => {
             ok_json(StatusCode::OK, async_task(p, name, id)?)
         }
         ("GET", ["functions", name, "async-tasks"]) => list_async_tasks(p, name, q),
         ("PUT", ["functions", name, "async-tasks", id, "stop"]) => {
-            stop_async_task(p, name, id).await
+            stop_async_task(p, grant, name, id).await
         }
         ("PUT", ["functions", name, "provision-config"]) => {
             let target = json_body()?
@@ -392,6 +457,7 @@ fn unpack_code(p: &Platform, name: &str, fc: &Value) -> Result<Option<String>, F
 
 async fn deploy_fc(
     p: &Platform,
+    grant: &gpufn_auth::Grant,
     name: &str,
     record: Value,
     code_dir: Option<String>,
@@ -407,7 +473,18 @@ async fn deploy_fc(
             Some(i64::from(cur.scaling.max_instances)),
         );
     }
-    p.deploy(spec).await?;
+    let process = spec.runtime.as_deref() != Some("container");
+    grant
+        .check(gpufn_auth::Action::Deploy { process }, Some(name))
+        .map_err(denied)?;
+    let (view, _) = p.deploy(spec).await?;
+    crate::auth::audit(
+        p,
+        grant,
+        "function.deploy",
+        name,
+        Some(&format!("revision {} (fc)", view.revision)),
+    );
     let mut stored = record;
     if let (Some(obj), Some(dir)) = (stored.as_object_mut(), code_dir) {
         obj.remove("code");
@@ -419,7 +496,11 @@ async fn deploy_fc(
     Ok(())
 }
 
-async fn create_function(p: &Platform, input: Value) -> Result<Response, FcError> {
+async fn create_function(
+    p: &Platform,
+    grant: &gpufn_auth::Grant,
+    input: Value,
+) -> Result<Response, FcError> {
     let name = input
         .get("functionName")
         .and_then(Value::as_str)
@@ -439,11 +520,16 @@ async fn create_function(p: &Platform, input: Value) -> Result<Response, FcError
         ));
     }
     let code_dir = unpack_code(p, &name, &input)?;
-    deploy_fc(p, &name, input, code_dir).await?;
+    deploy_fc(p, grant, &name, input, code_dir).await?;
     ok_json(StatusCode::OK, get_function(p, &name).await?)
 }
 
-async fn update_function(p: &Platform, name: &str, input: Value) -> Result<Response, FcError> {
+async fn update_function(
+    p: &Platform,
+    grant: &gpufn_auth::Grant,
+    name: &str,
+    input: Value,
+) -> Result<Response, FcError> {
     if p.pool(name).is_none() {
         return Err(ApiError::no_function(name).into());
     }
@@ -460,7 +546,7 @@ async fn update_function(p: &Platform, name: &str, input: Value) -> Result<Respo
             obj.insert(k.clone(), v.clone());
         }
     }
-    deploy_fc(p, name, record, code_dir).await?;
+    deploy_fc(p, grant, name, record, code_dir).await?;
     ok_json(StatusCode::OK, get_function(p, name).await?)
 }
 
@@ -522,6 +608,7 @@ fn list_functions(p: &Platform, q: &HashMap<String, String>) -> Result<Response,
 /// convention) and its answer comes back; `x-fc-invocation-type: Async` — a durable task.
 async fn invoke(
     p: &Arc<Platform>,
+    grant: &gpufn_auth::Grant,
     name: &str,
     headers: &HeaderMap,
     body: Bytes,
@@ -536,7 +623,10 @@ async fn invoke(
             .map(str::to_string)
     };
     let is_async = header("x-fc-invocation-type").is_some_and(|t| t.eq_ignore_ascii_case("async"));
-    let mut builder = Request::builder().method(Method::POST);
+    // The key's signature was checked: the gateway takes its grant instead of a token.
+    let mut builder = Request::builder()
+        .method(Method::POST)
+        .extension(grant.clone());
     if let Some(ct) = header("content-type") {
         builder = builder.header("content-type", ct);
     }
@@ -654,11 +744,20 @@ fn list_async_tasks(
     )
 }
 
-async fn stop_async_task(p: &Arc<Platform>, name: &str, id: &str) -> Result<Response, FcError> {
+async fn stop_async_task(
+    p: &Arc<Platform>,
+    grant: &gpufn_auth::Grant,
+    name: &str,
+    id: &str,
+) -> Result<Response, FcError> {
     task_of(p, name, id)?;
-    crate::tasks_api::cancel_task(State(p.clone()), axum::extract::Path(id.to_string()))
-        .await
-        .map_err(FcError::from)?;
+    crate::tasks_api::cancel_task(
+        State(p.clone()),
+        axum::extract::Extension(grant.clone()),
+        axum::extract::Path(id.to_string()),
+    )
+    .await
+    .map_err(FcError::from)?;
     Ok(StatusCode::OK.into_response())
 }
 

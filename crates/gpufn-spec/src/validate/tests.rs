@@ -294,3 +294,25 @@ fn container_rules_name_their_fields() {
         "{errs:?}"
     );
 }
+
+#[test]
+fn trigger_auth_defaults_to_token_and_takes_anonymous() {
+    let base = "name: f\ncommand: [x]\ngpu: {memory_gb: 1}\n";
+    let spec = crate::parse_yaml(base).unwrap().validate().unwrap();
+    assert_eq!(spec.auth, crate::TriggerAuth::Token);
+    let anon = crate::parse_yaml(&format!("{base}auth: {{type: anonymous}}\n"))
+        .unwrap()
+        .validate()
+        .unwrap();
+    assert_eq!(anon.auth, crate::TriggerAuth::Anonymous);
+    assert_eq!(
+        anon.to_raw().validate().unwrap().auth,
+        crate::TriggerAuth::Anonymous
+    );
+    let bad = crate::parse_yaml(&format!("{base}auth: {{type: public}}\n"))
+        .unwrap()
+        .validate()
+        .unwrap_err()
+        .to_string();
+    assert!(bad.contains("auth.type") && bad.contains("public"), "{bad}");
+}

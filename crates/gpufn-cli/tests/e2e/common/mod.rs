@@ -20,6 +20,28 @@ pub fn http_client() -> reqwest::Client {
     reqwest::Client::new()
 }
 
+/// A reqwest client that sends `token` on every request.
+pub fn client_with_token(token: &str) -> reqwest::Client {
+    gpufn_oci::ensure_crypto_provider();
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {token}").parse().expect("header"),
+    );
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .expect("client")
+}
+
+/// The first admin token a server wrote to its data dir.
+pub fn admin_token(data_dir: &Path) -> String {
+    std::fs::read_to_string(data_dir.join("admin.token"))
+        .expect("admin.token")
+        .trim()
+        .to_string()
+}
+
 pub fn fixture_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
@@ -30,7 +52,10 @@ pub struct Server {
     pub url: String,
     pub data_dir: PathBuf,
     pub log: Arc<Mutex<String>>,
+    /// Sends the admin token (every test acts as the owner unless it says otherwise).
     pub http: reqwest::Client,
+    /// The first admin token (`<data-dir>/admin.token`).
+    pub token: String,
 }
 
 impl Server {
@@ -73,12 +98,14 @@ impl Server {
                 panic!("gpufn did not start:\n{}", log.lock().unwrap());
             }
         };
+        let token = admin_token(data_dir);
         Server {
             child,
             url,
             data_dir: data_dir.to_path_buf(),
             log,
-            http: crate::common::http_client(),
+            http: client_with_token(&token),
+            token,
         }
     }
 
@@ -94,11 +121,14 @@ impl Server {
         self.log.lock().unwrap().clone()
     }
 
-    /// Runs the gpufn CLI against this server.
+    /// Runs the gpufn CLI against this server (it finds the admin token in the data dir, as on
+    /// the server's own machine).
     pub fn cli(&self, args: &[&str]) -> std::process::Output {
         Command::new(BIN)
             .args(args)
             .env("GPUFN_SERVER", &self.url)
+            .env("GPUFN_DATA_DIR", &self.data_dir)
+            .env_remove("GPUFN_TOKEN")
             .output()
             .expect("run gpufn cli")
     }
