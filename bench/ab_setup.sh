@@ -9,11 +9,20 @@ export BENCH_DIR=$(mktemp -d /tmp/gpufn-ab.XXXX)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT
-wait_http() { for _ in $(seq 1 200); do curl -fsS -m 5 -o /dev/null "$1" 2>/dev/null && return 0; sleep 0.05; done; return 1; }
+source bench/auth.sh
+wait_http() { for _ in $(seq 1 200); do curl -fsS -m 5 -o /dev/null -H "${2:-x-none: 1}" "$1" 2>/dev/null && return 0; sleep 0.05; done; return 1; }
 PORT=18501 bash bench/upstream.sh & pids+=($!)
 sed -e "s|__PORT__|18502|g" -e "s|__UPSTREAM__|18501|g" -e "s|__DIR__|$BENCH_DIR|g" bench/proxy.conf.tmpl > "$BENCH_DIR/proxy.conf"
 mkdir -p "$BENCH_DIR/tmp-proxy"
 nginx -p "$BENCH_DIR" -c "$BENCH_DIR/proxy.conf" & pids+=($!)
 "${OLD:?set OLD to the previous gpufn binary}" serve --listen 127.0.0.1:18503 --data-dir "$BENCH_DIR/old" --simulate-gpus 1xbench:16 --worker-threads 1 --deploy bench/gateway.yaml ${OLD_FLAGS:-} 2>/dev/null & pids+=($!)
 "${NEW:-target/release/gpufn}" serve --listen 127.0.0.1:18504 --data-dir "$BENCH_DIR/new" --simulate-gpus 1xbench:16 --worker-threads 1 --deploy bench/gateway.yaml ${NEW_FLAGS:-} 2>/dev/null & pids+=($!)
-for p in 18501/ 18502/ 18503/function/bench/ 18504/function/bench/; do wait_http http://127.0.0.1:$p; done
+# The header each target gets (nginx the same as the new build's, so the bytes match).
+export AUTH_OLD=$(bench_auth "$BENCH_DIR/old") AUTH_NEW=$(bench_auth "$BENCH_DIR/new")
+export AUTH_NGINX=$AUTH_NEW
+wait_http http://127.0.0.1:18501/
+wait_http http://127.0.0.1:18502/
+wait_http http://127.0.0.1:18503/function/bench/ "$AUTH_OLD"
+wait_http http://127.0.0.1:18504/function/bench/ "$AUTH_NEW"
+# auth_of NAME: the header for target nginx, old or new.
+auth_of() { case $1 in old) echo "$AUTH_OLD";; new) echo "$AUTH_NEW";; *) echo "$AUTH_NGINX";; esac; }

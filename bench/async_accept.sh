@@ -16,11 +16,13 @@ PROFILE="${GPUFN_BENCH_PROFILE:-release}"
 PID=$!
 trap 'kill -TERM $PID 2>/dev/null; wait $PID 2>/dev/null' EXIT
 for _ in $(seq 1 200); do curl -fsS -o /dev/null http://127.0.0.1:18701/healthz 2>/dev/null && break; sleep 0.05; done
-wrk -t2 -c"$CONN" -d"${DUR}s" --latency -s bench/async_post.lua http://127.0.0.1:18701/async-function/bench/run > "$DIR/wrk.txt"
+source bench/auth.sh
+AUTH=$(bench_auth "$DIR/data")
+wrk -t2 -c"$CONN" -d"${DUR}s" --latency -H "$AUTH" -s bench/async_post.lua http://127.0.0.1:18701/async-function/bench/run > "$DIR/wrk.txt"
 RPS=$(awk '/Requests\/sec/ {print $2}' "$DIR/wrk.txt")
 P50=$(awk '$1=="50%" {print $2}' "$DIR/wrk.txt"); P99=$(awk '$1=="99%" {print $2}' "$DIR/wrk.txt")
 NON2XX=$(awk '/Non-2xx/ {print $NF}' "$DIR/wrk.txt"); NON2XX=${NON2XX:-0}
-STORED=$(curl -fsS "http://127.0.0.1:18701/api/v1/tasks?limit=1" >/dev/null && sqlite3 "$DIR/data/gpufn.db" "select count(*) from tasks" 2>/dev/null || echo "?")
+STORED=$(curl -fsS -H "$AUTH" "http://127.0.0.1:18701/api/v1/tasks?limit=1" >/dev/null && sqlite3 "$DIR/data/gpufn.db" "select count(*) from tasks" 2>/dev/null || echo "?")
 BASE=$(python3 - "$DIR/baseline.db" <<'PY'
 import sqlite3, sys, time
 db = sqlite3.connect(sys.argv[1], isolation_level=None)

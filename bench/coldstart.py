@@ -16,6 +16,8 @@ import tempfile
 import time
 import urllib.request
 
+import benchauth
+
 PROFILE = os.environ.get("GPUFN_BENCH_PROFILE", "release")  # "debug" for the CI smoke
 N = int(sys.argv[1]) if len(sys.argv) > 1 else 20
 BIN = f"target/{PROFILE}/gpufn"
@@ -55,6 +57,7 @@ server = subprocess.Popen([BIN, "serve", "--listen", ADDR, "--data-dir",
 try:
     wait(lambda: subprocess.run(["curl", "-fs", URL + "/healthz"], capture_output=True).returncode == 0,
          "gpufn")
+    benchauth.install(os.path.join(os.environ["BENCH_DIR"], "data"))
     totals, readies, spawns, allocs, overheads = [], [], [], [], []
     for _ in range(N):
         wait(lambda: instances() == [], "scale to zero")

@@ -24,6 +24,8 @@ import tempfile
 import time
 import urllib.request
 
+import benchauth
+
 PROFILE = os.environ.get("GPUFN_BENCH_PROFILE", "release")  # "debug" for the CI smoke
 N = int(sys.argv[1]) if len(sys.argv) > 1 else 20
 BIN = os.path.abspath(f"target/{PROFILE}/gpufn")
@@ -130,6 +132,7 @@ try:
         except OSError:
             return False
     wait(up, "gpufn")
+    benchauth.install(f"{WORK}/data")
     common = "gpu: {memory_gb: 1}\nhealth_check: {path: /health}\nscaling: {idle_timeout_s: 0}\n"
     t0 = time.perf_counter()
     http("POST", URL + "/api/v1/functions",

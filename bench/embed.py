@@ -25,6 +25,10 @@ import tempfile
 import threading
 import time
 
+import benchauth
+
+AUTH = {}  # the token header, once gpufn is started
+
 PROFILE = os.environ.get("GPUFN_BENCH_PROFILE", "release")  # "debug" for the CI smoke
 SECS = float(sys.argv[1]) if len(sys.argv) > 1 else 5.0
 APP = os.path.abspath(f"target/{PROFILE}/gpufn-embed")
@@ -65,7 +69,7 @@ def start_app(env_extra):
 def post(conn, path, n, start):
     body = json.dumps({"texts": [text(start + i) for i in range(n)]})
     t0 = time.perf_counter()
-    conn.request("POST", path, body, {"content-type": "application/json"})
+    conn.request("POST", path, body, {"content-type": "application/json", **AUTH})
     r = conn.getresponse()
     r.read()
     assert r.status == 200, r.status
@@ -145,6 +149,8 @@ try:
                 break
         except OSError:
             time.sleep(0.01)
+    # gpufn asks for a token (the app alone ignores the header).
+    AUTH.update(benchauth.headers(f"{work}/data"))
     with open("examples/embed/gpufn.yaml") as f:
         base = f.read().replace("workdir: .", f"workdir: {os.path.abspath('examples/embed')}")
     out = {}
@@ -153,7 +159,7 @@ try:
                 .replace("max_instances: 4", "max_instances: 1")
                 .replace("max_queue: 200", "max_queue: 1000"))
         c = http.client.HTTPConnection("127.0.0.1", gport)
-        c.request("POST", "/api/v1/functions", spec, {"content-type": "application/yaml"})
+        c.request("POST", "/api/v1/functions", spec, {"content-type": "application/yaml", **AUTH})
         r = c.getresponse()
         r.read()
         assert r.status in (200, 201), r.status

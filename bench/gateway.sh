@@ -17,7 +17,8 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT
 
-wait_http() { for _ in $(seq 1 200); do curl -fsS -m 5 -o /dev/null "$1" 2>/dev/null && return 0; sleep 0.05; done; echo "no answer from $1" >&2; return 1; }
+source bench/auth.sh
+wait_http() { for _ in $(seq 1 200); do curl -fsS -m 5 -o /dev/null -H "${2:-x-none: 1}" "$1" 2>/dev/null && return 0; sleep 0.05; done; echo "no answer from $1" >&2; return 1; }
 
 PORT=18201 bash bench/upstream.sh & pids+=($!)
 sed -e "s|__PORT__|18202|g" -e "s|__UPSTREAM__|18201|g" -e "s|__DIR__|$BENCH_DIR|g" bench/proxy.conf.tmpl > "$BENCH_DIR/proxy.conf"
@@ -27,14 +28,19 @@ nginx -p "$BENCH_DIR" -c "$BENCH_DIR/proxy.conf" & pids+=($!)
   --deploy bench/gateway.yaml 2>"$BENCH_DIR/gpufn.log" & pids+=($!)
 "$BIN" serve --listen 127.0.0.1:18204 --data-dir "$BENCH_DIR/gpufn1" --simulate-gpus 1xbench:16 \
   --worker-threads 1 --deploy bench/gateway.yaml 2>"$BENCH_DIR/gpufn1.log" & pids+=($!)
+AUTH0=$(bench_auth "$BENCH_DIR/gpufn"); AUTH1=$(bench_auth "$BENCH_DIR/gpufn1")
 wait_http http://127.0.0.1:18201/
 wait_http http://127.0.0.1:18202/
-wait_http http://127.0.0.1:18203/function/bench/   # also performs the cold start
-wait_http http://127.0.0.1:18204/function/bench/
+wait_http http://127.0.0.1:18203/function/bench/ "$AUTH0"  # also performs the cold start
+wait_http http://127.0.0.1:18204/function/bench/ "$AUTH1"
 
 run() {
   local name=$1 url=$2
-  wrk -t1 -c"$CONN" -d"${DUR}s" --latency "$url" > "$BENCH_DIR/$name.txt"
+  # Every target gets an authorization header of the same size (gpufn checks it, the others
+  # ignore it), so all carry the same request bytes.
+  local auth=$AUTH1
+  case $url in *18203*) auth=$AUTH0;; esac
+  wrk -t1 -c"$CONN" -d"${DUR}s" --latency -H "$auth" "$url" > "$BENCH_DIR/$name.txt"
   local rps p50 p99
   rps=$(awk '/Requests\/sec/ {print $2}' "$BENCH_DIR/$name.txt")
   p50=$(awk '$1=="50%" {print $2}' "$BENCH_DIR/$name.txt")

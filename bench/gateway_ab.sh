@@ -7,7 +7,7 @@ C=${C:-16}; B=${B:-}
 for round in $(seq 1 ${R:-3}); do
  for t in nginx:18502/ old:18503/function/bench/ new:18504/function/bench/; do
   n=${t%%:*}; u=${t#*:}
-  r=$(wrk -t1 -c$C -d${D:-6}s --latency http://127.0.0.1:$u$B | awk '/Requests\/sec/ {rps=$2} $1=="50%" {p50=$2} $1=="99%" {p99=$2} END {print rps, p50, p99}')
+  r=$(wrk -t1 -c$C -d${D:-6}s --latency -H "$(auth_of $n)" http://127.0.0.1:$u$B | awk '/Requests\/sec/ {rps=$2} $1=="50%" {p50=$2} $1=="99%" {p99=$2} END {print rps, p50, p99}')
   echo "$round $n $r"
  done
 done

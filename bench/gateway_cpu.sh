@@ -14,7 +14,7 @@ for r in $(seq 1 "${R:-3}"); do
   for t in "nginx:$npid:18502/" "old:$opid:18503/function/bench/" "new:$gpid:18504/function/bench/"; do
     n=${t%%:*}; rest=${t#*:}; p=${rest%%:*}; u=${rest#*:}
     a=($(st "$p"))
-    wrk -t1 -c"${C:-16}" -d"${D:-4}"s --latency "http://127.0.0.1:$u${B:-}" > "$BENCH_DIR/wrk-$n.txt"
+    wrk -t1 -c"${C:-16}" -d"${D:-4}"s --latency -H "$(auth_of $n)" "http://127.0.0.1:$u${B:-}" > "$BENCH_DIR/wrk-$n.txt"
     b=($(st "$p"))
     reqs=$(awk '/requests in/ {print $1}' "$BENCH_DIR/wrk-$n.txt")
     rps=$(awk '/Requests\/sec/ {print $2}' "$BENCH_DIR/wrk-$n.txt")

@@ -13,6 +13,8 @@ import sys
 import tempfile
 import time
 
+import benchauth
+
 PROFILE = os.environ.get("GPUFN_BENCH_PROFILE", "release")  # "debug" for the CI smoke
 WRK_S = os.environ.get("BENCH_WRK_S", "5")
 N = int(sys.argv[1]) if len(sys.argv) > 1 else 10_000
@@ -30,7 +32,8 @@ def rss_mb(pid):
 
 
 def wrk(url, conns=16):
-    out = subprocess.run(["wrk", "-t1", f"-c{conns}", f"-d{WRK_S}s", "--latency", url], capture_output=True,
+    out = subprocess.run(["wrk", "-t1", f"-c{conns}", f"-d{WRK_S}s", "--latency", "-H", AUTH_LINE, url],
+                         capture_output=True,
                          text=True).stdout
     rps = float(next(l.split()[1] for l in out.splitlines() if l.startswith("Requests/sec")))
     p50 = next(l.split()[1] for l in out.splitlines() if l.strip().startswith("50%"))
@@ -51,8 +54,10 @@ try:
         except OSError:
             time.sleep(0.05)
 
+    auth = benchauth.headers(os.path.join(tmp, "data"))
+
     def deploy(spec):
-        conn.request("POST", "/api/v1/functions", json.dumps(spec), {"content-type": "application/json"})
+        conn.request("POST", "/api/v1/functions", json.dumps(spec), {"content-type": "application/json", **auth})
         r = conn.getresponse()
         body = r.read()
         assert r.status in (200, 201), body
@@ -65,8 +70,9 @@ try:
     deploy(dict(warm, name="seq", instance_concurrency=1))
     url = f"http://{HOST}:{PORT}/function/warm/"
     seq = f"http://{HOST}:{PORT}/function/seq/"
-    subprocess.run(["curl", "-fsS", "-o", "/dev/null", url], check=True)
-    subprocess.run(["curl", "-fsS", "-o", "/dev/null", seq], check=True)
+    AUTH_LINE = f"authorization: {auth['authorization']}"
+    subprocess.run(["curl", "-fsS", "-o", "/dev/null", "-H", AUTH_LINE, url], check=True)
+    subprocess.run(["curl", "-fsS", "-o", "/dev/null", "-H", AUTH_LINE, seq], check=True)
     rss1 = rss_mb(server.pid)
     rps1, p50_1 = wrk(url)
     srps1, sp50_1 = wrk(seq, 1)
@@ -77,7 +83,7 @@ try:
     rssn = rss_mb(server.pid)
     rpsn, p50_n = wrk(url)
     srpsn, sp50_n = wrk(seq, 1)
-    conn.request("GET", "/api/v1/functions")
+    conn.request("GET", "/api/v1/functions", headers=auth)
     listed = len(json.loads(conn.getresponse().read()))
     print(f"{N} functions ({listed} listed), one warm, {os.cpu_count()} cores, --worker-threads 1")
     print(f"  deploy rate: {(N - 2) / deploy_s:.0f} functions/s (each fsync'd)")

@@ -16,7 +16,8 @@ target/release/gpufn serve --listen "127.0.0.1:$PORT" --data-dir "$DATA" &
 SERVER=$!
 trap 'kill -TERM $SERVER 2>/dev/null; wait $SERVER; rm -rf "$DATA"' EXIT
 for _ in $(seq 1 200); do curl -fsS "$URL/healthz" >/dev/null 2>&1 && break; sleep 0.05; done
-export GPUFN_SERVER="$URL"
+export GPUFN_SERVER="$URL" GPUFN_DATA_DIR="$DATA"
+AUTH="authorization: Bearer $(cat "$DATA/admin.token")"
 target/release/gpufn gpus
 # The spec asks for a tesla-t4; on other cards, ask for any card.
 sed 's/gpu: {type: tesla-t4, memory_gb: 2}/gpu: {memory_gb: 2}/' examples/embed/gpufn.yaml \
@@ -28,7 +29,7 @@ for call in cold warm warm; do
   target/release/gpufn invoke embed /embed -X POST -H 'content-type: application/json' -d "$BODY" >/dev/null
 done
 target/release/gpufn instances embed
-curl -fsS "$URL/api/v1/functions/embed/cold-starts?limit=1"; echo
+curl -fsS -H "$AUTH" "$URL/api/v1/functions/embed/cold-starts?limit=1"; echo
 echo "== the device the app reports (must be Cuda):"
-curl -fsS "$URL/function/embed/stats"; echo
-curl -fsS "$URL/function/embed/stats" | grep -q Cuda
+curl -fsS -H "$AUTH" "$URL/function/embed/stats"; echo
+curl -fsS -H "$AUTH" "$URL/function/embed/stats" | grep -q Cuda

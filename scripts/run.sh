@@ -33,6 +33,9 @@ for _ in $(seq 1 200); do
 done
 
 export GPUFN_SERVER="$URL"
+# The CLI finds the admin token gpufn wrote on its first start in the data dir.
+export GPUFN_DATA_DIR="$DATA_DIR"
+TOKEN_FILE="$DATA_DIR/admin.token"
 phases() {
   "$BIN" instances "$NAME" --json | python3 -c '
 import json, sys
@@ -62,9 +65,9 @@ if [ "$NAME" = embed ]; then
   echo "== second call (warm):"
   "$BIN" invoke embed /embed -X POST -H 'content-type: application/json' -d "$BODY" | summarize
   echo
-  echo "Try it yourself:"
-  echo "  curl -s -X POST $URL/function/embed/embed -H 'content-type: application/json' \\"
-  echo "       -d '{\"texts\": [\"serverless GPUs\", \"GPU functions on demand\"]}'"
+  echo "Try it yourself (functions take a token unless their spec says auth: {type: anonymous}):"
+  echo "  curl -s -X POST $URL/function/embed/embed -H \"authorization: Bearer \$(cat $TOKEN_FILE)\" \\"
+  echo "       -H 'content-type: application/json' -d '{\"texts\": [\"serverless GPUs\", \"GPU functions on demand\"]}'"
 else
   echo "== first call (cold start: a GPU is allocated, the app started and probed):"
   "$BIN" invoke "$NAME" "/render?w=160&h=120&iter=120" > /tmp/gpufn-first.png
@@ -73,10 +76,11 @@ else
   "$BIN" invoke "$NAME" "/render?w=160&h=120&iter=120" > /tmp/gpufn-second.png
   echo
   echo "Try it yourself:"
-  echo "  curl -o mandelbrot.png '$URL/function/$NAME/render?w=512&h=384&iter=300'"
+  echo "  curl -H \"authorization: Bearer \$(cat $TOKEN_FILE)\" -o mandelbrot.png '$URL/function/$NAME/render?w=512&h=384&iter=300'"
 fi
-echo "  open $URL/console   # the web console: functions, cold starts, cost"
-echo "  curl -s $URL/api/v1/functions/$NAME/instances"
+echo "  open \"$URL/console#token=\$(cat $TOKEN_FILE)\"   # the web console, signed in as admin"
+echo "  $BIN token create --role invoker   # a token that may only call functions"
+echo "  curl -s -H \"authorization: Bearer \$(cat $TOKEN_FILE)\" $URL/api/v1/functions/$NAME/instances"
 echo "  $BIN list      # (GPUFN_SERVER=$URL)"
 echo "Idle instances stop after the spec's idle_timeout_s (scale to zero). Ctrl-C stops gpufn."
 wait $SERVER

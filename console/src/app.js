@@ -19,8 +19,31 @@ function h(html) {
   return t.content.firstElementChild;
 }
 
+// ---------------------------------------------------------------- Token
+// The console holds the caller's API token in sessionStorage (this tab only, gone when it closes)
+// and sends it as a header: no cookie, so no other page can make the browser use it.
+// `/console#token=...` logs in directly: the fragment never reaches a server, and it is moved to
+// sessionStorage and cleared from the address bar at once.
+const TOKEN_KEY = "gpufn-token";
+let me = null; // GET /api/v1/whoami: the token's role and what it allows
+
+function takeTokenFromHash() {
+  if (!location.hash.startsWith("#token=")) return;
+  const t = decodeURIComponent(location.hash.slice("#token=".length));
+  if (t) {
+    sessionStorage.setItem(TOKEN_KEY, t);
+    me = null; // another token: ask again what it may do
+  }
+  history.replaceState(null, "", location.pathname + location.search + "#/");
+}
+
+function authHeaders(headers = {}) {
+  const t = sessionStorage.getItem(TOKEN_KEY);
+  return t ? { ...headers, authorization: `Bearer ${t}` } : headers;
+}
+
 async function api(method, path, body, contentType = "application/json") {
-  const opts = { method, headers: {} };
+  const opts = { method, headers: authHeaders() };
   if (body !== undefined) {
     opts.body = typeof body === "string" ? body : JSON.stringify(body);
     opts.headers["content-type"] = contentType;
@@ -29,6 +52,15 @@ async function api(method, path, body, contentType = "application/json") {
   const text = await r.text();
   let json = null;
   try { json = text ? JSON.parse(text) : null; } catch { /* not JSON */ }
+  if (r.status === 401) {
+    // No token, or one that was revoked or expired: ask for one.
+    sessionStorage.removeItem(TOKEN_KEY);
+    me = null;
+    showLogin(json?.error?.message);
+    const err = new Error(json?.error?.message || "a token is needed");
+    err.status = 401;
+    throw err;
+  }
   if (!r.ok) {
     const err = new Error(json?.error?.message || `${r.status} ${text}`);
     err.status = r.status;
@@ -64,7 +96,7 @@ async function usageWindow(name, seconds) {
 
 async function functionsView(root) {
   root.append(h(`<div>
-    <div class="row"><h1 style="flex:1;margin:0">Functions</h1><a class="btn" href="#/deploy">Deploy a function</a></div>
+    <div class="row"><h1 style="flex:1;margin:0">Functions</h1><a class="btn needs-deploy" href="#/deploy">Deploy a function</a></div>
     <div class="panel"><table id="fn-table">
       <thead><tr><th>Name</th><th>GPU</th><th class="num">Concurrency</th><th>Instances</th>
       <th class="num">Invocations 1h / 24h</th><th class="num">Cold starts 1h / 24h</th>
@@ -209,7 +241,7 @@ async function functionView(root, name) {
   const enc = encodeURIComponent(name);
   root.append(h(`<div>
     <div class="row"><h1 style="flex:1;margin:0">${esc(name)} <span class="muted" id="rev"></span></h1>
-      <span id="fn-state"></span><button class="secondary" id="delete-btn">Delete</button></div>
+      <span id="fn-state"></span><button class="secondary needs-deploy" id="delete-btn">Delete</button></div>
     <div class="grid">
       <div class="panel"><h2>Requests and cold starts (last 30 min)</h2><div id="chart-requests"></div></div>
       <div class="panel"><h2>Billed GB-seconds (last 30 min)</h2><div id="chart-gbs"></div></div>
@@ -223,14 +255,14 @@ async function functionView(root, name) {
         <div id="phases"><span class="muted">no cold starts yet</span></div></div>
     </div><div style="height:16px"></div>
     <div class="grid">
-      <div class="panel" id="invoke-panel"><h2>Invoke</h2>
+      <div class="panel needs-invoke" id="invoke-panel"><h2>Invoke</h2>
         <div class="row"><select id="inv-method"><option>GET</option><option>POST</option><option>PUT</option><option>DELETE</option></select>
           <input id="inv-path" value="/" style="flex:1" placeholder="/path?query">
           <button id="inv-send">Send</button></div>
         <textarea id="inv-headers" class="code" style="min-height:40px" placeholder="content-type: application/json"></textarea>
         <textarea id="inv-body" class="code" style="min-height:70px;margin-top:6px" placeholder="request body"></textarea>
         <div id="inv-result" style="margin-top:8px"></div></div>
-      <div class="panel"><h2>Spec</h2><div id="spec-editor"></div></div>
+      <div class="panel needs-deploy"><h2>Spec</h2><div id="spec-editor"></div></div>
     </div><div style="height:16px"></div>
     <div class="grid">
       <div class="panel"><h2>Recent async tasks</h2><table id="task-table"><thead><tr><th>Task</th><th>State</th>
@@ -273,7 +305,7 @@ async function functionView(root, name) {
     out.innerHTML = '<span class="muted">waiting… (a cold start can take a while)</span>';
     const t0 = performance.now();
     try {
-      const r = await fetch(`/function/${enc}${path}`, { method, headers, body: method === "GET" || method === "DELETE" ? undefined : body });
+      const r = await fetch(`/function/${enc}${path}`, { method, headers: authHeaders(headers), body: method === "GET" || method === "DELETE" ? undefined : body });
       const text = await r.text();
       const ms = performance.now() - t0;
       const cold = r.headers.get("x-gpufn-cold-start") === "true";
@@ -291,7 +323,7 @@ async function functionView(root, name) {
   $("#log-load", root).addEventListener("click", async () => {
     const id = $("#log-inst", root).value;
     if (!id) return;
-    const r = await fetch(`/api/v1/functions/${enc}/instances/${encodeURIComponent(id)}/logs?tail=200`);
+    const r = await fetch(`/api/v1/functions/${enc}/instances/${encodeURIComponent(id)}/logs?tail=200`, { headers: authHeaders() });
     $("#log-text", root).textContent = await r.text();
     $("#log-text", root).className = "";
   });
@@ -372,7 +404,7 @@ async function gpusView(root) {
   root.append(h(`<div><h1>GPUs and quota</h1>
     <div class="panel"><h2>Quota</h2><div class="row">
       <span>GPU-card quota</span><input id="quota-input" type="number" min="0" style="width:90px">
-      <button id="quota-save">Save</button><span id="quota-msg" class="muted"></span></div>
+      <button id="quota-save" class="needs-administer">Save</button><span id="quota-msg" class="muted"></span></div>
       <div id="quota-used" class="muted"></div></div>
     <div class="panel"><h2>Cards</h2><table id="gpu-table"><thead><tr><th class="num">Card</th><th>Type</th>
       <th class="num">Memory</th><th class="num">Billed GB</th><th>Instance</th><th>Function</th><th></th></tr></thead><tbody></tbody></table></div></div>`));
@@ -452,10 +484,60 @@ async function costView(root) {
 
 let timer = null;
 
+function showLogin(reason) {
+  clearInterval(timer);
+  window.gpufnCharts = {};
+  document.body.dataset.ready = "login";
+  document.body.dataset.can = "";
+  $("#who").textContent = "";
+  $("#logout").hidden = true;
+  view.innerHTML = "";
+  const root = h(`<div class="panel login"><h1>Sign in</h1>
+    <p class="muted">Paste an API token. The first admin token is in <code>&lt;data-dir&gt;/admin.token</code>
+    on the gpufn machine; <code>gpufn token create --role viewer</code> makes others.</p>
+    <form id="login-form" class="row"><input id="login-token" type="password" autocomplete="off" placeholder="gpufn_..." style="flex:1">
+    <button type="submit">Sign in</button></form>
+    <div id="login-msg" class="bad-msg">${esc(reason && reason !== "this call needs a token: send Authorization: Bearer <token> (gpufn token create, or <data-dir>/admin.token)" ? reason : "")}</div></div>`);
+  view.append(root);
+  $("#login-form", root).addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    const t = $("#login-token", root).value.trim();
+    if (!t) return;
+    sessionStorage.setItem(TOKEN_KEY, t);
+    me = null;
+    route();
+  });
+}
+
+async function whoami() {
+  if (me) return me;
+  me = await api("GET", "/api/v1/whoami");
+  $("#who").textContent = `${me.role}${me.functions ? ` · ${me.functions}*` : ""} · token ${me.token_id}`;
+  $("#logout").hidden = false;
+  document.body.dataset.can = Object.keys(me.can).filter((k) => me.can[k]).join(" ");
+  // Show only what the token may use.
+  for (const a of document.querySelectorAll("header nav a")) {
+    const need = a.dataset.need;
+    a.hidden = need ? !me.can[need] : false;
+  }
+  return me;
+}
+
 async function route() {
   clearInterval(timer);
   window.gpufnCharts = {};
   view.innerHTML = "";
+  takeTokenFromHash();
+  if (!sessionStorage.getItem(TOKEN_KEY)) {
+    showLogin();
+    return;
+  }
+  try {
+    await whoami();
+  } catch (e) {
+    if (e.status !== 401) view.innerHTML = `<div class="panel bad-msg">${esc(e.message)}</div>`;
+    return;
+  }
   const hash = location.hash || "#/";
   const root = document.createElement("div");
   view.append(root);
@@ -474,9 +556,14 @@ async function route() {
       timer = setInterval(() => refresh().catch((e) => { $("#server-status").textContent = e.message; }), REFRESH_MS);
     }
   } catch (e) {
-    root.innerHTML = `<div class="panel bad-msg">${esc(e.message)}</div>`;
+    if (e.status !== 401) root.innerHTML = `<div class="panel bad-msg">${esc(e.message)}</div>`;
   }
 }
 
+$("#logout").addEventListener("click", () => {
+  sessionStorage.removeItem(TOKEN_KEY);
+  me = null;
+  showLogin();
+});
 window.addEventListener("hashchange", route);
 route();

@@ -53,6 +53,9 @@ function startGpufn(dataDir) {
 
 const data = mkdtempSync(join(tmpdir(), "gpufn-console-"));
 const server = await startGpufn(data);
+// The first admin token gpufn wrote on its first start; Node's own API calls send it too.
+const TOKEN = readFileSync(join(data, "admin.token"), "utf8").trim();
+const authed = (path, opts = {}) => fetch(`${server.url}${path}`, { ...opts, headers: { ...(opts.headers || {}), authorization: `Bearer ${TOKEN}` } });
 const browser = await chromium.launch({
   executablePath: CHROMIUM,
   args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -65,14 +68,29 @@ try {
   page.on("pageerror", (e) => pageErrors.push(String(e)));
   // A refused deploy is an expected 400 the browser logs as a failed load; script errors are not.
   page.on("console", (m) => {
-    if (m.type() === "error" && !/Failed to load resource: .* 400/.test(m.text())) pageErrors.push(m.text());
+    // A refused sign-in is an expected 401.
+    if (m.type() === "error" && !/Failed to load resource: .* (400|401)/.test(m.text())) pageErrors.push(m.text());
   });
   const shot = (name) => page.screenshot({ path: join(SHOTS, `${name}.png`), fullPage: true });
   const ready = (hash) => page.waitForSelector(`body[data-ready="${hash}"]`, { timeout: 15000 });
 
-  step("the functions page loads, empty");
+  step("without a token the console asks for one; a wrong one is refused");
   await page.goto(`${server.url}/console`);
+  await ready("login");
+  await page.fill("#login-token", "gpufn_000000000000_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA");
+  await page.click("#login-form button");
+  await page.waitForFunction(() => /not valid/.test(document.querySelector("#login-msg")?.textContent || ""));
+  await shot("00-login");
+
+  step("a /console#token= link logs in and clears the token from the address bar");
+  await page.goto(`${server.url}/console#token=${encodeURIComponent(TOKEN)}`);
   await ready("#/");
+  assert.ok(!page.url().includes(TOKEN), `the token left the address bar: ${page.url()}`);
+  assert.equal(await page.evaluate(() => sessionStorage.getItem("gpufn-token")), TOKEN);
+  assert.match(await page.textContent("#who"), /^admin/);
+  assert.ok(!(await page.content()).includes(TOKEN), "the token is not shown on the page");
+
+  step("the functions page loads, empty");
   await page.waitForSelector("text=No functions yet");
   await shot("01-functions-empty");
 
@@ -88,7 +106,7 @@ try {
   await page.waitForSelector('.errors li[data-field="instance_concurrency"]');
   assert.equal(await page.locator(".gutter div.err").count(), 2);
   await shot("02-deploy-errors");
-  const none = await (await fetch(`${server.url}/api/v1/functions`)).json();
+  const none = await (await authed("/api/v1/functions")).json();
   assert.equal(none.length, 0);
 
   step("a good spec deploys from the page and opens the function");
@@ -156,7 +174,7 @@ try {
   await page.fill("#quota-input", "5");
   await page.click("#quota-save");
   await page.waitForSelector("text=saved: 5 cards");
-  assert.equal((await (await fetch(`${server.url}/api/v1/quota`)).json()).cards, 5);
+  assert.equal((await (await authed("/api/v1/quota")).json()).cards, 5);
   await shot("06-gpus");
 
   step("the cost estimator gives the product document's example 2");
@@ -167,6 +185,27 @@ try {
   assert.equal(await page.textContent(".c-dedicated"), "$48.00");
   assert.equal(await page.textContent(".c-saving"), "92.50 %");
   await shot("07-cost");
+
+  step("a viewer token sees functions but no deploy page, and signing out forgets the token");
+  const created = await (await authed("/api/v1/tokens", {
+    method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ role: "viewer" }),
+  })).json();
+  await page.evaluate(() => sessionStorage.clear());
+  await page.goto(`${server.url}/console#token=${encodeURIComponent(created.token)}`);
+  await ready("#/");
+  assert.match(await page.textContent("#who"), /^viewer/);
+  assert.equal(await page.isVisible('a[data-nav="deploy"]'), false, "a viewer cannot deploy");
+  assert.equal(await page.isVisible('a.btn[href="#/deploy"]'), false, "no deploy button for a viewer");
+  assert.equal(await page.isVisible('a[data-nav="functions"]'), true);
+  await page.waitForSelector('tr[data-fn="web"]');
+  await shot("08-viewer");
+  await page.click('tr[data-fn="web"] a');
+  await ready("#/f/web");
+  assert.equal(await page.isVisible("#invoke-panel"), false, "a viewer cannot invoke");
+  assert.equal(await page.isVisible("#delete-btn"), false, "a viewer cannot delete");
+  await page.click("#logout");
+  await ready("login");
+  assert.equal(await page.evaluate(() => sessionStorage.getItem("gpufn-token")), null);
 
   assert.deepEqual(pageErrors, [], "the page logged errors");
   console.log(`console test passed: ${steps.length} steps; screenshots in ${SHOTS}`);
