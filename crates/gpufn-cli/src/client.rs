@@ -7,10 +7,18 @@ use reqwest::{Method, RequestBuilder, Response};
 use serde_json::Value;
 
 /// The server's API.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Api {
     base: String,
     http: reqwest::Client,
+    token: Option<String>,
+}
+
+impl std::fmt::Debug for Api {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the token.
+        f.debug_struct("Api").field("base", &self.base).finish()
+    }
 }
 
 /// The token the CLI sends: `$GPUFN_TOKEN`, else `--token`, else `<data-dir>/admin.token` when
@@ -73,7 +81,13 @@ impl Api {
         Self {
             base: server.trim_end_matches('/').to_string(),
             http,
+            token,
         }
+    }
+
+    /// The token this client sends, if any.
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref()
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -160,6 +160,11 @@ enum Command {
     /// Create, list and revoke API tokens (admin).
     #[command(subcommand)]
     Token(cmd::tokens::TokenCmd),
+    /// Store, list and delete secrets (admin): values are sealed at rest and never shown again.
+    #[command(subcommand)]
+    Secret(cmd::secrets::SecretCmd),
+    /// Print a link that opens the web console signed in with this CLI's token.
+    Console,
     /// The audit log: every change, with the token that made it (admin).
     Audit {
         /// How many entries, newest first.
@@ -260,6 +265,14 @@ pub struct ServeArgs {
     /// None by default. Repeatable.
     #[arg(long = "cors-origin")]
     cors_origins: Vec<String>,
+    /// An environment variable of this server that specs may name in
+    /// `registry_auth.username_env`/`password_env` (no other is ever read for them). Repeatable.
+    #[arg(long = "registry-env")]
+    registry_env: Vec<String>,
+    /// The key that seals secrets at rest (64 hex digits, mode 0600); created when missing.
+    /// Default: <data-dir>/secret.key. Keep it off the store's backups.
+    #[arg(long)]
+    secret_key_file: Option<PathBuf>,
     /// A registry (host:port) reached over plain HTTP; loopback registries always are. Repeatable.
     #[arg(long = "insecure-registry")]
     insecure_registries: Vec<String>,
@@ -312,6 +325,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve(_) => unreachable!("handled above"),
         Command::Token(cmd) => cmd::tokens::run(&api, cmd).await,
+        Command::Secret(cmd) => cmd::secrets::run(&api, cmd).await,
+        Command::Console => cmd::tokens::console_link(&api),
         Command::Audit { limit, json } => cmd::tokens::audit(&api, limit, json).await,
         Command::Deploy { file } => cmd::functions::deploy(&api, &file).await,
         Command::Images { json } => cmd::images::list(&api, json).await,

@@ -51,6 +51,11 @@ pub fn router(platform: Arc<Platform>) -> Router {
         .route("/api/v1/tokens", post(create_token).get(list_tokens))
         .route("/api/v1/tokens/{id}", axum::routing::delete(revoke_token))
         .route("/api/v1/audit", get(audit_log))
+        .route("/api/v1/secrets", get(list_secrets))
+        .route(
+            "/api/v1/secrets/{name}",
+            axum::routing::put(put_secret).delete(delete_secret),
+        )
         .route("/api/v1/whoami", get(whoami))
         .route("/async-function/{name}", any(tasks_api::accept))
         .route("/async-function/{name}/", any(tasks_api::accept))
@@ -106,13 +111,18 @@ async fn pull_image(
         .map_err(|e| ApiError::bad_field("image", e.to_string()))?;
     let auth = match req.registry_auth {
         None => None,
-        Some(a) => Some(gpufn_spec::RegistryAuth {
-            username_env: a
-                .username_env
-                .ok_or_else(|| ApiError::bad_field("registry_auth.username_env", "is required"))?,
-            password_env: a
-                .password_env
-                .ok_or_else(|| ApiError::bad_field("registry_auth.password_env", "is required"))?,
+        Some(a) => Some(match (a.secret, a.username_env, a.password_env) {
+            (Some(secret), None, None) => gpufn_spec::RegistryAuth::Secret { secret },
+            (None, Some(username_env), Some(password_env)) => gpufn_spec::RegistryAuth::Env {
+                username_env,
+                password_env,
+            },
+            _ => {
+                return Err(ApiError::bad_field(
+                    "registry_auth",
+                    "takes either secret, or username_env and password_env",
+                ));
+            }
         }),
     };
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Bytes>();
@@ -676,4 +686,106 @@ async fn whoami(Extension(who): Extension<Grant>) -> Response {
         },
     }))
     .into_response()
+}
+
+/// Largest secret value.
+const MAX_SECRET_BYTES: usize = 64 * 1024;
+
+fn secret_name(name: &str) -> Result<(), ApiError> {
+    if gpufn_spec::is_secret_name(name) {
+        Ok(())
+    } else {
+        Err(ApiError::bad_field(
+            "name",
+            "must be 1..63 characters of [a-z0-9._-], starting with a letter or digit",
+        ))
+    }
+}
+
+/// `PUT /api/v1/secrets/{name}` `{"value": "..."}` (admin): sealed at once; the value is never
+/// returned by any call.
+async fn put_secret(
+    State(p): Shared,
+    Extension(who): Extension<Grant>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    who.check(Action::Administer, None).map_err(forbidden)?;
+    secret_name(&name)?;
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Body {
+        value: String,
+    }
+    // The parse error never quotes the document: it may hold the value.
+    let b: Body = serde_json::from_slice(&body)
+        .map_err(|_| ApiError::bad_field("value", "expected {\"value\": \"...\"} as JSON"))?;
+    if b.value.is_empty() || b.value.len() > MAX_SECRET_BYTES || b.value.contains('\0') {
+        return Err(ApiError::bad_field(
+            "value",
+            format!("must be 1..{MAX_SECRET_BYTES} bytes, without NUL"),
+        ));
+    }
+    let created = p
+        .shared_secrets()
+        .set(p.store(), &name, b.value.as_bytes())
+        .map_err(|e| ApiError::internal("storing the secret", e))?;
+    audit(
+        &p,
+        &who,
+        if created {
+            "secret.create"
+        } else {
+            "secret.update"
+        },
+        &name,
+        None,
+    );
+    Ok(axum::Json(serde_json::json!({"name": name, "created": created})).into_response())
+}
+
+/// `GET /api/v1/secrets` (admin): names and times, never values.
+async fn list_secrets(
+    State(p): Shared,
+    Extension(who): Extension<Grant>,
+) -> Result<Response, ApiError> {
+    who.check(Action::Administer, None).map_err(forbidden)?;
+    let rows = p
+        .store()
+        .secrets()
+        .map_err(|e| ApiError::internal("listing secrets", e))?;
+    let list: Vec<serde_json::Value> = rows
+        .into_iter()
+        .map(|s| {
+            serde_json::json!({
+                "name": s.name,
+                "created_at": crate::util::rfc3339(crate::util::from_ms(s.created_ms)),
+                "updated_at": crate::util::rfc3339(crate::util::from_ms(s.updated_ms)),
+            })
+        })
+        .collect();
+    Ok(axum::Json(list).into_response())
+}
+
+/// `DELETE /api/v1/secrets/{name}` (admin).
+async fn delete_secret(
+    State(p): Shared,
+    Extension(who): Extension<Grant>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    who.check(Action::Administer, None).map_err(forbidden)?;
+    secret_name(&name)?;
+    let deleted = p
+        .store()
+        .delete_secret(&name)
+        .map_err(|e| ApiError::internal("deleting the secret", e))?;
+    if !deleted {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "secret_not_found",
+            format!("no secret named {name:?}"),
+        ));
+    }
+    audit(&p, &who, "secret.delete", &name, None);
+    Ok(axum::Json(serde_json::json!({"deleted": name})).into_response())
 }

@@ -65,6 +65,8 @@ pub struct Config {
     pub access_keys: Vec<(String, String, gpufn_auth::Role)>,
     /// Who may reach gpufn from a browser (`--public-host`, `--cors-origin`).
     pub access: crate::auth::AccessConfig,
+    /// The key that seals secrets; `<data-dir>/secret.key` when `None` (`--secret-key-file`).
+    pub secret_key_file: Option<PathBuf>,
     /// FC `gpuType` → local card type, on top of the defaults.
     pub fc_gpu_types: Vec<(String, String)>,
 }
@@ -78,6 +80,10 @@ pub struct ContainerSettings {
     pub image_cache_max_mb: u64,
     /// Registries spoken to over plain HTTP besides loopback ones (`--insecure-registry`).
     pub insecure_registries: Vec<String>,
+    /// Environment variables of the server that `registry_auth.username_env`/`password_env` may
+    /// name (`--registry-env`); any other is refused, so a caller cannot have gpufn send, say,
+    /// its FC secret to a registry of their choosing.
+    pub registry_env: Vec<String>,
 }
 
 impl Default for ContainerSettings {
@@ -86,6 +92,7 @@ impl Default for ContainerSettings {
             oci_runtime: PathBuf::from("runc"),
             image_cache_max_mb: 50 * 1024,
             insecure_registries: Vec::new(),
+            registry_env: Vec::new(),
         }
     }
 }
@@ -107,6 +114,7 @@ impl Default for Config {
             containers: ContainerSettings::default(),
             access_keys: Vec::new(),
             access: crate::auth::AccessConfig::default(),
+            secret_key_file: None,
             fc_gpu_types: Vec::new(),
         }
     }

@@ -153,16 +153,33 @@ pub(crate) async fn supervise(pool: Arc<Pool>, job: StartJob) {
         allocated_in,
     } = job;
     let log_path = shared.log_path(&spec.name, &id);
+    let mut env = spec.env.clone();
+    match crate::containers::secret_env(&shared, &spec) {
+        Ok(vars) => env.extend(vars),
+        Err(e) => {
+            // A secret deleted (or a key replaced) since the deploy: the start fails, saying which.
+            tracing::warn!(function = %spec.name, instance = %id, "start failed: {e}");
+            drop(lease);
+            pool.on_start_failed(
+                &id,
+                AcquireError::StartFailed {
+                    reason: format!("env_from_secrets: {e}"),
+                    timed_out: false,
+                },
+            );
+            return;
+        }
+    }
     let launch = LaunchSpec {
         instance_id: id.clone(),
         function: spec.name.clone(),
         command: spec.command.clone(),
         workdir: spec.workdir.clone().into(),
-        env: spec.env.clone(),
+        env,
         gpu_index: lease.index(),
         gpu_memory_gb: spec.gpu.memory_gb,
         log_path: log_path.clone(),
-        container: crate::containers::launch_of(&spec),
+        container: crate::containers::launch_of(&shared, &spec),
     };
     let t0 = Instant::now();
     let mut inst = match shared.runtime.launch(&launch).await {

@@ -22,6 +22,7 @@ pub mod meter;
 pub mod metrics;
 pub mod platform;
 pub mod pool;
+pub mod secrets;
 pub mod serve;
 pub mod tasks;
 pub mod tasks_api;

@@ -52,6 +52,10 @@ pub(crate) struct Shared {
     /// Pools that changed since the reconciler last looked.
     pub dirty: std::sync::Mutex<HashSet<String>>,
     pub stop_grace: Duration,
+    /// Sealed secrets (`env_from_secrets`, `registry_auth.secret`).
+    pub secrets: crate::secrets::Secrets,
+    /// Variables `registry_auth` may name (`--registry-env`).
+    pub registry_env: Vec<String>,
 }
 
 impl Shared {
@@ -259,6 +263,16 @@ impl Platform {
             wake: Notify::new(),
             dirty: std::sync::Mutex::new(HashSet::new()),
             stop_grace: config.instance_stop_grace,
+            secrets: crate::secrets::Secrets::new(
+                crate::secrets::SecretKey::load_or_create(
+                    &config
+                        .secret_key_file
+                        .clone()
+                        .unwrap_or_else(|| config.data_dir.join("secret.key")),
+                )
+                .map_err(|e| ServerError::Io(std::io::Error::other(e)))?,
+            ),
+            registry_env: config.containers.registry_env.clone(),
         });
         let tasks = TaskRunner::new(
             shared.store.clone(),
@@ -337,6 +351,11 @@ impl Platform {
     }
 
     /// The FC-compatible API's keys and tables.
+    /// Sealed secrets.
+    pub fn shared_secrets(&self) -> &crate::secrets::Secrets {
+        &self.shared.secrets
+    }
+
     /// Tokens and the browser rules.
     pub fn access(&self) -> &crate::auth::Access {
         &self.access
@@ -624,7 +643,8 @@ impl Platform {
             }
         }
         // Pulled before the deploy lock: a pull may take minutes and must not block other deploys.
-        crate::containers::pin_image(self.shared.containers.images(), &mut spec, progress).await?;
+        crate::containers::check_secrets(&self.shared, &spec)?;
+        crate::containers::pin_image(&self.shared, &mut spec, progress).await?;
         let json = serde_json::to_string(&spec.to_raw())
             .map_err(|e| ApiError::internal("serializing the spec", e))?;
         // One deploy at a time, so the store and the pools change together.
@@ -671,7 +691,7 @@ impl Platform {
         auth: Option<&gpufn_spec::RegistryAuth>,
         progress: &(dyn Fn(gpufn_oci::PullEvent) + Send + Sync),
     ) -> Result<gpufn_oci::image::Prepared, ApiError> {
-        let creds = crate::containers::credentials(auth)?;
+        let creds = crate::containers::credentials(&self.shared, auth)?;
         let out = self
             .shared
             .containers

@@ -11,5 +11,6 @@ mod validate;
 pub use raw::{RawAsync, RawAuth, RawGpu, RawHealthCheck, RawRegistryAuth, RawScaling, RawSpec};
 pub use validate::{
     AsyncConfig, ContainerSpec, FieldError, FunctionSpec, GpuRequest, HealthCheck, KeepAliveMode,
-    RegistryAuth, Runtime, Scaling, SpecError, TriggerAuth, check_http_url, parse_json, parse_yaml,
+    RegistryAuth, Runtime, Scaling, SpecError, TriggerAuth, check_http_url, is_secret_name,
+    parse_json, parse_yaml,
 };

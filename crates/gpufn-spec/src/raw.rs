@@ -30,6 +30,10 @@ pub struct RawSpec {
     pub workdir: Option<String>,
     /// Extra environment variables for the process.
     pub env: Option<BTreeMap<String, String>>,
+    /// Environment variables whose values are gpufn secrets (`gpufn secret set NAME`): variable →
+    /// secret name. Reads of the spec show the names, never the values.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub env_from_secrets: Option<BTreeMap<String, String>>,
     /// The GPU the function needs.
     pub gpu: Option<RawGpu>,
     /// vCPUs (may be fractional, e.g. 0.5).
@@ -78,14 +82,20 @@ pub struct RawAsync {
     pub on_failure: Option<String>,
 }
 
-/// `registry_auth:` — the names of the environment variables (of the gpufn server) that hold the
-/// registry user and password, so secrets never sit in a spec.
+/// `registry_auth:` — where the registry login comes from, so it never sits in a spec: a gpufn
+/// secret (`{secret: NAME}`, its value `user:password`), or the names of two environment variables
+/// of the gpufn server that the admin allowed with `--registry-env`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawRegistryAuth {
+    /// A gpufn secret holding `user:password`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
     /// Variable holding the user name.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub username_env: Option<String>,
     /// Variable holding the password or token.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub password_env: Option<String>,
 }
 

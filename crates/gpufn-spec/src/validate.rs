@@ -184,13 +184,22 @@ pub struct ContainerSpec {
     pub registry_auth: Option<RegistryAuth>,
 }
 
-/// `registry_auth`.
+/// `registry_auth`: where the registry login comes from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct RegistryAuth {
-    /// Variable holding the user name.
-    pub username_env: String,
-    /// Variable holding the password.
-    pub password_env: String,
+#[serde(untagged)]
+pub enum RegistryAuth {
+    /// Two environment variables of the gpufn server (allowed with `--registry-env`).
+    Env {
+        /// Variable holding the user name.
+        username_env: String,
+        /// Variable holding the password.
+        password_env: String,
+    },
+    /// A gpufn secret whose value is `user:password`.
+    Secret {
+        /// The secret's name.
+        secret: String,
+    },
 }
 
 /// A spec that passed validation. Only [`RawSpec::validate`] builds one.
@@ -210,6 +219,8 @@ pub struct FunctionSpec {
     pub container: Option<ContainerSpec>,
     /// Extra environment (never one of the variables gpufn sets itself).
     pub env: BTreeMap<String, String>,
+    /// Variables set from gpufn secrets at each start: variable → secret name.
+    pub env_from_secrets: BTreeMap<String, String>,
     /// GPU need.
     pub gpu: GpuRequest,
     /// vCPUs.
@@ -325,6 +336,16 @@ fn is_dns_label(s: &str) -> bool {
         && b[b.len() - 1] != b'-'
 }
 
+/// A secret's name: 1..63 characters of `[a-z0-9._-]`, starting with a letter or digit.
+pub fn is_secret_name(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b[0].is_ascii_alphanumeric()
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || b"._-".contains(c))
+}
+
 fn is_env_name(s: &str) -> bool {
     let mut chars = s.chars();
     matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
@@ -341,6 +362,7 @@ impl RawSpec {
         let workdir = self.check_workdir(&mut c, runtime);
         let container = self.check_container(&mut c, runtime);
         let env = self.check_env(&mut c);
+        let env_from_secrets = self.check_env_from_secrets(&mut c, &env);
         let gpu = check_gpu(&mut c, self.gpu.as_ref());
         let cpu = self.check_cpu(&mut c);
         let memory_mb = c.int("memory_mb", self.memory_mb, 2048, 64, 4 * 1024 * 1024);
@@ -376,6 +398,7 @@ impl RawSpec {
             workdir,
             container,
             env,
+            env_from_secrets,
             gpu,
             cpu,
             memory_mb: memory_mb.unsigned_abs(),
@@ -476,6 +499,23 @@ impl RawSpec {
             }
         };
         let registry_auth = self.registry_auth.as_ref().map(|a| {
+            if let Some(secret) = &a.secret {
+                if a.username_env.is_some() || a.password_env.is_some() {
+                    c.fail(
+                        "registry_auth",
+                        "takes either secret or username_env and password_env, not both".into(),
+                    );
+                }
+                if !is_secret_name(secret) {
+                    c.fail(
+                        "registry_auth.secret",
+                        format!("must be a secret name, 1..63 characters of [a-z0-9._-] (got {secret:?})"),
+                    );
+                }
+                return RegistryAuth::Secret {
+                    secret: secret.clone(),
+                };
+            }
             let mut var = |field: &str, v: &Option<String>| match v {
                 Some(name) if is_env_name(name) => name.clone(),
                 Some(name) => {
@@ -494,7 +534,7 @@ impl RawSpec {
                     String::new()
                 }
             };
-            RegistryAuth {
+            RegistryAuth::Env {
                 username_env: var("registry_auth.username_env", &a.username_env),
                 password_env: var("registry_auth.password_env", &a.password_env),
             }
@@ -561,6 +601,37 @@ impl RawSpec {
             }
         }
         env
+    }
+
+    fn check_env_from_secrets(
+        &self,
+        c: &mut Checker,
+        env: &BTreeMap<String, String>,
+    ) -> BTreeMap<String, String> {
+        let from = self.env_from_secrets.clone().unwrap_or_default();
+        for (k, name) in &from {
+            let field = format!("env_from_secrets.{k}");
+            if !is_env_name(k) {
+                c.fail(&field, "name must match [A-Za-z_][A-Za-z0-9_]*".into());
+            } else if RESERVED_ENV.contains(&k.as_str()) || k.starts_with("GPUFN_") {
+                c.fail(
+                    &field,
+                    "is set by gpufn for every instance and cannot be overridden".into(),
+                );
+            } else if env.contains_key(k) {
+                c.fail(
+                    &field,
+                    format!("{k} is also set in env; set it in one place"),
+                );
+            }
+            if !is_secret_name(name) {
+                c.fail(
+                    &field,
+                    format!("must name a secret, 1..63 characters of [a-z0-9._-] (got {name:?})"),
+                );
+            }
+        }
+        from
     }
 
     fn check_cpu(&self, c: &mut Checker) -> f64 {
@@ -733,12 +804,25 @@ impl FunctionSpec {
                 .as_ref()
                 .map(|c| if c.host_network { "host" } else { "isolated" }.into()),
             registry_auth: self.container.as_ref().and_then(|c| {
-                c.registry_auth.as_ref().map(|a| RawRegistryAuth {
-                    username_env: Some(a.username_env.clone()),
-                    password_env: Some(a.password_env.clone()),
+                c.registry_auth.as_ref().map(|a| match a {
+                    RegistryAuth::Env {
+                        username_env,
+                        password_env,
+                    } => RawRegistryAuth {
+                        secret: None,
+                        username_env: Some(username_env.clone()),
+                        password_env: Some(password_env.clone()),
+                    },
+                    RegistryAuth::Secret { secret } => RawRegistryAuth {
+                        secret: Some(secret.clone()),
+                        username_env: None,
+                        password_env: None,
+                    },
                 })
             }),
             env: Some(self.env.clone()),
+            env_from_secrets: (!self.env_from_secrets.is_empty())
+                .then(|| self.env_from_secrets.clone()),
             gpu: Some(RawGpu {
                 card_type: self.gpu.card_type.clone(),
                 memory_gb: Some(i64::from(self.gpu.memory_gb)),

@@ -6,6 +6,7 @@ pub mod functions;
 pub mod images;
 pub mod invoke;
 pub mod replay;
+pub mod secrets;
 pub mod serve;
 pub mod simulate;
 pub mod sleep_app;

@@ -88,6 +88,7 @@ pub async fn run(args: ServeArgs, data_dir: std::path::PathBuf) -> anyhow::Resul
         access_keys,
         fc_gpu_types,
         listen: args.listen,
+        secret_key_file: args.secret_key_file,
         data_dir,
         access: gpufn_server::auth::AccessConfig {
             public_hosts: args.public_hosts,
@@ -115,6 +116,7 @@ pub async fn run(args: ServeArgs, data_dir: std::path::PathBuf) -> anyhow::Resul
             oci_runtime: args.oci_runtime,
             image_cache_max_mb: args.image_cache_max_mb,
             insecure_registries: args.insecure_registries,
+            registry_env: args.registry_env,
         },
         prices: Prices {
             active_usd_per_gb_s: args.price_active_usd_per_gb_s,

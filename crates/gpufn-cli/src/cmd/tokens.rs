@@ -145,3 +145,16 @@ pub async fn audit(api: &Api, limit: usize, as_json: bool) -> anyhow::Result<Exi
     );
     Ok(ExitCode::SUCCESS)
 }
+
+/// `gpufn console`: the console's address with this CLI's token in the fragment (which the
+/// browser never sends to a server; the console moves it to sessionStorage and clears it).
+pub fn console_link(api: &Api) -> anyhow::Result<ExitCode> {
+    match api.token() {
+        Some(t) => println!("{}#token={t}", api.url("/console")),
+        None => {
+            println!("{}", api.url("/console"));
+            eprintln!("(no token found: the console will ask for one)");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -618,3 +618,110 @@ async fn the_cli_manages_tokens_and_finds_the_local_admin_token() {
         "{log}"
     );
 }
+
+#[tokio::test]
+async fn secrets_reach_instances_sealed_and_are_never_shown() {
+    const VALUE: &str = "hf_s3cr3t_value_9f8e7d";
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path(), &["--simulate-gpus", "1xtesla-t4:16"]);
+    // Set from stdin with the CLI (never on a command line).
+    let mut child = std::process::Command::new(BIN)
+        .args(["secret", "set", "hf-token"])
+        .env("GPUFN_SERVER", &s.url)
+        .env("GPUFN_DATA_DIR", dir.path())
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(format!("{VALUE}\n").as_bytes())
+            .unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // A spec naming a secret that does not exist is refused, naming the field.
+    let (status, body) = s
+        .deploy_yaml(&testfn_spec("f", "env_from_secrets: {API_KEY: nope}"))
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["field"], "env_from_secrets.API_KEY");
+    // The instance gets the value in its environment.
+    s.deploy_testfn("f", "env_from_secrets: {HF_TOKEN: hf-token}")
+        .await;
+    let (status, echo) = call(s.http.get(s.url("/function/f/echo"))).await;
+    assert_eq!(status, 200, "{echo}");
+    assert_eq!(echo["env"]["HF_TOKEN"], VALUE);
+
+    // No read shows it: spec, list, secrets, audit; nor the log, nor the store's files.
+    let mut seen = String::new();
+    for path in [
+        "/api/v1/functions",
+        "/api/v1/functions/f",
+        "/api/v1/secrets",
+        "/api/v1/audit",
+    ] {
+        let (status, body) = call(s.http.get(s.url(path))).await;
+        assert_eq!(status, 200, "{path}");
+        seen.push_str(&body.to_string());
+    }
+    assert!(!seen.contains(VALUE), "a read showed the secret: {seen}");
+    assert!(
+        seen.contains("\"env_from_secrets\":{\"HF_TOKEN\":\"hf-token\"}"),
+        "{seen}"
+    );
+    assert!(seen.contains("secret.create"), "{seen}");
+    let out = s.cli(&["secret", "list"]);
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        listed.contains("hf-token") && !listed.contains(VALUE),
+        "{listed}"
+    );
+    assert!(!s.log().contains(VALUE), "the server log shows the secret");
+    for entry in std::fs::read_dir(dir.path()).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            let bytes = std::fs::read(&path).unwrap();
+            assert!(
+                !bytes.windows(VALUE.len()).any(|w| w == VALUE.as_bytes()),
+                "{} holds the secret in the clear",
+                path.display()
+            );
+        }
+    }
+    let key = std::fs::metadata(dir.path().join("secret.key")).unwrap();
+    assert_eq!(key.permissions().mode() & 0o777, 0o600);
+
+    // Only an admin sets, lists or deletes secrets.
+    let (dev, _) = token(&s, json!({"role": "developer"})).await;
+    let dev = client_with_token(&dev);
+    assert_eq!(
+        call(
+            dev.put(s.url("/api/v1/secrets/x"))
+                .json(&json!({"value": "v"}))
+        )
+        .await
+        .0,
+        403
+    );
+    assert_eq!(call(dev.get(s.url("/api/v1/secrets"))).await.0, 403);
+    // A bad body never echoes what was sent.
+    let (status, body) = call(
+        s.http
+            .put(s.url("/api/v1/secrets/x"))
+            .header("content-type", "application/json")
+            .body(format!("{{\"value\": \"{VALUE}\", \"extra\": 1}}")),
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert!(!body.to_string().contains(VALUE), "{body}");
+}

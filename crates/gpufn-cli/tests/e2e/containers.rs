@@ -537,6 +537,10 @@ async fn a_private_registry_needs_the_login_named_by_registry_auth() {
             "1xtesla-t4:16",
             "--shutdown-grace-s",
             "5",
+            "--registry-env",
+            "REG_USER",
+            "--registry-env",
+            "REG_PASS",
         ],
         &[("REG_USER", LOGIN.0), ("REG_PASS", LOGIN.1)],
     ));
@@ -555,6 +559,59 @@ async fn a_private_registry_needs_the_login_named_by_registry_auth() {
         .await;
     assert_eq!(status, 400, "{body}");
     assert_eq!(body["error"]["field"], "registry_auth.password_env");
+    // A variable the server has but the admin did not list with --registry-env: refused, so a
+    // caller cannot have gpufn send it to a registry of their choosing.
+    let (status, body) = server
+        .deploy_yaml(&spec(
+            "private",
+            &image,
+            "registry_auth: {username_env: REG_USER, password_env: SECRET_OF_SERVER}\n",
+        ))
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["field"], "registry_auth.password_env");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("--registry-env"),
+        "{body}"
+    );
+    assert!(!body.to_string().contains("must-not-leak"), "{body}");
+    // The same through the pull API.
+    let resp = server
+        .http
+        .post(server.url("/api/v1/images/pull"))
+        .json(&serde_json::json!({"image": image, "registry_auth": {"username_env": "REG_USER", "password_env": "SECRET_OF_SERVER"}}))
+        .send()
+        .await
+        .unwrap();
+    let text = resp.text().await.unwrap();
+    assert!(
+        text.contains("registry_auth.password_env") && !text.contains("must-not-leak"),
+        "{text}"
+    );
+    // A login kept as a secret (user:password) works without any variable.
+    let resp = server
+        .http
+        .put(server.url("/api/v1/secrets/reg-login"))
+        .json(&serde_json::json!({"value": format!("{}:{}", LOGIN.0, LOGIN.1)}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    // (another image, not in the cache yet: the pull must log in with the secret)
+    let other = push_testapp(&registry, "private/other", "1", "s").await;
+    let (status, body) = server
+        .deploy_yaml(&spec(
+            "private-s",
+            &other,
+            "registry_auth: {secret: reg-login}\n",
+        ))
+        .await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["spec"]["registry_auth"]["secret"], "reg-login");
+    assert!(!body.to_string().contains(LOGIN.1), "{body}");
     // With the login from the server's environment: pulled, deployed, served.
     let (status, body) = server
         .deploy_yaml(&spec(

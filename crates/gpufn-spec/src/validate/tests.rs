@@ -243,7 +243,7 @@ fn the_container_example_validates_and_round_trips() {
     assert!(!c.host_network);
     assert_eq!(
         c.registry_auth,
-        Some(RegistryAuth {
+        Some(RegistryAuth::Env {
             username_env: "REG_USER".into(),
             password_env: "REG_PASS".into()
         })
@@ -315,4 +315,55 @@ fn trigger_auth_defaults_to_token_and_takes_anonymous() {
         .unwrap_err()
         .to_string();
     assert!(bad.contains("auth.type") && bad.contains("public"), "{bad}");
+}
+
+#[test]
+fn secrets_are_named_never_inlined() {
+    let base = "name: f\ncommand: [x]\ngpu: {memory_gb: 1}\n";
+    let spec = crate::parse_yaml(&format!(
+        "{base}env: {{A: b}}\nenv_from_secrets: {{HF_TOKEN: hf-token}}\n"
+    ))
+    .unwrap()
+    .validate()
+    .unwrap();
+    assert_eq!(spec.env_from_secrets["HF_TOKEN"], "hf-token");
+    assert_eq!(spec.to_raw().validate().unwrap(), spec);
+    let errs = errors_of(&format!(
+        "{base}env: {{A: b}}\nenv_from_secrets: {{A: x, PORT: y, B: 'Bad Name'}}\n"
+    ));
+    assert!(
+        errs.iter().any(|e| e.starts_with("env_from_secrets.A")),
+        "{errs:?}"
+    );
+    assert!(
+        errs.iter().any(|e| e.starts_with("env_from_secrets.PORT")),
+        "{errs:?}"
+    );
+    assert!(
+        errs.iter().any(|e| e.starts_with("env_from_secrets.B")),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn registry_auth_takes_a_secret_or_two_variables() {
+    let base = "name: f\nruntime: container\nimage: r.example/a:1\ngpu: {memory_gb: 1}\n";
+    let spec = crate::parse_yaml(&format!("{base}registry_auth: {{secret: reg-login}}\n"))
+        .unwrap()
+        .validate()
+        .unwrap();
+    assert_eq!(
+        spec.container.as_ref().unwrap().registry_auth,
+        Some(crate::RegistryAuth::Secret {
+            secret: "reg-login".into()
+        })
+    );
+    assert_eq!(spec.to_raw().validate().unwrap(), spec);
+    let errs = errors_of(&format!(
+        "{base}registry_auth: {{secret: x, username_env: U, password_env: P}}\n"
+    ));
+    assert!(
+        errs.iter().any(|e| e.starts_with("registry_auth")),
+        "{errs:?}"
+    );
 }
