@@ -269,6 +269,17 @@ pub struct ServeArgs {
     /// `registry_auth.username_env`/`password_env` (no other is ever read for them). Repeatable.
     #[arg(long = "registry-env")]
     registry_env: Vec<String>,
+    /// Serve HTTPS (rustls) with this certificate chain, PEM. Needs --tls-key.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The certificate's private key, PEM (PKCS#8, PKCS#1 or SEC1). Needs --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// The account `runtime: process` instances run as (when gpufn runs as root). Default: a
+    /// `gpufn-fn` system user, created if missing (else `nobody`). Its workdir must be readable
+    /// by that user.
+    #[arg(long)]
+    process_user: Option<String>,
     /// The key that seals secrets at rest (64 hex digits, mode 0600); created when missing.
     /// Default: <data-dir>/secret.key. Keep it off the store's backups.
     #[arg(long)]

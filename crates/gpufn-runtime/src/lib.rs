@@ -4,6 +4,7 @@
 //! [`ProcessRuntime`] (a host process) and the OCI container runtime in `gpufn-oci`.
 //! [`probe`] holds the readiness probe the scheduler runs before any traffic reaches an instance.
 
+pub mod cgroup;
 pub mod probe;
 mod process;
 
@@ -14,7 +15,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-pub use process::ProcessRuntime;
+pub use process::{ProcessRuntime, RunAs};
 
 /// Everything a runtime needs to start one instance.
 #[derive(Debug, Clone)]
@@ -37,6 +38,10 @@ pub struct LaunchSpec {
     pub log_path: PathBuf,
     /// Set for `runtime: container`: the image and how to run it.
     pub container: Option<ContainerLaunch>,
+    /// Memory limit in MB (the instance's cgroup, where there is one).
+    pub memory_mb: u64,
+    /// vCPU limit (the instance's cgroup, where there is one).
+    pub cpu: f64,
 }
 
 /// The container part of a [`LaunchSpec`].

@@ -13,9 +13,72 @@ use crate::{InstanceRuntime, LaunchSpec, RunningInstance, RuntimeError};
 /// from its spec or from gpufn, so an instance does not inherit the server's secrets.
 const PASS_THROUGH: &[&str] = &["PATH", "HOME", "USER", "LANG", "LC_ALL", "TZ", "TMPDIR"];
 
-/// Runs each instance as a host process.
+/// A user instances run as.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunAs {
+    /// Login name.
+    pub name: String,
+    /// User id.
+    pub uid: u32,
+    /// Primary group id.
+    pub gid: u32,
+}
+
+impl RunAs {
+    /// Looks `name` up in `/etc/passwd`.
+    pub fn lookup(name: &str) -> Option<Self> {
+        let text = std::fs::read_to_string("/etc/passwd").ok()?;
+        text.lines().find_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            if f.len() < 4 || f[0] != name {
+                return None;
+            }
+            Some(Self {
+                name: name.to_string(),
+                uid: f[2].parse().ok()?,
+                gid: f[3].parse().ok()?,
+            })
+        })
+    }
+
+    /// `name`, created as a system user with no home and no login shell if it does not exist
+    /// (`useradd`); `None` if it neither exists nor can be created.
+    pub fn ensure(name: &str) -> Option<Self> {
+        if let Some(u) = Self::lookup(name) {
+            return Some(u);
+        }
+        let created = std::process::Command::new("useradd")
+            .args([
+                "--system",
+                "--no-create-home",
+                "--home-dir",
+                "/nonexistent",
+                "--shell",
+                "/usr/sbin/nologin",
+                name,
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if created {
+            tracing::info!("created the system user {name} for process instances");
+        }
+        Self::lookup(name)
+    }
+}
+
+/// Runs each instance as a host process: in its own process group, as `user` when set (an
+/// unprivileged account, so function code is not gpufn), and in a cgroup of its own under
+/// `cgroups` when set (the spec's memory and CPU as limits; stopping the instance kills every
+/// process in it, however it detached itself).
 #[derive(Debug, Default)]
-pub struct ProcessRuntime;
+pub struct ProcessRuntime {
+    /// The account instances run as; gpufn's own when `None`.
+    pub user: Option<RunAs>,
+    /// Where instance cgroups go; none when `None`.
+    pub cgroups: Option<crate::cgroup::CgroupParent>,
+}
 
 #[async_trait]
 impl InstanceRuntime for ProcessRuntime {
@@ -23,6 +86,14 @@ impl InstanceRuntime for ProcessRuntime {
         let (log, log2) = crate::open_log(&spec.log_path)?;
         let port = crate::free_port().map_err(RuntimeError::Setup)?;
         let program = spec.command.first().cloned().unwrap_or_default();
+        let cgroup = match &self.cgroups {
+            Some(parent) => Some(
+                parent
+                    .create(&spec.instance_id, spec.memory_mb, spec.cpu)
+                    .map_err(RuntimeError::Setup)?,
+            ),
+            None => None,
+        };
         let mut cmd = Command::new(&program);
         cmd.args(&spec.command[1..])
             .current_dir(&spec.workdir)
@@ -40,33 +111,63 @@ impl InstanceRuntime for ProcessRuntime {
             .env("NVIDIA_VISIBLE_DEVICES", spec.gpu_index.to_string())
             .env("GPUFN_FUNCTION", &spec.function)
             .env("GPUFN_INSTANCE_ID", &spec.instance_id)
-            .env("GPUFN_GPU_MEMORY_GB", spec.gpu_memory_gb.to_string())
-            .stdin(Stdio::null())
+            .env("GPUFN_GPU_MEMORY_GB", spec.gpu_memory_gb.to_string());
+        if let Some(u) = &self.user {
+            // gpufn's HOME is not the instance's.
+            cmd.env("HOME", "/tmp")
+                .env("USER", &u.name)
+                .env("LOGNAME", &u.name);
+        }
+        cmd.stdin(Stdio::null())
             .stdout(log)
             .stderr(log2)
             // Its own process group, so stopping the instance also stops what the app forked.
             .process_group(0)
             .kill_on_drop(true);
-        die_with_parent(&mut cmd);
-        let child = cmd
-            .spawn()
-            .map_err(|source| RuntimeError::Spawn { program, source })?;
+        let join = cgroup.as_ref().map(|c| c.join_fds()).unwrap_or_default();
+        confine(&mut cmd, join, self.user.as_ref().map(|u| (u.uid, u.gid)));
+        let child = match cmd.spawn() {
+            Ok(c) => c,
+            Err(source) => {
+                if let Some(cg) = &cgroup {
+                    cg.try_remove();
+                }
+                return Err(RuntimeError::Spawn { program, source });
+            }
+        };
         Ok(Box::new(ProcessInstance {
             pid: child.id(),
             child,
             addr: SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+            cgroup,
         }))
     }
 }
 
-/// Asks the kernel to SIGKILL the instance if gpufn itself dies without stopping it (SIGKILL, OOM),
-/// so a crashed server leaves no orphan holding a GPU.
+/// In the child, before exec: join the instance's cgroup (while still root), drop to the
+/// instance's user (groups, then gid, then uid: nothing can be regained after), then ask the
+/// kernel to SIGKILL the instance if gpufn itself dies without stopping it (SIGKILL, OOM) — set
+/// after the credential change, which would clear it.
 #[allow(unsafe_code)]
-fn die_with_parent(cmd: &mut Command) {
-    // SAFETY: the closure runs in the forked child before exec and only calls prctl and getppid,
-    // which are async-signal-safe; it touches no memory shared with the parent.
+fn confine(cmd: &mut Command, cgroup_procs: Vec<std::os::fd::RawFd>, ids: Option<(u32, u32)>) {
+    // SAFETY: the closure runs in the forked child before exec and only makes async-signal-safe
+    // system calls (write, setgroups, setgid, setuid, prctl, getppid) on memory it owns; the
+    // descriptors were opened by the parent and stay open until exec (close-on-exec).
     unsafe {
-        cmd.pre_exec(|| {
+        cmd.pre_exec(move || {
+            for fd in &cgroup_procs {
+                if libc::write(*fd, b"0".as_ptr().cast(), 1) != 1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            if let Some((uid, gid)) = ids {
+                if libc::setgroups(0, std::ptr::null()) != 0
+                    || libc::setgid(gid) != 0
+                    || libc::setuid(uid) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
@@ -86,9 +187,38 @@ struct ProcessInstance {
     child: Child,
     pid: Option<u32>,
     addr: SocketAddr,
+    cgroup: Option<crate::cgroup::InstanceCgroup>,
+}
+
+impl Drop for ProcessInstance {
+    fn drop(&mut self) {
+        // However the instance ended (or its supervisor was dropped): nothing of it stays.
+        if let Some(cg) = self.cgroup.take() {
+            cg.remove_blocking(Duration::from_secs(2));
+        }
+    }
 }
 
 impl ProcessInstance {
+    /// Kills what is left in the instance's cgroup (children that left the process group) and
+    /// removes it, waiting for the kernel to reap them (bounded).
+    async fn clear_cgroup(&mut self) {
+        let Some(cg) = &self.cgroup else { return };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            cg.kill_all();
+            if cg.try_remove() {
+                self.cgroup = None;
+                return;
+            }
+            if tokio::time::Instant::now() > deadline {
+                tracing::warn!("instance cgroup not empty after 5 s; removed when gpufn stops");
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
     fn signal_group(&self, signal: libc::c_int) {
         if let Some(pid) = self.pid.and_then(|p| libc::pid_t::try_from(p).ok()) {
             // kill(2) on a negative pid signals the whole group; ESRCH (already gone) is fine.
@@ -113,8 +243,9 @@ impl RunningInstance for ProcessInstance {
 
     async fn wait(&mut self) -> String {
         let how = crate::describe_exit(self.child.wait().await, false);
-        // The app's leader is gone; take down anything it left behind in its group.
+        // The app's leader is gone; take down anything it left behind in its group and cgroup.
         self.signal_group(libc::SIGKILL);
+        self.clear_cgroup().await;
         how
     }
 
@@ -131,6 +262,7 @@ impl RunningInstance for ProcessInstance {
             }
         };
         self.signal_group(libc::SIGKILL);
+        self.clear_cgroup().await;
         how
     }
 }
@@ -152,6 +284,8 @@ mod tests {
             gpu_memory_gb: 4,
             log_path: dir.join("logs/f-1.log"),
             container: None,
+            memory_mb: 256,
+            cpu: 1.0,
         }
     }
 
@@ -161,7 +295,7 @@ mod tests {
         let script = "echo PORT=$PORT CVD=$CUDA_VISIBLE_DEVICES NVD=$NVIDIA_VISIBLE_DEVICES \
                       FN=$GPUFN_FUNCTION ID=$GPUFN_INSTANCE_ID GB=$GPUFN_GPU_MEMORY_GB G=$GREETING; \
                       echo oops >&2; exit 3";
-        let mut inst = ProcessRuntime
+        let mut inst = ProcessRuntime::default()
             .launch(&spec(dir.path(), &["sh", "-c", script]))
             .await
             .expect("launch");
@@ -180,7 +314,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         // Ignores SIGTERM, and forks a grandchild that must not survive either.
         let script = "trap '' TERM; sleep 1000 & echo $! > child.pid; wait";
-        let mut inst = ProcessRuntime
+        let mut inst = ProcessRuntime::default()
             .launch(&spec(dir.path(), &["sh", "-c", script]))
             .await
             .expect("launch");
@@ -215,7 +349,7 @@ mod tests {
     #[tokio::test]
     async fn a_missing_program_is_a_spawn_error_naming_it() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let err = ProcessRuntime
+        let err = ProcessRuntime::default()
             .launch(&spec(dir.path(), &["no-such-program-xyz"]))
             .await
             .expect_err("must fail");

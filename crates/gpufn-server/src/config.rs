@@ -65,10 +65,24 @@ pub struct Config {
     pub access_keys: Vec<(String, String, gpufn_auth::Role)>,
     /// Who may reach gpufn from a browser (`--public-host`, `--cors-origin`).
     pub access: crate::auth::AccessConfig,
+    /// Serve HTTPS with this certificate chain and key (PEM files: `--tls-cert`, `--tls-key`).
+    pub tls: Option<TlsFiles>,
     /// The key that seals secrets; `<data-dir>/secret.key` when `None` (`--secret-key-file`).
     pub secret_key_file: Option<PathBuf>,
+    /// The account `runtime: process` instances run as (`--process-user`); when `None`, a
+    /// `gpufn-fn` system user gpufn creates (or `nobody`). Only when gpufn runs as root.
+    pub process_user: Option<String>,
     /// FC `gpuType` → local card type, on top of the defaults.
     pub fc_gpu_types: Vec<(String, String)>,
+}
+
+/// A certificate chain and its private key, PEM.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// The certificate chain (leaf first).
+    pub cert: PathBuf,
+    /// The private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
 }
 
 /// How container functions are run.
@@ -115,6 +129,8 @@ impl Default for Config {
             access_keys: Vec::new(),
             access: crate::auth::AccessConfig::default(),
             secret_key_file: None,
+            tls: None,
+            process_user: None,
             fc_gpu_types: Vec::new(),
         }
     }

@@ -157,6 +157,8 @@ pub struct Peer {
     pub ip: std::net::IpAddr,
     /// `ip` as a header value.
     pub header: HeaderValue,
+    /// The connection is TLS (`x-forwarded-proto: https`).
+    pub https: bool,
 }
 
 impl Peer {
@@ -165,7 +167,11 @@ impl Peer {
         let ip = addr.ip();
         let header = HeaderValue::from_str(&ip.to_string())
             .unwrap_or_else(|_| HeaderValue::from_static("-"));
-        Self { ip, header }
+        Self {
+            ip,
+            header,
+            https: false,
+        }
     }
 }
 
@@ -358,7 +364,11 @@ fn add_forwarding_headers(
     if let Some(host) = h.get(header::HOST).cloned() {
         h.insert(FORWARDED_HOST, host);
     }
-    h.insert(FORWARDED_PROTO, HeaderValue::from_static("http"));
+    let https = peer.is_some_and(|p| p.https);
+    h.insert(
+        FORWARDED_PROTO,
+        HeaderValue::from_static(if https { "https" } else { "http" }),
+    );
     h.insert(REQUEST_ID_HEADER, request_id.clone());
     h.insert(INSTANCE_ID_HEADER, slot.instance_header().clone());
 }

@@ -180,6 +180,8 @@ pub(crate) async fn supervise(pool: Arc<Pool>, job: StartJob) {
         gpu_memory_gb: spec.gpu.memory_gb,
         log_path: log_path.clone(),
         container: crate::containers::launch_of(&shared, &spec),
+        memory_mb: spec.memory_mb,
+        cpu: spec.cpu,
     };
     let t0 = Instant::now();
     let mut inst = match shared.runtime.launch(&launch).await {

@@ -29,7 +29,7 @@ pub mod tasks_api;
 pub mod upstream;
 mod util;
 
-pub use config::{Config, ContainerSettings, GatewayPath, GpuSource};
+pub use config::{Config, ContainerSettings, GatewayPath, GpuSource, TlsFiles};
 pub use platform::Platform;
 pub use serve::{ServerError, run};
 pub use tasks::TaskConfig;

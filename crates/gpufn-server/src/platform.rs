@@ -56,6 +56,8 @@ pub(crate) struct Shared {
     pub secrets: crate::secrets::Secrets,
     /// Variables `registry_auth` may name (`--registry-env`).
     pub registry_env: Vec<String>,
+    /// Where process instances' cgroups live (removed at a clean shutdown).
+    pub cgroups: Option<gpufn_runtime::cgroup::CgroupParent>,
 }
 
 impl Shared {
@@ -225,6 +227,7 @@ impl Platform {
             source: e,
         })?;
         let store = Arc::new(Store::open(&config.data_dir.join("gpufn.db"))?);
+        harden_data_dir(&config.data_dir);
         let cards = discover(&config.gpus)?;
         let quota = match config.quota_cards {
             Some(q) => {
@@ -245,16 +248,18 @@ impl Platform {
                 "removed containers left by a previous gpufn"
             );
         }
+        let process = process_runtime(config)?;
+        let cgroup_parent = process.cgroups.clone();
+        let runtime: Arc<dyn InstanceRuntime> = Arc::new(crate::containers::Runtimes {
+            process,
+            container: (*containers).clone(),
+        });
         let shared = Arc::new(Shared {
             meter: Meter::start(store.clone()),
             metrics: Metrics::default(),
             prices: config.prices,
             store,
             allocator: Allocator::new(cards, quota),
-            runtime: Arc::new(crate::containers::Runtimes {
-                process: ProcessRuntime,
-                container: (*containers).clone(),
-            }),
             containers,
             prober: Prober::default(),
             data_dir: config.data_dir.clone(),
@@ -273,6 +278,8 @@ impl Platform {
                 .map_err(|e| ServerError::Io(std::io::Error::other(e)))?,
             ),
             registry_env: config.containers.registry_env.clone(),
+            cgroups: cgroup_parent,
+            runtime,
         });
         let tasks = TaskRunner::new(
             shared.store.clone(),
@@ -809,6 +816,9 @@ impl Platform {
         }
         // Stopping closed the instances' busy periods: get them into the store before exit.
         self.shared.meter.flush().await;
+        if let Some(c) = &self.shared.cgroups {
+            c.remove_if_empty();
+        }
     }
 
     /// The reconciler: keep-alive, provisioned instances and pre-warm for every pool, and retried
@@ -1029,6 +1039,86 @@ fn program_exists(program: &str, workdir: &Path) -> bool {
 /// Stops instance processes a previous gpufn left behind (killed with SIGKILL, say), found by the
 /// instance id in their environment, which cannot be confused with an unrelated process that
 /// reused the pid.
+/// Function code runs as another user on this machine: it may pass through the data dir (FC code
+/// lives there) but not list it, and reads none of the store, logs or task results.
+fn harden_data_dir(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let set = |p: &Path, mode: u32| {
+        if p.exists() {
+            if let Err(e) = std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)) {
+                tracing::warn!("cannot chmod {:o} {}: {e}", mode, p.display());
+            }
+        }
+    };
+    set(dir, 0o711);
+    for f in ["gpufn.db", "gpufn.db-wal", "gpufn.db-shm"] {
+        set(&dir.join(f), 0o600);
+    }
+    for d in ["logs", "task-results"] {
+        let _ = std::fs::create_dir_all(dir.join(d));
+        set(&dir.join(d), 0o700);
+    }
+}
+
+/// The process runtime: as root, instances run as an unprivileged user in cgroups of their own
+/// (leftovers of a previous run removed first); otherwise as gpufn's own user, unconfined.
+fn process_runtime(config: &Config) -> Result<ProcessRuntime, ServerError> {
+    #[allow(unsafe_code)]
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root {
+        if config.process_user.is_some() {
+            return Err(ServerError::Io(std::io::Error::other(
+                "--process-user needs gpufn to run as root (to switch users)",
+            )));
+        }
+        tracing::warn!(
+            "gpufn is not root: process functions run as its own user, without cgroup limits"
+        );
+        return Ok(ProcessRuntime::default());
+    }
+    let user = match config.process_user.as_deref() {
+        Some(name) => Some(gpufn_runtime::RunAs::lookup(name).ok_or_else(|| {
+            ServerError::Io(std::io::Error::other(format!(
+                "--process-user: no user {name:?} in /etc/passwd"
+            )))
+        })?),
+        None => gpufn_runtime::RunAs::ensure("gpufn-fn")
+            .or_else(|| gpufn_runtime::RunAs::lookup("nobody")),
+    };
+    match &user {
+        Some(u) if u.uid == 0 => tracing::warn!(
+            "process functions run as root (--process-user {}): function code can do anything gpufn can",
+            u.name
+        ),
+        Some(u) => tracing::info!("process functions run as {} (uid {})", u.name, u.uid),
+        None => tracing::warn!("no unprivileged user found: process functions run as root"),
+    }
+    let scope = {
+        use sha2::Digest;
+        let dir = config
+            .data_dir
+            .canonicalize()
+            .unwrap_or_else(|_| config.data_dir.clone());
+        let h = sha2::Sha256::digest(dir.to_string_lossy().as_bytes());
+        format!("gpufn-{}", hex::encode(&h[..4]))
+    };
+    let cgroups = gpufn_runtime::cgroup::CgroupParent::open(&scope);
+    match &cgroups {
+        Some(c) => {
+            let n = c.reap();
+            if n > 0 {
+                tracing::warn!("removed {n} instance cgroup(s) left by a previous run");
+            }
+        }
+        None => tracing::warn!("no writable cgroup hierarchy: process instances get no limits"),
+    }
+    Ok(ProcessRuntime {
+        user: user.filter(|u| u.uid != 0),
+        cgroups,
+    })
+}
+
 fn reap_orphans(store: &Store) {
     let records = match store.instances() {
         Ok(r) => r,

@@ -62,6 +62,37 @@ pub enum ServerError {
     /// Serving failed.
     #[error("server: {0}")]
     Io(#[from] std::io::Error),
+    /// The TLS certificate or key could not be used.
+    #[error("TLS: {0}")]
+    Tls(String),
+}
+
+/// The TLS acceptor for `--tls-cert`/`--tls-key` (rustls, TLS 1.2 and 1.3, HTTP/1.1).
+fn tls_acceptor(files: &crate::config::TlsFiles) -> Result<tokio_rustls::TlsAcceptor, ServerError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.cert)
+        .and_then(|it| it.collect::<Result<_, _>>())
+        .map_err(|e| ServerError::Tls(format!("--tls-cert {}: {e}", files.cert.display())))?;
+    if certs.is_empty() {
+        return Err(ServerError::Tls(format!(
+            "--tls-cert {}: no certificate in it",
+            files.cert.display()
+        )));
+    }
+    let key = PrivateKeyDer::from_pem_file(&files.key)
+        .map_err(|e| ServerError::Tls(format!("--tls-key {}: {e}", files.key.display())))?;
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ServerError::Tls(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| {
+            ServerError::Tls(format!("the certificate and key do not go together: {e}"))
+        })?;
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(cfg)))
 }
 
 /// Runs gpufn until `stop` resolves, then shuts down in order. `on_listen` is told the bound
@@ -71,6 +102,7 @@ pub async fn run(
     stop: impl Future<Output = ()> + Send + 'static,
     on_listen: impl FnOnce(SocketAddr),
 ) -> Result<(), ServerError> {
+    let tls = config.tls.as_ref().map(tls_acceptor).transpose()?;
     let platform = Platform::open(&config).await?;
     let listener = TcpListener::bind(config.listen)
         .await
@@ -79,12 +111,13 @@ pub async fn run(
             source,
         })?;
     let addr = listener.local_addr()?;
-    if !addr.ip().is_loopback() {
+    if !addr.ip().is_loopback() && tls.is_none() {
         tracing::warn!(
             "gpufn listens on {addr}, beyond loopback, over plain HTTP: tokens cross the network in the clear; serve TLS (--tls-cert/--tls-key) or put a TLS proxy in front"
         );
     }
-    tracing::info!("gpufn listening on http://{addr}");
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!("gpufn listening on {scheme}://{addr}");
     on_listen(addr);
     let drain = CancellationToken::new();
     let mut server = tokio::spawn(accept_loop(
@@ -95,6 +128,7 @@ pub async fn run(
         ConnConfig {
             client_idle_timeout: config.client_idle_timeout,
             gateway: config.gateway,
+            tls,
         },
     ));
     tokio::select! {
@@ -141,7 +175,9 @@ async fn accept_loop(
     config: ConnConfig,
 ) -> std::io::Result<()> {
     let connections = TaskTracker::new();
-    let direct = (config.gateway == GatewayPath::Direct).then(|| Direct::new(platform.clone()));
+    // The direct gateway works on plain TCP; over TLS every request goes through hyper.
+    let direct = (config.gateway == GatewayPath::Direct && config.tls.is_none())
+        .then(|| Direct::new(platform.clone()));
     loop {
         let (tcp, peer) = tokio::select! {
             () = drain.cancelled() => break,
@@ -161,6 +197,18 @@ async fn accept_loop(
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!("cannot set TCP_NODELAY: {e}");
         }
+        if let Some(tls) = &config.tls {
+            connections.spawn(serve_tls_client(
+                tls.clone(),
+                tcp,
+                peer,
+                platform.clone(),
+                router.clone(),
+                drain.clone(),
+                config.client_idle_timeout,
+            ));
+            continue;
+        }
         connections.spawn(serve_client(
             tcp,
             peer,
@@ -178,10 +226,55 @@ async fn accept_loop(
 }
 
 /// What the accept loop needs from the configuration.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone)]
 struct ConnConfig {
     client_idle_timeout: std::time::Duration,
     gateway: GatewayPath,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+}
+
+/// Serves one TLS client connection: the handshake (bounded by the client idle timeout, so a
+/// client that never finishes it holds nothing), then hyper for every request.
+async fn serve_tls_client(
+    tls: tokio_rustls::TlsAcceptor,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    platform: Arc<Platform>,
+    router: axum::Router,
+    drain: CancellationToken,
+    client_idle_timeout: std::time::Duration,
+) {
+    let stream = match tokio::time::timeout(client_idle_timeout, tls.accept(tcp)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::debug!("TLS handshake with {peer}: {e}");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(
+                "TLS handshake with {peer}: not finished within {client_idle_timeout:?}"
+            );
+            return;
+        }
+    };
+    let mut client = crate::gateway::Peer::new(peer);
+    client.https = true;
+    let mut tick = tokio::time::interval_at(
+        tokio::time::Instant::now() + client_idle_timeout,
+        client_idle_timeout,
+    );
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    serve_hyper(
+        stream,
+        peer,
+        Arc::new(client),
+        platform,
+        router,
+        drain,
+        tick,
+        client_idle_timeout,
+    )
+    .await;
 }
 
 /// Serves one client connection: the direct gateway first (if on), then hyper from the first
@@ -216,6 +309,33 @@ async fn serve_client(
         },
         None => bytes::BytesMut::new(),
     };
+    serve_hyper(
+        Rewind::new(pre, tcp),
+        peer,
+        client,
+        platform,
+        router,
+        drain,
+        tick,
+        client_idle_timeout,
+    )
+    .await;
+}
+
+/// Serves requests with hyper on `io` until it closes, the drain, or the idle watchdog.
+#[allow(clippy::too_many_arguments)]
+async fn serve_hyper<IO>(
+    io: IO,
+    peer: SocketAddr,
+    client: Arc<crate::gateway::Peer>,
+    platform: Arc<Platform>,
+    router: axum::Router,
+    drain: CancellationToken,
+    mut tick: tokio::time::Interval,
+    client_idle_timeout: std::time::Duration,
+) where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let activity = Arc::new(Activity::default());
     let seen = activity.clone();
     let service = hyper::service::service_fn(move |req: http::Request<Incoming>| {
@@ -266,7 +386,7 @@ async fn serve_client(
     // counts; a large body costs one memcpy per chunk (BENCHMARKS.md, 1 MiB rows).
     let conn = http1::Builder::new()
         .writev(false)
-        .serve_connection(TokioIo::new(Rewind::new(pre, tcp)), service);
+        .serve_connection(TokioIo::new(io), service);
     let mut conn = std::pin::pin!(conn);
     let mut last_started = 0;
     let mut draining = false;

@@ -89,6 +89,11 @@ pub async fn run(args: ServeArgs, data_dir: std::path::PathBuf) -> anyhow::Resul
         fc_gpu_types,
         listen: args.listen,
         secret_key_file: args.secret_key_file,
+        process_user: args.process_user,
+        tls: match (args.tls_cert, args.tls_key) {
+            (Some(cert), Some(key)) => Some(gpufn_server::TlsFiles { cert, key }),
+            _ => None,
+        },
         data_dir,
         access: gpufn_server::auth::AccessConfig {
             public_hosts: args.public_hosts,

@@ -725,3 +725,198 @@ async fn secrets_reach_instances_sealed_and_are_never_shown() {
     assert_eq!(status, 400);
     assert!(!body.to_string().contains(VALUE), "{body}");
 }
+
+/// The memory-controller cgroup directory of a process (cgroup v1), if any.
+fn memory_cgroup(pid: u64) -> Option<std::path::PathBuf> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    text.lines().find_map(|l| {
+        let mut p = l.splitn(3, ':');
+        let (_, ctrls, path) = (p.next()?, p.next()?, p.next()?);
+        ctrls.split(',').any(|c| c == "memory").then(|| {
+            std::path::Path::new("/sys/fs/cgroup/memory").join(path.trim_start_matches('/'))
+        })
+    })
+}
+
+#[tokio::test]
+async fn process_instances_run_unprivileged_in_a_cgroup_that_dies_with_them() {
+    #[allow(unsafe_code)]
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    assert!(
+        root,
+        "this test needs root (gpufn switches users and makes cgroups as root)"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path(), &["--simulate-gpus", "1xtesla-t4:16"]);
+    s.deploy_testfn("jail", "memory_mb: 300\ncpu: 0.5").await;
+    let (status, v) = call(s.http.get(s.url("/function/jail/escape"))).await;
+    assert_eq!(status, 200, "{v}");
+    assert_ne!(v["uid"], 0, "function code does not run as root: {v}");
+    let app = v["pid"].as_u64().unwrap();
+    let escaped: Vec<u64> = v["pids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_u64().unwrap())
+        .collect();
+    for &p in &escaped {
+        assert!(process_alive(p as i64), "child {p} started");
+    }
+    // The instance's cgroup carries the spec's limits (where the memory controller is v1).
+    if let Some(cg) = memory_cgroup(app).filter(|d| d.join("memory.limit_in_bytes").exists()) {
+        assert!(cg.to_string_lossy().contains("gpufn-"), "{}", cg.display());
+        let limit = std::fs::read_to_string(cg.join("memory.limit_in_bytes")).unwrap();
+        assert_eq!(limit.trim(), (300u64 * 1024 * 1024).to_string());
+        let procs = std::fs::read_to_string(cg.join("cgroup.procs")).unwrap();
+        for p in &escaped {
+            assert!(
+                procs.lines().any(|l| l.trim() == p.to_string()),
+                "{p} in {procs}"
+            );
+        }
+    }
+    // The data dir is not readable by function code.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(dir.path()), 0o711);
+    assert_eq!(mode(&dir.path().join("gpufn.db")), 0o600);
+    assert_eq!(mode(&dir.path().join("logs")), 0o700);
+    // Deleting the function stops the instance: the setsid and env -i children die with it.
+    let (status, _) = call(s.http.delete(s.url("/api/v1/functions/jail"))).await;
+    assert_eq!(status, 200);
+    s.wait_for(
+        "the escaped children gone",
+        std::time::Duration::from_secs(20),
+        || {
+            let e = escaped.clone();
+            async move { e.iter().all(|p| !process_alive(*p as i64)) }
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_restart_after_kill_9_removes_leftover_instance_cgroups_and_their_processes() {
+    #[allow(unsafe_code)]
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    assert!(root, "this test needs root");
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Server::start(dir.path(), &["--simulate-gpus", "1xtesla-t4:16"]);
+    s.deploy_testfn("jail", "").await;
+    let (_, v) = call(s.http.get(s.url("/function/jail/escape"))).await;
+    let escaped: Vec<u64> = v["pids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_u64().unwrap())
+        .collect();
+    unsafe_kill(s.pid(), libc::SIGKILL);
+    s.child.wait().unwrap();
+    // The app itself died with gpufn (parent-death signal); its detached children did not.
+    for &p in &escaped {
+        assert!(
+            process_alive(p as i64),
+            "child {p} outlived gpufn, as expected"
+        );
+    }
+    let again = Server::start(dir.path(), &["--simulate-gpus", "1xtesla-t4:16"]);
+    again
+        .wait_for(
+            "leftover children gone",
+            std::time::Duration::from_secs(20),
+            || {
+                let e = escaped.clone();
+                async move { e.iter().all(|p| !process_alive(*p as i64)) }
+            },
+        )
+        .await;
+    assert!(
+        again
+            .log()
+            .contains("instance cgroup(s) left by a previous run"),
+        "{}",
+        again.log()
+    );
+}
+
+#[tokio::test]
+async fn tls_serves_https_and_tells_the_app() {
+    let dir = tempfile::tempdir().unwrap();
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert, ck.cert.pem()).unwrap();
+    std::fs::write(&key, ck.key_pair.serialize_pem()).unwrap();
+    let data = dir.path().join("data");
+    let s = Server::start(
+        &data,
+        &[
+            "--simulate-gpus",
+            "1xtesla-t4:16",
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
+    );
+    assert!(s.url.starts_with("https://"), "{}", s.url);
+    let url = s.url.replace("127.0.0.1", "localhost");
+    gpufn_oci::ensure_crypto_provider();
+    let https = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(ck.cert.pem().as_bytes()).unwrap())
+        .default_headers(
+            [(
+                reqwest::header::AUTHORIZATION,
+                format!("Bearer {}", s.token).parse().unwrap(),
+            )]
+            .into_iter()
+            .collect(),
+        )
+        .build()
+        .unwrap();
+    let (status, _) = call(https.get(format!("{url}/api/v1/functions"))).await;
+    assert_eq!(status, 200);
+    let spec = testfn_spec("t", "");
+    let (status, body) = call(
+        https
+            .post(format!("{url}/api/v1/functions"))
+            .header("content-type", "application/yaml")
+            .body(spec),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let (status, echo) = call(https.get(format!("{url}/function/t/echo"))).await;
+    assert_eq!(status, 200, "{echo}");
+    assert_eq!(echo["headers"]["x-forwarded-proto"], "https");
+    // Plain HTTP on the TLS port gets no answer; a client that does not trust the certificate
+    // does not connect.
+    let plain = url.replace("https://", "http://");
+    let r = http_client().get(format!("{plain}/healthz")).send().await;
+    assert!(r.is_err() || !r.unwrap().status().is_success());
+    assert!(
+        http_client()
+            .get(format!("{url}/healthz"))
+            .send()
+            .await
+            .is_err()
+    );
+    // Bad files are refused at start, naming the flag.
+    let out = std::process::Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path().join("data2"))
+        .args([
+            "--tls-cert",
+            key.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--tls-cert"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

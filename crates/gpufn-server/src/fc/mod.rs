@@ -449,10 +449,33 @@ fn unpack_code(p: &Platform, name: &str, fc: &Value) -> Result<Option<String>, F
                 format!("code.zipFile: {e}"),
             )
         })?;
+        // Function code runs as an unprivileged user: whatever modes the zip carried (Python's
+        // zipfile writes 0600), the code must be readable by it.
+        readable_by_all(&partial).map_err(|e| ApiError::internal("storing function code", e))?;
         std::fs::rename(&partial, &dir)
             .map_err(|e| ApiError::internal("storing function code", e))?;
     }
     Ok(Some(dir.display().to_string()))
+}
+
+/// Directories 0755, files 0644 (0755 if any execute bit was set), under `root`.
+fn readable_by_all(root: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::symlink_metadata(root)?;
+    if meta.file_type().is_symlink() {
+        return Ok(());
+    }
+    let mode = meta.permissions().mode();
+    if meta.is_dir() {
+        std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o755))?;
+        for e in std::fs::read_dir(root)? {
+            readable_by_all(&e?.path())?;
+        }
+    } else {
+        let m = if mode & 0o111 != 0 { 0o755 } else { 0o644 };
+        std::fs::set_permissions(root, std::fs::Permissions::from_mode(m))?;
+    }
+    Ok(())
 }
 
 async fn deploy_fc(

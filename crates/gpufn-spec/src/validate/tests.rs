@@ -347,7 +347,8 @@ fn secrets_are_named_never_inlined() {
 
 #[test]
 fn registry_auth_takes_a_secret_or_two_variables() {
-    let base = "name: f\nruntime: container\nimage: r.example/a:1\ngpu: {memory_gb: 1}\n";
+    let base =
+        "name: f\nruntime: container\nimage: r.example/a:1\nport: 9000\ngpu: {memory_gb: 1}\n";
     let spec = crate::parse_yaml(&format!("{base}registry_auth: {{secret: reg-login}}\n"))
         .unwrap()
         .validate()
