@@ -8,7 +8,7 @@ use axum::body::Bytes;
 use axum::extract::{Extension, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, get, post};
+use axum::routing::{any, get};
 use gpufn_auth::{Action, Grant, Role};
 use serde::{Deserialize, Serialize};
 
@@ -20,43 +20,82 @@ use crate::tasks_api;
 
 type Shared = State<Arc<Platform>>;
 
+/// The API description's frame: title, version, the bearer scheme.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "gpufn API",
+        description = "Serverless GPU functions: the control API. Every call needs `Authorization: Bearer <token>`; each operation's least role is its `x-gpufn-min-role` (viewer, invoker, developer, admin). Function triggers (`ANY /function/{name}/{path}`, `ANY /async-function/{name}/{path}`) and the FC-compatible API (`/2023-03-30/...`) are described in the README."
+    ),
+    modifiers(&BearerScheme)
+)]
+struct ApiDoc;
+
+struct BearerScheme;
+
+impl utoipa::Modify for BearerScheme {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("gpufn_<id>_<secret>")
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// Every documented route: registered through `routes!`, so a handler is in the API description
+/// exactly when it is routed (the test `every_api_route_is_described` keeps plain `.route` calls to
+/// the undocumented surfaces listed there).
+fn api_routes() -> utoipa_axum::router::OpenApiRouter<Arc<Platform>> {
+    use utoipa::OpenApi;
+    use utoipa_axum::routes;
+    utoipa_axum::router::OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(healthz))
+        .routes(routes!(deploy, list))
+        .routes(routes!(get_function, delete_function))
+        .routes(routes!(instances))
+        .routes(routes!(logs))
+        .routes(routes!(cold_starts))
+        .routes(routes!(usage))
+        .routes(routes!(estimate))
+        .routes(routes!(images))
+        .routes(routes!(pull_image))
+        .routes(routes!(billing))
+        .routes(routes!(metrics))
+        .routes(routes!(gpus))
+        .routes(routes!(get_quota, put_quota))
+        .routes(routes!(tasks_api::list_tasks))
+        .routes(routes!(tasks_api::get_task))
+        .routes(routes!(tasks_api::cancel_task))
+        .routes(routes!(tasks_api::task_result))
+        .routes(routes!(create_token, list_tokens))
+        .routes(routes!(revoke_token))
+        .routes(routes!(audit_log))
+        .routes(routes!(list_secrets))
+        .routes(routes!(put_secret, delete_secret))
+        .routes(routes!(whoami))
+        .routes(routes!(openapi))
+}
+
+/// The OpenAPI 3.1 description of the control API, generated from the handlers' annotations and
+/// types.
+pub fn api_doc() -> utoipa::openapi::OpenApi {
+    api_routes().split_for_parts().1
+}
+
 /// The whole HTTP surface: API, gateway and health on one listener.
 pub fn router(platform: Arc<Platform>) -> Router {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/api/v1/functions", post(deploy).get(list))
-        .route(
-            "/api/v1/functions/{name}",
-            get(get_function).delete(delete_function),
-        )
-        .route("/api/v1/functions/{name}/instances", get(instances))
-        .route("/api/v1/functions/{name}/instances/{id}/logs", get(logs))
-        .route("/api/v1/functions/{name}/cold-starts", get(cold_starts))
-        .route("/api/v1/functions/{name}/usage", get(usage))
-        .route("/api/v1/estimate", get(estimate))
-        .route("/2023-03-30/{*rest}", any(crate::fc::entry))
+    let (api, _) = api_routes().split_for_parts();
+    api.route("/2023-03-30/{*rest}", any(crate::fc::entry))
         .route("/console", get(crate::console::index))
         .route("/console/", get(crate::console::index))
         .route("/console/{*file}", get(crate::console::asset))
-        .route("/api/v1/images", get(images))
-        .route("/api/v1/images/pull", post(pull_image))
-        .route("/api/v1/billing", get(billing))
-        .route("/metrics", get(metrics))
-        .route("/api/v1/gpus", get(gpus))
-        .route("/api/v1/quota", get(get_quota).put(put_quota))
-        .route("/api/v1/tasks", get(tasks_api::list_tasks))
-        .route("/api/v1/tasks/{id}", get(tasks_api::get_task))
-        .route("/api/v1/tasks/{id}/cancel", post(tasks_api::cancel_task))
-        .route("/api/v1/tasks/{id}/result", get(tasks_api::task_result))
-        .route("/api/v1/tokens", post(create_token).get(list_tokens))
-        .route("/api/v1/tokens/{id}", axum::routing::delete(revoke_token))
-        .route("/api/v1/audit", get(audit_log))
-        .route("/api/v1/secrets", get(list_secrets))
-        .route(
-            "/api/v1/secrets/{name}",
-            axum::routing::put(put_secret).delete(delete_secret),
-        )
-        .route("/api/v1/whoami", get(whoami))
         .route("/async-function/{name}", any(tasks_api::accept))
         .route("/async-function/{name}/", any(tasks_api::accept))
         .route("/async-function/{name}/{*rest}", any(tasks_api::accept))
@@ -71,6 +110,30 @@ pub fn router(platform: Arc<Platform>) -> Router {
         .with_state(platform)
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/openapi.json",
+    tag = "meta",
+    summary = "This document",
+    responses((status = 200, description = "OpenAPI 3.1", body = Object), (status = 401, description = "no token", body = crate::error::ErrorDoc)),
+    security(("bearer" = [])),
+    extensions(("x-gpufn-min-role" = json!("viewer")))
+)]
+/// `GET /api/v1/openapi.json`: the API description (any valid token).
+async fn openapi() -> Response {
+    static DOC: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let text = DOC.get_or_init(|| api_doc().to_pretty_json().unwrap_or_default());
+    ([(header::CONTENT_TYPE, "application/json")], text.clone()).into_response()
+}
+
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "health",
+    summary = "Health: 200 ok, 503 while shutting down",
+    responses((status = 200, description = "ok", body = Object), (status = 503, description = "shutting down")),
+    extensions(("x-gpufn-min-role" = json!("none")))
+)]
 async fn healthz(State(p): Shared) -> Response {
     if p.is_shutting_down() {
         return (
@@ -83,6 +146,15 @@ async fn healthz(State(p): Shared) -> Response {
         .into_response()
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/images",
+    tag = "images",
+    summary = "Cached images",
+    responses((status = 200, description = "images", body = Vec<Object>), (status = 401, description = "no token, or an unknown, revoked or expired one", body = crate::error::ErrorDoc), (status = 403, description = "the token's role or function prefix does not allow this", body = crate::error::ErrorDoc)),
+    security(("bearer" = [])),
+    extensions(("x-gpufn-min-role" = json!("viewer")))
+)]
 /// `GET /api/v1/images`: the image cache.
 async fn images(State(p): Shared, Extension(who): Extension<Grant>) -> Result<Response, ApiError> {
     who.check(Action::Read, None).map_err(forbidden)?;
@@ -96,6 +168,16 @@ struct PullRequest {
     registry_auth: Option<gpufn_spec::RawRegistryAuth>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/images/pull",
+    tag = "images",
+    summary = "Pull an image into the cache; NDJSON progress",
+    request_body(content = Object, description = "{\"image\": ..., \"registry_auth\": {...}}", content_type = "application/json"),
+    responses((status = 200, description = "NDJSON events: resolved, progress, layer_done, unpacked, then done or error", content_type = "application/x-ndjson"), (status = 401, description = "no token, or an unknown, revoked or expired one", body = crate::error::ErrorDoc), (status = 403, description = "the token's role or function prefix does not allow this", body = crate::error::ErrorDoc)),
+    security(("bearer" = [])),
+    extensions(("x-gpufn-min-role" = json!("developer")))
+)]
 /// `POST /api/v1/images/pull` `{"image": ..., "registry_auth": {...}}`: pulls into the cache,
 /// streaming progress as NDJSON (one [`gpufn_oci::PullEvent`] per line), ending with
 /// `{"event":"done",...}` or `{"event":"error","error":{...}}`.
@@ -164,6 +246,16 @@ async fn pull_image(
         .into_response())
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/functions",
+    tag = "functions",
+    summary = "Create or update a function from a spec (JSON or YAML); runtime: process needs admin",
+    request_body(content((gpufn_spec::RawSpec = "application/json"), (gpufn_spec::RawSpec = "application/yaml"))),
+    responses((status = 201, description = "created", body = crate::platform::FunctionView), (status = 200, description = "updated", body = crate::platform::FunctionView), (status = 400, description = "invalid spec: every broken rule, by field", body = crate::error::ErrorDoc), (status = 415, description = "not JSON or YAML", body = crate::error::ErrorDoc), (status = 401, description = "no token, or an unknown, revoked or expired one", body = crate::error::ErrorDoc), (status = 403, description = "the token's role or function prefix does not allow this", body = crate::error::ErrorDoc)),
+    security(("bearer" = [])),
+    extensions(("x-gpufn-min-role" = json!("developer")))
+)]
 /// `POST /api/v1/functions`: the spec as JSON, or YAML with a YAML content type.
 async fn deploy(
     State(p): Shared,
@@ -214,6 +306,15 @@ fn may_read(who: &Grant, name: &str) -> Result<(), ApiError> {
     who.check(Action::Read, Some(name)).map_err(forbidden)
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/functions",
+    tag = "functions",
+    summary = "Every function the token reaches",
+    responses((status = 200, description = "functions", body = Vec<crate::platform::FunctionView>), (status = 401, description = "no token, or an unknown, revoked or expired one", body = crate::error::ErrorDoc), (status = 403, description = "the token's role or function prefix does not allow this", body = crate::error::ErrorDoc)),
+    security(("bearer" = [])),
+    extensions(("x-gpufn-min-role" = json!("viewer")))
+)]
 async fn list(State(p): Shared, Extension(who): Extension<Grant>) -> Result<Response, ApiError> {
     who.check(Action::Read, None).map_err(forbidden)?;
     let mut all = p.functions()?;
@@ -221,6 +322,16 @@ async fn list(State(p): Shared, Extension(who): Extension<Grant>) -> Result<Resp
     Ok(axum::Json(all).into_response())
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/functions/{name}",
+    tag = "functions",
+    summary = "One function, with stats",
+    params(("name" = String, Path, description = "function name")),
+    responses((status = 200, description = "the function", body = crate::platform::FunctionView), (status = 404, description = "no such function", body = crate::error::ErrorDoc), (status = 401, description = "no token, or an unknown, revoked or expired one", body = crate::error::ErrorDoc), (status = 403, description = "the token's role or function prefix does not allow this", body = crate::error::ErrorDoc)),
+    security(("bearer" = [])),
+    extensions(("x-gpufn-min-role" = json!("viewer")))
+)]
 async fn get_function(
     State(p): Shared,
     Extension(who): Extension<Grant>,
@@ -230,6 +341,16 @@ async fn get_function(
     Ok(axum::Json(p.function(&name).await?).into_response())
 }
 
+#[utoipa::path(
+    delete,
+    path = "/api/v1/functions/{name}",
+    tag = "functions",
+    summary = "Delete a function (in-flight requests finish); a process function needs admin",
+    params(("name" = String, Path, description = "function name")),
+    responses((status = 200, description = "deleted", body = Object), (status = 404, description = "no such function", body = crate::error::ErrorDoc), (status = 401, description = "no token, or an unknown, revoked or expired one", body = crate::error::ErrorDoc), (status = 403, description = "the token's role or function prefix does not allow this", body = crate::error::ErrorDoc)),
+    security(("bearer" = [])),
+    extensions(("x-gpufn-min-role" = json!("developer")))
+)]
 async fn delete_function(
     State(p): Shared,
     Extension(who): Extension<Grant>,
@@ -243,6 +364,16 @@ async fn delete_function(
     Ok(axum::Json(serde_json::json!({"deleted": name})).into_response())
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/functions/{name}/instances",
+    tag = "functions",
+    summary = "A function's instances",
+    params(("name" = String, Path, description = "function name")),
+    responses((status = 200, description = "instances", body = Vec<crate::pool::InstanceInfo>), (status = 401, description = "no token, or an unknown, revoked or expired one", body = crate::error::ErrorDoc), (status = 403, description = "the token's role or function prefix does not allow this", body = crate::error::ErrorDoc)),
+    security(("bearer" = [])),
+    extensions(("x-gpufn-min-role" = json!("viewer")))
+)]
 async fn instances(
     State(p): Shared,
     Extension(who): Extension<Grant>,
@@ -258,6 +389,16 @@ struct LogQuery {
     tail: Option<usize>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/functions/{name}/instances/{id}/logs",
+    tag = "functions",
+    summary = "The last lines of an instance's log",
+    params(("name" = String, Path, description = "function name"), ("id" = String, Path, description = "instance id"), ("tail" = Option<usize>, Query, description = "lines from the end (200)")),
+    responses((status = 200, description = "text", content_type = "text/plain"), (status = 404, description = "no such log", body = crate::error::ErrorDoc), (status = 401, description = "no token, or an unknown, revoked or expired one", body = crate::error::ErrorDoc), (status = 403, description = "the token's role or function prefix does not allow this", body = crate::error::ErrorDoc)),
+    security(("bearer" = [])),
+    extensions(("x-gpufn-min-role" = json!("viewer")))
+)]
 /// The last lines of an instance's log (also after the instance is gone).
 async fn logs(
     State(p): Shared,
@@ -299,6 +440,15 @@ async fn logs(
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], out).into_response())
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/gpus",
+    tag = "gpus",
+    summary = "GPU cards and who holds them",
+    responses((status = 200, description = "cards", body = Vec<Object>), (status = 401, description = "no token, or an unknown, revoked or expired one", body = crate::error::ErrorDoc), (status = 403, description = "the token's role or function prefix does not allow this", body = crate::error::ErrorDoc)),
+    security(("bearer" = [])),
+    extensions(("x-gpufn-min-role" = json!("viewer")))
+)]
 async fn gpus(State(p): Shared, Extension(who): Extension<Grant>) -> Result<Response, ApiError> {
     who.check(Action::Read, None).map_err(forbidden)?;
     Ok(axum::Json(p.allocator().snapshot()).into_response())
@@ -323,6 +473,15 @@ fn quota_view(p: &Platform) -> QuotaView {
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/quota",
+    tag = "gpus",
+    summary = "The GPU-card quota",
+    responses((status = 200, description = "quota", body = Object), (status = 401, description = "no token, or an unknown, revoked or expired one", body = crate::error::ErrorDoc), (status = 403, description = "the token's role or function prefix does not allow this", body = crate::error::ErrorDoc)),
+    security(("bearer" = [])),
+    extensions(("x-gpufn-min-role" = json!("viewer")))
+)]
 async fn get_quota(
     State(p): Shared,
     Extension(who): Extension<Grant>,
@@ -331,6 +490,16 @@ async fn get_quota(
     Ok(axum::Json(quota_view(&p)).into_response())
 }
 
+#[utoipa::path(
+    put,
+    path = "/api/v1/quota",
+    tag = "gpus",
+    summary = "Set the GPU-card quota",
+    request_body(content = Object, description = "{\"cards\": N}", content_type = "application/json"),
+    responses((status = 200, description = "quota", body = Object), (status = 400, description = "bad value", body = crate::error::ErrorDoc), (status = 401, description = "no token, or an unknown, revoked or expired one", body = crate::error::ErrorDoc), (status = 403, description = "the token's role or function prefix does not allow this", body = crate::error::ErrorDoc)),
+    security(("bearer" = [])),
+    extensions(("x-gpufn-min-role" = json!("admin")))
+)]
 /// `PUT /api/v1/quota` with `{"cards": N}`.
 async fn put_quota(
     State(p): Shared,
@@ -368,6 +537,16 @@ struct LimitQuery {
     limit: Option<usize>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/functions/{name}/cold-starts",
+    tag = "functions",
+    summary = "Recent cold starts, newest first",
+    params(("name" = String, Path, description = "function name"), ("limit" = Option<usize>, Query, description = "1..1000 (100)")),
+    responses((status = 200, description = "cold starts", body = Vec<crate::platform::ColdStartView>), (status = 401, description = "no token, or an unknown, revoked or expired one", body = crate::error::ErrorDoc), (status = 403, description = "the token's role or function prefix does not allow this", body = crate::error::ErrorDoc)),
+    security(("bearer" = [])),
+    extensions(("x-gpufn-min-role" = json!("viewer")))
+)]
 /// `GET /api/v1/functions/{name}/cold-starts?limit=100`: newest first.
 async fn cold_starts(
     State(p): Shared,
@@ -414,6 +593,16 @@ struct UsageQuery {
     step_s: Option<i64>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/functions/{name}/usage",
+    tag = "functions",
+    summary = "Invocations, cold starts and GB-seconds per time bucket",
+    params(("name" = String, Path, description = "function name"), ("from" = Option<String>, Query, description = "RFC 3339 or Unix seconds"), ("to" = Option<String>, Query), ("step_s" = Option<i64>, Query, description = "bucket width (60)")),
+    responses((status = 200, description = "buckets", body = Object), (status = 401, description = "no token, or an unknown, revoked or expired one", body = crate::error::ErrorDoc), (status = 403, description = "the token's role or function prefix does not allow this", body = crate::error::ErrorDoc)),
+    security(("bearer" = [])),
+    extensions(("x-gpufn-min-role" = json!("viewer")))
+)]
 /// `GET /api/v1/functions/{name}/usage?from=T&to=T&step_s=60`: requests, cold starts and billed
 /// GB-seconds per `step_s` bucket (default: the last hour by minute). Busy periods count when
 /// they end (an instance going idle), so a request in flight shows up once it is done.
@@ -468,6 +657,16 @@ struct EstimateQuery {
     dedicated_usd_per_hour: Option<f64>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/estimate",
+    tag = "cost",
+    summary = "Serverless vs dedicated cost per day",
+    params(("invocations" = f64, Query), ("duration_s" = f64, Query), ("gpu_memory_gb" = f64, Query), ("dedicated_usd_per_hour" = Option<f64>, Query)),
+    responses((status = 200, description = "the comparison", body = Object), (status = 401, description = "no token, or an unknown, revoked or expired one", body = crate::error::ErrorDoc), (status = 403, description = "the token's role or function prefix does not allow this", body = crate::error::ErrorDoc)),
+    security(("bearer" = [])),
+    extensions(("x-gpufn-min-role" = json!("viewer")))
+)]
 /// `GET /api/v1/estimate?invocations=N&duration_s=D&gpu_memory_gb=G[&dedicated_usd_per_hour=2]`:
 /// the seed's serverless-vs-dedicated comparison at this server's active price.
 async fn estimate(State(p): Shared, Query(q): Query<EstimateQuery>) -> Result<Response, ApiError> {
@@ -497,6 +696,16 @@ async fn estimate(State(p): Shared, Query(q): Query<EstimateQuery>) -> Result<Re
     Ok(axum::Json(e).into_response())
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/billing",
+    tag = "cost",
+    summary = "Billing per function",
+    params(("function" = Option<String>, Query), ("from" = Option<String>, Query), ("to" = Option<String>, Query)),
+    responses((status = 200, description = "rows", body = Vec<crate::platform::BillingRow>), (status = 401, description = "no token, or an unknown, revoked or expired one", body = crate::error::ErrorDoc), (status = 403, description = "the token's role or function prefix does not allow this", body = crate::error::ErrorDoc)),
+    security(("bearer" = [])),
+    extensions(("x-gpufn-min-role" = json!("viewer")))
+)]
 /// `GET /api/v1/billing?function=NAME&from=..&to=..`: one row per function.
 async fn billing(
     State(p): Shared,
@@ -524,6 +733,15 @@ async fn billing(
     Ok(axum::Json(rows).into_response())
 }
 
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "metrics",
+    summary = "Prometheus metrics (a token without a function prefix)",
+    responses((status = 200, description = "OpenMetrics text", content_type = "application/openmetrics-text"), (status = 401, description = "no token, or an unknown, revoked or expired one", body = crate::error::ErrorDoc), (status = 403, description = "the token's role or function prefix does not allow this", body = crate::error::ErrorDoc)),
+    security(("bearer" = [])),
+    extensions(("x-gpufn-min-role" = json!("viewer")))
+)]
 async fn metrics(State(p): Shared, Extension(who): Extension<Grant>) -> Response {
     // The page names every function: a token limited to some of them does not read it.
     if let Err(e) = who.check(Action::Read, None) {
@@ -552,6 +770,16 @@ struct NewTokenBody {
     expires: Option<String>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/tokens",
+    tag = "access",
+    summary = "Create a token (its text is in this answer only)",
+    request_body(content = Object, description = "{\"role\", \"functions\", \"name\", \"expires\"}", content_type = "application/json"),
+    responses((status = 201, description = "the token view plus `token`", body = crate::auth::TokenView), (status = 400, description = "bad field", body = crate::error::ErrorDoc), (status = 401, description = "no token, or an unknown, revoked or expired one", body = crate::error::ErrorDoc), (status = 403, description = "the token's role or function prefix does not allow this", body = crate::error::ErrorDoc)),
+    security(("bearer" = [])),
+    extensions(("x-gpufn-min-role" = json!("admin")))
+)]
 /// `POST /api/v1/tokens` `{"role", "functions", "name", "expires"}` (admin): the token's text is in
 /// this answer and nowhere else, ever.
 async fn create_token(
@@ -613,6 +841,15 @@ async fn create_token(
     Ok((StatusCode::CREATED, axum::Json(v)).into_response())
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/tokens",
+    tag = "access",
+    summary = "Every token (never the token text)",
+    responses((status = 200, description = "tokens", body = Vec<crate::auth::TokenView>), (status = 401, description = "no token, or an unknown, revoked or expired one", body = crate::error::ErrorDoc), (status = 403, description = "the token's role or function prefix does not allow this", body = crate::error::ErrorDoc)),
+    security(("bearer" = [])),
+    extensions(("x-gpufn-min-role" = json!("admin")))
+)]
 /// `GET /api/v1/tokens` (admin): ids, roles and states, never the tokens.
 async fn list_tokens(
     State(p): Shared,
@@ -622,6 +859,16 @@ async fn list_tokens(
     Ok(axum::Json(p.access().list()).into_response())
 }
 
+#[utoipa::path(
+    delete,
+    path = "/api/v1/tokens/{id}",
+    tag = "access",
+    summary = "Revoke a token",
+    params(("id" = String, Path, description = "token id")),
+    responses((status = 200, description = "the revoked token", body = crate::auth::TokenView), (status = 404, description = "no such token", body = crate::error::ErrorDoc), (status = 401, description = "no token, or an unknown, revoked or expired one", body = crate::error::ErrorDoc), (status = 403, description = "the token's role or function prefix does not allow this", body = crate::error::ErrorDoc)),
+    security(("bearer" = [])),
+    extensions(("x-gpufn-min-role" = json!("admin")))
+)]
 /// `DELETE /api/v1/tokens/{id}` (admin): revokes; the token stays listed as revoked.
 async fn revoke_token(
     State(p): Shared,
@@ -640,6 +887,16 @@ struct AuditQuery {
     before: Option<i64>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/audit",
+    tag = "access",
+    summary = "Changes, newest first",
+    params(("limit" = Option<usize>, Query), ("before" = Option<i64>, Query, description = "entries with a smaller id")),
+    responses((status = 200, description = "entries", body = Vec<Object>), (status = 401, description = "no token, or an unknown, revoked or expired one", body = crate::error::ErrorDoc), (status = 403, description = "the token's role or function prefix does not allow this", body = crate::error::ErrorDoc)),
+    security(("bearer" = [])),
+    extensions(("x-gpufn-min-role" = json!("admin")))
+)]
 /// `GET /api/v1/audit?limit=100&before=ID` (admin): changes, newest first.
 async fn audit_log(
     State(p): Shared,
@@ -669,6 +926,15 @@ async fn audit_log(
     Ok(axum::Json(list).into_response())
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/whoami",
+    tag = "access",
+    summary = "The calling token's role, scope and what it may do",
+    responses((status = 200, description = "the caller", body = Object), (status = 401, description = "no token, or an unknown, revoked or expired one", body = crate::error::ErrorDoc), (status = 403, description = "the token's role or function prefix does not allow this", body = crate::error::ErrorDoc)),
+    security(("bearer" = [])),
+    extensions(("x-gpufn-min-role" = json!("viewer")))
+)]
 /// `GET /api/v1/whoami`: the calling token's id, role and scope, and what the role allows (the
 /// console shows only what the caller may use).
 async fn whoami(Extension(who): Extension<Grant>) -> Response {
@@ -702,6 +968,17 @@ fn secret_name(name: &str) -> Result<(), ApiError> {
     }
 }
 
+#[utoipa::path(
+    put,
+    path = "/api/v1/secrets/{name}",
+    tag = "access",
+    summary = "Store a secret (sealed; never returned)",
+    params(("name" = String, Path, description = "secret name")),
+    request_body(content = Object, description = "{\"value\": \"...\"}", content_type = "application/json"),
+    responses((status = 200, description = "stored", body = Object), (status = 400, description = "bad name or value", body = crate::error::ErrorDoc), (status = 401, description = "no token, or an unknown, revoked or expired one", body = crate::error::ErrorDoc), (status = 403, description = "the token's role or function prefix does not allow this", body = crate::error::ErrorDoc)),
+    security(("bearer" = [])),
+    extensions(("x-gpufn-min-role" = json!("admin")))
+)]
 /// `PUT /api/v1/secrets/{name}` `{"value": "..."}` (admin): sealed at once; the value is never
 /// returned by any call.
 async fn put_secret(
@@ -744,6 +1021,15 @@ async fn put_secret(
     Ok(axum::Json(serde_json::json!({"name": name, "created": created})).into_response())
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/secrets",
+    tag = "access",
+    summary = "Secret names and times (never values)",
+    responses((status = 200, description = "secrets", body = Vec<Object>), (status = 401, description = "no token, or an unknown, revoked or expired one", body = crate::error::ErrorDoc), (status = 403, description = "the token's role or function prefix does not allow this", body = crate::error::ErrorDoc)),
+    security(("bearer" = [])),
+    extensions(("x-gpufn-min-role" = json!("admin")))
+)]
 /// `GET /api/v1/secrets` (admin): names and times, never values.
 async fn list_secrets(
     State(p): Shared,
@@ -767,6 +1053,16 @@ async fn list_secrets(
     Ok(axum::Json(list).into_response())
 }
 
+#[utoipa::path(
+    delete,
+    path = "/api/v1/secrets/{name}",
+    tag = "access",
+    summary = "Delete a secret",
+    params(("name" = String, Path, description = "secret name")),
+    responses((status = 200, description = "deleted", body = Object), (status = 404, description = "no such secret", body = crate::error::ErrorDoc), (status = 401, description = "no token, or an unknown, revoked or expired one", body = crate::error::ErrorDoc), (status = 403, description = "the token's role or function prefix does not allow this", body = crate::error::ErrorDoc)),
+    security(("bearer" = [])),
+    extensions(("x-gpufn-min-role" = json!("admin")))
+)]
 /// `DELETE /api/v1/secrets/{name}` (admin).
 async fn delete_secret(
     State(p): Shared,
@@ -788,4 +1084,94 @@ async fn delete_secret(
     }
     audit(&p, &who, "secret.delete", &name, None);
     Ok(axum::Json(serde_json::json!({"deleted": name})).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    /// Surfaces routed with a plain `.route` on purpose: not the control API (the FC API has its
+    /// own description upstream; the triggers take any method and path, for the app to define).
+    const UNDESCRIBED: &[&str] = &[
+        "/2023-03-30/{*rest}",
+        "/console",
+        "/console/",
+        "/console/{*file}",
+        "/async-function/{name}",
+        "/async-function/{name}/",
+        "/async-function/{name}/{*rest}",
+        "/function/{name}",
+        "/function/{name}/",
+        "/function/{name}/{*rest}",
+    ];
+
+    #[test]
+    fn every_api_route_is_described() {
+        // A route added with a plain `.route(...)` escapes the description: only the surfaces
+        // above may be routed that way; everything else goes through `routes!`, which documents it.
+        let source = include_str!("api.rs");
+        let plain: Vec<&str> = source
+            .split(".route(\"")
+            .skip(1)
+            .filter_map(|rest| rest.split('"').next())
+            .collect();
+        assert!(!plain.is_empty());
+        for path in &plain {
+            assert!(
+                UNDESCRIBED.contains(path),
+                "{path} is routed without a description: register it with routes!(...) and #[utoipa::path]"
+            );
+        }
+        let doc = super::api_doc();
+        let json = serde_json::to_value(&doc).unwrap();
+        assert_eq!(json["openapi"], "3.1.0");
+        assert_eq!(
+            json["components"]["securitySchemes"]["bearer"]["scheme"],
+            "bearer"
+        );
+        let paths = json["paths"].as_object().unwrap();
+        for p in [
+            "/api/v1/functions",
+            "/api/v1/functions/{name}",
+            "/api/v1/tokens",
+            "/api/v1/tokens/{id}",
+            "/api/v1/secrets/{name}",
+            "/api/v1/audit",
+            "/api/v1/tasks/{id}/cancel",
+            "/api/v1/quota",
+            "/metrics",
+            "/healthz",
+        ] {
+            assert!(paths.contains_key(p), "{p} missing from the description");
+        }
+        let mut operations = 0;
+        for (path, item) in paths {
+            for (method, op) in item.as_object().unwrap() {
+                operations += 1;
+                let role = op["x-gpufn-min-role"]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("{method} {path} has no x-gpufn-min-role"));
+                assert!(
+                    ["none", "viewer", "invoker", "developer", "admin"].contains(&role),
+                    "{method} {path}: {role}"
+                );
+                if path != "/healthz" {
+                    assert_eq!(
+                        op["security"][0]["bearer"],
+                        serde_json::json!([]),
+                        "{method} {path}"
+                    );
+                    assert!(
+                        op["responses"]["401"].is_object(),
+                        "{method} {path}: no 401"
+                    );
+                }
+            }
+        }
+        assert!(operations >= 30, "{operations} operations");
+        // The spec schema comes from the spec type itself.
+        assert!(
+            json["components"]["schemas"]["RawSpec"]["properties"]["gpu"].is_object(),
+            "{}",
+            json["components"]["schemas"]["RawSpec"]
+        );
+    }
 }

@@ -77,11 +77,12 @@ pub enum AccessError {
 }
 
 /// A token as the API shows it (never the token text or its hash).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct TokenView {
     /// Public id.
     pub id: String,
-    /// Role.
+    /// Role: `viewer`, `invoker`, `developer` or `admin`.
+    #[schema(value_type = String)]
     pub role: Role,
     /// Prefix of the functions it reaches, if limited.
     pub functions: Option<String>,

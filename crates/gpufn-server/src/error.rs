@@ -140,3 +140,24 @@ impl IntoResponse for ApiError {
         resp
     }
 }
+
+/// The error document every API error answers with (for the API description).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorDoc {
+    /// The error.
+    pub error: ErrorDocInner,
+}
+
+/// `error` of [`ErrorDoc`].
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorDocInner {
+    /// Stable machine-readable code (`unauthorized`, `forbidden`, `invalid_spec`, `queue_full`...).
+    pub code: String,
+    /// Human-readable reason.
+    pub message: String,
+    /// The request field at fault.
+    pub field: Option<String>,
+    /// Every field error of a spec that breaks several rules: `{field, message}`.
+    #[schema(value_type = Option<Vec<Object>>)]
+    pub details: Option<Vec<serde_json::Value>>,
+}

@@ -103,7 +103,7 @@ impl Shared {
 }
 
 /// A function as the API shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct FunctionView {
     /// Function name.
     pub name: String,
@@ -123,7 +123,7 @@ pub struct FunctionView {
 }
 
 /// Usage and cold-start figures of one function.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct FunctionStats {
     /// Requests served by instances.
     pub invocations: i64,
@@ -150,7 +150,7 @@ pub struct FunctionStats {
 }
 
 /// One function's bill over a window, as `GET /api/v1/billing` shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct BillingRow {
     /// Function name.
     pub function: String,
@@ -167,7 +167,7 @@ pub struct BillingRow {
 }
 
 /// A cold start as `GET /api/v1/functions/{name}/cold-starts` shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ColdStartView {
     /// The instance started.
     pub instance: String,

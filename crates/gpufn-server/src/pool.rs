@@ -205,7 +205,7 @@ pub struct Pool {
 }
 
 /// An instance as the API shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct InstanceInfo {
     /// Instance id.
     pub id: String,
@@ -225,12 +225,14 @@ pub struct InstanceInfo {
     pub started_at: String,
     /// Process id.
     pub pid: Option<u32>,
-    /// Cold-start phases (present once ready).
+    /// Cold-start phases (present once ready): `gpu_allocate_ms`, `image_pull_ms`, `start_ms`,
+    /// `ready_ms`.
+    #[schema(value_type = Option<Object>)]
     pub cold_start: Option<ColdStartPhases>,
 }
 
 /// Counts of a function's instances and queue.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
 pub struct PoolStatus {
     /// Instances starting.
     pub starting: u32,

@@ -205,6 +205,16 @@ fn load(p: &Platform, who: &Grant, id: &str, manage: bool) -> Result<TaskRow, Ap
     Ok(t)
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/tasks/{id}",
+    tag = "tasks",
+    summary = "One task (an invoker: its own)",
+    params(("id" = String, Path, description = "task id")),
+    responses((status = 200, description = "the task", body = Object), (status = 404, description = "no such task (or not the caller's)", body = crate::error::ErrorDoc), (status = 401, description = "no token, or an unknown, revoked or expired one", body = crate::error::ErrorDoc), (status = 403, description = "the token's role or function prefix does not allow this", body = crate::error::ErrorDoc)),
+    security(("bearer" = [])),
+    extensions(("x-gpufn-min-role" = json!("invoker")))
+)]
 /// `GET /api/v1/tasks/{id}`.
 pub async fn get_task(
     State(p): State<Arc<Platform>>,
@@ -232,6 +242,16 @@ pub struct ListQuery {
     limit: Option<usize>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/tasks",
+    tag = "tasks",
+    summary = "Tasks, newest first (an invoker sees its own)",
+    params(("function" = Option<String>, Query), ("state" = Option<String>, Query), ("limit" = Option<usize>, Query)),
+    responses((status = 200, description = "tasks", body = Vec<Object>), (status = 401, description = "no token, or an unknown, revoked or expired one", body = crate::error::ErrorDoc), (status = 403, description = "the token's role or function prefix does not allow this", body = crate::error::ErrorDoc)),
+    security(("bearer" = [])),
+    extensions(("x-gpufn-min-role" = json!("invoker")))
+)]
 /// `GET /api/v1/tasks?function=&state=&limit=`: newest first, without result bodies.
 pub async fn list_tasks(
     State(p): State<Arc<Platform>>,
@@ -274,6 +294,16 @@ pub async fn list_tasks(
     Ok(axum::Json(list).into_response())
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/tasks/{id}/cancel",
+    tag = "tasks",
+    summary = "Cancel a queued or running task (an invoker: its own)",
+    params(("id" = String, Path, description = "task id")),
+    responses((status = 200, description = "the task", body = Object), (status = 409, description = "already final", body = crate::error::ErrorDoc), (status = 401, description = "no token, or an unknown, revoked or expired one", body = crate::error::ErrorDoc), (status = 403, description = "the token's role or function prefix does not allow this", body = crate::error::ErrorDoc)),
+    security(("bearer" = [])),
+    extensions(("x-gpufn-min-role" = json!("invoker")))
+)]
 /// `POST /api/v1/tasks/{id}/cancel`: a queued or running task becomes `cancelled`.
 pub async fn cancel_task(
     State(p): State<Arc<Platform>>,
@@ -296,6 +326,16 @@ pub async fn cancel_task(
     get_task(State(p), Extension(who), Path(id)).await
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/tasks/{id}/result",
+    tag = "tasks",
+    summary = "A task's raw result body",
+    params(("id" = String, Path, description = "task id")),
+    responses((status = 200, description = "the body, with the function's content type"), (status = 404, description = "no result", body = crate::error::ErrorDoc), (status = 401, description = "no token, or an unknown, revoked or expired one", body = crate::error::ErrorDoc), (status = 403, description = "the token's role or function prefix does not allow this", body = crate::error::ErrorDoc)),
+    security(("bearer" = [])),
+    extensions(("x-gpufn-min-role" = json!("invoker")))
+)]
 /// `GET /api/v1/tasks/{id}/result`: the raw result body, with the function's content type.
 pub async fn task_result(
     State(p): State<Arc<Platform>>,

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 /// A function spec as written in `gpufn.yaml` or posted to `POST /api/v1/functions`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawSpec {
     /// Function name: a DNS label, `[a-z0-9-]`, 1..63 characters.
@@ -60,7 +60,7 @@ pub struct RawSpec {
 
 /// `auth:` — `{type: token}` (the default: an `invoker` or higher token that reaches the function)
 /// or `{type: anonymous}` (anyone who reaches gpufn: an explicit opt-in for public endpoints).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawAuth {
     /// `token` or `anonymous`.
@@ -69,7 +69,7 @@ pub struct RawAuth {
 }
 
 /// `async:` — how asynchronous invocations (`/async-function/...`) are retried and reported.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawAsync {
     /// Retries after a failed attempt (5xx, crash, timeout), with backoff.
@@ -85,7 +85,7 @@ pub struct RawAsync {
 /// `registry_auth:` — where the registry login comes from, so it never sits in a spec: a gpufn
 /// secret (`{secret: NAME}`, its value `user:password`), or the names of two environment variables
 /// of the gpufn server that the admin allowed with `--registry-env`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawRegistryAuth {
     /// A gpufn secret holding `user:password`.
@@ -100,7 +100,7 @@ pub struct RawRegistryAuth {
 }
 
 /// `gpu:` — card type and the GPU memory billed for each instance.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawGpu {
     /// Card type, e.g. `tesla-t4`; any card when absent.
@@ -111,7 +111,7 @@ pub struct RawGpu {
 }
 
 /// `health_check:` — readiness probe.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawHealthCheck {
     /// HTTP path probed with GET; any 2xx means ready.
@@ -121,7 +121,7 @@ pub struct RawHealthCheck {
 }
 
 /// `scaling:` — instance counts and keep-alive.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawScaling {
     /// Provisioned instances kept warm at all times.

@@ -920,3 +920,37 @@ async fn tls_serves_https_and_tells_the_app() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[tokio::test]
+async fn the_api_describes_itself_and_every_described_path_is_routed() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path(), &["--simulate-gpus", "1xtesla-t4:16"]);
+    assert_eq!(
+        call(http_client().get(s.url("/api/v1/openapi.json")))
+            .await
+            .0,
+        401
+    );
+    let (status, doc) = call(s.http.get(s.url("/api/v1/openapi.json"))).await;
+    assert_eq!(status, 200);
+    assert_eq!(doc["openapi"], "3.1.0");
+    let paths = doc["paths"].as_object().unwrap();
+    for (path, item) in paths {
+        let concrete = path.replace("{name}", "nope").replace("{id}", "nope");
+        // OPTIONS is no documented method: a routed path answers 405 (or the method's own
+        // answer), an unrouted one the fallback's 404 `not_found`.
+        let (status, body) = call(s.http.request(reqwest::Method::OPTIONS, s.url(&concrete))).await;
+        assert!(
+            !(status == 404 && body["error"]["code"] == "not_found"),
+            "{path} is described but not routed"
+        );
+        for op in item.as_object().unwrap().values() {
+            assert!(op["x-gpufn-min-role"].is_string(), "{path}");
+        }
+    }
+    let (status, body) = call(s.http.get(s.url("/api/v1/no-such-thing"))).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (404, Some("not_found"))
+    );
+}
