@@ -34,6 +34,9 @@ async fn the_official_fc_sdk_drives_gpufn() {
             "2xtesla-t4:16",
             "--access-key",
             "LTAIgpufntest:s3cr3t",
+            // A key that acts as an invoker (the script checks it cannot change anything).
+            "--access-key",
+            "LTAIinvoker:inv0ker:invoker",
             "--shutdown-grace-s",
             "5",
         ],

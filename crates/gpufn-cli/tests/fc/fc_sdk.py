@@ -185,6 +185,46 @@ step("Concurrency config: reserved concurrency = max in flight")
 cc = c.put_concurrency_config("zipfn", m.PutConcurrencyConfigRequest().from_map({"body": {"reservedConcurrency": 4}}))
 assert cc.body.reserved_concurrency == 4
 
+step("HTTP triggers: authType anonymous opens /function/ to anyone, function needs a gpufn token")
+
+
+def plain_post(path, body):
+    conn = http.client.HTTPConnection(ENDPOINT, timeout=30)
+    conn.request("POST", path, body, {"content-type": "text/plain"})
+    r = conn.getresponse()
+    return r.status, r.read()
+
+
+assert plain_post("/function/zipfn/invoke", b"x")[0] == 401
+t = c.create_trigger("zipfn", m.CreateTriggerRequest(body=m.CreateTriggerInput(
+    trigger_name="web", trigger_type="http",
+    trigger_config=json.dumps({"authType": "anonymous", "methods": ["GET", "POST"]}))))
+assert t.body.trigger_name == "web" and t.body.http_trigger.url_internet.endswith("/function/zipfn"), t.body.to_map()
+assert plain_post("/function/zipfn/invoke", b"x") == (200, b"zipfn:x:hi")
+assert [x.trigger_name for x in c.list_triggers("zipfn", m.ListTriggersRequest()).body.triggers] == ["web"]
+# The function stays public across an update of the function itself.
+c.update_function("zipfn", m.UpdateFunctionRequest().from_map({"body": {"timeout": 60}}))
+assert plain_post("/function/zipfn/invoke", b"y")[0] == 200
+c.update_trigger("zipfn", "web", m.UpdateTriggerRequest(body=m.UpdateTriggerInput(
+    trigger_config=json.dumps({"authType": "function"}))))
+assert plain_post("/function/zipfn/invoke", b"x")[0] == 401
+expect_error(lambda: c.create_trigger("zipfn", m.CreateTriggerRequest(body=m.CreateTriggerInput(
+    trigger_name="jwt", trigger_type="http", trigger_config=json.dumps({"authType": "jwt"})))),
+    "InvalidArgument", 400)
+c.delete_trigger("zipfn", "web")
+assert c.list_triggers("zipfn", m.ListTriggersRequest()).body.triggers == []
+
+step("An invoker key (--access-key ID:SECRET:invoker) invokes but changes nothing")
+inv = client("LTAIinvoker", "inv0ker")
+r = inv.invoke_function("zipfn", m.InvokeFunctionRequest(body=io.BytesIO(b"as-invoker")))
+assert r.body.read() == b"zipfn:as-invoker:hi"
+expect_error(lambda: inv.delete_function("zipfn"), "AccessDenied", 403)
+expect_error(lambda: inv.create_function(m.CreateFunctionRequest().from_map({"body": {
+    "functionName": "evil", "runtime": "custom.debian10", "code": {"zipFile": zip_b64()},
+    "customRuntimeConfig": {"command": ["python3", "app.py"]}, "gpuConfig": {"gpuMemorySize": 1024}}})),
+    "AccessDenied", 403)
+assert c.get_function("zipfn", m.GetFunctionRequest()).body.function_name == "zipfn"
+
 step("Signature failures: wrong secret, unknown key")
 expect_error(lambda: client(secret="wrong").get_function("zipfn", m.GetFunctionRequest()), "SignatureNotMatch", 403)
 expect_error(lambda: client(ak="NOBODY").get_function("zipfn", m.GetFunctionRequest()), "InvalidAccessKeyId", 403)

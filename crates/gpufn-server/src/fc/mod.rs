@@ -5,6 +5,7 @@
 
 pub mod auth;
 pub mod mapping;
+mod triggers;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -93,6 +94,7 @@ impl From<ApiError> for FcError {
 }
 
 const SETTING_PREFIX: &str = "fc:function:";
+const TRIGGERS_PREFIX: &str = "fc:triggers:";
 
 fn with_request_id(mut resp: Response, id: &str) -> Response {
     if let Ok(v) = HeaderValue::from_str(id) {
@@ -251,6 +253,11 @@ fn required<'a>(
     };
     let action = match (method, seg) {
         ("GET", _) => Action::Read,
+        // A trigger decides who may call the function: changing one is a deploy (an admin's, for
+        // a process function).
+        (_, ["functions", name, "triggers", ..]) => Action::Deploy {
+            process: is_process(Some(name)),
+        },
         ("POST", ["functions", _, "invocations"]) => Action::Invoke,
         ("PUT", ["functions", _, "async-tasks", _, "stop"]) => Action::ManageTasks,
         ("DELETE", ["functions", name]) | ("PUT", ["functions", name]) => Action::Deploy {
@@ -297,6 +304,9 @@ async fn route(
             p.delete(name).await?;
             crate::auth::audit(p, grant, "function.delete", name, Some("fc"));
             let _ = p.store().delete_setting(&format!("{SETTING_PREFIX}{name}"));
+            let _ = p
+                .store()
+                .delete_setting(&format!("{TRIGGERS_PREFIX}{name}"));
             Ok(StatusCode::NO_CONTENT.into_response())
         }
         ("POST", ["functions", name, "invocations"]) => invoke(p, grant, name, headers, body).await,
@@ -376,6 +386,15 @@ async fn route(
                 json!({"functionArn": arn(name), "reservedConcurrency": v}),
             )
         }
+        ("POST", ["functions", name, "triggers"]) => {
+            triggers::create(p, grant, name, headers, json_body()?).await
+        }
+        ("GET", ["functions", name, "triggers"]) => triggers::list(p, name, headers),
+        ("GET", ["functions", name, "triggers", t]) => triggers::get(p, name, t, headers),
+        ("PUT", ["functions", name, "triggers", t]) => {
+            triggers::update(p, grant, name, t, headers, json_body()?).await
+        }
+        ("DELETE", ["functions", name, "triggers", t]) => triggers::delete(p, grant, name, t).await,
         ("GET", ["functions", name, "instances"]) => {
             let pool = p.pool(name).ok_or_else(|| ApiError::no_function(name))?;
             let list: Vec<Value> = pool
@@ -487,6 +506,8 @@ async fn deploy_fc(
 ) -> Result<(), FcError> {
     let mut spec = mapping::to_spec(name, &record, code_dir.as_deref(), &p.fc().gpu_types)
         .map_err(|e| err(StatusCode::BAD_REQUEST, "InvalidArgument", e.0))?;
+    // Who may call it comes from its HTTP triggers, which survive updates of the function.
+    spec.auth = Some(triggers::auth_of(p, name));
     // Capacity set through PutProvisionConfig / PutConcurrencyConfig survives updates.
     if let Some(pool) = p.pool(name) {
         let cur = pool.spec();
