@@ -294,6 +294,20 @@ pub enum Rejected {
 }
 
 impl TokenRecord {
+    /// Whether `token` is this record's, valid (not revoked, not expired at the time `now_ms`
+    /// gives, read only for a token that expires) and may invoke `function`. The gateway's
+    /// per-request check: no allocation, no clock read for tokens without expiry.
+    pub fn may_invoke(&self, token: &str, function: &str, now_ms: impl FnOnce() -> i64) -> bool {
+        matches(&self.hash, token)
+            && self.revoked_ms.is_none()
+            && self.expires_ms.is_none_or(|e| now_ms() < e)
+            && allows(self.role, Action::Invoke)
+            && self
+                .functions
+                .as_deref()
+                .is_none_or(|p| function.starts_with(p))
+    }
+
     /// Checks `token` against this record at `now_ms`.
     pub fn admit(&self, token: &str, now_ms: i64) -> Result<Grant, Rejected> {
         if !matches(&self.hash, token) {

@@ -116,6 +116,38 @@ fn admit_checks_hash_then_revocation_then_expiry() {
 }
 
 #[test]
+fn may_invoke_agrees_with_admit_and_check() {
+    let m = mint_from(&[3; 6], &[4; 32]);
+    let rec = |role, functions: Option<&str>, expires_ms, revoked_ms| TokenRecord {
+        id: m.id.clone(),
+        hash: m.hash.clone(),
+        role,
+        functions: functions.map(str::to_string),
+        name: None,
+        created_ms: 0,
+        expires_ms,
+        revoked_ms,
+        created_by: "t".into(),
+    };
+    for role in Role::ALL {
+        for functions in [None, Some("a-")] {
+            for expires in [None, Some(10), Some(1_000)] {
+                for revoked in [None, Some(1)] {
+                    for f in ["a-x", "b-x"] {
+                        let r = rec(role, functions, expires, revoked);
+                        let slow = r
+                            .admit(&m.token, 500)
+                            .is_ok_and(|g| g.check(Action::Invoke, Some(f)).is_ok());
+                        assert_eq!(r.may_invoke(&m.token, f, || 500), slow, "{r:?} {f}");
+                        assert!(!r.may_invoke("gpufn_nope", f, || 500));
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
 fn bearer_headers() {
     assert_eq!(bearer(b"Bearer abc"), Some("abc"));
     assert_eq!(bearer(b"bearer  abc "), Some("abc"));

@@ -214,6 +214,22 @@ impl Access {
             .admit(token, now_ms())
     }
 
+    /// The direct gateway's check of a token trigger request: true when the `Authorization`
+    /// value carries a valid token that may invoke `function` (anything else goes to hyper, which
+    /// answers 401 or 403 with the reason).
+    pub fn may_invoke(&self, authorization: Option<&[u8]>, function: &str) -> bool {
+        let Some(token) = authorization.and_then(gpufn_auth::bearer) else {
+            return false;
+        };
+        let Some(id) = gpufn_auth::token_id(token) else {
+            return false;
+        };
+        let tokens = self.tokens.read().unwrap_or_else(|p| p.into_inner());
+        tokens
+            .get(id)
+            .is_some_and(|r| r.may_invoke(token, function, now_ms))
+    }
+
     /// The caller of a trigger request to a function with `auth`: `None` for anonymous functions,
     /// else a grant that may invoke `function`.
     pub fn trigger(

@@ -77,6 +77,8 @@ async fn the_first_start_writes_an_admin_token_and_every_api_call_needs_one() {
         assert_eq!(status, 401, "{method} {path}: {body}");
         assert_eq!(body["error"]["code"], "unauthorized", "{method} {path}");
     }
+    let resp = anon.get(s.url("/api/v1/functions")).send().await.unwrap();
+    assert_eq!(resp.headers()["www-authenticate"], "Bearer realm=\"gpufn\"");
     let bad = client_with_token("gpufn_0123456789ab_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA");
     let (status, _) = call(bad.get(s.url("/api/v1/functions"))).await;
     assert_eq!(status, 401);

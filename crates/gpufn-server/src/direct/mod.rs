@@ -282,11 +282,8 @@ impl Direct {
             return Classified::Fallback;
         }
         let token_auth = pool.trigger_auth() == gpufn_spec::TriggerAuth::Token;
-        if token_auth {
-            match access.authenticate(authorization) {
-                Ok(g) if g.check(gpufn_auth::Action::Invoke, Some(name)).is_ok() => {}
-                _ => return Classified::Fallback,
-            }
+        if token_auth && !access.may_invoke(authorization, name) {
+            return Classified::Fallback;
         }
 
         bufs.rid.clear();
