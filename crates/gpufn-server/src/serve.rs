@@ -259,11 +259,7 @@ async fn serve_tls_client(
     };
     let mut client = crate::gateway::Peer::new(peer);
     client.https = true;
-    let mut tick = tokio::time::interval_at(
-        tokio::time::Instant::now() + client_idle_timeout,
-        client_idle_timeout,
-    );
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let tick = idle_ticker(client_idle_timeout);
     serve_hyper(
         stream,
         peer,
@@ -295,13 +291,7 @@ async fn serve_client(
     client_idle_timeout: std::time::Duration,
 ) {
     let client = Arc::new(crate::gateway::Peer::new(peer));
-    let mut tick = tokio::time::interval_at(
-        tokio::time::Instant::now() + client_idle_timeout,
-        client_idle_timeout,
-    );
-    // After a long request, one late tick, then a full period: the idle time is counted from
-    // when the connection went idle, not from a burst of missed ticks.
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut tick = idle_ticker(client_idle_timeout);
     let pre = match &direct {
         Some(direct) => match direct.serve(&mut tcp, &client, &mut tick, &drain).await {
             Outcome::Closed => return,
@@ -320,6 +310,15 @@ async fn serve_client(
         client_idle_timeout,
     )
     .await;
+}
+
+/// The idle watchdog's timer of one connection. After a long request, one late tick, then a full
+/// period: the idle time is counted from when the connection went idle, not from a burst of missed
+/// ticks.
+fn idle_ticker(period: std::time::Duration) -> tokio::time::Interval {
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick
 }
 
 /// Serves requests with hyper on `io` until it closes, the drain, or the idle watchdog.

@@ -346,6 +346,23 @@ pub fn is_secret_name(s: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || b"._-".contains(c))
 }
 
+/// Checks a variable a spec sets: a valid name that gpufn does not set itself. False (with the
+/// error recorded) when it is not.
+fn check_env_var(c: &mut Checker, field: &str, k: &str) -> bool {
+    if !is_env_name(k) {
+        c.fail(field, "name must match [A-Za-z_][A-Za-z0-9_]*".into());
+        return false;
+    }
+    if RESERVED_ENV.contains(&k) || k.starts_with("GPUFN_") {
+        c.fail(
+            field,
+            "is set by gpufn for every instance and cannot be overridden".into(),
+        );
+        return false;
+    }
+    true
+}
+
 fn is_env_name(s: &str) -> bool {
     let mut chars = s.chars();
     matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
@@ -588,14 +605,7 @@ impl RawSpec {
         let env = self.env.clone().unwrap_or_default();
         for (k, v) in &env {
             let field = format!("env.{k}");
-            if !is_env_name(k) {
-                c.fail(&field, "name must match [A-Za-z_][A-Za-z0-9_]*".into());
-            } else if RESERVED_ENV.contains(&k.as_str()) || k.starts_with("GPUFN_") {
-                c.fail(
-                    &field,
-                    "is set by gpufn for every instance and cannot be overridden".into(),
-                );
-            }
+            check_env_var(c, &field, k);
             if v.contains('\0') {
                 c.fail(&field, "value must not contain NUL".into());
             }
@@ -611,14 +621,7 @@ impl RawSpec {
         let from = self.env_from_secrets.clone().unwrap_or_default();
         for (k, name) in &from {
             let field = format!("env_from_secrets.{k}");
-            if !is_env_name(k) {
-                c.fail(&field, "name must match [A-Za-z_][A-Za-z0-9_]*".into());
-            } else if RESERVED_ENV.contains(&k.as_str()) || k.starts_with("GPUFN_") {
-                c.fail(
-                    &field,
-                    "is set by gpufn for every instance and cannot be overridden".into(),
-                );
-            } else if env.contains_key(k) {
+            if check_env_var(c, &field, k) && env.contains_key(k) {
                 c.fail(
                     &field,
                     format!("{k} is also set in env; set it in one place"),
