@@ -2,7 +2,9 @@
 # the baseline reverse proxy (18502), and two gpufn builds with --worker-threads 1 — $OLD on 18503,
 # $NEW (default target/release/gpufn) on 18504 — and waits until all four answer. Extra `serve`
 # flags go in $OLD_FLAGS / $NEW_FLAGS (e.g. OLD=target/release/gpufn OLD_FLAGS="--gateway hyper"
-# compares the two gateway paths of one build). Everything it
+# compares the two gateway paths of one build); the specs deployed in $OLD_SPEC / $NEW_SPEC (default
+# bench/gateway.yaml; bench/gateway-anon.yaml is the same function with auth: anonymous, to
+# measure the token check). Everything it
 # started (and whatever the caller adds to `pids`) is stopped on exit.
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export BENCH_DIR=$(mktemp -d /tmp/gpufn-ab.XXXX)
@@ -15,8 +17,8 @@ PORT=18501 bash bench/upstream.sh & pids+=($!)
 sed -e "s|__PORT__|18502|g" -e "s|__UPSTREAM__|18501|g" -e "s|__DIR__|$BENCH_DIR|g" bench/proxy.conf.tmpl > "$BENCH_DIR/proxy.conf"
 mkdir -p "$BENCH_DIR/tmp-proxy"
 nginx -p "$BENCH_DIR" -c "$BENCH_DIR/proxy.conf" & pids+=($!)
-"${OLD:?set OLD to the previous gpufn binary}" serve --listen 127.0.0.1:18503 --data-dir "$BENCH_DIR/old" --simulate-gpus 1xbench:16 --worker-threads 1 --deploy bench/gateway.yaml ${OLD_FLAGS:-} 2>/dev/null & pids+=($!)
-"${NEW:-target/release/gpufn}" serve --listen 127.0.0.1:18504 --data-dir "$BENCH_DIR/new" --simulate-gpus 1xbench:16 --worker-threads 1 --deploy bench/gateway.yaml ${NEW_FLAGS:-} 2>/dev/null & pids+=($!)
+"${OLD:?set OLD to the previous gpufn binary}" serve --listen 127.0.0.1:18503 --data-dir "$BENCH_DIR/old" --simulate-gpus 1xbench:16 --worker-threads 1 --deploy "${OLD_SPEC:-bench/gateway.yaml}" ${OLD_FLAGS:-} 2>/dev/null & pids+=($!)
+"${NEW:-target/release/gpufn}" serve --listen 127.0.0.1:18504 --data-dir "$BENCH_DIR/new" --simulate-gpus 1xbench:16 --worker-threads 1 --deploy "${NEW_SPEC:-bench/gateway.yaml}" ${NEW_FLAGS:-} 2>/dev/null & pids+=($!)
 # The header each target gets (nginx the same as the new build's, so the bytes match).
 export AUTH_OLD=$(bench_auth "$BENCH_DIR/old") AUTH_NEW=$(bench_auth "$BENCH_DIR/new")
 export AUTH_NGINX=$AUTH_NEW

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Starts the upstream nginx on $PORT (as a gpufn function or by hand) in the foreground.
 set -euo pipefail
-DIR="${BENCH_DIR:-/tmp/gpufn-bench}"
+# Run by gpufn as a function it has no BENCH_DIR (instances get a clean environment) and runs as
+# gpufn's unprivileged user: a directory of that user's own.
+DIR="${BENCH_DIR:-/tmp/gpufn-bench-$(id -u)}"
 mkdir -p "$DIR/tmp-$PORT"
 BODY=$(head -c 1024 /dev/zero | tr '\0' 'x')
 # nginx workers run as an unprivileged user: they must be able to read the 1 MiB body.
