@@ -186,6 +186,34 @@ try {
   assert.equal(await page.textContent(".c-saving"), "92.50 %");
   await shot("07-cost");
 
+  step("a secret a function uses is shown by name, never by value");
+  const SECRET = "hf_console_s3cr3t_7c1d";
+  let r = await authed("/api/v1/secrets/hf-token", {
+    method: "PUT", headers: { "content-type": "application/json" }, body: JSON.stringify({ value: SECRET }),
+  });
+  assert.equal(r.status, 200);
+  r = await authed("/api/v1/functions", {
+    method: "POST", headers: { "content-type": "application/yaml" },
+    body: `name: sec\ncommand: [python3, testfn.py]\nworkdir: ${FIXTURES}\ngpu: {memory_gb: 1}\nenv_from_secrets: {HF_TOKEN: hf-token}\n`,
+  });
+  assert.equal(r.status, 201, await r.text());
+  await page.goto(`${server.url}/console#/f/sec`);
+  await ready("#/f/sec");
+  await page.waitForFunction(() => /hf-token/.test(document.querySelector("#spec-editor")?.textContent + document.querySelector("#spec-editor textarea")?.value));
+  await page.fill("#inv-path", "/echo");
+  await page.click("#inv-send");
+  await page.waitForSelector(".inv-status");
+  // The app itself may print its environment (this one does, in /echo): that is the app's answer
+  // to its caller; what gpufn shows of the function (spec, instances, stats, logs) never has it.
+  const shown = await page.evaluate(() => {
+    const inv = document.querySelector("#inv-result");
+    if (inv) inv.remove();
+    return document.body.innerText + [...document.querySelectorAll("textarea")].map((t) => t.value).join("\n");
+  });
+  assert.ok(!shown.includes(SECRET), "the console shows a secret's value");
+  assert.ok(shown.includes("hf-token"), "the console shows the secret's name");
+  await shot("09-secret-by-name");
+
   step("a viewer token sees functions but no deploy page, and signing out forgets the token");
   const created = await (await authed("/api/v1/tokens", {
     method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ role: "viewer" }),
