@@ -14,6 +14,7 @@ trap cleanup EXIT
 source bench/auth.sh
 wait_http() { for _ in $(seq 1 200); do curl -fsS -m 5 -o /dev/null -H "${2:-x-none: 1}" "$1" 2>/dev/null && return 0; sleep 0.05; done; return 1; }
 PORT=18501 bash bench/upstream.sh & pids+=($!)
+upstream_pid=$!
 sed -e "s|__PORT__|18502|g" -e "s|__UPSTREAM__|18501|g" -e "s|__DIR__|$BENCH_DIR|g" bench/proxy.conf.tmpl > "$BENCH_DIR/proxy.conf"
 mkdir -p "$BENCH_DIR/tmp-proxy"
 nginx -p "$BENCH_DIR" -c "$BENCH_DIR/proxy.conf" & pids+=($!)
@@ -23,6 +24,15 @@ nginx -p "$BENCH_DIR" -c "$BENCH_DIR/proxy.conf" & pids+=($!)
 export AUTH_OLD=$(bench_auth "$BENCH_DIR/old") AUTH_NEW=$(bench_auth "$BENCH_DIR/new")
 export AUTH_NGINX=$AUTH_NEW
 wait_http http://127.0.0.1:18501/
+# APP_CGROUP=1: the baseline's app (the nginx upstream) in a CPU cgroup of its own, as gpufn puts
+# every process instance (running as root, cgroup v1): both proxies then face the same kernel
+# scheduling of their app, so the comparison is of the proxies alone (BENCHMARKS.md, session 6).
+if [ "${APP_CGROUP:-0}" = 1 ] && [ -d /sys/fs/cgroup/cpu ]; then
+  cg=/sys/fs/cgroup/cpu/gpufn-bench-baseline-$$
+  mkdir -p "$cg"
+  for p in $(pgrep -P "$upstream_pid") "$upstream_pid" $(pgrep -f "upstream-18501.conf"); do echo "$p" > "$cg/cgroup.procs" 2>/dev/null || true; done
+  trap 'cleanup; for p in $(cat "'"$cg"'/cgroup.procs" 2>/dev/null); do echo "$p" > /sys/fs/cgroup/cpu/cgroup.procs; done; rmdir "'"$cg"'" 2>/dev/null || true' EXIT
+fi
 wait_http http://127.0.0.1:18502/
 wait_http http://127.0.0.1:18503/function/bench/ "$AUTH_OLD"
 wait_http http://127.0.0.1:18504/function/bench/ "$AUTH_NEW"

@@ -38,6 +38,9 @@ pub struct AccessConfig {
 #[derive(Debug)]
 pub struct Access {
     tokens: RwLock<HashMap<String, TokenRecord>>,
+    /// Grows on every change of the token table (create, revoke): a connection's remembered
+    /// admission is valid only while it has not changed.
+    generation: std::sync::atomic::AtomicU64,
     /// Whether the listener is on a loopback address (then `Host` is checked).
     loopback: bool,
     config: AccessConfig,
@@ -196,6 +199,7 @@ impl Access {
             .collect();
         Ok(Self {
             tokens: RwLock::new(tokens),
+            generation: std::sync::atomic::AtomicU64::new(0),
             loopback,
             config,
         })
@@ -214,20 +218,56 @@ impl Access {
             .admit(token, now_ms())
     }
 
-    /// The direct gateway's check of a token trigger request: true when the `Authorization`
-    /// value carries a valid token that may invoke `function` (anything else goes to hyper, which
-    /// answers 401 or 403 with the reason).
-    pub fn may_invoke(&self, authorization: Option<&[u8]>, function: &str) -> bool {
-        let Some(token) = authorization.and_then(gpufn_auth::bearer) else {
-            return false;
-        };
-        let Some(id) = gpufn_auth::token_id(token) else {
-            return false;
-        };
+    /// The direct gateway's check of a token trigger request (anything it refuses goes to hyper,
+    /// which answers 401 or 403 with the reason).
+    /// Whether the `Authorization` value carries a valid token that may invoke `function`,
+    /// remembering the admission in `cache` (one per client connection):
+    /// the same `Authorization` value for the same function is admitted again without hashing
+    /// while no token was created or revoked since and the token has not expired. A keep-alive
+    /// connection sends the same token on every request.
+    pub fn may_invoke_cached(
+        &self,
+        cache: &mut Option<Admitted>,
+        authorization: Option<&[u8]>,
+        function: &str,
+    ) -> bool {
+        let generation = self.generation.load(std::sync::atomic::Ordering::Acquire);
+        if let (Some(c), Some(auth)) = (cache.as_ref(), authorization) {
+            if c.generation == generation
+                && c.authorization == auth
+                && c.function == function
+                && c.expires_ms.is_none_or(|e| now_ms() < e)
+            {
+                return true;
+            }
+        }
+        match self.admit_invoke(authorization, function) {
+            Some(expires_ms) => {
+                let c = cache.get_or_insert_with(Admitted::default);
+                c.generation = generation;
+                c.authorization.clear();
+                c.authorization
+                    .extend_from_slice(authorization.unwrap_or_default());
+                c.function.clear();
+                c.function.push_str(function);
+                c.expires_ms = expires_ms;
+                true
+            }
+            None => {
+                *cache = None;
+                false
+            }
+        }
+    }
+
+    /// The token's expiry (`Some(None)`: none) when it may invoke `function`.
+    fn admit_invoke(&self, authorization: Option<&[u8]>, function: &str) -> Option<Option<i64>> {
+        let token = authorization.and_then(gpufn_auth::bearer)?;
+        let id = gpufn_auth::token_id(token)?;
         let tokens = self.tokens.read().unwrap_or_else(|p| p.into_inner());
-        tokens
-            .get(id)
-            .is_some_and(|r| r.may_invoke(token, function, now_ms))
+        let r = tokens.get(id)?;
+        r.may_invoke(token, function, now_ms)
+            .then_some(r.expires_ms)
     }
 
     /// The caller of a trigger request to a function with `auth`: `None` for anonymous functions,
@@ -312,6 +352,8 @@ impl Access {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .insert(r.id.clone(), r);
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         Ok((minted.token, view))
     }
 
@@ -333,8 +375,21 @@ impl Access {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .insert(row.id.clone(), row);
+        // After the table changed: a connection that checks the generation after this sees the
+        // revocation.
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         Ok(view)
     }
+}
+
+/// A connection's last admitted trigger caller (see [`Access::may_invoke_cached`]).
+#[derive(Debug, Default)]
+pub struct Admitted {
+    generation: u64,
+    authorization: Vec<u8>,
+    function: String,
+    expires_ms: Option<i64>,
 }
 
 /// Writes `bytes` to a new file readable by its owner only.
@@ -487,5 +542,79 @@ pub fn audit(p: &Platform, who: &Grant, action: &str, target: &str, detail: Opti
         detail,
     ) {
         tracing::error!("cannot write the audit log: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn access(dir: &Path) -> (Store, Access) {
+        let store = Store::open(&dir.join("db")).unwrap();
+        let a = Access::open(&store, dir, true, AccessConfig::default()).unwrap();
+        (store, a)
+    }
+
+    fn grant(a: &Access, token: &str) -> Grant {
+        a.authenticate(Some(format!("Bearer {token}").as_bytes()))
+            .unwrap()
+    }
+
+    #[test]
+    fn a_remembered_admission_ends_with_a_revocation_or_another_function() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, a) = access(dir.path());
+        let admin = std::fs::read_to_string(dir.path().join(ADMIN_TOKEN_FILE)).unwrap();
+        let admin = grant(&a, admin.trim());
+        let (token, view) = a
+            .create(
+                &store,
+                &admin,
+                TokenRequest {
+                    role: Role::Invoker,
+                    functions: Some("a-".into()),
+                    name: None,
+                    expires_ms: None,
+                },
+            )
+            .unwrap();
+        let header = format!("Bearer {token}");
+        let mut cache = None;
+        assert!(a.may_invoke_cached(&mut cache, Some(header.as_bytes()), "a-f"));
+        assert!(cache.is_some());
+        assert!(a.may_invoke_cached(&mut cache, Some(header.as_bytes()), "a-f"));
+        // Another function is checked afresh: out of the token's scope.
+        assert!(!a.may_invoke_cached(&mut cache, Some(header.as_bytes()), "b-f"));
+        assert!(a.may_invoke_cached(&mut cache, Some(header.as_bytes()), "a-f"));
+        // Another (wrong) token on the same connection is not admitted by the cache.
+        let wrong = format!("Bearer {}x", &token[..token.len() - 1]);
+        assert!(!a.may_invoke_cached(&mut cache, Some(wrong.as_bytes()), "a-f"));
+        assert!(a.may_invoke_cached(&mut cache, Some(header.as_bytes()), "a-f"));
+        a.revoke(&store, &view.id).unwrap();
+        assert!(
+            !a.may_invoke_cached(&mut cache, Some(header.as_bytes()), "a-f"),
+            "a revocation ends the remembered admission at once"
+        );
+        assert!(!a.may_invoke_cached(&mut cache, None, "a-f"));
+    }
+
+    #[test]
+    fn the_first_start_writes_a_private_admin_token_once() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let (store, a) = access(dir.path());
+        let path = dir.path().join(ADMIN_TOKEN_FILE);
+        let token = std::fs::read_to_string(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert_eq!(grant(&a, token.trim()).role, Role::Admin);
+        assert!(!store.tokens().unwrap()[0].hash.contains(token.trim()));
+        drop(a);
+        std::fs::remove_file(&path).unwrap();
+        let _again = Access::open(&store, dir.path(), true, AccessConfig::default()).unwrap();
+        assert!(
+            !path.exists(),
+            "no second admin token while one exists in the store"
+        );
     }
 }

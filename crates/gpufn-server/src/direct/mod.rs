@@ -146,6 +146,7 @@ impl Direct {
             out: Vec::with_capacity(4 * 1024),
             up: BytesMut::with_capacity(16 * 1024),
             rid: Vec::with_capacity(64),
+            admitted: None,
         };
         let mut started: u64 = 0;
         let mut seen: u64 = 0;
@@ -282,7 +283,7 @@ impl Direct {
             return Classified::Fallback;
         }
         let token_auth = pool.trigger_auth() == gpufn_spec::TriggerAuth::Token;
-        if token_auth && !access.may_invoke(authorization, name) {
+        if token_auth && !access.may_invoke_cached(&mut bufs.admitted, authorization, name) {
             return Classified::Fallback;
         }
 
@@ -588,6 +589,8 @@ struct Buffers {
     up: BytesMut,
     /// The request id.
     rid: Vec<u8>,
+    /// The last caller this connection's token admitted.
+    admitted: Option<crate::auth::Admitted>,
 }
 
 enum Classified {
