@@ -451,7 +451,15 @@ async fn logs(
 )]
 async fn gpus(State(p): Shared, Extension(who): Extension<Grant>) -> Result<Response, ApiError> {
     who.check(Action::Read, None).map_err(forbidden)?;
-    Ok(axum::Json(p.allocator().snapshot()).into_response())
+    let mut cards = p.allocator().snapshot();
+    // A token limited to some functions sees that a card is taken, not by which other function.
+    for c in &mut cards {
+        if c.function.as_deref().is_some_and(|f| !who.covers(f)) {
+            c.function = None;
+            c.instance = None;
+        }
+    }
+    Ok(axum::Json(cards).into_response())
 }
 
 #[derive(Serialize)]

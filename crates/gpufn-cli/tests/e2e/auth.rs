@@ -276,6 +276,26 @@ async fn roles_scopes_revocation_and_expiry_are_enforced() {
             .contains("team-a-")
     );
 
+    // A scoped viewer sees that a card is taken, not by which function outside its prefix.
+    let (scoped_viewer, _) = token(&s, json!({"role": "viewer", "functions": "team-a-"})).await;
+    let (status, cards) = call(client_with_token(&scoped_viewer).get(s.url("/api/v1/gpus"))).await;
+    assert_eq!(status, 200);
+    assert!(
+        cards
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["allocated_gb"] != 0),
+        "{cards}"
+    );
+    assert!(!cards.to_string().contains("other"), "{cards}");
+    let (_, list) = call(client_with_token(&scoped_viewer).get(s.url("/api/v1/functions"))).await;
+    assert_eq!(
+        list.as_array().unwrap().len(),
+        1,
+        "only team-a-echo: {list}"
+    );
+
     // Triggers without a token: 401 on both gateways' paths (a small body goes direct, a
     // chunked one through hyper), and for async invocation.
     let anon = http_client();
