@@ -88,7 +88,7 @@ fn serverless_devs(file: &Path, doc: &serde_yaml_ng::Value) -> anyhow::Result<Ve
         .map_err(|e| anyhow!("{}: resources: {e}", file.display()))?
         .unwrap_or_default();
     let base = base_of(file);
-    let gpu_types: BTreeMap<String, String> = gpufn_server::fc::mapping::DEFAULT_GPU_TYPES
+    let gpu_types: BTreeMap<String, String> = gpufn_fc::mapping::DEFAULT_GPU_TYPES
         .iter()
         .map(|(a, b)| (a.to_string(), b.to_string()))
         .collect();
@@ -134,9 +134,8 @@ fn serverless_devs(file: &Path, doc: &serde_yaml_ng::Value) -> anyhow::Result<Ve
             .get("code")
             .and_then(Value::as_str)
             .map(|c| absolute(&base, c));
-        let spec =
-            gpufn_server::fc::mapping::to_spec(&name, &props, code_dir.as_deref(), &gpu_types)
-                .map_err(|e| anyhow!("{}: resources.{key}.props: {}", file.display(), e.0))?;
+        let spec = gpufn_fc::mapping::to_spec(&name, &props, code_dir.as_deref(), &gpu_types)
+            .map_err(|e| anyhow!("{}: resources.{key}.props: {}", file.display(), e.0))?;
         let mut ignored: Vec<String> = props
             .as_object()
             .map(|o| {

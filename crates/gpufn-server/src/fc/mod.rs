@@ -4,7 +4,7 @@
 //! action goes through the same platform operations as gpufn's own API.
 
 pub mod auth;
-pub mod mapping;
+pub use gpufn_fc::mapping;
 mod triggers;
 
 use std::collections::{BTreeMap, HashMap};
