@@ -39,3 +39,23 @@ pub fn cell(v: &serde_json::Value, path: &[&str]) -> String {
 pub fn items(v: &serde_json::Value) -> &[serde_json::Value] {
     v.as_array().map(Vec::as_slice).unwrap_or_default()
 }
+
+/// A list answer printed as pretty JSON (`as_json`) or as a table of the given `(header, field)`
+/// columns.
+pub fn print_list(
+    v: &serde_json::Value,
+    as_json: bool,
+    columns: &[(&str, &str)],
+) -> anyhow::Result<()> {
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(v)?);
+        return Ok(());
+    }
+    let header: Vec<&str> = columns.iter().map(|(h, _)| *h).collect();
+    let rows: Vec<Vec<String>> = items(v)
+        .iter()
+        .map(|item| columns.iter().map(|(_, f)| cell(item, &[f])).collect())
+        .collect();
+    print(&header, &rows);
+    Ok(())
+}

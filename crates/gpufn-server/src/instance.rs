@@ -153,22 +153,12 @@ pub(crate) async fn supervise(pool: Arc<Pool>, job: StartJob) {
         allocated_in,
     } = job;
     let log_path = shared.log_path(&spec.name, &id);
+    // A secret deleted (or a key replaced) since the deploy fails the start like a spawn error,
+    // saying which.
+    let secret_env = crate::containers::secret_env(&shared, &spec);
     let mut env = spec.env.clone();
-    match crate::containers::secret_env(&shared, &spec) {
-        Ok(vars) => env.extend(vars),
-        Err(e) => {
-            // A secret deleted (or a key replaced) since the deploy: the start fails, saying which.
-            tracing::warn!(function = %spec.name, instance = %id, "start failed: {e}");
-            drop(lease);
-            pool.on_start_failed(
-                &id,
-                AcquireError::StartFailed {
-                    reason: format!("env_from_secrets: {e}"),
-                    timed_out: false,
-                },
-            );
-            return;
-        }
+    if let Ok(vars) = &secret_env {
+        env.extend(vars.iter().cloned());
     }
     let launch = LaunchSpec {
         instance_id: id.clone(),
@@ -184,15 +174,23 @@ pub(crate) async fn supervise(pool: Arc<Pool>, job: StartJob) {
         cpu: spec.cpu,
     };
     let t0 = Instant::now();
-    let mut inst = match shared.runtime.launch(&launch).await {
+    let launched = match secret_env {
+        Ok(_) => shared
+            .runtime
+            .launch(&launch)
+            .await
+            .map_err(|e| e.to_string()),
+        Err(e) => Err(format!("env_from_secrets: {e}")),
+    };
+    let mut inst = match launched {
         Ok(i) => i,
-        Err(e) => {
-            tracing::warn!(function = %spec.name, instance = %id, "start failed: {e}");
+        Err(reason) => {
+            tracing::warn!(function = %spec.name, instance = %id, "start failed: {reason}");
             drop(lease);
             pool.on_start_failed(
                 &id,
                 AcquireError::StartFailed {
-                    reason: e.to_string(),
+                    reason,
                     timed_out: false,
                 },
             );

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use reqwest::Method;
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::client::Api;
 use crate::table;
@@ -66,22 +66,15 @@ pub async fn run(api: &Api, cmd: SecretCmd) -> anyhow::Result<ExitCode> {
             let v = api
                 .json(api.request(Method::GET, "/api/v1/secrets"))
                 .await?;
-            if as_json {
-                println!("{}", serde_json::to_string_pretty(&v)?);
-                return Ok(ExitCode::SUCCESS);
-            }
-            let text = |v: &Value, k: &str| table::cell(v, &[k]);
-            let rows: Vec<Vec<String>> = table::items(&v)
-                .iter()
-                .map(|s| {
-                    vec![
-                        text(s, "name"),
-                        text(s, "created_at"),
-                        text(s, "updated_at"),
-                    ]
-                })
-                .collect();
-            table::print(&["NAME", "CREATED", "UPDATED"], &rows);
+            table::print_list(
+                &v,
+                as_json,
+                &[
+                    ("NAME", "name"),
+                    ("CREATED", "created_at"),
+                    ("UPDATED", "updated_at"),
+                ],
+            )?;
         }
         SecretCmd::Delete { name } => {
             api.json(api.request(Method::DELETE, &format!("/api/v1/secrets/{name}")))

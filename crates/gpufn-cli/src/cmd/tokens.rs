@@ -121,28 +121,18 @@ pub async fn audit(api: &Api, limit: usize, as_json: bool) -> anyhow::Result<Exi
                 .query(&[("limit", limit)]),
         )
         .await?;
-    if as_json {
-        println!("{}", serde_json::to_string_pretty(&v)?);
-        return Ok(ExitCode::SUCCESS);
-    }
-    let text = |v: &Value, k: &str| table::cell(v, &[k]);
-    let rows: Vec<Vec<String>> = table::items(&v)
-        .iter()
-        .map(|e| {
-            vec![
-                text(e, "at"),
-                text(e, "token_id"),
-                text(e, "role"),
-                text(e, "action"),
-                text(e, "target"),
-                text(e, "detail"),
-            ]
-        })
-        .collect();
-    table::print(
-        &["AT", "TOKEN", "ROLE", "ACTION", "TARGET", "DETAIL"],
-        &rows,
-    );
+    table::print_list(
+        &v,
+        as_json,
+        &[
+            ("AT", "at"),
+            ("TOKEN", "token_id"),
+            ("ROLE", "role"),
+            ("ACTION", "action"),
+            ("TARGET", "target"),
+            ("DETAIL", "detail"),
+        ],
+    )?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -644,7 +644,7 @@ async fn the_cli_manages_tokens_and_finds_the_local_admin_token() {
 async fn secrets_reach_instances_sealed_and_are_never_shown() {
     const VALUE: &str = "hf_s3cr3t_value_9f8e7d";
     let dir = tempfile::tempdir().unwrap();
-    let s = Server::start(dir.path(), &["--simulate-gpus", "1xtesla-t4:16"]);
+    let s = Server::start(dir.path(), &["--simulate-gpus", "2xtesla-t4:16"]);
     // Set from stdin with the CLI (never on a command line).
     let mut child = std::process::Command::new(BIN)
         .args(["secret", "set", "hf-token"])
@@ -721,6 +721,26 @@ async fn secrets_reach_instances_sealed_and_are_never_shown() {
     }
     let key = std::fs::metadata(dir.path().join("secret.key")).unwrap();
     assert_eq!(key.permissions().mode() & 0o777, 0o600);
+
+    // A secret deleted after the deploy: the next start fails, naming it (the warm instance,
+    // held busy here, keeps serving).
+    let latch = Latch::new(dir.path(), "secret");
+    let held = s.hold("f", &latch).await;
+    assert_eq!(
+        call(s.http.delete(s.url("/api/v1/secrets/hf-token")))
+            .await
+            .0,
+        200
+    );
+    let (status, body) = call(s.http.get(s.url("/function/f/echo"))).await;
+    assert_eq!(status, 503, "{body}");
+    let msg = body["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("env_from_secrets") && msg.contains("hf-token"),
+        "{msg}"
+    );
+    latch.release();
+    assert_eq!(held.await.unwrap(), 200);
 
     // Only an admin sets, lists or deletes secrets.
     let (dev, _) = token(&s, json!({"role": "developer"})).await;
