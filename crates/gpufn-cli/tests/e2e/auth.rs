@@ -496,12 +496,24 @@ async fn a_browser_page_cannot_deploy_or_rebind() {
         )
         .await;
         assert!(answer.starts_with("HTTP/1.1 200"), "{gateway}: {answer}");
-        assert_eq!(
+        // `served` counts when the slot comes back, just after the answer is sent: wait for the
+        // one call that was let through; the refused ones were answered before it and cannot be
+        // counted later.
+        let served = || async {
             s.instances("f")
                 .await
                 .iter()
                 .map(|i| i["served"].as_u64().unwrap())
-                .sum::<u64>(),
+                .sum::<u64>()
+        };
+        s.wait_for(
+            "the allowed call counted",
+            std::time::Duration::from_secs(10),
+            || async { served().await >= 1 },
+        )
+        .await;
+        assert_eq!(
+            served().await,
             1,
             "{gateway}: the refused calls reached no instance"
         );
