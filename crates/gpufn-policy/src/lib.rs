@@ -83,7 +83,10 @@ pub fn keep_alive(
         if inst.starting || inst.in_flight > 0 {
             continue;
         }
-        let deadline = inst.idle_since + idle_timeout;
+        // A keep-alive past the end of time (`Duration::MAX`: always on) never expires.
+        let Some(deadline) = inst.idle_since.checked_add(idle_timeout) else {
+            continue;
+        };
         if deadline <= now {
             expired.push((inst.idle_since, i));
         } else {

@@ -1,0 +1,953 @@
+//! The scheduler of one function, sans-IO: events in, effects out.
+//!
+//! It decides who may send a request where (the throttler: slots, the FIFO queue, refusals) and
+//! how many instances there should be (scale-up, keep-alive, provisioned and pre-warmed
+//! instances), and it keeps each instance's busy periods for billing. It does no I/O, owns no
+//! clock and spawns nothing: every event carries its `now`, and what must happen in the world
+//! comes back as [`Effect`]s for the caller to carry out. The server wraps it in an async shell
+//! (`gpufn-server`'s `pool` module: oneshot channels for waiters, supervisor tasks for
+//! instances, a reconciler timer); the trace simulator (`gpufn-sim`) drives the very same type
+//! with virtual time. That is why the server's scheduling can be tested in microseconds and why
+//! the simulator's figures are the server's.
+//!
+//! Invariants (each is checked by a test in `tests.rs`):
+//! - An instance never has more than `concurrency` requests in flight; a slot is taken only on a
+//!   ready instance of the current revision.
+//! - Waiters are answered in arrival order (FIFO); each is answered at most once, and a waiter
+//!   the caller gave up on is never answered.
+//! - At most `max_instances` instances of the current revision are live (starting or ready), and
+//!   every start has a card: [`Cards::allocate`] is asked first, and a refusal stops the scale-up.
+//! - Keep-alive never stops a starting instance or one with requests in flight, and keeps
+//!   `min_instances` (and the instances pre-warmed for the current idle period).
+//! - Every busy period is billed exactly once: when its metering batch is due, or when its
+//!   instance is gone.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use gpufn_metering::{BusyTracker, ClosedPeriod, PeriodBatch, billed_seconds};
+use gpufn_policy::{Demand, IdleHistogram, InstanceView, Limits};
+
+#[cfg(test)]
+mod tests;
+
+/// An instance, named by the caller (see [`Cards::allocate`]): the server derives its instance
+/// names from it, the simulator counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct InstanceId(pub u64);
+
+/// A queued request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct WaiterId(pub u64);
+
+/// How long idle instances are kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeepAlive {
+    /// A fixed idle timeout (`keep_alive: fixed`, `idle_timeout_s`). `Duration::MAX` keeps
+    /// instances forever.
+    Fixed(Duration),
+    /// The hybrid histogram policy (`keep_alive: histogram`): learns the function's idle times in
+    /// bins `bin` wide and falls back on `fallback` until they are representative.
+    Histogram {
+        /// The fixed keep-alive while the histogram is not representative.
+        fallback: Duration,
+        /// Width of one histogram bin.
+        bin: Duration,
+    },
+    /// The caller plans each idle period with [`Scheduler::plan_idle`] when told
+    /// [`Effect::Idle`] (an offline policy that knows the future: the simulator's oracle).
+    /// `busy` is the keep-alive of an idle instance while others of the function work.
+    Planned {
+        /// Keep-alive of an idle instance beside busy ones.
+        busy: Duration,
+    },
+}
+
+/// The function's scheduling settings (from its spec).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Config {
+    /// Requests one instance serves at once (>= 1).
+    pub concurrency: u32,
+    /// Requests that may wait for a slot; one more is refused with [`Refusal::QueueFull`].
+    pub max_queue: u32,
+    /// Provisioned instances, kept at all times and billed for their whole lifetime.
+    pub min_instances: u32,
+    /// Most live instances of the current revision.
+    pub max_instances: u32,
+    /// Keep-alive of idle instances.
+    pub keep_alive: KeepAlive,
+    /// GPU memory each instance is billed by.
+    pub memory_gb: u32,
+    /// Busy periods starting within this window of each other are billed as one record.
+    pub batch_window: Duration,
+}
+
+/// An instance's lifecycle state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// Card allocated, not yet ready (pulling, starting, loading its model).
+    Starting,
+    /// Serving (idle or busy).
+    Ready,
+    /// Takes no new requests; stopped once the ones in flight are done.
+    Draining,
+}
+
+impl State {
+    /// The name users see; `busy` is a ready instance with requests in flight.
+    pub fn public(self, in_flight: u32) -> &'static str {
+        match self {
+            State::Starting => "starting",
+            State::Ready if in_flight > 0 => "busy",
+            State::Ready => "ready",
+            State::Draining => "draining",
+        }
+    }
+}
+
+/// Why a request got no slot. `E` is why a card could not be had (the GPU allocator's error in
+/// the server).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal<E> {
+    /// `max_queue` requests are already waiting.
+    QueueFull {
+        /// The bound.
+        max_queue: u32,
+    },
+    /// Waited the queue timeout without a slot.
+    QueueTimeout {
+        /// How long it waited.
+        waited: Duration,
+        /// Why no instance could be started, when that was the reason.
+        blocked: Option<E>,
+    },
+    /// The instance started for this request failed to become ready.
+    StartFailed {
+        /// What happened.
+        reason: String,
+        /// True when the startup deadline passed.
+        timed_out: bool,
+    },
+    /// The function was deleted while the request waited.
+    Deleted,
+    /// The server is shutting down.
+    ShuttingDown,
+}
+
+impl<E: fmt::Display> fmt::Display for Refusal<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Refusal::QueueFull { max_queue } => write!(
+                f,
+                "{max_queue} requests are already queued for this function (scaling.max_queue)"
+            ),
+            Refusal::QueueTimeout { waited, blocked } => {
+                write!(
+                    f,
+                    "no instance slot within scaling.queue_timeout_s ({}s)",
+                    waited.as_secs()
+                )?;
+                match blocked {
+                    Some(b) => write!(f, ": {b}"),
+                    None => Ok(()),
+                }
+            }
+            Refusal::StartFailed { reason, .. } => write!(f, "cold start failed: {reason}"),
+            Refusal::Deleted => f.write_str("the function was deleted"),
+            Refusal::ShuttingDown => f.write_str("the server is shutting down"),
+        }
+    }
+}
+
+impl<E: fmt::Debug + fmt::Display> std::error::Error for Refusal<E> {}
+
+/// A slot handed to a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Grant {
+    /// The instance; the caller gives the slot back with [`Scheduler::release`].
+    pub instance: InstanceId,
+    /// The request waited for this instance to start (a cold start).
+    pub cold: bool,
+    /// When the instance became ready.
+    pub ready_at: Option<Instant>,
+}
+
+/// A billing record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bill {
+    /// Busy periods of one instance (one or more, batched).
+    Busy {
+        /// The instance.
+        instance: InstanceId,
+        /// The period(s).
+        period: ClosedPeriod,
+        /// GPU memory billed.
+        memory_gb: u32,
+    },
+    /// A provisioned instance is gone: the idle part of its lifetime.
+    ProvisionedIdle {
+        /// The instance.
+        instance: InstanceId,
+        /// When it went.
+        end: Instant,
+        /// Whole seconds it was held and not busy.
+        idle_s: u64,
+        /// GPU memory billed.
+        memory_gb: u32,
+    },
+}
+
+/// What the caller must do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect<E> {
+    /// Hand a slot to a queued request.
+    Grant {
+        /// The request.
+        waiter: WaiterId,
+        /// Its slot.
+        grant: Grant,
+    },
+    /// Answer a queued request with an error.
+    Refuse {
+        /// The request.
+        waiter: WaiterId,
+        /// Why.
+        reason: Refusal<E>,
+    },
+    /// Start this instance (its card was granted); answer with [`Scheduler::instance_ready`],
+    /// [`Scheduler::start_failed`] or [`Scheduler::instance_gone`].
+    Start {
+        /// The instance.
+        instance: InstanceId,
+    },
+    /// Stop this instance; answer with [`Scheduler::instance_gone`] once it is gone.
+    Stop {
+        /// The instance.
+        instance: InstanceId,
+    },
+    /// Record this.
+    Bill(Bill),
+    /// Something keep-alive cares about changed: call [`Scheduler::tick`] soon.
+    Wake,
+    /// Nothing is in flight or queued any more: an idle period began. Under
+    /// [`KeepAlive::Planned`] the caller plans it with [`Scheduler::plan_idle`].
+    Idle,
+}
+
+/// Where the cards come from: the GPU allocator in the server, a counter in the simulator.
+pub trait Cards<P, E> {
+    /// Grants a card for a new instance of this function, and names the instance; `P` is what
+    /// the caller keeps beside the scheduler's record of it (address, lease, stop handle).
+    fn allocate(&mut self, provisioned: bool) -> Result<(InstanceId, P), E>;
+}
+
+/// The answer to [`Scheduler::acquire`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Acquire<E> {
+    /// A slot now, on a ready instance.
+    Now(Grant),
+    /// Queued: the answer comes as [`Effect::Grant`] or [`Effect::Refuse`] for this waiter.
+    Queued(WaiterId),
+    /// Refused now.
+    Refused(Refusal<E>),
+}
+
+/// What [`Scheduler::plan_idle`] is told to do with an idle period.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdlePlan {
+    /// Keep idle instances this long.
+    pub keep_alive: Duration,
+    /// Start one instance at `.0` and keep it until `.1` (pre-warm).
+    pub prewarm: Option<(Instant, Instant)>,
+}
+
+/// One instance as the scheduler tracks it.
+#[derive(Debug)]
+pub struct Instance<P> {
+    id: InstanceId,
+    revision: i64,
+    state: State,
+    in_flight: u32,
+    served: u64,
+    idle_since: Instant,
+    ready_at: Option<Instant>,
+    created: Instant,
+    provisioned: bool,
+    memory_gb: u32,
+    busy: BusyTracker,
+    batch: PeriodBatch,
+    payload: P,
+}
+
+impl<P> Instance<P> {
+    /// Its id.
+    pub fn id(&self) -> InstanceId {
+        self.id
+    }
+    /// The function revision it runs.
+    pub fn revision(&self) -> i64 {
+        self.revision
+    }
+    /// Its lifecycle state.
+    pub fn state(&self) -> State {
+        self.state
+    }
+    /// Requests in flight.
+    pub fn in_flight(&self) -> u32 {
+        self.in_flight
+    }
+    /// Requests served (counted when their slot is given back).
+    pub fn served(&self) -> u64 {
+        self.served
+    }
+    /// When it became ready.
+    pub fn ready_at(&self) -> Option<Instant> {
+        self.ready_at
+    }
+    /// When its card was granted.
+    pub fn created(&self) -> Instant {
+        self.created
+    }
+    /// Started for `min_instances`: billed for its whole lifetime.
+    pub fn provisioned(&self) -> bool {
+        self.provisioned
+    }
+    /// GPU memory it is billed by.
+    pub fn memory_gb(&self) -> u32 {
+        self.memory_gb
+    }
+    /// Its current busy period, for live usage.
+    pub fn busy(&self) -> &BusyTracker {
+        &self.busy
+    }
+    /// Busy periods billed but not yet handed out as [`Bill::Busy`].
+    pub fn pending_bill(&self) -> Option<&ClosedPeriod> {
+        self.batch.pending()
+    }
+    /// What the caller keeps with it.
+    pub fn payload(&self) -> &P {
+        &self.payload
+    }
+    /// What the caller keeps with it.
+    pub fn payload_mut(&mut self) -> &mut P {
+        &mut self.payload
+    }
+    /// The state users see.
+    pub fn public_state(&self) -> &'static str {
+        self.state.public(self.in_flight)
+    }
+
+    fn has_free_slot(&self, concurrency: u32, revision: i64) -> bool {
+        self.state == State::Ready && self.revision == revision && self.in_flight < concurrency
+    }
+
+    /// Any state → `Draining`; true when it should be stopped now (nothing in flight).
+    fn drain(&mut self) -> bool {
+        self.state = State::Draining;
+        self.in_flight == 0
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Waiter {
+    id: WaiterId,
+    enqueued: Instant,
+}
+
+/// The effects of one event, in the order they must be carried out.
+pub type Effects<E> = Vec<Effect<E>>;
+
+/// The scheduler of one function.
+#[derive(Debug)]
+pub struct Scheduler<P, E> {
+    cfg: Config,
+    revision: i64,
+    instances: Vec<Instance<P>>,
+    queue: VecDeque<Waiter>,
+    next_waiter: u64,
+    closed: Option<Refusal<E>>,
+    /// Why the last scale-up could not start every instance it wanted.
+    blocked: Option<E>,
+    /// Provisioned instances are not restarted before this after a failed start.
+    min_retry_at: Option<Instant>,
+    failed_starts: u32,
+    /// The function's idle times (histogram keep-alive), when its current idle period began, and
+    /// how long its last start took.
+    hist: IdleHistogram,
+    idle_start: Option<Instant>,
+    last_load: Duration,
+    /// Instances the keep-alive policy wants warm now (pre-warm).
+    prewarm_min: u32,
+    /// The caller's plan for the current idle period ([`KeepAlive::Planned`]).
+    plan: Option<IdlePlan>,
+    /// When `tick` asked to be called next: an instance going idle asks for a tick only if it
+    /// needs one sooner.
+    check_at: Option<Instant>,
+}
+
+fn count(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+fn histogram_bin(k: KeepAlive) -> Option<Duration> {
+    match k {
+        KeepAlive::Histogram { bin, .. } => Some(bin),
+        _ => None,
+    }
+}
+
+impl<P, E: Clone> Scheduler<P, E> {
+    /// A scheduler with no instances.
+    pub fn new(cfg: Config, revision: i64) -> Self {
+        Self {
+            hist: IdleHistogram::new(histogram_bin(cfg.keep_alive).unwrap_or(Duration::from_secs(60))),
+            cfg,
+            revision,
+            instances: Vec::new(),
+            queue: VecDeque::new(),
+            next_waiter: 0,
+            closed: None,
+            blocked: None,
+            min_retry_at: None,
+            failed_starts: 0,
+            idle_start: None,
+            last_load: Duration::ZERO,
+            prewarm_min: 0,
+            plan: None,
+            check_at: None,
+        }
+    }
+
+    /// The settings in force.
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// The current revision.
+    pub fn revision(&self) -> i64 {
+        self.revision
+    }
+
+    /// The instances, oldest first.
+    pub fn instances(&self) -> &[Instance<P>] {
+        &self.instances
+    }
+
+    /// One instance.
+    pub fn instance(&self, id: InstanceId) -> Option<&Instance<P>> {
+        self.instances.iter().find(|i| i.id == id)
+    }
+
+    /// One instance, to update what the caller keeps with it.
+    pub fn instance_mut(&mut self, id: InstanceId) -> Option<&mut Instance<P>> {
+        self.instances.iter_mut().find(|i| i.id == id)
+    }
+
+    /// Requests waiting for a slot.
+    pub fn queued(&self) -> u32 {
+        count(self.queue.len())
+    }
+
+    /// True once closed ([`Scheduler::close`]).
+    pub fn is_closed(&self) -> bool {
+        self.closed.is_some()
+    }
+
+    /// The idle-time histogram (keep-alive: histogram).
+    pub fn histogram(&self) -> &IdleHistogram {
+        &self.hist
+    }
+
+    /// A request arrived at `now`: a slot at once on the least-loaded ready instance, else a
+    /// place in the queue (starting instances as needed), else a refusal.
+    pub fn acquire(
+        &mut self,
+        now: Instant,
+        cards: &mut dyn Cards<P, E>,
+        out: &mut Effects<E>,
+    ) -> Acquire<E> {
+        if let Some(reason) = &self.closed {
+            return Acquire::Refused(reason.clone());
+        }
+        if let Some(since) = self.idle_start.take() {
+            self.hist.record(now.saturating_duration_since(since));
+            self.plan = None;
+        }
+        if let Some(grant) = self.take_slot(None, now) {
+            return Acquire::Now(grant);
+        }
+        if self.queue.len() >= self.cfg.max_queue as usize {
+            return Acquire::Refused(Refusal::QueueFull {
+                max_queue: self.cfg.max_queue,
+            });
+        }
+        self.next_waiter += 1;
+        let id = WaiterId(self.next_waiter);
+        self.queue.push_back(Waiter { id, enqueued: now });
+        self.scale(now, cards, out);
+        Acquire::Queued(id)
+    }
+
+    /// The caller gave up on a queued request (it went away): it no longer counts against
+    /// `max_queue` nor asks for instances. False when it was no longer queued.
+    pub fn cancel(&mut self, waiter: WaiterId) -> bool {
+        match self.queue.iter().position(|w| w.id == waiter) {
+            Some(pos) => {
+                self.queue.remove(pos);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// A queued request's queue timeout passed at `now`: the refusal to give it (saying why no
+    /// instance could start, if that was why), or `None` when it was answered already.
+    pub fn timed_out(&mut self, waiter: WaiterId, now: Instant) -> Option<Refusal<E>> {
+        let pos = self.queue.iter().position(|w| w.id == waiter)?;
+        let w = self.queue.remove(pos)?;
+        Some(Refusal::QueueTimeout {
+            waited: now.saturating_duration_since(w.enqueued),
+            blocked: self.blocked.clone(),
+        })
+    }
+
+    /// A request gave its slot back at `now` (its response is done).
+    pub fn release(&mut self, instance: InstanceId, now: Instant, out: &mut Effects<E>) {
+        // Under fixed keep-alive an instance going idle needs a look at its keep-alive deadline
+        // and when its metering batch is due; if a tick is due sooner anyway it will see both, so
+        // the caller is not woken on every request.
+        let fixed = match self.cfg.keep_alive {
+            KeepAlive::Fixed(t) => Some(t),
+            _ => None,
+        };
+        let check_at = self.check_at;
+        let Some(inst) = self.instances.iter_mut().find(|i| i.id == instance) else {
+            return;
+        };
+        inst.in_flight = inst.in_flight.saturating_sub(1);
+        inst.served += 1;
+        if let Some(period) = inst.busy.end(now) {
+            if let Some(batch) = inst.batch.push(period) {
+                out.push(Effect::Bill(Bill::Busy {
+                    instance,
+                    period: batch,
+                    memory_gb: inst.memory_gb,
+                }));
+            }
+        }
+        if inst.in_flight == 0 {
+            inst.idle_since = now;
+            let wake = match fixed {
+                None => true,
+                Some(timeout) => {
+                    let keep_until = now.checked_add(timeout);
+                    let needed = match (inst.batch.due_at(), keep_until) {
+                        (Some(d), Some(k)) => Some(d.min(k)),
+                        (a, b) => a.or(b),
+                    };
+                    match (check_at, needed) {
+                        (_, None) => false,
+                        (None, Some(_)) => true,
+                        (Some(c), Some(n)) => c > n,
+                    }
+                }
+            };
+            if wake {
+                out.push(Effect::Wake);
+            }
+            if inst.state == State::Draining {
+                out.push(Effect::Stop { instance });
+            }
+        }
+        self.dispatch(now, out);
+        if self.idle_start.is_none()
+            && self.queue.is_empty()
+            && self.instances.iter().all(|i| i.in_flight == 0)
+        {
+            self.idle_start = Some(now);
+            if matches!(self.cfg.keep_alive, KeepAlive::Planned { .. }) {
+                out.push(Effect::Idle);
+            }
+        }
+    }
+
+    /// The instance failed at the connection level (refused, reset): it takes no more requests
+    /// and is stopped, so the next request gets a fresh instance instead of the same broken one.
+    pub fn out_of_service(
+        &mut self,
+        instance: InstanceId,
+        now: Instant,
+        cards: &mut dyn Cards<P, E>,
+        out: &mut Effects<E>,
+    ) {
+        if let Some(inst) = self.instances.iter_mut().find(|i| i.id == instance) {
+            inst.drain();
+            out.push(Effect::Stop { instance });
+        }
+        self.scale(now, cards, out);
+    }
+
+    /// The instance passed its health check at `now`; its start took `load` (process start plus
+    /// the app's own load), which pre-warm plans with.
+    pub fn instance_ready(
+        &mut self,
+        instance: InstanceId,
+        load: Duration,
+        now: Instant,
+        out: &mut Effects<E>,
+    ) {
+        out.push(Effect::Wake);
+        self.failed_starts = 0;
+        self.min_retry_at = None;
+        let Some(inst) = self.instances.iter_mut().find(|i| i.id == instance) else {
+            return;
+        };
+        if inst.state == State::Starting {
+            inst.state = State::Ready;
+            inst.ready_at = Some(now);
+            inst.idle_since = now;
+        } else {
+            // Drained while it was starting (function updated, deleted, shutting down).
+            out.push(Effect::Stop { instance });
+        }
+        self.last_load = load;
+        self.dispatch(now, out);
+    }
+
+    /// A start failed: the instance leaves, its card is free, and the requests it was started for
+    /// get the failure — at most one instance's worth, and only those no other start will serve.
+    /// Provisioned instances are retried with a backoff; a queued request always gets its try.
+    pub fn start_failed(
+        &mut self,
+        instance: InstanceId,
+        reason: Refusal<E>,
+        now: Instant,
+        cards: &mut dyn Cards<P, E>,
+        out: &mut Effects<E>,
+    ) -> Option<Instance<P>> {
+        out.push(Effect::Wake);
+        let gone = self.retire(instance, now, out);
+        self.failed_starts = self.failed_starts.saturating_add(1);
+        let backoff = Duration::from_secs(1 << self.failed_starts.min(6));
+        self.min_retry_at = Some(now + backoff);
+        let concurrency = self.cfg.concurrency;
+        let capacity: u32 = self
+            .instances
+            .iter()
+            .filter(|i| i.revision == self.revision)
+            .map(|i| match i.state {
+                State::Starting => concurrency,
+                State::Ready => concurrency - i.in_flight.min(concurrency),
+                State::Draining => 0,
+            })
+            .sum();
+        let excess = self.queued().saturating_sub(capacity);
+        for _ in 0..excess.min(concurrency) {
+            if let Some(w) = self.queue.pop_front() {
+                out.push(Effect::Refuse {
+                    waiter: w.id,
+                    reason: reason.clone(),
+                });
+            }
+        }
+        self.scale(now, cards, out);
+        gone
+    }
+
+    /// The instance is gone (stopped, crashed) and its card given back: it leaves, its bills
+    /// close, and instances start again if needed. Returns it, for what the caller kept with it.
+    pub fn instance_gone(
+        &mut self,
+        instance: InstanceId,
+        now: Instant,
+        cards: &mut dyn Cards<P, E>,
+        out: &mut Effects<E>,
+    ) -> Option<Instance<P>> {
+        out.push(Effect::Wake);
+        let gone = self.retire(instance, now, out);
+        self.scale(now, cards, out);
+        gone
+    }
+
+    /// Keep-alive, provisioned and pre-warmed instances, due metering batches: stops instances
+    /// idle past their keep-alive (keeping `min_instances`), starts missing ones. Returns when to
+    /// tick again if nothing happens before; it is always after `now`.
+    pub fn tick(
+        &mut self,
+        now: Instant,
+        cards: &mut dyn Cards<P, E>,
+        out: &mut Effects<E>,
+    ) -> Option<Instant> {
+        let revision = self.revision;
+        let live: Vec<usize> = self
+            .instances
+            .iter()
+            .enumerate()
+            .filter(|(_, i)| i.revision == revision && i.state != State::Draining)
+            .map(|(n, _)| n)
+            .collect();
+        let views: Vec<InstanceView> = live
+            .iter()
+            .map(|&n| {
+                let i = &self.instances[n];
+                InstanceView {
+                    starting: i.state == State::Starting,
+                    in_flight: i.in_flight,
+                    idle_since: i.idle_since,
+                }
+            })
+            .collect();
+        let (idle_timeout, prewarm_min, wake_at) = self.keep_alive_window(now);
+        self.prewarm_min = prewarm_min;
+        let decision = gpufn_policy::keep_alive(
+            &views,
+            self.cfg.min_instances.max(prewarm_min),
+            idle_timeout,
+            now,
+        );
+        for k in decision.stop {
+            let inst = &mut self.instances[live[k]];
+            if inst.drain() {
+                out.push(Effect::Stop { instance: inst.id });
+            }
+        }
+        self.scale(now, cards, out);
+        // Metering batches whose window has passed are billed; the others are due later.
+        let mut batch_due = None::<Instant>;
+        for inst in &mut self.instances {
+            if let Some(batch) = inst.batch.take_due(now) {
+                out.push(Effect::Bill(Bill::Busy {
+                    instance: inst.id,
+                    period: batch,
+                    memory_gb: inst.memory_gb,
+                }));
+            }
+            batch_due = match (batch_due, inst.batch.due_at()) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+        }
+        // A provisioned restart's backoff that has passed needs no tick: the scale-up above
+        // already tried.
+        let retry = self.min_retry_at.filter(|t| *t > now);
+        let next = [decision.next_check, retry, wake_at, batch_due]
+            .into_iter()
+            .flatten()
+            .filter(|t| *t > now)
+            .min();
+        self.check_at = next;
+        next
+    }
+
+    /// Tries again to start instances for queued requests (a card was given back).
+    pub fn rescale(&mut self, now: Instant, cards: &mut dyn Cards<P, E>, out: &mut Effects<E>) {
+        if self.queue.is_empty() && self.blocked.is_none() {
+            return;
+        }
+        self.scale(now, cards, out);
+    }
+
+    /// A new spec: instances of older revisions drain, new ones start as needed.
+    pub fn update(
+        &mut self,
+        cfg: Config,
+        revision: i64,
+        now: Instant,
+        cards: &mut dyn Cards<P, E>,
+        out: &mut Effects<E>,
+    ) {
+        out.push(Effect::Wake);
+        let bin = histogram_bin(cfg.keep_alive);
+        if bin.is_some_and(|b| b.max(Duration::from_millis(1)) != self.hist.bin()) {
+            // Idle times binned at another width do not carry over.
+            self.hist = IdleHistogram::new(bin.unwrap_or(Duration::from_secs(60)));
+        }
+        self.cfg = cfg;
+        self.revision = revision;
+        self.min_retry_at = None;
+        self.failed_starts = 0;
+        for inst in self.instances.iter_mut().filter(|i| i.revision != revision) {
+            if inst.drain() {
+                out.push(Effect::Stop { instance: inst.id });
+            }
+        }
+        self.scale(now, cards, out);
+    }
+
+    /// Deleted or shutting down: waiters get `reason`, no instance starts again, and every
+    /// instance drains (requests in flight finish).
+    pub fn close(&mut self, reason: Refusal<E>, out: &mut Effects<E>) {
+        out.push(Effect::Wake);
+        self.closed = Some(reason.clone());
+        while let Some(w) = self.queue.pop_front() {
+            out.push(Effect::Refuse {
+                waiter: w.id,
+                reason: reason.clone(),
+            });
+        }
+        for inst in &mut self.instances {
+            if inst.drain() {
+                out.push(Effect::Stop { instance: inst.id });
+            }
+        }
+    }
+
+    /// The caller's plan for the idle period that began ([`Effect::Idle`], under
+    /// [`KeepAlive::Planned`]); it holds until the next request arrives.
+    pub fn plan_idle(&mut self, plan: IdlePlan, out: &mut Effects<E>) {
+        self.plan = Some(plan);
+        out.push(Effect::Wake);
+    }
+
+    /// The keep-alive for idle instances now, the instances to keep warm (pre-warm), and when to
+    /// look again: the fixed timeout; the histogram policy's decision for the current idle period;
+    /// or the caller's plan.
+    fn keep_alive_window(&self, now: Instant) -> (Duration, u32, Option<Instant>) {
+        let window = |since: Instant, after: Duration, until: Duration| {
+            (since.checked_add(after), since.checked_add(until))
+        };
+        let (keep, prewarm) = match self.cfg.keep_alive {
+            KeepAlive::Fixed(t) => return (t, 0, None),
+            KeepAlive::Histogram { fallback, .. } => {
+                let d = gpufn_policy::histogram_decision(self.hist.windows(), fallback, self.last_load);
+                match (self.idle_start, d.prewarm) {
+                    (Some(since), Some((after, until))) => (Duration::ZERO, Some(window(since, after, until))),
+                    _ => (d.keep_alive, None),
+                }
+            }
+            KeepAlive::Planned { busy } => match (self.idle_start, self.plan) {
+                (Some(_), Some(p)) => (p.keep_alive, p.prewarm.map(|(a, b)| (Some(a), Some(b)))),
+                _ => (busy, None),
+            },
+        };
+        match prewarm {
+            Some((Some(start_at), _)) if now < start_at => (keep, 0, Some(start_at)),
+            Some((Some(_), keep_until)) if keep_until.is_none_or(|k| now < k) => {
+                (keep, 1, keep_until)
+            }
+            _ => (keep, 0, None),
+        }
+    }
+
+    /// Takes a slot on the least-loaded ready instance of the current revision.
+    fn take_slot(&mut self, waited_since: Option<Instant>, now: Instant) -> Option<Grant> {
+        let concurrency = self.cfg.concurrency;
+        let revision = self.revision;
+        let inst = self
+            .instances
+            .iter_mut()
+            .filter(|i| i.has_free_slot(concurrency, revision))
+            .min_by_key(|i| i.in_flight)?;
+        inst.in_flight += 1;
+        inst.busy.start(now);
+        let cold = matches!((waited_since, inst.ready_at), (Some(since), Some(ready)) if ready > since);
+        Some(Grant {
+            instance: inst.id,
+            cold,
+            ready_at: inst.ready_at,
+        })
+    }
+
+    /// Hands free slots to waiters, oldest first.
+    fn dispatch(&mut self, now: Instant, out: &mut Effects<E>) {
+        while let Some(front) = self.queue.front() {
+            let (id, since) = (front.id, front.enqueued);
+            let Some(grant) = self.take_slot(Some(since), now) else {
+                break;
+            };
+            self.queue.pop_front();
+            out.push(Effect::Grant { waiter: id, grant });
+        }
+    }
+
+    /// Starts as many instances as the policy asks for, as far as the cards allow.
+    fn scale(&mut self, now: Instant, cards: &mut dyn Cards<P, E>, out: &mut Effects<E>) {
+        if self.closed.is_some() {
+            return;
+        }
+        let mut demand = Demand {
+            queued: self.queued(),
+            ..Demand::default()
+        };
+        for i in self
+            .instances
+            .iter()
+            .filter(|i| i.revision == self.revision && i.state != State::Draining)
+        {
+            match i.state {
+                State::Starting => demand.starting += 1,
+                _ => {
+                    demand.ready += 1;
+                    demand.in_flight += i.in_flight;
+                }
+            }
+        }
+        let limits = Limits {
+            concurrency: self.cfg.concurrency,
+            min_instances: self.cfg.min_instances.max(self.prewarm_min),
+            max_instances: self.cfg.max_instances,
+        };
+        let mut wanted = gpufn_policy::instances_to_start(demand, limits);
+        // Only provisioned instances are held back after failed starts; a waiting request always
+        // gets its attempt.
+        if demand.queued == 0 && self.min_retry_at.is_some_and(|t| t > now) {
+            wanted = 0;
+        }
+        self.blocked = None;
+        let live_before = demand.starting + demand.ready;
+        for live in live_before..live_before + wanted {
+            // The first min_instances live instances are the provisioned ones, billed for their
+            // whole lifetime; the rest are on demand, billed only while busy.
+            let provisioned = live < self.cfg.min_instances;
+            let (id, payload) = match cards.allocate(provisioned) {
+                Ok(granted) => granted,
+                Err(e) => {
+                    self.blocked = Some(e);
+                    break;
+                }
+            };
+            self.instances.push(Instance {
+                id,
+                revision: self.revision,
+                state: State::Starting,
+                in_flight: 0,
+                served: 0,
+                idle_since: now,
+                ready_at: None,
+                created: now,
+                provisioned,
+                memory_gb: self.cfg.memory_gb,
+                busy: BusyTracker::default(),
+                batch: PeriodBatch::new(self.cfg.batch_window),
+                payload,
+            });
+            out.push(Effect::Start { instance: id });
+        }
+    }
+
+    /// Removes an instance and closes its bills: an open busy period (it crashed mid-request) and,
+    /// for a provisioned instance, the idle rest of its lifetime.
+    fn retire(&mut self, id: InstanceId, now: Instant, out: &mut Effects<E>) -> Option<Instance<P>> {
+        let pos = self.instances.iter().position(|i| i.id == id)?;
+        let mut inst = self.instances.remove(pos);
+        let last = inst.busy.close(now).and_then(|p| inst.batch.push(p));
+        for period in last.into_iter().chain(inst.batch.take()) {
+            out.push(Effect::Bill(Bill::Busy {
+                instance: id,
+                period,
+                memory_gb: inst.memory_gb,
+            }));
+        }
+        if inst.provisioned {
+            let lifetime = billed_seconds(now.saturating_duration_since(inst.created));
+            out.push(Effect::Bill(Bill::ProvisionedIdle {
+                instance: id,
+                end: now,
+                idle_s: lifetime.saturating_sub(inst.busy.billed_total()),
+                memory_gb: inst.memory_gb,
+            }));
+        }
+        Some(inst)
+    }
+}
