@@ -401,7 +401,9 @@ impl<P, E: Clone> Scheduler<P, E> {
     /// A scheduler with no instances.
     pub fn new(cfg: Config, revision: i64) -> Self {
         Self {
-            hist: IdleHistogram::new(histogram_bin(cfg.keep_alive).unwrap_or(Duration::from_secs(60))),
+            hist: IdleHistogram::new(
+                histogram_bin(cfg.keep_alive).unwrap_or(Duration::from_secs(60)),
+            ),
             cfg,
             revision,
             instances: Vec::new(),
@@ -810,9 +812,12 @@ impl<P, E: Clone> Scheduler<P, E> {
         let (keep, prewarm) = match self.cfg.keep_alive {
             KeepAlive::Fixed(t) => return (t, 0, None),
             KeepAlive::Histogram { fallback, .. } => {
-                let d = gpufn_policy::histogram_decision(self.hist.windows(), fallback, self.last_load);
+                let d =
+                    gpufn_policy::histogram_decision(self.hist.windows(), fallback, self.last_load);
                 match (self.idle_start, d.prewarm) {
-                    (Some(since), Some((after, until))) => (Duration::ZERO, Some(window(since, after, until))),
+                    (Some(since), Some((after, until))) => {
+                        (Duration::ZERO, Some(window(since, after, until)))
+                    }
                     _ => (d.keep_alive, None),
                 }
             }
@@ -841,7 +846,8 @@ impl<P, E: Clone> Scheduler<P, E> {
             .min_by_key(|i| i.in_flight)?;
         inst.in_flight += 1;
         inst.busy.start(now);
-        let cold = matches!((waited_since, inst.ready_at), (Some(since), Some(ready)) if ready > since);
+        let cold =
+            matches!((waited_since, inst.ready_at), (Some(since), Some(ready)) if ready > since);
         Some(Grant {
             instance: inst.id,
             cold,
@@ -928,7 +934,12 @@ impl<P, E: Clone> Scheduler<P, E> {
 
     /// Removes an instance and closes its bills: an open busy period (it crashed mid-request) and,
     /// for a provisioned instance, the idle rest of its lifetime.
-    fn retire(&mut self, id: InstanceId, now: Instant, out: &mut Effects<E>) -> Option<Instance<P>> {
+    fn retire(
+        &mut self,
+        id: InstanceId,
+        now: Instant,
+        out: &mut Effects<E>,
+    ) -> Option<Instance<P>> {
         let pos = self.instances.iter().position(|i| i.id == id)?;
         let mut inst = self.instances.remove(pos);
         let last = inst.busy.close(now).and_then(|p| inst.batch.push(p));

@@ -175,7 +175,11 @@ fn queued_requests_get_slots_in_arrival_order_and_are_cold() {
         })
         .collect();
     let started = starts(&out);
-    assert_eq!(started.len(), 3, "a burst starts an instance per request at once");
+    assert_eq!(
+        started.len(),
+        3,
+        "a burst starts an instance per request at once"
+    );
     // The second instance is ready first: the oldest waiter gets it.
     let out = h.ready(started[1], 10.0);
     let g = grants(&out);
@@ -294,7 +298,10 @@ fn a_new_revision_drains_the_old_instances() {
     let mut out = Out::new();
     h.s.update(cfg(), 2, h.at(6.0), &mut h.cards, &mut out);
     assert_eq!(stops(&out), [idle], "the idle one stops now");
-    assert_eq!(h.s.instance(old).map(Instance::state), Some(State::Draining));
+    assert_eq!(
+        h.s.instance(old).map(Instance::state),
+        Some(State::Draining)
+    );
     // A request now waits for the new revision rather than the draining instance.
     let mut out = Out::new();
     assert!(matches!(h.acquire(7.0, &mut out), Acquire::Queued(_)));
@@ -319,7 +326,10 @@ fn a_crashed_instance_is_replaced_for_waiting_requests() {
     // The instance crashes mid-request: its open busy period is billed, a new one starts.
     let out = h.gone(a, 4.0);
     assert_eq!(starts(&out).len(), 1);
-    assert!(out.iter().any(|e| matches!(e, Effect::Bill(Bill::Busy { instance, .. }) if *instance == a)));
+    assert!(
+        out.iter()
+            .any(|e| matches!(e, Effect::Bill(Bill::Busy { instance, .. }) if *instance == a))
+    );
 }
 
 #[test]
@@ -340,7 +350,13 @@ fn a_failed_start_refuses_one_instance_worth_and_backs_off_provisioned_restarts(
         reason: "exit 1".into(),
         timed_out: false,
     };
-    h.s.start_failed(started[0], reason.clone(), h.at(5.0), &mut h.cards, &mut out);
+    h.s.start_failed(
+        started[0],
+        reason.clone(),
+        h.at(5.0),
+        &mut h.cards,
+        &mut out,
+    );
     // Three waiters, one starting instance left (2 slots): one is told; a new start covers none
     // (the other two still have their instance).
     assert_eq!(refusals(&out).len(), 1);
@@ -363,7 +379,10 @@ fn a_failed_start_refuses_one_instance_worth_and_backs_off_provisioned_restarts(
     assert_eq!(next, Some(h.at(3.0)), "retry after 2 s");
     let (out, next) = h.tick(3.0);
     assert_eq!(starts(&out).len(), 1);
-    assert!(next.is_none_or(|n| n > h.at(3.0)), "never a tick in the past");
+    assert!(
+        next.is_none_or(|n| n > h.at(3.0)),
+        "never a tick in the past"
+    );
 }
 
 #[test]
@@ -387,7 +406,10 @@ fn min_instances_are_kept_and_billed_for_their_lifetime() {
     h.s.close(Refusal::Deleted, &mut out);
     assert_eq!(stops(&out), ids);
     let out = h.gone(ids[0], 1000.0);
-    assert!(out.iter().any(|e| matches!(e, Effect::Bill(Bill::ProvisionedIdle { idle_s: 1000, .. }))));
+    assert!(
+        out.iter()
+            .any(|e| matches!(e, Effect::Bill(Bill::ProvisionedIdle { idle_s: 1000, .. })))
+    );
     assert!(starts(&out).is_empty(), "closed: nothing starts again");
 }
 
@@ -467,7 +489,11 @@ fn the_histogram_policy_prewarms_what_it_learned() {
     let idle = h.at(t + 21.0);
     let (out, next) = h.tick(t + 21.0);
     assert_eq!(stops(&out), [id]);
-    let Windows::Histogram { prewarm, keep_alive } = h.s.histogram().windows() else {
+    let Windows::Histogram {
+        prewarm,
+        keep_alive,
+    } = h.s.histogram().windows()
+    else {
         panic!("representative after ten regular idle times")
     };
     let start_at = idle + prewarm - Duration::from_secs(1);

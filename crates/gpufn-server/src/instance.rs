@@ -1,12 +1,11 @@
 //! One instance: its lifecycle states and the supervisor task that runs it.
 //!
-//! Lifecycle: `Starting` → `Ready` (shown as `busy` while requests are in flight) → `Draining` →
-//! removed. An instance is removed from its pool only after its process is gone, and its GPU lease is
+//! Lifecycle (the scheduler's [`gpufn_sched::State`]): `Starting` → `Ready` (shown as `busy` while
+//! requests are in flight) → `Draining` → removed. An instance is removed from its pool only after its process is gone, and its GPU lease is
 //! dropped just before that, so a card is never given to a new instance while an old one still runs.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use gpufn_gpu::GpuLease;
 use gpufn_runtime::{LaunchSpec, RunningInstance};
@@ -15,28 +14,6 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::pool::{AcquireError, Pool};
-
-/// Lifecycle state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum InstanceState {
-    /// Card allocated, process starting, health check not yet passed.
-    Starting,
-    /// Serving (idle or busy).
-    Ready,
-    /// Takes no new requests; stops once the ones in flight are done.
-    Draining,
-}
-
-/// An illegal lifecycle move.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("instance cannot go from {from:?} to {to:?}")]
-pub struct StateError {
-    /// State it was in.
-    pub from: InstanceState,
-    /// State asked for.
-    pub to: InstanceState,
-}
 
 /// How long each cold-start phase took, in milliseconds.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
@@ -51,82 +28,12 @@ pub struct ColdStartPhases {
     pub ready_ms: f64,
 }
 
-/// One instance as its pool tracks it.
-#[derive(Debug)]
-pub(crate) struct Instance {
-    pub id: String,
-    /// `id` as a header value, made once: every response carries it in `x-gpufn-instance-id`.
-    pub id_header: http::HeaderValue,
-    pub revision: i64,
-    pub state: InstanceState,
-    pub in_flight: u32,
-    pub served: u64,
-    pub addr: Option<SocketAddr>,
-    pub pid: Option<u32>,
-    pub gpu_index: u32,
-    pub gpu_type: String,
-    pub started_at: SystemTime,
-    pub ready_at: Option<Instant>,
-    pub idle_since: Instant,
-    pub phases: ColdStartPhases,
-    /// Cancelled to stop the instance.
-    pub stop: CancellationToken,
-    /// Busy periods, for billing.
-    pub busy: gpufn_metering::BusyTracker,
-    /// Closed busy periods not yet handed to the meter (one record per window, not per request).
-    pub batch: gpufn_metering::PeriodBatch,
-    /// Started to satisfy `min_instances`: billed for its whole lifetime.
-    pub provisioned: bool,
-    /// The spec's `gpu.memory_gb`, what each second is billed by.
-    pub memory_gb: u32,
-    /// When its card was allocated.
-    pub created: Instant,
-}
-
-impl Instance {
-    /// True when a new request may be given to this instance.
-    pub fn has_free_slot(&self, concurrency: u32, revision: i64) -> bool {
-        self.state == InstanceState::Ready
-            && self.revision == revision
-            && self.in_flight < concurrency
-    }
-
-    /// `Starting` → `Ready`.
-    pub fn mark_ready(&mut self, addr: SocketAddr, now: Instant) -> Result<(), StateError> {
-        if self.state != InstanceState::Starting {
-            return Err(StateError {
-                from: self.state,
-                to: InstanceState::Ready,
-            });
-        }
-        self.state = InstanceState::Ready;
-        self.addr = Some(addr);
-        self.ready_at = Some(now);
-        self.idle_since = now;
-        Ok(())
-    }
-
-    /// Any state → `Draining`. Returns true when the instance should be stopped right away
-    /// (nothing in flight); otherwise the last request to finish stops it.
-    pub fn drain(&mut self) -> bool {
-        self.state = InstanceState::Draining;
-        self.in_flight == 0
-    }
-
-    /// The state users see: `busy` is a ready instance with requests in flight.
-    pub fn public_state(&self) -> &'static str {
-        match self.state {
-            InstanceState::Starting => "starting",
-            InstanceState::Ready if self.in_flight > 0 => "busy",
-            InstanceState::Ready => "ready",
-            InstanceState::Draining => "draining",
-        }
-    }
-}
-
 /// What the supervisor needs to run one new instance.
 #[derive(Debug)]
 pub(crate) struct StartJob {
+    /// The scheduler's id of the instance.
+    pub key: gpufn_sched::InstanceId,
+    /// Its name (logs, pids, the API).
     pub id: String,
     pub spec: Arc<FunctionSpec>,
     pub lease: GpuLease,
@@ -146,6 +53,7 @@ enum Startup {
 pub(crate) async fn supervise(pool: Arc<Pool>, job: StartJob) {
     let shared = pool.shared().clone();
     let StartJob {
+        key,
         id,
         spec,
         lease,
@@ -188,7 +96,7 @@ pub(crate) async fn supervise(pool: Arc<Pool>, job: StartJob) {
             tracing::warn!(function = %spec.name, instance = %id, "start failed: {reason}");
             drop(lease);
             pool.on_start_failed(
-                &id,
+                key,
                 AcquireError::StartFailed {
                     reason,
                     timed_out: false,
@@ -232,6 +140,7 @@ pub(crate) async fn supervise(pool: Arc<Pool>, job: StartJob) {
             let how = inst.stop(shared.stop_grace).await;
             finish(
                 &pool,
+                key,
                 &id,
                 inst,
                 lease,
@@ -246,7 +155,7 @@ pub(crate) async fn supervise(pool: Arc<Pool>, job: StartJob) {
         shared.forget_pid(&id);
         drop(inst);
         drop(lease);
-        pool.on_start_failed(&id, err);
+        pool.on_start_failed(key, err);
         return;
     }
     // For containers, launch() pulled the image if the cache lost it: that part is the pull.
@@ -258,7 +167,7 @@ pub(crate) async fn supervise(pool: Arc<Pool>, job: StartJob) {
         ready_ms: ms(t0.elapsed().saturating_sub(spawned_in)),
     };
     tracing::info!(function = %spec.name, instance = %id, gpu = lease.index(), ?phases, "instance ready");
-    pool.on_ready(&id, addr, inst.pid(), phases);
+    pool.on_ready(key, addr, inst.pid(), phases);
     let how = tokio::select! {
         how = inst.wait() => {
             tracing::warn!(function = %spec.name, instance = %id, "instance {how} while serving");
@@ -266,10 +175,17 @@ pub(crate) async fn supervise(pool: Arc<Pool>, job: StartJob) {
         }
         () = stop.cancelled() => inst.stop(shared.stop_grace).await,
     };
-    finish(&pool, &id, inst, lease, &how);
+    finish(&pool, key, &id, inst, lease, &how);
 }
 
-fn finish(pool: &Arc<Pool>, id: &str, inst: Box<dyn RunningInstance>, lease: GpuLease, how: &str) {
+fn finish(
+    pool: &Arc<Pool>,
+    key: gpufn_sched::InstanceId,
+    id: &str,
+    inst: Box<dyn RunningInstance>,
+    lease: GpuLease,
+    how: &str,
+) {
     tracing::info!(function = %pool.name(), instance = %id, "instance {how}");
     note_in_log(
         &pool.shared().log_path(pool.name(), id),
@@ -279,7 +195,7 @@ fn finish(pool: &Arc<Pool>, id: &str, inst: Box<dyn RunningInstance>, lease: Gpu
     drop(inst);
     // The process is gone: only now may the card go to someone else.
     drop(lease);
-    pool.on_gone(id);
+    pool.on_gone(key);
 }
 
 /// Appends gpufn's own word on an instance (how it ended) to the instance's log, where its user

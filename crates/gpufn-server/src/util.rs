@@ -20,11 +20,6 @@ pub(crate) fn from_ms(ms: i64) -> SystemTime {
     UNIX_EPOCH + std::time::Duration::from_millis(u64::try_from(ms).unwrap_or(0))
 }
 
-/// A short random id suffix (8 hex digits).
-pub(crate) fn short_id() -> String {
-    uuid::Uuid::new_v4().simple().to_string()[..8].to_string()
-}
-
 /// Wall-clock milliseconds of a monotonic instant (for records that outlive the process).
 pub(crate) fn wall_ms(t: std::time::Instant) -> i64 {
     let now = std::time::Instant::now();

@@ -1,13 +1,20 @@
 //! The discrete-event simulation of gpufn's pools.
+//!
+//! Every decision — which instance a request gets, when instances start and stop, what is billed —
+//! is made by `gpufn-sched`, the scheduler the server runs, driven here with virtual time. This
+//! module only moves the clock: it turns a trace into arrival events, draws each start's load time,
+//! ends each request after its service time, and adds up what the scheduler billed. The one policy
+//! the server cannot run, the offline `oracle`, plans idle periods through the scheduler's
+//! [`KeepAlive::Planned`] hook.
 
 use std::cmp::Ordering;
-use std::collections::{BinaryHeap, VecDeque};
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use gpufn_metering::{BusyTracker, Prices, billed_seconds};
-use gpufn_policy::{
-    Demand, IdleHistogram, InstanceView, Limits, Windows, histogram_decision, instances_to_start,
-    keep_alive,
+use gpufn_metering::{Prices, billed_seconds};
+use gpufn_sched::{
+    Acquire, Bill, Cards, Config, Effect, Effects, IdlePlan, InstanceId, KeepAlive, Scheduler,
+    WaiterId,
 };
 use serde::Serialize;
 
@@ -124,15 +131,14 @@ pub struct SimResult {
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Event {
     Arrive(usize),
-    Ready(u32, u64),
-    Done(u32, u64),
-    Check(u32),
-    Prewarm(u32),
+    Ready(u32, InstanceId),
+    Done(u32, InstanceId),
+    Tick(u32),
 }
 
 #[derive(Debug)]
 struct Queued {
-    t: f64,
+    t: Duration,
     ev: Event,
     seq: u64,
 }
@@ -151,40 +157,55 @@ impl PartialOrd for Queued {
 impl Ord for Queued {
     // Reversed: BinaryHeap is a max-heap and the earliest event must come first.
     fn cmp(&self, o: &Self) -> Ordering {
-        o.t.total_cmp(&self.t).then(o.seq.cmp(&self.seq))
+        o.t.cmp(&self.t).then(o.seq.cmp(&self.seq))
+    }
+}
+
+/// Every card the fleet's quota allows is in use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuotaFull;
+
+impl std::fmt::Display for QuotaFull {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("GPU-card quota exhausted")
+    }
+}
+
+/// The fleet's cards: a count against the quota.
+#[derive(Debug)]
+struct Fleet {
+    live: u32,
+    peak: u32,
+    quota: u32,
+    next_id: u64,
+}
+
+impl Cards<(), QuotaFull> for Fleet {
+    fn allocate(&mut self, _provisioned: bool) -> Result<(InstanceId, ()), QuotaFull> {
+        if self.live >= self.quota {
+            return Err(QuotaFull);
+        }
+        self.live += 1;
+        self.peak = self.peak.max(self.live);
+        self.next_id += 1;
+        Ok((InstanceId(self.next_id), ()))
     }
 }
 
 #[derive(Debug)]
-struct Inst {
-    id: u64,
-    started: f64,
-    ready_at: f64,
-    ready: bool,
-    in_flight: u32,
-    idle_since: f64,
-    busy: BusyTracker,
-    busy_exact: f64,
-    busy_since: f64,
-}
-
-#[derive(Debug, Default)]
 struct Func {
+    sched: Scheduler<(), QuotaFull>,
     memory_gb: u32,
-    concurrency: u32,
-    insts: Vec<Inst>,
-    queue: VecDeque<(f64, f64)>,
-    hist: IdleHistogram,
-    idle_start: Option<f64>,
-    idle_timeout: f64,
-    arrivals: Vec<f64>,
+    /// Queued requests: arrival time and service time.
+    waiting: HashMap<WaiterId, (Duration, Duration)>,
+    arrivals: Vec<Duration>,
     cursor: usize,
     requests: u64,
     cold: u64,
-    /// The instance now loading or idle was pre-warmed for the current idle period.
-    prewarmed: bool,
-    /// The oracle's pre-warm: the load time it drew (and planned around).
-    planned_load: Option<f64>,
+    /// When the scheduler asked to tick next (a queued tick event for another time is stale).
+    due: Option<Duration>,
+    /// The oracle's pre-warm: the load time it drew (and planned around), for its next start.
+    planned_load: Option<Duration>,
 }
 
 struct Sim<'a> {
@@ -195,9 +216,9 @@ struct Sim<'a> {
     heap: BinaryHeap<Queued>,
     seq: u64,
     funcs: Vec<Func>,
-    live_cards: u32,
-    peak_cards: u32,
-    next_inst: u64,
+    fleet: Fleet,
+    /// Draws of cold-start samples (the seed of the next one).
+    draws: u64,
     latencies: Vec<f64>,
     busy_gb_s: f64,
     billed_gb_s: f64,
@@ -205,27 +226,58 @@ struct Sim<'a> {
     cold_median: f64,
 }
 
+/// The scheduler's settings for `policy` (the live server's are made from a spec the same way).
+fn config(policy: Policy, cfg: &SimConfig, memory_gb: u32, concurrency: u32) -> Config {
+    let secs = |s: f64| Duration::try_from_secs_f64(s).unwrap_or(Duration::MAX);
+    let always_on = policy == Policy::AlwaysOn;
+    Config {
+        concurrency,
+        max_queue: u32::MAX,
+        // A dedicated card, warm from the start, never released, never more than one.
+        min_instances: u32::from(always_on),
+        max_instances: if always_on { 1 } else { cfg.max_instances },
+        keep_alive: match policy {
+            Policy::Zero => KeepAlive::Fixed(Duration::ZERO),
+            Policy::Fixed(s) => KeepAlive::Fixed(secs(s)),
+            Policy::AlwaysOn => KeepAlive::Fixed(Duration::MAX),
+            Policy::Histogram => KeepAlive::Histogram {
+                fallback: secs(cfg.histogram_fallback_s),
+                bin: Duration::from_secs(60),
+            },
+            Policy::Oracle => KeepAlive::Planned {
+                busy: Duration::ZERO,
+            },
+        },
+        memory_gb,
+        // Every billed period is added up at once; batching records saves nothing here.
+        batch_window: Duration::ZERO,
+    }
+}
+
+fn secs(t: f64) -> Duration {
+    Duration::try_from_secs_f64(t.max(0.0)).unwrap_or(Duration::MAX)
+}
+
 /// Runs `policy` over `trace`.
 pub fn simulate(trace: &Trace, policy: Policy, cfg: SimConfig) -> SimResult {
-    let base_timeout = match policy {
-        Policy::Zero | Policy::Oracle => 0.0,
-        Policy::Fixed(s) => s,
-        Policy::AlwaysOn => f64::INFINITY,
-        Policy::Histogram => cfg.histogram_fallback_s,
-    };
     let mut funcs: Vec<Func> = trace
         .functions
         .iter()
         .map(|f| Func {
+            sched: Scheduler::new(config(policy, &cfg, f.memory_gb, f.concurrency.max(1)), 1),
             memory_gb: f.memory_gb,
-            concurrency: f.concurrency.max(1),
-            idle_timeout: base_timeout,
-            ..Func::default()
+            waiting: HashMap::new(),
+            arrivals: Vec::new(),
+            cursor: 0,
+            requests: 0,
+            cold: 0,
+            due: None,
+            planned_load: None,
         })
         .collect();
     for r in &trace.requests {
         if let Some(f) = funcs.get_mut(r.function as usize) {
-            f.arrivals.push(r.t);
+            f.arrivals.push(secs(r.t));
         }
     }
     let mut samples = trace.cold_start_samples.clone();
@@ -236,15 +288,19 @@ pub fn simulate(trace: &Trace, policy: Policy, cfg: SimConfig) -> SimResult {
         .unwrap_or(cfg.cold_start_s);
     let mut sim = Sim {
         trace,
+        fleet: Fleet {
+            live: 0,
+            peak: 0,
+            quota: cfg.quota_cards,
+            next_id: 0,
+        },
         cfg,
         policy,
         base: Instant::now(),
         heap: BinaryHeap::new(),
         seq: 0,
         funcs,
-        live_cards: 0,
-        peak_cards: 0,
-        next_inst: 0,
+        draws: 0,
         latencies: Vec::with_capacity(trace.requests.len()),
         busy_gb_s: 0.0,
         billed_gb_s: 0.0,
@@ -256,11 +312,11 @@ pub fn simulate(trace: &Trace, policy: Policy, cfg: SimConfig) -> SimResult {
 }
 
 impl Sim<'_> {
-    fn at(&self, t: f64) -> Instant {
-        self.base + Duration::from_secs_f64(t.max(0.0))
+    fn at(&self, t: Duration) -> Instant {
+        self.base + t
     }
 
-    fn push(&mut self, t: f64, ev: Event) {
+    fn push(&mut self, t: Duration, ev: Event) {
         self.seq += 1;
         self.heap.push(Queued {
             t,
@@ -269,332 +325,228 @@ impl Sim<'_> {
         });
     }
 
-    fn cold_start_s(&mut self) -> f64 {
-        self.next_inst += 1;
+    /// The next load time: drawn from the trace's measured samples, else the configured one.
+    fn cold_start(&mut self) -> Duration {
+        self.draws += 1;
         let s = &self.trace.cold_start_samples;
-        if s.is_empty() {
+        secs(if s.is_empty() {
             self.cfg.cold_start_s
         } else {
-            let i = ((unit(self.next_inst) * s.len() as f64) as usize).min(s.len() - 1);
+            let i = ((unit(self.draws) * s.len() as f64) as usize).min(s.len() - 1);
             s[i]
-        }
+        })
     }
 
     fn run(&mut self) {
-        if self.policy == Policy::AlwaysOn {
-            for f in 0..self.funcs.len() {
-                // A dedicated card, warm from the start, never released, never more than one.
-                self.start_instance(f as u32, 0.0, Some(0.0));
-                self.funcs[f].idle_timeout = f64::INFINITY;
-            }
+        // The first tick starts what must exist before any request (always-on's cards).
+        for f in 0..self.funcs.len() {
+            self.tick(f as u32, Duration::ZERO);
         }
         for (i, r) in self.trace.requests.iter().enumerate() {
-            self.push(r.t, Event::Arrive(i));
+            self.push(secs(r.t), Event::Arrive(i));
         }
-        let mut end = 0.0f64;
+        let mut end = Duration::ZERO;
         while let Some(Queued { t, ev, .. }) = self.heap.pop() {
             end = end.max(t);
+            let now = self.at(t);
             match ev {
                 Event::Arrive(i) => self.arrive(i, t),
-                Event::Ready(f, id) => self.ready(f, id, t),
-                Event::Done(f, id) => self.done(f, id, t),
-                Event::Check(f) => self.check(f, t),
-                Event::Prewarm(f) => self.prewarm(f, t),
+                Event::Ready(f, id) => {
+                    let load = self.funcs[f as usize]
+                        .sched
+                        .instance(id)
+                        .map_or(Duration::ZERO, |i| {
+                            now.saturating_duration_since(i.created())
+                        });
+                    let mut fx = Effects::new();
+                    self.funcs[f as usize]
+                        .sched
+                        .instance_ready(id, load, now, &mut fx);
+                    self.settle(f, t, fx);
+                }
+                Event::Done(f, id) => {
+                    let mut fx = Effects::new();
+                    self.funcs[f as usize].sched.release(id, now, &mut fx);
+                    self.settle(f, t, fx);
+                }
+                Event::Tick(f) => {
+                    if self.funcs[f as usize].due == Some(t) {
+                        self.funcs[f as usize].due = None;
+                        self.tick(f, t);
+                    }
+                }
             }
         }
         // Whatever is still held at the end (always-on, long keep-alives) is released now.
         for f in 0..self.funcs.len() {
-            let ids: Vec<u64> = self.funcs[f].insts.iter().map(|i| i.id).collect();
+            let ids: Vec<InstanceId> = self.funcs[f]
+                .sched
+                .instances()
+                .iter()
+                .map(|i| i.id())
+                .collect();
             for id in ids {
-                self.stop(f as u32, id, end);
+                self.gone(f as u32, id, end, &mut Effects::new());
             }
         }
     }
 
-    fn limits(&self, f: usize) -> Limits {
-        let func = &self.funcs[f];
-        Limits {
-            concurrency: func.concurrency,
-            min_instances: 0,
-            max_instances: if self.policy == Policy::AlwaysOn {
-                1
-            } else {
-                self.cfg.max_instances
-            },
-        }
-    }
-
-    fn start_instance(&mut self, f: u32, t: f64, ready_in: Option<f64>) -> Option<u64> {
-        if self.live_cards >= self.cfg.quota_cards {
-            return None;
-        }
-        let load = match ready_in {
-            Some(r) => r,
-            None => self.cold_start_s(),
-        };
-        self.next_inst += 1;
-        let id = self.next_inst;
-        self.live_cards += 1;
-        self.peak_cards = self.peak_cards.max(self.live_cards);
-        self.funcs[f as usize].insts.push(Inst {
-            id,
-            started: t,
-            ready_at: t + load,
-            ready: false,
-            in_flight: 0,
-            idle_since: t + load,
-            busy: BusyTracker::default(),
-            busy_exact: 0.0,
-            busy_since: 0.0,
-        });
-        self.push(t + load, Event::Ready(f, id));
-        Some(id)
-    }
-
-    fn scale(&mut self, f: u32, t: f64) {
-        let func = &self.funcs[f as usize];
-        let mut d = Demand {
-            queued: u32::try_from(func.queue.len()).unwrap_or(u32::MAX),
-            ..Demand::default()
-        };
-        for i in &func.insts {
-            if i.ready {
-                d.ready += 1;
-                d.in_flight += i.in_flight;
-            } else {
-                d.starting += 1;
-            }
-        }
-        let n = instances_to_start(d, self.limits(f as usize));
-        for _ in 0..n {
-            if self.start_instance(f, t, None).is_none() {
-                break;
-            }
-        }
-    }
-
-    fn arrive(&mut self, i: usize, t: f64) {
+    fn arrive(&mut self, i: usize, t: Duration) {
         let r = self.trace.requests[i];
         let f = r.function;
-        let func = &mut self.funcs[f as usize];
+        let now = self.at(t);
+        let Sim { funcs, fleet, .. } = self;
+        let func = &mut funcs[f as usize];
         func.requests += 1;
         func.cursor += 1;
-        if let Some(s) = func.idle_start.take() {
-            func.hist.record(Duration::from_secs_f64((t - s).max(0.0)));
-        }
-        func.prewarmed = false;
-        func.queue.push_back((t, r.duration_s));
-        self.dispatch(f, t);
-        if !self.funcs[f as usize].queue.is_empty() {
-            self.scale(f, t);
-        }
-    }
-
-    fn dispatch(&mut self, f: u32, t: f64) {
-        loop {
-            let func = &mut self.funcs[f as usize];
-            let c = func.concurrency;
-            let Some(inst) = func
-                .insts
-                .iter_mut()
-                .filter(|i| i.ready && i.in_flight < c)
-                .min_by_key(|i| i.in_flight)
-            else {
-                return;
-            };
-            let Some((arrival, dur)) = func.queue.pop_front() else {
-                return;
-            };
-            if inst.ready_at > arrival {
-                func.cold += 1;
+        let mut fx = Effects::new();
+        match func.sched.acquire(now, fleet, &mut fx) {
+            Acquire::Now(g) => {
+                let dur = secs(r.duration_s);
+                self.latencies.push(dur.as_secs_f64());
+                self.push(t + dur, Event::Done(f, g.instance));
             }
-            if inst.in_flight == 0 {
-                inst.busy_since = t;
+            Acquire::Queued(w) => {
+                func.waiting.insert(w, (t, secs(r.duration_s)));
             }
-            inst.in_flight += 1;
-            inst.busy
-                .start(self.base + Duration::from_secs_f64(t.max(0.0)));
-            let id = inst.id;
-            self.latencies.push(t - arrival + dur);
-            self.push(t + dur, Event::Done(f, id));
+            // The queue is unbounded and nothing closes a simulated function.
+            Acquire::Refused(_) => {}
         }
+        self.settle(f, t, fx);
     }
 
-    fn ready(&mut self, f: u32, id: u64, t: f64) {
-        if let Some(inst) = self.funcs[f as usize].insts.iter_mut().find(|i| i.id == id) {
-            inst.ready = true;
-            inst.idle_since = t;
-        }
-        self.dispatch(f, t);
-        self.after_change(f, t);
+    fn tick(&mut self, f: u32, t: Duration) {
+        let fx = self.tick_effects(f, t);
+        self.settle(f, t, fx);
     }
 
-    fn done(&mut self, f: u32, id: u64, t: f64) {
-        let at = self.at(t);
-        let gb = f64::from(self.funcs[f as usize].memory_gb);
-        if let Some(inst) = self.funcs[f as usize].insts.iter_mut().find(|i| i.id == id) {
-            inst.in_flight -= 1;
-            if let Some(p) = inst.busy.end(at) {
-                self.active_billed_gb_s += p.billed_seconds as f64 * gb;
-            }
-            if inst.in_flight == 0 {
-                inst.busy_exact += t - inst.busy_since;
-                inst.idle_since = t;
-            }
-        }
-        self.dispatch(f, t);
-        self.after_change(f, t);
-    }
-
-    /// After an instance became ready or idle. When the whole function is idle, the policy decides
-    /// how long to keep it; an idle instance beside busy ones expires on the policy's base timeout.
-    fn after_change(&mut self, f: u32, t: f64) {
-        let func = &self.funcs[f as usize];
-        if func.insts.is_empty() {
-            return;
-        }
-        let all_idle =
-            func.queue.is_empty() && func.insts.iter().all(|i| i.ready && i.in_flight == 0);
-        let timeout = if all_idle {
-            if func.idle_start.is_none() {
-                self.funcs[f as usize].idle_start = Some(t);
-            }
-            let timeout = self.decide(f, t);
-            self.funcs[f as usize].idle_timeout = timeout;
-            timeout
-        } else if func.insts.iter().any(|i| i.ready && i.in_flight == 0) {
-            self.base_timeout(f)
-        } else {
-            return;
-        };
-        if timeout.is_finite() {
-            self.push(t + timeout, Event::Check(f));
-        }
-    }
-
-    /// The keep-alive of an instance that is idle while others of its function work.
-    fn base_timeout(&self, f: u32) -> f64 {
-        match self.policy {
-            Policy::Zero | Policy::Oracle => 0.0,
-            Policy::Fixed(s) => s,
-            Policy::AlwaysOn => f64::INFINITY,
-            Policy::Histogram => self.funcs[f as usize].idle_timeout.max(0.0),
-        }
-    }
-
-    /// The policy's keep-alive for an idle period that starts at `t` (and pre-warm scheduling).
-    fn decide(&mut self, f: u32, t: f64) -> f64 {
-        let func = &self.funcs[f as usize];
-        match self.policy {
-            Policy::Zero => 0.0,
-            Policy::Fixed(s) => s,
-            Policy::AlwaysOn => f64::INFINITY,
-            Policy::Histogram if func.prewarmed => func.idle_timeout,
-            Policy::Histogram => {
-                // The live server's own decision function.
-                let d = histogram_decision(
-                    func.hist.windows(),
-                    Duration::from_secs_f64(self.cfg.histogram_fallback_s),
-                    Duration::from_secs_f64(self.cold_median),
-                );
-                if let Some((after, _)) = d.prewarm {
-                    self.push(t + after.as_secs_f64(), Event::Prewarm(f));
-                }
-                d.keep_alive.as_secs_f64()
-            }
-            Policy::Oracle => {
-                let Some(&next) = func.arrivals.get(func.cursor) else {
-                    return 0.0;
-                };
-                let gap = next - t;
-                // Keeping warm costs gap × idle price; releasing costs a reload: the load time at
-                // the active price (the card is held and busy loading), and a cold start.
-                let break_even = self.cold_median * self.cfg.prices.active_usd_per_gb_s
-                    / self.cfg.prices.idle_usd_per_gb_s.max(f64::MIN_POSITIVE);
-                if gap <= break_even {
-                    gap + 1e-6
-                } else {
-                    // The oracle knows this start's load time too: it draws it now and starts
-                    // loading exactly that long before the arrival.
-                    let load = self.cold_start_s();
-                    self.funcs[f as usize].planned_load = Some(load);
-                    self.push((next - load).max(t), Event::Prewarm(f));
-                    0.0
-                }
-            }
-        }
-    }
-
-    fn prewarm(&mut self, f: u32, t: f64) {
-        let func = &self.funcs[f as usize];
-        if !func.insts.is_empty() || !func.queue.is_empty() {
-            return;
-        }
-        let keep = match self.policy {
-            Policy::Histogram => match func.hist.windows() {
-                Windows::Histogram {
-                    prewarm,
-                    keep_alive,
-                } => (keep_alive.saturating_sub(prewarm)).as_secs_f64() + self.cold_median,
-                Windows::Fallback => self.cfg.histogram_fallback_s,
-            },
-            // The oracle loads just in time for a known arrival; a small grace covers rounding.
-            _ => 1.0,
-        };
-        let planned = self.funcs[f as usize].planned_load.take();
-        if self.start_instance(f, t, planned).is_some() {
-            let func = &mut self.funcs[f as usize];
-            func.idle_timeout = keep;
-            func.prewarmed = true;
-        }
-    }
-
-    fn check(&mut self, f: u32, t: f64) {
+    /// Ticks one function's scheduler at `t`, and queues its next tick where it asks for one.
+    fn tick_effects(&mut self, f: u32, t: Duration) -> Effects<QuotaFull> {
         let now = self.at(t);
-        let func = &self.funcs[f as usize];
-        let views: Vec<InstanceView> = func
-            .insts
-            .iter()
-            .map(|i| InstanceView {
-                starting: !i.ready,
-                in_flight: i.in_flight,
-                idle_since: self.at(i.idle_since),
-            })
-            .collect();
-        let timeout = func.idle_timeout;
-        if !timeout.is_finite() {
-            return;
+        let Sim { funcs, fleet, .. } = self;
+        let mut fx = Effects::new();
+        let next = funcs[f as usize].sched.tick(now, fleet, &mut fx);
+        let next = next.map(|n| n.saturating_duration_since(self.base));
+        if next != self.funcs[f as usize].due {
+            self.funcs[f as usize].due = next;
+            if let Some(n) = next {
+                self.push(n, Event::Tick(f));
+            }
         }
-        // Keep-alive is the live server's own function; the window comes from the policy.
-        let decision = keep_alive(&views, 0, Duration::from_secs_f64(timeout.max(0.0)), now);
-        let ids: Vec<u64> = decision.stop.iter().map(|&k| func.insts[k].id).collect();
-        for id in ids {
-            self.stop(f, id, t);
-        }
-        if !self.funcs[f as usize].queue.is_empty() {
-            self.scale(f, t);
+        fx
+    }
+
+    /// Carries out one function's effects at `t`, and whatever they lead to.
+    fn settle(&mut self, f: u32, t: Duration, fx: Effects<QuotaFull>) {
+        let mut work: VecDeque<Effect<QuotaFull>> = fx.into();
+        let mut wake = false;
+        loop {
+            while let Some(e) = work.pop_front() {
+                let mut more = Effects::new();
+                match e {
+                    Effect::Grant { waiter, grant } => {
+                        let func = &mut self.funcs[f as usize];
+                        if let Some((arrival, dur)) = func.waiting.remove(&waiter) {
+                            func.cold += u64::from(grant.cold);
+                            self.latencies.push((t - arrival + dur).as_secs_f64());
+                            self.push(t + dur, Event::Done(f, grant.instance));
+                        }
+                    }
+                    Effect::Refuse { waiter, .. } => {
+                        self.funcs[f as usize].waiting.remove(&waiter);
+                    }
+                    Effect::Start { instance } => {
+                        let load = match self.funcs[f as usize].planned_load.take() {
+                            Some(load) => load,
+                            None if self.policy == Policy::AlwaysOn => Duration::ZERO,
+                            None => self.cold_start(),
+                        };
+                        self.draws += 1;
+                        self.push(t + load, Event::Ready(f, instance));
+                    }
+                    // A simulated instance stops at once.
+                    Effect::Stop { instance } => self.gone(f, instance, t, &mut more),
+                    Effect::Bill(Bill::Busy {
+                        period, memory_gb, ..
+                    }) => {
+                        let gb = f64::from(memory_gb);
+                        self.active_billed_gb_s += period.billed_seconds as f64 * gb;
+                        self.busy_gb_s += period.busy.as_secs_f64() * gb;
+                    }
+                    // Held time is billed when an instance goes, provisioned or not.
+                    Effect::Bill(Bill::ProvisionedIdle { .. }) => {}
+                    Effect::Wake => wake = true,
+                    Effect::Idle => self.plan(f, t, &mut more),
+                }
+                work.extend(more);
+            }
+            if !wake {
+                return;
+            }
+            wake = false;
+            let fx = self.tick_effects(f, t);
+            work.extend(fx);
         }
     }
 
-    fn stop(&mut self, f: u32, id: u64, t: f64) {
-        let func = &mut self.funcs[f as usize];
-        let Some(pos) = func.insts.iter().position(|i| i.id == id) else {
+    /// An instance is gone: its card is free, its held time billed; with a finite quota, functions
+    /// waiting for a card may start one now.
+    fn gone(&mut self, f: u32, id: InstanceId, t: Duration, fx: &mut Effects<QuotaFull>) {
+        let now = self.at(t);
+        let Sim { funcs, fleet, .. } = self;
+        let func = &mut funcs[f as usize];
+        let Some(inst) = func.sched.instance(id) else {
             return;
         };
-        let inst = func.insts.remove(pos);
-        let gb = f64::from(func.memory_gb);
-        let held = Duration::from_secs_f64((t - inst.started).max(0.0));
-        self.billed_gb_s += billed_seconds(held) as f64 * gb;
-        self.busy_gb_s += inst.busy_exact * gb;
-        self.live_cards = self.live_cards.saturating_sub(1);
-        // A card came back: functions waiting for one may start now.
+        let held = now.saturating_duration_since(inst.created());
+        self.billed_gb_s += billed_seconds(held) as f64 * f64::from(func.memory_gb);
+        fleet.live = fleet.live.saturating_sub(1);
+        func.sched.instance_gone(id, now, fleet, fx);
         if self.cfg.quota_cards != u32::MAX {
             for g in 0..self.funcs.len() {
-                if !self.funcs[g].queue.is_empty() {
-                    self.scale(g as u32, t);
+                if g != f as usize && self.funcs[g].sched.queued() > 0 {
+                    let Sim { funcs, fleet, .. } = self;
+                    let mut more = Effects::new();
+                    funcs[g].sched.rescale(now, fleet, &mut more);
+                    self.settle(g as u32, t, more);
                 }
             }
         }
+    }
+
+    /// The oracle's plan for an idle period that begins at `t`: it knows the next arrival. Keeping
+    /// warm costs the gap at the idle price; releasing costs a reload (the load time at the active
+    /// price: the card is held and busy loading) and a cold start — unless it pre-warms, which it
+    /// can, knowing the next load time too.
+    fn plan(&mut self, f: u32, t: Duration, fx: &mut Effects<QuotaFull>) {
+        let func = &self.funcs[f as usize];
+        let plan = match func.arrivals.get(func.cursor) {
+            None => IdlePlan {
+                keep_alive: Duration::ZERO,
+                prewarm: None,
+            },
+            Some(&next) => {
+                let gap = next.saturating_sub(t);
+                let break_even = self.cold_median * self.cfg.prices.active_usd_per_gb_s
+                    / self.cfg.prices.idle_usd_per_gb_s.max(f64::MIN_POSITIVE);
+                if gap.as_secs_f64() <= break_even {
+                    IdlePlan {
+                        keep_alive: gap + Duration::from_micros(1),
+                        prewarm: None,
+                    }
+                } else {
+                    let load = self.cold_start();
+                    self.funcs[f as usize].planned_load = Some(load);
+                    // Loads exactly that long before the arrival; a small grace covers rounding.
+                    let start = next.saturating_sub(load).max(t);
+                    IdlePlan {
+                        keep_alive: Duration::ZERO,
+                        prewarm: Some((self.at(start), self.at(next + Duration::from_secs(1)))),
+                    }
+                }
+            }
+        };
+        self.funcs[f as usize].sched.plan_idle(plan, fx);
     }
 
     fn result(mut self) -> SimResult {
@@ -643,7 +595,7 @@ impl Sim<'_> {
             },
             active_billed_gb_seconds: self.active_billed_gb_s,
             cost_usd: cost,
-            peak_cards: self.peak_cards,
+            peak_cards: self.fleet.peak,
         }
     }
 }
