@@ -615,6 +615,15 @@ impl<P, E: Clone> Scheduler<P, E> {
         }
         self.last_load = load;
         self.dispatch(now, out);
+        // A planned keep-alive is planned again whenever the function is found idle: an instance
+        // that became ready with nothing to do changes what the best plan is.
+        if matches!(self.cfg.keep_alive, KeepAlive::Planned { .. })
+            && self.queue.is_empty()
+            && self.instances.iter().all(|i| i.in_flight == 0)
+        {
+            self.idle_start.get_or_insert(now);
+            out.push(Effect::Idle);
+        }
     }
 
     /// A start failed: the instance leaves, its card is free, and the requests it was started for
