@@ -262,6 +262,68 @@ pub struct IdlePlan {
     pub prewarm: Option<(Instant, Instant)>,
 }
 
+/// One event, for callers that drive the scheduler as a stream of events (the simulator) and
+/// for logs that replay one ([`Scheduler::handle`]); each names the method it stands for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event<E> {
+    /// [`Scheduler::acquire`].
+    Arrive,
+    /// [`Scheduler::cancel`].
+    Cancel(WaiterId),
+    /// [`Scheduler::timed_out`].
+    TimedOut(WaiterId),
+    /// [`Scheduler::release`].
+    Release(InstanceId),
+    /// [`Scheduler::out_of_service`].
+    OutOfService(InstanceId),
+    /// [`Scheduler::instance_ready`].
+    Ready {
+        /// The instance.
+        instance: InstanceId,
+        /// How long its start took.
+        load: Duration,
+    },
+    /// [`Scheduler::start_failed`].
+    StartFailed {
+        /// The instance.
+        instance: InstanceId,
+        /// What its waiters are told.
+        reason: Refusal<E>,
+    },
+    /// [`Scheduler::instance_gone`].
+    Gone(InstanceId),
+    /// [`Scheduler::tick`].
+    Tick,
+    /// [`Scheduler::rescale`].
+    Rescale,
+    /// [`Scheduler::update`].
+    Update {
+        /// The new settings.
+        cfg: Config,
+        /// The new revision.
+        revision: i64,
+    },
+    /// [`Scheduler::close`].
+    Close(Refusal<E>),
+    /// [`Scheduler::plan_idle`].
+    Plan(IdlePlan),
+}
+
+/// What [`Scheduler::handle`] answers besides effects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply<E> {
+    /// The event has no answer of its own.
+    Done,
+    /// [`Event::Arrive`]'s.
+    Acquire(Acquire<E>),
+    /// [`Event::Cancel`]'s: whether it was still queued.
+    Cancelled(bool),
+    /// [`Event::TimedOut`]'s.
+    TimedOut(Option<Refusal<E>>),
+    /// [`Event::Tick`]'s: when to tick next.
+    Next(Option<Instant>),
+}
+
 /// One instance as the scheduler tracks it.
 #[derive(Debug)]
 pub struct Instance<P> {
@@ -459,6 +521,36 @@ impl<P, E: Clone> Scheduler<P, E> {
     /// The idle-time histogram (keep-alive: histogram).
     pub fn histogram(&self) -> &IdleHistogram {
         &self.hist
+    }
+
+    /// Handles one event at `now`: the same as calling the method it names.
+    pub fn handle(
+        &mut self,
+        now: Instant,
+        event: Event<E>,
+        cards: &mut dyn Cards<P, E>,
+        out: &mut Effects<E>,
+    ) -> Reply<E> {
+        match event {
+            Event::Arrive => return Reply::Acquire(self.acquire(now, cards, out)),
+            Event::Cancel(w) => return Reply::Cancelled(self.cancel(w)),
+            Event::TimedOut(w) => return Reply::TimedOut(self.timed_out(w, now)),
+            Event::Release(i) => self.release(i, now, out),
+            Event::OutOfService(i) => self.out_of_service(i, now, cards, out),
+            Event::Ready { instance, load } => self.instance_ready(instance, load, now, out),
+            Event::StartFailed { instance, reason } => {
+                self.start_failed(instance, reason, now, cards, out);
+            }
+            Event::Gone(i) => {
+                self.instance_gone(i, now, cards, out);
+            }
+            Event::Tick => return Reply::Next(self.tick(now, cards, out)),
+            Event::Rescale => self.rescale(now, cards, out),
+            Event::Update { cfg, revision } => self.update(cfg, revision, now, cards, out),
+            Event::Close(reason) => self.close(reason, out),
+            Event::Plan(plan) => self.plan_idle(plan, out),
+        }
+        Reply::Done
     }
 
     /// A request arrived at `now`: a slot at once on the least-loaded ready instance, else a

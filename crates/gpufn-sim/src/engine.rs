@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use gpufn_metering::{Prices, billed_seconds};
 use gpufn_sched::{
-    Acquire, Bill, Cards, Config, Effect, Effects, IdlePlan, InstanceId, KeepAlive, Scheduler,
-    WaiterId,
+    Acquire, Bill, Cards, Config, Effect, Effects, Event as SchedEvent, IdlePlan, InstanceId,
+    KeepAlive, Reply, Scheduler, WaiterId,
 };
 use serde::Serialize;
 
@@ -208,6 +208,19 @@ struct Func {
     planned_load: Option<Duration>,
 }
 
+/// One call the simulator made to a function's scheduler, and what it decided ([`record`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Step {
+    /// The function (index in the trace).
+    pub function: u32,
+    /// Virtual time since the trace began.
+    pub at: Duration,
+    /// The event.
+    pub event: SchedEvent<QuotaFull>,
+    /// The effects.
+    pub effects: Effects<QuotaFull>,
+}
+
 struct Sim<'a> {
     trace: &'a Trace,
     cfg: SimConfig,
@@ -224,6 +237,8 @@ struct Sim<'a> {
     billed_gb_s: f64,
     active_billed_gb_s: f64,
     cold_median: f64,
+    /// Every scheduler call, when recording.
+    log: Option<Vec<Step>>,
 }
 
 /// The scheduler's settings for `policy` (the live server's are made from a spec the same way).
@@ -260,55 +275,77 @@ fn secs(t: f64) -> Duration {
 
 /// Runs `policy` over `trace`.
 pub fn simulate(trace: &Trace, policy: Policy, cfg: SimConfig) -> SimResult {
-    let mut funcs: Vec<Func> = trace
-        .functions
-        .iter()
-        .map(|f| Func {
-            sched: Scheduler::new(config(policy, &cfg, f.memory_gb, f.concurrency.max(1)), 1),
-            memory_gb: f.memory_gb,
-            waiting: HashMap::new(),
-            arrivals: Vec::new(),
-            cursor: 0,
-            requests: 0,
-            cold: 0,
-            due: None,
-            planned_load: None,
-        })
-        .collect();
-    for r in &trace.requests {
-        if let Some(f) = funcs.get_mut(r.function as usize) {
-            f.arrivals.push(secs(r.t));
-        }
-    }
-    let mut samples = trace.cold_start_samples.clone();
-    samples.sort_by(f64::total_cmp);
-    let cold_median = samples
-        .get(samples.len() / 2)
-        .copied()
-        .unwrap_or(cfg.cold_start_s);
-    let mut sim = Sim {
-        trace,
-        fleet: Fleet {
-            live: 0,
-            peak: 0,
-            quota: cfg.quota_cards,
-            next_id: 0,
-        },
-        cfg,
-        policy,
-        base: Instant::now(),
-        heap: BinaryHeap::new(),
-        seq: 0,
-        funcs,
-        draws: 0,
-        latencies: Vec::with_capacity(trace.requests.len()),
-        busy_gb_s: 0.0,
-        billed_gb_s: 0.0,
-        active_billed_gb_s: 0.0,
-        cold_median,
-    };
+    let mut sim = Sim::new(trace, policy, cfg);
     sim.run();
     sim.result()
+}
+
+/// Runs `policy` over `trace` and returns every event given to a scheduler with what it decided:
+/// fed to a scheduler configured alike, the same events must give the same decisions.
+pub fn record(trace: &Trace, policy: Policy, cfg: SimConfig) -> (Config, Vec<Step>) {
+    let mut sim = Sim::new(trace, policy, cfg);
+    sim.log = Some(Vec::new());
+    sim.run();
+    let config = trace
+        .functions
+        .first()
+        .map_or(config(policy, &cfg, 1, 1), |f| {
+            config(policy, &cfg, f.memory_gb, f.concurrency.max(1))
+        });
+    (config, sim.log.unwrap_or_default())
+}
+
+impl<'a> Sim<'a> {
+    fn new(trace: &'a Trace, policy: Policy, cfg: SimConfig) -> Self {
+        let mut funcs: Vec<Func> = trace
+            .functions
+            .iter()
+            .map(|f| Func {
+                sched: Scheduler::new(config(policy, &cfg, f.memory_gb, f.concurrency.max(1)), 1),
+                memory_gb: f.memory_gb,
+                waiting: HashMap::new(),
+                arrivals: Vec::new(),
+                cursor: 0,
+                requests: 0,
+                cold: 0,
+                due: None,
+                planned_load: None,
+            })
+            .collect();
+        for r in &trace.requests {
+            if let Some(f) = funcs.get_mut(r.function as usize) {
+                f.arrivals.push(secs(r.t));
+            }
+        }
+        let mut samples = trace.cold_start_samples.clone();
+        samples.sort_by(f64::total_cmp);
+        let cold_median = samples
+            .get(samples.len() / 2)
+            .copied()
+            .unwrap_or(cfg.cold_start_s);
+        Sim {
+            trace,
+            fleet: Fleet {
+                live: 0,
+                peak: 0,
+                quota: cfg.quota_cards,
+                next_id: 0,
+            },
+            cfg,
+            policy,
+            base: Instant::now(),
+            heap: BinaryHeap::new(),
+            seq: 0,
+            funcs,
+            draws: 0,
+            latencies: Vec::with_capacity(trace.requests.len()),
+            busy_gb_s: 0.0,
+            billed_gb_s: 0.0,
+            active_billed_gb_s: 0.0,
+            cold_median,
+            log: None,
+        }
+    }
 }
 
 impl Sim<'_> {
@@ -323,6 +360,36 @@ impl Sim<'_> {
             ev,
             seq: self.seq,
         });
+    }
+
+    /// Gives function `f`'s scheduler one event at `t` (recording it when asked to).
+    fn call(
+        &mut self,
+        f: u32,
+        t: Duration,
+        event: SchedEvent<QuotaFull>,
+    ) -> (Reply<QuotaFull>, Effects<QuotaFull>) {
+        let now = self.at(t);
+        let Sim {
+            funcs, fleet, log, ..
+        } = self;
+        let mut fx = Effects::new();
+        let reply = match log {
+            Some(log) => {
+                let reply = funcs[f as usize]
+                    .sched
+                    .handle(now, event.clone(), fleet, &mut fx);
+                log.push(Step {
+                    function: f,
+                    at: t,
+                    event,
+                    effects: fx.clone(),
+                });
+                reply
+            }
+            None => funcs[f as usize].sched.handle(now, event, fleet, &mut fx),
+        };
+        (reply, fx)
     }
 
     /// The next load time: drawn from the trace's measured samples, else the configured one.
@@ -358,15 +425,11 @@ impl Sim<'_> {
                         .map_or(Duration::ZERO, |i| {
                             now.saturating_duration_since(i.created())
                         });
-                    let mut fx = Effects::new();
-                    self.funcs[f as usize]
-                        .sched
-                        .instance_ready(id, load, now, &mut fx);
+                    let (_, fx) = self.call(f, t, SchedEvent::Ready { instance: id, load });
                     self.settle(f, t, fx);
                 }
                 Event::Done(f, id) => {
-                    let mut fx = Effects::new();
-                    self.funcs[f as usize].sched.release(id, now, &mut fx);
+                    let (_, fx) = self.call(f, t, SchedEvent::Release(id));
                     self.settle(f, t, fx);
                 }
                 Event::Tick(f) => {
@@ -394,23 +457,22 @@ impl Sim<'_> {
     fn arrive(&mut self, i: usize, t: Duration) {
         let r = self.trace.requests[i];
         let f = r.function;
-        let now = self.at(t);
-        let Sim { funcs, fleet, .. } = self;
-        let func = &mut funcs[f as usize];
-        func.requests += 1;
-        func.cursor += 1;
-        let mut fx = Effects::new();
-        match func.sched.acquire(now, fleet, &mut fx) {
-            Acquire::Now(g) => {
+        self.funcs[f as usize].requests += 1;
+        self.funcs[f as usize].cursor += 1;
+        let (reply, fx) = self.call(f, t, SchedEvent::Arrive);
+        match reply {
+            Reply::Acquire(Acquire::Now(g)) => {
                 let dur = secs(r.duration_s);
                 self.latencies.push(dur.as_secs_f64());
                 self.push(t + dur, Event::Done(f, g.instance));
             }
-            Acquire::Queued(w) => {
-                func.waiting.insert(w, (t, secs(r.duration_s)));
+            Reply::Acquire(Acquire::Queued(w)) => {
+                self.funcs[f as usize]
+                    .waiting
+                    .insert(w, (t, secs(r.duration_s)));
             }
             // The queue is unbounded and nothing closes a simulated function.
-            Acquire::Refused(_) => {}
+            _ => {}
         }
         self.settle(f, t, fx);
     }
@@ -422,11 +484,11 @@ impl Sim<'_> {
 
     /// Ticks one function's scheduler at `t`, and queues its next tick where it asks for one.
     fn tick_effects(&mut self, f: u32, t: Duration) -> Effects<QuotaFull> {
-        let now = self.at(t);
-        let Sim { funcs, fleet, .. } = self;
-        let mut fx = Effects::new();
-        let next = funcs[f as usize].sched.tick(now, fleet, &mut fx);
-        let next = next.map(|n| n.saturating_duration_since(self.base));
+        let (reply, fx) = self.call(f, t, SchedEvent::Tick);
+        let next = match reply {
+            Reply::Next(next) => next.map(|n| n.saturating_duration_since(self.base)),
+            _ => None,
+        };
         if next != self.funcs[f as usize].due {
             self.funcs[f as usize].due = next;
             if let Some(n) = next {
@@ -493,21 +555,18 @@ impl Sim<'_> {
     /// waiting for a card may start one now.
     fn gone(&mut self, f: u32, id: InstanceId, t: Duration, fx: &mut Effects<QuotaFull>) {
         let now = self.at(t);
-        let Sim { funcs, fleet, .. } = self;
-        let func = &mut funcs[f as usize];
+        let func = &self.funcs[f as usize];
         let Some(inst) = func.sched.instance(id) else {
             return;
         };
         let held = now.saturating_duration_since(inst.created());
         self.billed_gb_s += billed_seconds(held) as f64 * f64::from(func.memory_gb);
-        fleet.live = fleet.live.saturating_sub(1);
-        func.sched.instance_gone(id, now, fleet, fx);
+        self.fleet.live = self.fleet.live.saturating_sub(1);
+        fx.extend(self.call(f, t, SchedEvent::Gone(id)).1);
         if self.cfg.quota_cards != u32::MAX {
             for g in 0..self.funcs.len() {
                 if g != f as usize && self.funcs[g].sched.queued() > 0 {
-                    let Sim { funcs, fleet, .. } = self;
-                    let mut more = Effects::new();
-                    funcs[g].sched.rescale(now, fleet, &mut more);
+                    let (_, more) = self.call(g as u32, t, SchedEvent::Rescale);
                     self.settle(g as u32, t, more);
                 }
             }
@@ -546,7 +605,7 @@ impl Sim<'_> {
                 }
             }
         };
-        self.funcs[f as usize].sched.plan_idle(plan, fx);
+        fx.extend(self.call(f, t, SchedEvent::Plan(plan)).1);
     }
 
     fn result(mut self) -> SimResult {

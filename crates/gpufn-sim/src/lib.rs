@@ -15,5 +15,5 @@ pub mod engine;
 pub mod report;
 pub mod trace;
 
-pub use engine::{Policy, SimConfig, SimResult, simulate};
+pub use engine::{Policy, QuotaFull, SimConfig, SimResult, Step, record, simulate};
 pub use trace::{Format, Trace, TraceError};
