@@ -1,8 +1,8 @@
 //! Scaling and keep-alive decisions as pure functions of a pool's state and `now`.
 //!
 //! Architecture invariant: nothing here does I/O, reads a clock or spawns anything. The scheduler
-//! (`gpufn-server`) takes a snapshot under its lock, asks these functions what to do, and does it;
-//! the trace simulator will call the very same functions. That is why every decision is testable
+//! (`gpufn-sched`, driven by the server and by the trace simulator alike) gathers the counts, asks
+//! these functions what to do, and returns the effects. That is why every decision is testable
 //! in microseconds, without processes or sleeps.
 
 use std::time::{Duration, Instant};

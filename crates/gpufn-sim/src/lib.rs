@@ -2,10 +2,9 @@
 //!
 //! - [`trace`] reads the Alibaba GenAI, Azure Functions 2019, Azure LLM 2023 traces and plain CSV
 //!   into one [`trace::Trace`] of requests.
-//! - [`engine`] is a deterministic discrete-event simulation of gpufn's pools: it asks
-//!   `gpufn_policy::instances_to_start` how many instances to start and `gpufn_policy::keep_alive`
-//!   which idle ones to stop — the very functions the server calls — and meters with
-//!   `gpufn_metering`.
+//! - [`engine`] is a deterministic discrete-event driver of `gpufn_sched::Scheduler`, the scheduler
+//!   the server runs: it moves virtual time (arrivals, load times, service times) and adds up what
+//!   the scheduler bills; every decision is the scheduler's.
 //! - [`report`] turns results into a table, JSON and a Pareto plot (SVG).
 //!
 //! Architecture invariant: no clock and no randomness that is not seeded; the same trace and
