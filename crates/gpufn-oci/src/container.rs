@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use gpufn_runtime::{InstanceRuntime, LaunchSpec, RunningInstance, RuntimeError};
+use gpufn_runtime::{Ended, Exit, InstanceRuntime, LaunchSpec, RunningInstance, RuntimeError};
 use sha2::{Digest, Sha256};
 use tokio::process::{Child, Command};
 
@@ -571,17 +571,12 @@ impl ContainerInstance {
     }
 
     /// Describes the exit (with the OOM killer's part), then removes everything.
-    async fn finish(&mut self, status: std::io::Result<std::process::ExitStatus>) -> String {
+    async fn finish(&mut self, status: std::io::Result<std::process::ExitStatus>) -> Ended {
         let oom = self.inner.oom_kills(&self.id);
-        let mut how = describe(status);
-        if oom > 0 {
-            how.push_str(&match self.memory_mb {
-                Some(mb) => format!(
-                    " (out of memory: the kernel killed it for exceeding memory_mb = {mb} MB)"
-                ),
-                None => " (out of memory: killed by the kernel)".to_string(),
-            });
-        }
+        let how = Ended {
+            out_of_memory: (oom > 0).then_some(self.memory_mb),
+            ..Ended::exit(exit_of(status))
+        };
         self.cleanup().await;
         how
     }
@@ -609,12 +604,12 @@ impl RunningInstance for ContainerInstance {
         self.pull
     }
 
-    async fn wait(&mut self) -> String {
+    async fn wait(&mut self) -> Ended {
         let status = self.wait_runc().await;
         self.finish(status).await
     }
 
-    async fn stop(&mut self, grace: Duration) -> String {
+    async fn stop(&mut self, grace: Duration) -> Ended {
         // The app is PID 1 of its namespace: the kernel drops any signal it has no handler for, so
         // SIGTERM to an app that does not catch it would do nothing but hold the card for the
         // whole grace (Docker's `docker stop` 10 s trap). Such an app is killed at once.
@@ -628,10 +623,10 @@ impl RunningInstance for ContainerInstance {
             Err(_) => {
                 self.runc(&["kill", "--all", &self.id, "KILL"]).await;
                 let status = self.wait_runc().await;
-                format!(
-                    "{} (killed after {grace:?} grace)",
-                    self.finish(status).await
-                )
+                Ended {
+                    killed_after: Some(grace),
+                    ..self.finish(status).await
+                }
             }
         };
         self.cleanup().await;
@@ -668,8 +663,8 @@ fn sigterm_caught(mask: u64) -> bool {
 }
 
 /// runc reports a container killed by signal N as exit code 128 + N.
-fn describe(status: std::io::Result<std::process::ExitStatus>) -> String {
-    gpufn_runtime::describe_exit(status, true)
+fn exit_of(status: std::io::Result<std::process::ExitStatus>) -> Exit {
+    Exit::of(status, true)
 }
 
 #[cfg(test)]
@@ -688,7 +683,8 @@ mod tests {
     #[test]
     fn runc_exit_codes_above_128_are_signals() {
         let st = |code: i32| Ok(std::process::ExitStatus::from_raw(code << 8));
-        assert_eq!(describe(st(137)), "killed by signal 9");
-        assert_eq!(describe(st(3)), "exited with code 3");
+        assert_eq!(exit_of(st(137)), Exit::Signal(9));
+        assert_eq!(exit_of(st(137)).to_string(), "killed by signal 9");
+        assert_eq!(exit_of(st(3)), Exit::Code(3));
     }
 }

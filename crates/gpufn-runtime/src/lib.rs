@@ -100,9 +100,9 @@ pub trait RunningInstance: Send + Sync + std::fmt::Debug {
     /// OS process id, where there is one.
     fn pid(&self) -> Option<u32>;
     /// Waits until the instance exits by itself; says how. Cancel-safe.
-    async fn wait(&mut self) -> String;
+    async fn wait(&mut self) -> Ended;
     /// Stops the instance: a polite signal, then, after `grace`, a forced kill. Returns how it ended.
-    async fn stop(&mut self, grace: Duration) -> String;
+    async fn stop(&mut self, grace: Duration) -> Ended;
     /// Time `launch` spent pulling an image (zero on a cache hit, and for processes).
     fn image_pull(&self) -> Duration {
         Duration::ZERO
@@ -134,23 +134,90 @@ pub fn free_port() -> std::io::Result<u16> {
     )
 }
 
-/// How a process ended, in words. With `codes_over_128_are_signals` (runc's convention), exit code
-/// 128 + N reads as "killed by signal N".
-pub fn describe_exit(
-    status: std::io::Result<std::process::ExitStatus>,
-    codes_over_128_are_signals: bool,
-) -> String {
-    use std::os::unix::process::ExitStatusExt;
-    match status {
-        Ok(s) => match (s.code(), s.signal()) {
-            (Some(code), _) if codes_over_128_are_signals && code > 128 => {
-                format!("killed by signal {}", code - 128)
-            }
-            (Some(code), _) => format!("exited with code {code}"),
-            (None, Some(sig)) => format!("killed by signal {sig}"),
-            _ => "exited".into(),
-        },
-        Err(e) => format!("could not be waited for: {e}"),
+/// How an instance's process ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Exit {
+    /// It exited with this code.
+    Code(i32),
+    /// A signal killed it.
+    Signal(i32),
+    /// It is gone, with neither code nor signal known.
+    Gone,
+    /// Waiting for it failed (the OS said why).
+    WaitFailed(String),
+}
+
+impl Exit {
+    /// From a wait's result. With `codes_over_128_are_signals` (runc's convention), exit code
+    /// 128 + N reads as "killed by signal N".
+    pub fn of(
+        status: std::io::Result<std::process::ExitStatus>,
+        codes_over_128_are_signals: bool,
+    ) -> Self {
+        use std::os::unix::process::ExitStatusExt;
+        match status {
+            Ok(s) => match (s.code(), s.signal()) {
+                (Some(code), _) if codes_over_128_are_signals && code > 128 => {
+                    Exit::Signal(code - 128)
+                }
+                (Some(code), _) => Exit::Code(code),
+                (None, Some(sig)) => Exit::Signal(sig),
+                _ => Exit::Gone,
+            },
+            Err(e) => Exit::WaitFailed(e.to_string()),
+        }
+    }
+}
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Exit::Code(code) => write!(f, "exited with code {code}"),
+            Exit::Signal(sig) => write!(f, "killed by signal {sig}"),
+            Exit::Gone => f.write_str("exited"),
+            Exit::WaitFailed(e) => write!(f, "could not be waited for: {e}"),
+        }
+    }
+}
+
+/// How an instance ended: its exit, whether the kernel's OOM killer took part, and whether it had
+/// to be killed after the stop grace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ended {
+    /// The exit.
+    pub exit: Exit,
+    /// The OOM killer killed something in it; `Some(Some(mb))` when it had a `memory_mb` limit.
+    pub out_of_memory: Option<Option<u64>>,
+    /// It ignored the polite signal for this long and was killed.
+    pub killed_after: Option<Duration>,
+}
+
+impl Ended {
+    /// An exit, nothing more.
+    pub fn exit(exit: Exit) -> Self {
+        Self {
+            exit,
+            out_of_memory: None,
+            killed_after: None,
+        }
+    }
+}
+
+impl std::fmt::Display for Ended {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.exit)?;
+        match self.out_of_memory {
+            Some(Some(mb)) => write!(
+                f,
+                " (out of memory: the kernel killed it for exceeding memory_mb = {mb} MB)"
+            )?,
+            Some(None) => f.write_str(" (out of memory: killed by the kernel)")?,
+            None => {}
+        }
+        if let Some(grace) = self.killed_after {
+            write!(f, " (killed after {grace:?} grace)")?;
+        }
+        Ok(())
     }
 }
 

@@ -241,24 +241,24 @@ impl RunningInstance for ProcessInstance {
         self.pid
     }
 
-    async fn wait(&mut self) -> String {
-        let how = crate::describe_exit(self.child.wait().await, false);
+    async fn wait(&mut self) -> crate::Ended {
+        let how = crate::Ended::exit(crate::Exit::of(self.child.wait().await, false));
         // The app's leader is gone; take down anything it left behind in its group and cgroup.
         self.signal_group(libc::SIGKILL);
         self.clear_cgroup().await;
         how
     }
 
-    async fn stop(&mut self, grace: Duration) -> String {
+    async fn stop(&mut self, grace: Duration) -> crate::Ended {
         self.signal_group(libc::SIGTERM);
         let how = match tokio::time::timeout(grace, self.child.wait()).await {
-            Ok(status) => crate::describe_exit(status, false),
+            Ok(status) => crate::Ended::exit(crate::Exit::of(status, false)),
             Err(_) => {
                 self.signal_group(libc::SIGKILL);
-                format!(
-                    "{} (killed after {grace:?} grace)",
-                    crate::describe_exit(self.child.wait().await, false)
-                )
+                crate::Ended {
+                    killed_after: Some(grace),
+                    ..crate::Ended::exit(crate::Exit::of(self.child.wait().await, false))
+                }
             }
         };
         self.signal_group(libc::SIGKILL);
@@ -299,7 +299,9 @@ mod tests {
             .launch(&spec(dir.path(), &["sh", "-c", script]))
             .await
             .expect("launch");
-        assert_eq!(inst.wait().await, "exited with code 3");
+        let ended = inst.wait().await;
+        assert_eq!(ended.exit, crate::Exit::Code(3));
+        assert_eq!(ended.to_string(), "exited with code 3");
         let log = std::fs::read_to_string(dir.path().join("logs/f-1.log")).expect("log");
         let port = inst.addr().port();
         assert!(
@@ -328,7 +330,8 @@ mod tests {
             tokio::task::yield_now().await;
         };
         let how = inst.stop(Duration::from_millis(200)).await;
-        assert!(how.contains("killed after"), "{how}");
+        assert_eq!(how.killed_after, Some(Duration::from_millis(200)));
+        assert!(how.to_string().contains("killed after"), "{how}");
         // The grandchild was in the group: SIGKILL reaches it. Delivery is asynchronous, so wait
         // (bounded) for it to be gone or a zombie.
         let alive = || {

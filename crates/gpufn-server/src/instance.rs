@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use gpufn_gpu::GpuLease;
-use gpufn_runtime::{LaunchSpec, RunningInstance};
+use gpufn_runtime::{Ended, LaunchSpec, RunningInstance};
 use gpufn_spec::FunctionSpec;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
@@ -43,9 +43,29 @@ pub(crate) struct StartJob {
 
 enum Startup {
     Ready,
-    Exited(String),
+    Exited(Ended),
     TimedOut,
     Cancelled,
+}
+
+/// Why an instance left its pool.
+enum Left {
+    /// It exited by itself while serving.
+    Crashed(Ended),
+    /// It was stopped (keep-alive, a new revision, deletion, shutdown).
+    Stopped(Ended),
+    /// It was stopped before it became ready.
+    StoppedWhileStarting(Ended),
+}
+
+impl std::fmt::Display for Left {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Left::Crashed(e) => write!(f, "crashed: {e}"),
+            Left::Stopped(e) => write!(f, "{e}"),
+            Left::StoppedWhileStarting(e) => write!(f, "stopped while starting: {e}"),
+        }
+    }
 }
 
 /// Runs one instance from spawn to exit: start, probe until ready (or the startup deadline, or the
@@ -144,7 +164,7 @@ pub(crate) async fn supervise(pool: Arc<Pool>, job: StartJob) {
                 &id,
                 inst,
                 lease,
-                &format!("stopped while starting: {how}"),
+                &Left::StoppedWhileStarting(how),
             );
             return;
         }
@@ -171,9 +191,9 @@ pub(crate) async fn supervise(pool: Arc<Pool>, job: StartJob) {
     let how = tokio::select! {
         how = inst.wait() => {
             tracing::warn!(function = %spec.name, instance = %id, "instance {how} while serving");
-            format!("crashed: {how}")
+            Left::Crashed(how)
         }
-        () = stop.cancelled() => inst.stop(shared.stop_grace).await,
+        () = stop.cancelled() => Left::Stopped(inst.stop(shared.stop_grace).await),
     };
     finish(&pool, key, &id, inst, lease, &how);
 }
@@ -184,7 +204,7 @@ fn finish(
     id: &str,
     inst: Box<dyn RunningInstance>,
     lease: GpuLease,
-    how: &str,
+    how: &Left,
 ) {
     tracing::info!(function = %pool.name(), instance = %id, "instance {how}");
     note_in_log(
