@@ -3,6 +3,7 @@
 
 use super::*;
 use gpufn_policy::Windows;
+use std::fmt;
 
 /// The card source: at most `cap` cards held at once (the GPU-card quota).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
