@@ -1,7 +1,7 @@
 //! API errors: one type, one JSON shape (`{"error": {"code", "message", "field"}}`), one place that
 //! maps them to HTTP.
 
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use gpufn_spec::{FieldError, SpecError};
 use serde::Serialize;
@@ -122,8 +122,9 @@ impl std::fmt::Display for ApiError {
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
+impl ApiError {
+    /// The JSON document this error answers with (`{"error": {...}}`).
+    pub fn json(&self) -> Vec<u8> {
         let body = Body {
             error: Inner {
                 code: self.code,
@@ -132,18 +133,37 @@ impl IntoResponse for ApiError {
                 details: &self.details,
             },
         };
-        let mut resp = (self.status, axum::Json(body)).into_response();
+        // Strings and field errors only: serializing them cannot fail.
+        serde_json::to_vec(&body).unwrap_or_default()
+    }
+
+    /// The headers this error answers with, framing aside: the content type, `WWW-Authenticate`
+    /// on a 401, `Retry-After` when set. Both gateways write these (one as bytes).
+    pub fn headers(&self) -> HeaderMap {
+        let mut h = HeaderMap::with_capacity(3);
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
         if self.status == StatusCode::UNAUTHORIZED {
             // RFC 6750: say which scheme is expected.
-            resp.headers_mut().insert(
+            h.insert(
                 header::WWW_AUTHENTICATE,
                 HeaderValue::from_static("Bearer realm=\"gpufn\""),
             );
         }
         if let Some(secs) = self.retry_after {
-            resp.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
+        h
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut resp = Response::new(axum::body::Body::from(self.json()));
+        *resp.status_mut() = self.status;
+        *resp.headers_mut() = self.headers();
         resp
     }
 }

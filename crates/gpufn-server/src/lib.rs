@@ -4,7 +4,9 @@
 //!   per deployed function — and the background reconciler (keep-alive, min instances, capacity).
 //! - [`pool`]: the scheduler of one function: instances, the bounded queue, slots in flight.
 //! - [`instance`]: an instance's states and the supervisor task that starts, probes and stops it.
-//! - [`gateway`]: `/function/{name}/...` → an instance, streaming both ways.
+//! - [`forward`]: the forwarding rules every gateway path follows (headers, request id, errors,
+//!   metrics, cold-start record).
+//! - [`gateway`]: `/function/{name}/...` → an instance through hyper, streaming both ways.
 //! - [`api`]: the JSON control API under `/api/v1`.
 //! - [`serve`]: binding, signals and the bounded graceful shutdown.
 
@@ -16,6 +18,7 @@ mod containers;
 mod direct;
 pub mod error;
 pub mod fc;
+mod forward;
 pub mod gateway;
 pub mod instance;
 pub mod meter;

@@ -257,7 +257,7 @@ async fn serve_tls_client(
             return;
         }
     };
-    let mut client = crate::gateway::Peer::new(peer);
+    let mut client = crate::forward::Peer::new(peer);
     client.https = true;
     let tick = idle_ticker(client_idle_timeout);
     serve_hyper(
@@ -290,7 +290,7 @@ async fn serve_client(
     drain: CancellationToken,
     client_idle_timeout: std::time::Duration,
 ) {
-    let client = Arc::new(crate::gateway::Peer::new(peer));
+    let client = Arc::new(crate::forward::Peer::new(peer));
     let mut tick = idle_ticker(client_idle_timeout);
     let pre = match &direct {
         Some(direct) => match direct.serve(&mut tcp, &client, &mut tick, &drain).await {
@@ -326,7 +326,7 @@ fn idle_ticker(period: std::time::Duration) -> tokio::time::Interval {
 async fn serve_hyper<IO>(
     io: IO,
     peer: SocketAddr,
-    client: Arc<crate::gateway::Peer>,
+    client: Arc<crate::forward::Peer>,
     platform: Arc<Platform>,
     router: axum::Router,
     drain: CancellationToken,

@@ -26,9 +26,10 @@ use http_body_util::{BodyExt, Full};
 use tokio::sync::{Notify, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::gateway::{REQUEST_ID, exchange};
+use crate::forward;
+use crate::gateway::exchange;
 use crate::platform::Platform;
-use crate::pool::AcquireError;
+use crate::pool::{AcquireError, Slot};
 use crate::tasks_api::task_json;
 use crate::util::now_ms;
 
@@ -332,7 +333,7 @@ async fn attempt(platform: &Platform, task: &TaskRow) -> Outcome {
     {
         tracing::error!(task = %task.id, "cannot count the attempt: {e}");
     }
-    let request = match build_request(task, slot.addr()) {
+    let request = match build_request(task, &slot) {
         Ok(r) => r,
         Err(e) => return Outcome::Failed(e, None),
     };
@@ -382,27 +383,35 @@ async fn attempt(platform: &Platform, task: &TaskRow) -> Outcome {
     Outcome::Done(result)
 }
 
-fn build_request(
-    task: &TaskRow,
-    addr: std::net::SocketAddr,
-) -> Result<http::Request<Body>, String> {
+fn build_request(task: &TaskRow, slot: &Slot) -> Result<http::Request<Body>, String> {
     let method = Method::from_bytes(task.method.as_bytes()).map_err(|e| e.to_string())?;
     let mut req = http::Request::builder()
         .method(method)
-        .uri(format!("http://{addr}{}", task.path));
-    let headers: Vec<(String, String)> =
+        .uri(forward::target(&task.path).as_ref());
+    let stored: Vec<(String, String)> =
         serde_json::from_str(&task.headers_json).unwrap_or_default();
-    for (k, v) in headers {
+    let mut headers = http::HeaderMap::with_capacity(stored.len() + 4);
+    for (k, v) in stored {
         if let (Ok(k), Ok(v)) = (
             HeaderName::from_bytes(k.as_bytes()),
             HeaderValue::from_str(&v),
         ) {
-            req = req.header(k, v);
+            headers.append(k, v);
         }
     }
-    req = req
-        .header("x-gpufn-task-id", task.id.as_str())
-        .header(REQUEST_ID, task.id.as_str());
+    // Stored before these rules were shared, a task may still hold headers gpufn sets.
+    forward::strip_request(&mut headers);
+    let has_host = headers.contains_key(http::header::HOST);
+    forward::add_instance_headers(&mut headers, slot, has_host);
+    headers.insert(
+        HeaderName::from_static("x-gpufn-task-id"),
+        HeaderValue::from_str(&task.id).map_err(|e| e.to_string())?,
+    );
+    use forward::HeadOut as _;
+    headers.set(&forward::REQUEST_ID_HEADER, &[task.id.as_bytes()]);
+    if let Some(h) = req.headers_mut() {
+        *h = headers;
+    }
     req.body(Body::new(Full::new(Bytes::from(task.body.clone()))))
         .map_err(|e| e.to_string())
 }

@@ -14,7 +14,6 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::error::ApiError;
-use crate::gateway::{split_target_with_prefix, strip_hop_by_hop};
 use crate::platform::Platform;
 use crate::util::{from_ms, now_ms, rfc3339};
 
@@ -41,14 +40,17 @@ pub async fn accept(State(p): State<Arc<Platform>>, req: Request) -> Result<Resp
         )
         .retry_after(1));
     }
-    let (name, path) = split_target_with_prefix(req.uri(), "/async-function/")
-        .map(|(n, t)| (n.to_string(), t))
+    let (name, path) = req
+        .uri()
+        .path_and_query()
+        .and_then(|pq| crate::forward::split_target(pq.as_str(), "/async-function/"))
+        .map(|(n, rest)| (n.to_string(), crate::forward::target(rest).into_owned()))
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route"))?;
     let Some(pool) = p.pool(&name) else {
         return Err(ApiError::no_function(&name));
     };
     let mut req = req;
-    let owner = crate::gateway::admit(&p, &pool, &mut req)?.map(|g| g.token_id);
+    let owner = crate::forward::admit(&p, &pool, &mut req)?.map(|g| g.token_id);
     // Read the headers in a block: a borrow of the request must not live across an await
     // (the body is not Sync, so the future would not be Send).
     let (task_id, callback_url) = {
@@ -74,7 +76,7 @@ pub async fn accept(State(p): State<Arc<Platform>>, req: Request) -> Result<Resp
         gpufn_spec::check_http_url(url).map_err(|e| ApiError::bad_field(CALLBACK_URL, e))?;
     }
     let (mut parts, body) = req.into_parts();
-    strip_hop_by_hop(&mut parts.headers);
+    crate::forward::strip_request(&mut parts.headers);
     for h in [TASK_ID, CALLBACK_URL, "host", "content-length"] {
         parts.headers.remove(h);
     }

@@ -29,78 +29,34 @@
 //!   body that breaks off closes the caller's connection.
 
 mod chunked;
-mod conns;
+mod response;
 mod rewind;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::response::IntoResponse;
 use bytes::{Buf, BytesMut};
-use http::StatusCode;
-use http_body_util::BodyExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Interval;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::ApiError;
-use crate::gateway::{
-    COLD_START, INSTANCE_ID, Peer, REQUEST_ID, acquire_error, request_timeout_error,
-    sane_request_id,
-};
-use crate::metrics::StatusLabels;
+use crate::forward::{self, CallerHead, Peer, REQUEST_ID, Served};
 use crate::platform::Platform;
 use crate::pool::{AcquireError, Pool, Slot};
-use crate::util::now_ms;
+use crate::upstream::Conns;
 
-use chunked::ChunkedEnd;
-pub(crate) use conns::Conns;
+use response::{ResponseInfo, UpError, read_response_head, relay};
 pub(crate) use rewind::Rewind;
 
 /// Largest request head the direct path takes (bigger ones go to hyper).
 const MAX_HEAD: usize = 64 * 1024;
-/// Largest response head taken from an instance (hyper's client allows about as much).
-const MAX_RESPONSE_HEAD: usize = 400 * 1024;
 /// Most header lines in a head the direct path parses (more: the request goes to hyper).
 const MAX_HEADERS: usize = 64;
-/// Most header lines in an instance's response head.
-const MAX_RESPONSE_HEADERS: usize = 100;
-/// Bytes read at a time when relaying a response body: large bodies (images, video) move in few
-/// system calls. The buffer comes from [`RELAY_BUFFERS`] and goes back there after the body, so
-/// idle connections stay small and a large response costs no fresh (page-faulting) allocation.
-const RELAY_CHUNK: usize = 256 * 1024;
-/// Relay buffers kept for reuse across connections (at most this many, 256 KiB each).
-const RELAY_BUFFERS_KEPT: usize = 32;
-static RELAY_BUFFERS: std::sync::Mutex<Vec<BytesMut>> = std::sync::Mutex::new(Vec::new());
-
-/// A relay buffer from the shared free list, or a new one.
-fn take_relay_buffer() -> BytesMut {
-    let reused = RELAY_BUFFERS
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .pop();
-    reused.unwrap_or_else(|| BytesMut::with_capacity(RELAY_CHUNK))
-}
-
-/// Gives a relay buffer back to the shared free list.
-fn give_relay_buffer(mut b: BytesMut) {
-    b.clear();
-    if b.capacity() < RELAY_CHUNK {
-        return;
-    }
-    let mut kept = RELAY_BUFFERS
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    if kept.len() < RELAY_BUFFERS_KEPT {
-        kept.push(b);
-    }
-}
 /// Most buffer capacity a connection keeps between requests.
-const KEEP_CAPACITY: usize = 32 * 1024;
-/// Bodies up to this size are copied behind the head and leave in one write.
-const COPY_BEHIND_HEAD: usize = 16 * 1024;
+pub(super) const KEEP_CAPACITY: usize = 32 * 1024;
 /// Largest request body the direct path takes. It sends the whole body before it reads the
 /// response, which is safe while the body fits in the socket buffers; larger uploads go to hyper,
 /// which reads an early answer (an app refusing an upload unread) while still sending.
@@ -125,10 +81,9 @@ pub(crate) struct Direct {
 
 impl Direct {
     pub(crate) fn new(platform: Arc<Platform>) -> Self {
-        Self {
-            platform,
-            conns: Conns::new(),
-        }
+        // The hyper path's pool: a connection one path opened serves the other's next request.
+        let conns = platform.upstream().conns().clone();
+        Self { platform, conns }
     }
 
     /// Serves `tcp` until it closes or a request needs hyper. The connection closes when `tick`
@@ -225,7 +180,7 @@ impl Direct {
         if method == "HEAD" || method == "CONNECT" {
             return Classified::Fallback;
         }
-        let Some((name, target)) = split_path(path) else {
+        let Some((name, rest)) = split_path(path) else {
             return Classified::Fallback;
         };
         // Unknown names go to hyper, which answers 404 (and keeps them out of the metrics).
@@ -287,50 +242,26 @@ impl Direct {
             return Classified::Fallback;
         }
 
-        bufs.rid.clear();
-        match caller_id.filter(|v| sane_request_id(v)) {
-            Some(v) => bufs.rid.extend_from_slice(v),
-            None => {
-                let mut id = [0u8; uuid::fmt::Simple::LENGTH];
-                uuid::Uuid::new_v4().simple().encode_lower(&mut id);
-                bufs.rid.extend_from_slice(&id);
-            }
-        }
-
+        forward::request_id(caller_id, &mut bufs.rid);
         let out = &mut bufs.out;
         out.clear();
         out.extend_from_slice(method.as_bytes());
         out.push(b' ');
-        if !target.starts_with('/') {
-            out.push(b'/');
-        }
-        out.extend_from_slice(target.as_bytes());
+        forward::put_target(out, rest);
         out.extend_from_slice(b" HTTP/1.1\r\n");
-        let mut host = None;
+        let authorization_forwarded = forward::authorization_forwarded(&pool);
         for h in req.headers.iter() {
-            if h.name.eq_ignore_ascii_case("host") {
-                host.get_or_insert(h.value);
-            }
-            if !request_header_forwarded(h.name)
-                || (token_auth && h.name.eq_ignore_ascii_case("authorization"))
+            if forward::request_header_forwarded(h.name)
+                && (authorization_forwarded || !h.name.eq_ignore_ascii_case("authorization"))
             {
-                // The caller's gpufn token never reaches function code.
-                continue;
+                put_header(out, h.name.as_bytes(), h.value);
             }
-            put_header(out, h.name.as_bytes(), h.value);
         }
-        out.extend_from_slice(b"x-forwarded-for: ");
-        if let Some(prev) = forwarded_for {
-            out.extend_from_slice(prev);
-            out.extend_from_slice(b", ");
-        }
-        out.extend_from_slice(peer.header.as_bytes());
-        out.extend_from_slice(b"\r\n");
-        if let Some(host) = host {
-            put_header(out, b"x-forwarded-host", host);
-        }
-        out.extend_from_slice(b"x-forwarded-proto: http\r\n");
-        put_header(out, REQUEST_ID.as_bytes(), &bufs.rid);
+        let caller = CallerHead {
+            forwarded_for,
+            host: host_value,
+        };
+        forward::add_request_headers(out, Some(peer), caller, &bufs.rid);
         Classified::Direct(Prepared {
             pool,
             head_len,
@@ -358,12 +289,12 @@ impl Direct {
         let slot = match acquire_watching(&p.pool, tcp, body_in_socket == 0, arrival).await {
             Some(Ok(slot)) => slot,
             Some(Err(e)) => {
-                let resp = acquire_error(e).into_response();
+                let error = forward::acquire_error(e);
                 // An unread body cannot be skipped cheaply: close after answering.
                 let close = p.close || body_in_socket > 0;
                 buf.advance(buffered);
                 return self
-                    .respond_error(tcp, bufs, resp, None, &p, arrival, close)
+                    .respond_error(tcp, bufs, &error, None, &p, arrival, close)
                     .await
                     && !close;
             }
@@ -377,23 +308,11 @@ impl Direct {
         });
         let addr = slot.addr();
         let out = &mut bufs.out;
-        put_header(
-            out,
-            INSTANCE_ID.as_bytes(),
-            slot.instance_header().as_bytes(),
-        );
-        if !p.has_host {
-            out.extend_from_slice(format!("host: {addr}\r\n").as_bytes());
-        }
+        forward::add_instance_headers(out, &slot, p.has_host);
         out.extend_from_slice(b"\r\n");
         out.extend_from_slice(&buf[..buffered]);
         buf.advance(buffered);
 
-        let meta = ResponseMeta {
-            instance: slot.instance_header().as_bytes(),
-            cold: slot.cold_start(),
-            close: p.close,
-        };
         let sent = tokio::time::timeout_at(
             tokio::time::Instant::from_std(arrival) + slot.request_timeout(),
             self.send(
@@ -403,8 +322,8 @@ impl Direct {
                 bufs,
                 body_in_socket,
                 p.retryable && p.content_length == 0,
-                &meta,
-                drain,
+                Served::by(&slot),
+                p.close || drain.is_cancelled(),
             ),
         )
         .await;
@@ -418,40 +337,26 @@ impl Direct {
                 if !matches!(error, UpError::ClosedIdle) {
                     slot.mark_broken();
                 }
-                let resp = ApiError::new(
-                    StatusCode::BAD_GATEWAY,
-                    "instance_error",
-                    format!("instance {} failed to answer: {error}", slot.instance_id()),
-                )
-                .into_response();
+                let error = forward::instance_error(&slot, &error);
                 // The caller's connection serves on unless part of its body is still unread.
                 let close = p.close || !body_read;
                 return self
-                    .respond_error(tcp, bufs, resp, Some(&slot), &p, arrival, close)
+                    .respond_error(tcp, bufs, &error, Some(&slot), &p, arrival, close)
                     .await
                     && !close;
             }
             Err(_) => {
-                let resp = request_timeout_error(&slot).into_response();
+                let error = forward::request_timeout_error(&slot);
                 // The request body may be half-read: the connection is not reusable.
-                self.respond_error(tcp, bufs, resp, Some(&slot), &p, arrival, true)
+                self.respond_error(tcp, bufs, &error, Some(&slot), &p, arrival, true)
                     .await;
                 return false;
             }
         };
-        if let Some((phases, ready_at)) = slot.cold_start_info() {
-            let arrival_ms = now_ms() - i64::try_from(arrival.elapsed().as_millis()).unwrap_or(0);
-            self.platform
-                .record_cold_start(&slot, arrival_ms, arrival, phases, ready_at);
-        }
-        self.observe(&p.pool, info.status, arrival);
+        forward::record_cold_start(&self.platform, &slot, arrival);
+        forward::observe(&self.platform, &p.pool, info.status, arrival);
         let relayed = relay(tcp, &mut up, &mut bufs.up, &mut bufs.out, info.framing).await;
-        if bufs.up.capacity() > KEEP_CAPACITY {
-            give_relay_buffer(std::mem::replace(
-                &mut bufs.up,
-                BytesMut::with_capacity(16 * 1024),
-            ));
-        }
+        response::shrink(&mut bufs.up);
         if relayed.upstream_reusable && info.upstream_keep_alive {
             self.conns.give_back(addr, up);
         }
@@ -471,8 +376,8 @@ impl Direct {
         bufs: &mut Buffers,
         body_in_socket: u64,
         retry_if_unanswered: bool,
-        meta: &ResponseMeta<'_>,
-        drain: &CancellationToken,
+        served: Served<'_>,
+        close: bool,
     ) -> Result<(TcpStream, ResponseInfo), SendError> {
         let mut fresh_only = false;
         loop {
@@ -497,9 +402,15 @@ impl Direct {
                 copy_body(tcp, buf, &mut up, body_in_socket).await?;
             }
             bufs.up.clear();
-            let close = meta.close || drain.is_cancelled();
-            match read_response_head(&mut up, &mut bufs.up, &mut bufs.out, &bufs.rid, meta, close)
-                .await
+            match read_response_head(
+                &mut up,
+                &mut bufs.up,
+                &mut bufs.out,
+                &bufs.rid,
+                served,
+                close,
+            )
+            .await
             {
                 Ok(info) => return Ok((up, info)),
                 Err(UpError::Unanswered) if reused && retry_if_unanswered => {
@@ -520,64 +431,32 @@ impl Direct {
         &self,
         tcp: &mut TcpStream,
         bufs: &mut Buffers,
-        resp: axum::response::Response,
+        error: &ApiError,
         slot: Option<&Slot>,
         p: &Prepared,
         arrival: Instant,
         close: bool,
     ) -> bool {
-        self.observe(&p.pool, resp.status().as_u16(), arrival);
-        let (parts, body) = resp.into_parts();
-        let body = match body.collect().await {
-            Ok(b) => b.to_bytes(),
-            Err(_) => bytes::Bytes::new(),
-        };
+        forward::observe(&self.platform, &p.pool, error.status.as_u16(), arrival);
+        let body = error.json();
         let out = &mut bufs.out;
         out.clear();
         out.extend_from_slice(b"HTTP/1.1 ");
-        out.extend_from_slice(parts.status.as_str().as_bytes());
+        out.extend_from_slice(error.status.as_str().as_bytes());
         out.push(b' ');
-        out.extend_from_slice(parts.status.canonical_reason().unwrap_or("").as_bytes());
+        out.extend_from_slice(error.status.canonical_reason().unwrap_or("").as_bytes());
         out.extend_from_slice(b"\r\n");
-        for (k, v) in &parts.headers {
+        for (k, v) in &error.headers() {
             put_header(out, k.as_str().as_bytes(), v.as_bytes());
         }
         put_header(out, b"content-length", body.len().to_string().as_bytes());
-        put_header(out, REQUEST_ID.as_bytes(), &bufs.rid);
-        if let Some(slot) = slot {
-            put_header(
-                out,
-                INSTANCE_ID.as_bytes(),
-                slot.instance_header().as_bytes(),
-            );
-            put_header(out, COLD_START.as_bytes(), cold_value(slot.cold_start()));
-        }
+        forward::add_response_headers(out, slot.map(Served::by), &bufs.rid);
         if close {
             out.extend_from_slice(b"connection: close\r\n");
         }
         out.extend_from_slice(b"\r\n");
         out.extend_from_slice(&body);
         tcp.write_all(out).await.is_ok()
-    }
-
-    /// The request's duration and status, as the hyper path records them (at the response head).
-    fn observe(&self, pool: &Pool, status: u16, arrival: Instant) {
-        let m = pool.metrics();
-        let took = arrival.elapsed().as_secs_f64();
-        m.request_duration.observe(took);
-        m.recent.record((took * 1000.0) as f32);
-        if status == 200 {
-            m.ok.inc();
-        } else {
-            self.platform
-                .metrics()
-                .invocations
-                .get_or_create(&StatusLabels {
-                    function: pool.name().to_string(),
-                    status: status.to_string(),
-                })
-                .inc();
-        }
     }
 }
 
@@ -613,55 +492,6 @@ struct Prepared {
     retryable: bool,
 }
 
-/// What the caller's response head gets from gpufn.
-struct ResponseMeta<'a> {
-    instance: &'a [u8],
-    cold: bool,
-    close: bool,
-}
-
-/// How an instance's response body is delimited.
-#[derive(Debug)]
-enum Framing {
-    /// No body (204, 304).
-    Empty,
-    /// `Content-Length`.
-    Length(u64),
-    /// `Transfer-Encoding: chunked`, relayed as it is.
-    Chunked(ChunkedEnd),
-    /// Until the instance closes the connection.
-    Close,
-}
-
-struct ResponseInfo {
-    status: u16,
-    framing: Framing,
-    /// The instance keeps the connection open after this response.
-    upstream_keep_alive: bool,
-    /// The caller's connection closes after this response.
-    close_client: bool,
-}
-
-/// Why an exchange with an instance failed.
-#[derive(Debug, thiserror::Error)]
-enum UpError {
-    /// Connecting failed or timed out (the message names the address).
-    #[error(transparent)]
-    Connect(crate::upstream::UpstreamError),
-    #[error("connection closed before a response")]
-    Unanswered,
-    #[error("an idle connection was closed by the instance as the request was sent")]
-    ClosedIdle,
-    #[error("connection closed in the middle of the response head")]
-    Truncated,
-    #[error("invalid response head: {0}")]
-    Parse(&'static str),
-    #[error("response head over {MAX_RESPONSE_HEAD} bytes")]
-    HeadTooLarge,
-    #[error("{0}")]
-    Io(std::io::Error),
-}
-
 enum SendError {
     /// The caller went away while its body was being read.
     Client,
@@ -687,24 +517,18 @@ fn head_complete(buf: &[u8], scanned: &mut usize) -> bool {
     found
 }
 
-/// `/function/{name}{target}` → (`name`, `target`); `None` if the path is not one the direct path
-/// forwards as it is.
+/// [`forward::split_target`] of a `/function/` path; `None` if the path is not one the direct
+/// path forwards as it is.
 fn split_path(path: &str) -> Option<(&str, &str)> {
-    let rest = path.strip_prefix("/function/")?;
     // Bytes hyper's URI parser would refuse, and fragments, are left to it.
     if !path.bytes().all(|b| (0x21..0x7f).contains(&b) && b != b'#') {
         return None;
     }
-    let end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let name = &rest[..end];
-    if name.is_empty() {
-        return None;
-    }
-    Some((name, &rest[end..]))
+    forward::split_target(path, forward::FUNCTION_PREFIX).filter(|(name, _)| !name.is_empty())
 }
 
 /// A `Content-Length` value: ASCII digits only (no sign, no spaces, no list).
-fn parse_length(v: &[u8]) -> Option<u64> {
+pub(super) fn parse_length(v: &[u8]) -> Option<u64> {
     if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
         return None;
     }
@@ -726,52 +550,11 @@ fn connection_tokens(v: &[u8]) -> Option<bool> {
     Some(close)
 }
 
-/// Request headers forwarded as they are (hop-by-hop ones and those gpufn sets are not).
-fn request_header_forwarded(name: &str) -> bool {
-    const DROPPED: [&str; 10] = [
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "proxy-authorization",
-        "te",
-        "trailer",
-        "x-forwarded-for",
-        "x-forwarded-host",
-        "x-forwarded-proto",
-        REQUEST_ID,
-    ];
-    !(DROPPED.iter().any(|d| name.eq_ignore_ascii_case(d))
-        || name.eq_ignore_ascii_case(INSTANCE_ID))
-}
-
-/// Response headers never passed on: hop-by-hop ones, the framing gpufn re-states, and those gpufn
-/// sets.
-fn response_header_dropped(name: &str) -> bool {
-    const DROPPED: [&str; 11] = [
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "proxy-authenticate",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        INSTANCE_ID,
-        COLD_START,
-        REQUEST_ID,
-    ];
-    DROPPED.iter().any(|d| name.eq_ignore_ascii_case(d))
-}
-
-fn put_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+pub(super) fn put_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(name);
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);
     out.extend_from_slice(b"\r\n");
-}
-
-fn cold_value(cold: bool) -> &'static [u8] {
-    if cold { b"true" } else { b"false" }
 }
 
 /// Waits for a slot for a request that arrived at `arrival`; `None` if `watch` and the caller
@@ -838,288 +621,6 @@ async fn copy_body(
         left -= take as u64;
     }
     Ok(())
-}
-
-/// Reads the instance's response head into `up` (skipping interim 1xx responses) and writes the
-/// caller's response head into `out`. On return `up` holds only the bytes after the head.
-async fn read_response_head(
-    stream: &mut TcpStream,
-    up: &mut BytesMut,
-    out: &mut Vec<u8>,
-    rid: &[u8],
-    meta: &ResponseMeta<'_>,
-    close: bool,
-) -> Result<ResponseInfo, UpError> {
-    let mut got_any = false;
-    loop {
-        if !up.is_empty() {
-            got_any = true;
-            match parse_response(up, out, rid, meta, close)? {
-                Parsed::Head(info, len) => {
-                    up.advance(len);
-                    return Ok(info);
-                }
-                Parsed::Interim(len) => {
-                    up.advance(len);
-                    continue;
-                }
-                Parsed::Partial if up.len() >= MAX_RESPONSE_HEAD => {
-                    return Err(UpError::HeadTooLarge);
-                }
-                Parsed::Partial => {}
-            }
-        }
-        if up.capacity() - up.len() < 2048 {
-            up.reserve(16 * 1024);
-        }
-        match stream.read_buf(up).await {
-            Ok(0) if got_any => return Err(UpError::Truncated),
-            Ok(0) => return Err(UpError::Unanswered),
-            Ok(_) => {}
-            Err(e)
-                if !got_any
-                    && matches!(
-                        e.kind(),
-                        std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
-                    ) =>
-            {
-                return Err(UpError::Unanswered);
-            }
-            Err(e) => return Err(UpError::Io(e)),
-        }
-    }
-}
-
-enum Parsed {
-    Partial,
-    /// A 1xx interim response of this many bytes (skipped).
-    Interim(usize),
-    /// The final response head and its length.
-    Head(ResponseInfo, usize),
-}
-
-/// Parses an instance's response head and writes the caller's response head into `out`.
-fn parse_response(
-    up: &[u8],
-    out: &mut Vec<u8>,
-    rid: &[u8],
-    meta: &ResponseMeta<'_>,
-    close_requested: bool,
-) -> Result<Parsed, UpError> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
-    let mut resp = httparse::Response::new(&mut headers);
-    let len = match resp.parse(up) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => return Ok(Parsed::Partial),
-        Err(e) => return Err(UpError::Parse(parse_error(e))),
-    };
-    let (Some(version), Some(code)) = (resp.version, resp.code) else {
-        return Err(UpError::Parse("no status line"));
-    };
-    if code == 101 {
-        return Err(UpError::Parse(
-            "101 Switching Protocols to a request that asked for none",
-        ));
-    }
-    if (100..200).contains(&code) {
-        return Ok(Parsed::Interim(len));
-    }
-    let mut length: Option<u64> = None;
-    let mut chunked = false;
-    let mut encoded = false;
-    let mut conn_close = version == 0;
-    let mut listed: [&str; 8] = [""; 8];
-    let mut n_listed = 0;
-    for h in resp.headers.iter() {
-        let n = h.name;
-        if n.eq_ignore_ascii_case("content-length") {
-            let v = parse_length(h.value).ok_or(UpError::Parse("invalid Content-Length"))?;
-            if length.is_some_and(|l| l != v) {
-                return Err(UpError::Parse("conflicting Content-Length values"));
-            }
-            length = Some(v);
-        } else if n.eq_ignore_ascii_case("transfer-encoding") {
-            // The last coding decides (RFC 9112 §6.3): chunked, or read until close.
-            encoded = true;
-            chunked = h
-                .value
-                .rsplit(|b| *b == b',')
-                .next()
-                .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-        } else if n.eq_ignore_ascii_case("connection") {
-            for t in h.value.split(|b| *b == b',') {
-                let t = t.trim_ascii();
-                if t.eq_ignore_ascii_case(b"close") {
-                    conn_close = true;
-                } else if t.eq_ignore_ascii_case(b"keep-alive") {
-                    if version == 0 {
-                        conn_close = false;
-                    }
-                } else if !t.is_empty() {
-                    let t = std::str::from_utf8(t).map_err(|_| UpError::Parse("bad Connection"))?;
-                    if n_listed == listed.len() {
-                        return Err(UpError::Parse("too many Connection tokens"));
-                    }
-                    listed[n_listed] = t;
-                    n_listed += 1;
-                }
-            }
-        }
-    }
-    let framing = if code == 204 || code == 304 {
-        Framing::Empty
-    } else if encoded {
-        if chunked {
-            Framing::Chunked(ChunkedEnd::default())
-        } else {
-            Framing::Close
-        }
-    } else if let Some(l) = length {
-        Framing::Length(l)
-    } else {
-        Framing::Close
-    };
-    let close_client = close_requested || matches!(framing, Framing::Close);
-
-    out.clear();
-    out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(code.to_string().as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(resp.reason.unwrap_or("").as_bytes());
-    out.extend_from_slice(b"\r\n");
-    let listed = &listed[..n_listed];
-    for h in resp.headers.iter() {
-        if response_header_dropped(h.name)
-            || listed.iter().any(|l| h.name.eq_ignore_ascii_case(l))
-            || (encoded && h.name.eq_ignore_ascii_case("content-length"))
-        {
-            continue;
-        }
-        put_header(out, h.name.as_bytes(), h.value);
-    }
-    if matches!(framing, Framing::Chunked(_)) {
-        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
-    }
-    put_header(out, INSTANCE_ID.as_bytes(), meta.instance);
-    put_header(out, COLD_START.as_bytes(), cold_value(meta.cold));
-    put_header(out, REQUEST_ID.as_bytes(), rid);
-    if close_client {
-        out.extend_from_slice(b"connection: close\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
-    Ok(Parsed::Head(
-        ResponseInfo {
-            status: code,
-            upstream_keep_alive: !conn_close && !matches!(framing, Framing::Close),
-            framing,
-            close_client,
-        },
-        len,
-    ))
-}
-
-fn parse_error(e: httparse::Error) -> &'static str {
-    match e {
-        httparse::Error::HeaderName => "invalid header name",
-        httparse::Error::HeaderValue => "invalid header value",
-        httparse::Error::NewLine => "invalid line ending",
-        httparse::Error::Status => "invalid status",
-        httparse::Error::Token => "invalid token",
-        httparse::Error::TooManyHeaders => "too many headers",
-        httparse::Error::Version => "invalid HTTP version",
-    }
-}
-
-struct Relayed {
-    /// The caller got the whole response and its connection may serve the next request.
-    client_ok: bool,
-    /// The instance's response was read exactly to its end.
-    upstream_reusable: bool,
-}
-
-/// Sends the head in `out` and relays the body: first what is in `up`, then from `stream`.
-async fn relay(
-    tcp: &mut TcpStream,
-    stream: &mut TcpStream,
-    up: &mut BytesMut,
-    out: &mut Vec<u8>,
-    framing: Framing,
-) -> Relayed {
-    const BROKEN: Relayed = Relayed {
-        client_ok: false,
-        upstream_reusable: false,
-    };
-    // What of `up` belongs to the body, and whether the body ends there.
-    let (mut left, mut chunks) = match framing {
-        Framing::Empty => (Some(0), None),
-        Framing::Length(n) => (Some(n), None),
-        Framing::Chunked(scan) => (None, Some(scan)),
-        Framing::Close => (None, None),
-    };
-    let mut first = true;
-    let mut reusable = true;
-    loop {
-        let (take, done) = match (&mut left, &mut chunks) {
-            (Some(l), _) => {
-                let take = (*l).min(up.len() as u64) as usize;
-                *l -= take as u64;
-                (take, *l == 0)
-            }
-            (None, Some(scan)) => match scan.feed(up) {
-                Ok(Some(n)) => (n, true),
-                Ok(None) => (up.len(), false),
-                Err(e) => {
-                    tracing::debug!("instance response: {e}");
-                    return BROKEN;
-                }
-            },
-            (None, None) => (up.len(), false),
-        };
-        if done && take < up.len() {
-            // Bytes after the response: the instance is confused; do not reuse the connection.
-            reusable = false;
-        }
-        let write = if first && take <= COPY_BEHIND_HEAD {
-            out.extend_from_slice(&up[..take]);
-            tcp.write_all(out).await
-        } else if first {
-            match tcp.write_all(out).await {
-                Ok(()) => tcp.write_all(&up[..take]).await,
-                Err(e) => Err(e),
-            }
-        } else if take > 0 {
-            tcp.write_all(&up[..take]).await
-        } else {
-            Ok(())
-        };
-        first = false;
-        if write.is_err() {
-            return BROKEN;
-        }
-        if done {
-            return Relayed {
-                client_ok: true,
-                upstream_reusable: reusable,
-            };
-        }
-        up.clear();
-        if up.capacity() < RELAY_CHUNK {
-            // The body goes on past the first read: relay it through a large buffer (given
-            // back by the caller).
-            *up = take_relay_buffer();
-        }
-        match stream.read_buf(up).await {
-            Ok(0) if left.is_none() && chunks.is_none() => {
-                // A body delimited by the close: it is complete.
-                return Relayed {
-                    client_ok: false,
-                    upstream_reusable: false,
-                };
-            }
-            Ok(0) | Err(_) => return BROKEN,
-            Ok(_) => {}
-        }
-    }
 }
 
 #[cfg(test)]

@@ -1,3 +1,4 @@
+use super::response::{Framing, Parsed, ResponseInfo, UpError, parse_response};
 use super::*;
 
 #[test]
@@ -39,34 +40,16 @@ fn only_keep_alive_and_close_connection_tokens_are_taken() {
     assert_eq!(connection_tokens(b"close, x-private"), None);
 }
 
-#[test]
-fn hop_by_hop_and_gpufn_request_headers_are_not_forwarded() {
-    for name in [
-        "Connection",
-        "keep-alive",
-        "TE",
-        "X-Forwarded-For",
-        "x-gpufn-request-id",
-        "x-gpufn-instance-id",
-    ] {
-        assert!(!request_header_forwarded(name), "{name}");
-    }
-    for name in ["host", "content-length", "content-type", "authorization"] {
-        assert!(request_header_forwarded(name), "{name}");
-    }
-}
-
-fn meta() -> ResponseMeta<'static> {
-    ResponseMeta {
+fn served() -> Served<'static> {
+    Served {
         instance: b"i-1",
         cold: false,
-        close: false,
     }
 }
 
 fn head(resp: &str, close: bool) -> Result<(ResponseInfo, usize, String), UpError> {
     let mut out = Vec::new();
-    match parse_response(resp.as_bytes(), &mut out, b"rid", &meta(), close)? {
+    match parse_response(resp.as_bytes(), &mut out, b"rid", served(), close)? {
         Parsed::Head(info, len) => Ok((info, len, String::from_utf8(out).expect("utf-8"))),
         Parsed::Interim(n) => panic!("interim of {n}"),
         Parsed::Partial => panic!("partial"),
@@ -142,52 +125,11 @@ fn interim_responses_are_skipped() {
         b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n",
         &mut out,
         b"rid",
-        &meta(),
+        served(),
         false,
     )
     .expect("parsed");
     assert!(matches!(r, Parsed::Interim(25)));
-}
-
-#[tokio::test]
-async fn idle_connections_closed_or_holding_bytes_are_not_reused() {
-    use tokio::io::AsyncWriteExt;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let conns = Conns::new();
-
-    // Healthy: handed out again.
-    let client = TcpStream::connect(addr).await.expect("connect");
-    let (_kept, _) = listener.accept().await.expect("accept");
-    conns.give_back(addr, client);
-    assert_eq!(conns.idle_count(), 1);
-    let client = conns
-        .checkout(addr)
-        .expect("an open idle connection is reused");
-    assert_eq!(conns.idle_count(), 0);
-    drop(client);
-
-    // Closed by the app: the reactor has seen the EOF (readable) before it is taken out.
-    let client = TcpStream::connect(addr).await.expect("connect");
-    let (server, _) = listener.accept().await.expect("accept");
-    drop(server);
-    client.readable().await.expect("readable");
-    conns.give_back(addr, client);
-    assert!(
-        conns.checkout(addr).is_none(),
-        "a closed connection is dropped"
-    );
-
-    // Stray bytes after a response: dropped too.
-    let client = TcpStream::connect(addr).await.expect("connect");
-    let (mut server, _) = listener.accept().await.expect("accept");
-    server.write_all(b"x").await.expect("write");
-    client.readable().await.expect("readable");
-    conns.give_back(addr, client);
-    assert!(conns.checkout(addr).is_none(), "unexpected bytes: dropped");
-    assert_eq!(conns.idle_count(), 0);
 }
 
 #[test]

@@ -1,5 +1,6 @@
-//! Connections to instances: HTTP/1.1 keep-alive connections, each driven by the request that is
-//! using it.
+//! Connections to instances, for both gateways: one keyed pool of idle keep-alive TCP connections
+//! ([`conns::Conns`]), and the hyper client exchange ([`Upstream::send`]) the hyper gateway and
+//! the async-task dispatcher use. The direct gateway takes raw streams from the same pool.
 //!
 //! Why not hyper-util's pooled client: it runs every connection in a task of its own, so one proxied
 //! request crosses tasks three or four times (request to the connection task, response head back,
@@ -7,22 +8,24 @@
 //! gpufn's own code, were most of the gateway's cost (BENCHMARKS.md, "Gateway overhead"). Here a
 //! connection is owned by one exchange at a time and polled inside the task that serves the
 //! caller — the caller's connection task — from the request head to the last byte of the response
-//! body, then put back in the idle list for its instance's address.
+//! body, then its TCP stream goes back to the pool for its instance's address. (HTTP/1.1 keeps no
+//! state between exchanges: the next user, hyper or the direct path, starts afresh on it.)
 //!
 //! Invariants:
-//! - An idle connection is never shared: it is either in the idle list or owned by one exchange.
-//! - A connection goes back to the idle list only after its response body was read to the end; a
-//!   body dropped early closes its connection (HTTP/1.1 cannot abandon a response and reuse it).
+//! - An idle connection is never shared: it is either in the pool or owned by one exchange.
+//! - A connection goes back to the pool only after its response body was read to the end, its
+//!   request was sent to the end, and nothing more was read from it; a body dropped early closes
+//!   its connection (HTTP/1.1 cannot abandon a response and reuse it).
 //! - A request is retried on a fresh connection only when hyper hands it back unsent (a reused
 //!   connection the instance had closed); a request that may have reached the app is never re-sent.
 
-use std::collections::HashMap;
+pub(crate) mod conns;
+
 use std::future::{Future, poll_fn};
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::body::Body;
 use bytes::Bytes;
@@ -33,10 +36,7 @@ use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-/// How long an unused connection is kept (the legacy client's default was 30 s too).
-const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
-/// Most idle connections kept per instance; more are closed when they are given back.
-const MAX_IDLE_PER_ADDR: usize = 512;
+pub(crate) use conns::Conns;
 /// How long connecting to an instance may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -117,28 +117,27 @@ impl Link {
     }
 }
 
-struct Idle {
-    link: Link,
-    since: Instant,
-}
-
-#[derive(Default)]
-struct Inner {
-    idle: Mutex<HashMap<SocketAddr, Vec<Idle>>>,
+impl Link {
+    /// The TCP stream, for the pool, if the connection is idle and clean: it has not ended, hyper
+    /// wants the next request (so this one was sent and answered to the end), and nothing was
+    /// read past the response.
+    fn into_idle_stream(mut self) -> Option<TcpStream> {
+        // One poll lets hyper finish the exchange's bookkeeping (and see a close that already
+        // arrived); no waker is needed, nobody waits on it.
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        if self.drive(&mut cx) || self.sender.is_closed() || !self.sender.is_ready() {
+            return None;
+        }
+        let conn = Pin::into_inner(self.conn.take()?);
+        let parts = conn.into_parts();
+        parts.read_buf.is_empty().then(|| parts.io.into_inner())
+    }
 }
 
 /// Sends requests to instances over reused connections. Cheap to clone.
-#[derive(Clone, Default)]
+#[derive(Clone, Debug)]
 pub struct Upstream {
-    inner: Arc<Inner>,
-}
-
-impl std::fmt::Debug for Upstream {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Upstream")
-            .field("idle", &self.idle_count())
-            .finish()
-    }
+    conns: Conns,
 }
 
 /// An instance's response; its body drives the connection it comes on.
@@ -148,10 +147,14 @@ impl Upstream {
     /// A new, empty set of connections, with a task that closes connections idle for too long
     /// (it ends when the last handle is dropped).
     pub fn new() -> Self {
-        let up = Self::default();
-        let weak = Arc::downgrade(&up.inner);
-        tokio::spawn(sweep_loop(weak));
-        up
+        Self {
+            conns: Conns::new(),
+        }
+    }
+
+    /// The pool of idle connections (the direct gateway's too).
+    pub(crate) fn conns(&self) -> &Conns {
+        &self.conns
     }
 
     /// Sends `req` to the instance at `addr`. The URI may be absolute (`http://addr/path`) or
@@ -166,10 +169,11 @@ impl Upstream {
         // At most one retry, and only of a request hyper gave back unsent.
         let mut reused_failed = false;
         loop {
-            let (mut link, reused) = match self.checkout(addr) {
-                Some(link) if !reused_failed => (link, true),
-                _ => (connect(addr).await?, false),
+            let (stream, reused) = match self.conns.checkout(addr) {
+                Some(stream) if !reused_failed => (stream, true),
+                _ => (connect_stream(addr).await?, false),
             };
+            let mut link = handshake(stream).await?;
             if !link.ready().await {
                 if reused {
                     reused_failed = true;
@@ -200,8 +204,9 @@ impl Upstream {
                     let body = UpstreamBody {
                         inner,
                         link: Some(link),
-                        home: Some((Arc::downgrade(&self.inner), addr)),
+                        home: Some((self.conns.clone(), addr)),
                         ended: false,
+                        held: None,
                     };
                     return Ok(Response::from_parts(parts, body));
                 }
@@ -216,68 +221,12 @@ impl Upstream {
             }
         }
     }
-
-    /// An idle connection to `addr` that has not been closed by the instance meanwhile.
-    fn checkout(&self, addr: SocketAddr) -> Option<Link> {
-        loop {
-            let mut idle = {
-                // An emptied list stays in the map (the sweep drops empty ones): removing it here
-                // freed and re-allocated a Vec on every request at low concurrency.
-                lock(&self.inner.idle).get_mut(&addr)?.pop()?
-            };
-            // Nothing polled it while it was idle: look once, without a waker, whether the
-            // instance closed it (the app exited, or its own keep-alive timer ran out).
-            let mut cx = Context::from_waker(std::task::Waker::noop());
-            if idle.since.elapsed() < IDLE_TIMEOUT
-                && !idle.link.sender.is_closed()
-                && !idle.link.drive(&mut cx)
-            {
-                return Some(idle.link);
-            }
-        }
-    }
-
-    fn idle_count(&self) -> usize {
-        lock(&self.inner.idle).values().map(Vec::len).sum()
-    }
 }
 
-impl Inner {
-    fn give_back(&self, addr: SocketAddr, link: Link) {
-        if link.conn.is_none() || link.sender.is_closed() {
-            return;
-        }
-        let mut map = lock(&self.idle);
-        let list = map.entry(addr).or_default();
-        if list.len() < MAX_IDLE_PER_ADDR {
-            list.push(Idle {
-                link,
-                since: Instant::now(),
-            });
-        }
+impl Default for Upstream {
+    fn default() -> Self {
+        Self::new()
     }
-
-    fn sweep(&self, now: Instant) {
-        let mut map = lock(&self.idle);
-        map.retain(|_, list| {
-            list.retain(|i| now.duration_since(i.since) < IDLE_TIMEOUT);
-            !list.is_empty()
-        });
-    }
-}
-
-async fn sweep_loop(inner: Weak<Inner>) {
-    let mut tick = tokio::time::interval(IDLE_TIMEOUT / 2);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let Some(inner) = inner.upgrade() else { return };
-        inner.sweep(Instant::now());
-    }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Origin-form URI, `Host`, HTTP/1.1.
@@ -317,8 +266,8 @@ pub(crate) async fn connect_stream(addr: SocketAddr) -> Result<TcpStream, Upstre
     Ok(stream)
 }
 
-async fn connect(addr: SocketAddr) -> Result<Link, UpstreamError> {
-    let stream = connect_stream(addr).await?;
+/// A hyper client connection on `stream` (no I/O happens here).
+async fn handshake(stream: TcpStream) -> Result<Link, UpstreamError> {
     let (sender, conn) = http1::Builder::new()
         .writev(false)
         .handshake(TokioIo::new(stream))
@@ -334,8 +283,10 @@ async fn connect(addr: SocketAddr) -> Result<Link, UpstreamError> {
 pub struct UpstreamBody {
     inner: Incoming,
     link: Option<Link>,
-    home: Option<(Weak<Inner>, SocketAddr)>,
+    home: Option<(Conns, SocketAddr)>,
     ended: bool,
+    /// Dropped with the body, after its connection went back (the request's slot).
+    held: Option<Box<dyn std::any::Any + Send + Sync>>,
 }
 
 impl std::fmt::Debug for UpstreamBody {
@@ -347,10 +298,16 @@ impl std::fmt::Debug for UpstreamBody {
 }
 
 impl UpstreamBody {
+    /// Keeps `guard` until the body is read or dropped (the gateway's slot rides along with the
+    /// body: it is given back when the last byte has been sent, or the caller went away).
+    pub(crate) fn hold(&mut self, guard: impl std::any::Any + Send + Sync) {
+        self.held = Some(Box::new(guard));
+    }
+
     fn release(&mut self) {
-        if let (Some(link), Some((home, addr))) = (self.link.take(), self.home.take()) {
-            if let Some(inner) = home.upgrade() {
-                inner.give_back(addr, link);
+        if let (Some(link), Some((conns, addr))) = (self.link.take(), self.home.take()) {
+            if let Some(stream) = link.into_idle_stream() {
+                conns.give_back(addr, stream);
             }
         }
     }
@@ -416,6 +373,7 @@ impl Drop for UpstreamBody {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use http_body_util::BodyExt;
@@ -476,7 +434,48 @@ mod tests {
             1,
             "one connection for three requests"
         );
-        assert_eq!(up.idle_count(), 1);
+        assert_eq!(up.conns.idle_count(), 1);
+        // The direct gateway takes the same stream from the pool and speaks HTTP on it as is.
+        let mut raw = up.conns.checkout(addr).expect("the idle stream");
+        raw.write_all(b"GET /c HTTP/1.1\r\nhost: a\r\n\r\n")
+            .await
+            .expect("write");
+        let mut got = vec![0u8; 64];
+        let n = raw.read(&mut got).await.expect("read");
+        assert!(got[..n].starts_with(b"HTTP/1.1 200 OK"), "{:?}", &got[..n]);
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_connection_whose_request_was_not_sent_to_the_end_is_not_reused() {
+        // The app answers as soon as it has the head; the request body never ends.
+        let (addr, accepted) = app("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok", false).await;
+        let up = Upstream::new();
+        struct Endless;
+        impl http_body::Body for Endless {
+            type Data = Bytes;
+            type Error = std::convert::Infallible;
+            fn poll_frame(
+                self: Pin<&mut Self>,
+                _: &mut Context<'_>,
+            ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+                Poll::Pending
+            }
+        }
+        let req = Request::post("/upload")
+            .body(Body::new(Endless))
+            .expect("request");
+        let resp = up.send(addr, req).await.expect("send");
+        let body = resp.into_body().collect().await.expect("body").to_bytes();
+        assert_eq!(&body[..], b"ok");
+        assert_eq!(
+            up.conns.idle_count(),
+            0,
+            "half a request on it: never given back"
+        );
+        let resp = up.send(addr, get("/b")).await.expect("send");
+        assert_eq!(resp.status(), 200);
+        assert_eq!(accepted.load(Ordering::SeqCst), 2, "a fresh connection");
     }
 
     #[tokio::test]
@@ -486,7 +485,7 @@ mod tests {
         let up = Upstream::new();
         let resp = up.send(addr, get("/a")).await.expect("send");
         drop(resp);
-        assert_eq!(up.idle_count(), 0, "not given back");
+        assert_eq!(up.conns.idle_count(), 0, "not given back");
         let resp = up.send(addr, get("/b")).await.expect("send");
         assert_eq!(resp.status(), 200);
         assert_eq!(accepted.load(Ordering::SeqCst), 2, "a fresh connection");

@@ -1,9 +1,9 @@
-//! Idle keep-alive connections to instances for the direct gateway: plain TCP streams, each owned
-//! by one exchange at a time, kept per instance address.
+//! The one pool of idle keep-alive connections to instances, for both gateways: plain TCP
+//! streams, each owned by one exchange at a time, kept per instance address.
 //!
-//! Invariants (as for [`crate::upstream`]): an idle connection is never shared; a connection goes
-//! back only after its response was read exactly to the end; a connection found closed or holding
-//! unexpected bytes when taken out is dropped, never used.
+//! Invariants (with [`crate::upstream`]'s): an idle connection is never shared; a connection goes
+//! back only after its exchange ended cleanly (request sent, response read exactly to the end);
+//! a connection found closed or holding unexpected bytes when taken out is dropped, never used.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -27,10 +27,17 @@ struct Inner {
     sweeps: AtomicU64,
 }
 
-/// The direct gateway's idle connections. Cheap to clone.
+/// Idle connections to instances. Cheap to clone.
 #[derive(Clone, Default)]
 pub(crate) struct Conns {
     inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Conns {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let idle: usize = lock(&self.inner.idle).values().map(Vec::len).sum();
+        f.debug_struct("Conns").field("idle", &idle).finish()
+    }
 }
 
 impl Conns {
@@ -94,4 +101,50 @@ async fn sweep_loop(inner: Weak<Inner>) {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn idle_connections_closed_or_holding_bytes_are_not_reused() {
+        use tokio::io::AsyncWriteExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let conns = Conns::new();
+
+        // Healthy: handed out again.
+        let client = TcpStream::connect(addr).await.expect("connect");
+        let (_kept, _) = listener.accept().await.expect("accept");
+        conns.give_back(addr, client);
+        assert_eq!(conns.idle_count(), 1);
+        let client = conns
+            .checkout(addr)
+            .expect("an open idle connection is reused");
+        assert_eq!(conns.idle_count(), 0);
+        drop(client);
+
+        // Closed by the app: the reactor has seen the EOF (readable) before it is taken out.
+        let client = TcpStream::connect(addr).await.expect("connect");
+        let (server, _) = listener.accept().await.expect("accept");
+        drop(server);
+        client.readable().await.expect("readable");
+        conns.give_back(addr, client);
+        assert!(
+            conns.checkout(addr).is_none(),
+            "a closed connection is dropped"
+        );
+
+        // Stray bytes after a response: dropped too.
+        let client = TcpStream::connect(addr).await.expect("connect");
+        let (mut server, _) = listener.accept().await.expect("accept");
+        server.write_all(b"x").await.expect("write");
+        client.readable().await.expect("readable");
+        conns.give_back(addr, client);
+        assert!(conns.checkout(addr).is_none(), "unexpected bytes: dropped");
+        assert_eq!(conns.idle_count(), 0);
+    }
 }
