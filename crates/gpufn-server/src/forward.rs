@@ -42,7 +42,7 @@ pub(crate) const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static(REQUEST
 pub(crate) const INSTANCE_ID_HEADER: HeaderName = HeaderName::from_static(INSTANCE_ID);
 const COLD_START_HEADER: HeaderName = HeaderName::from_static(COLD_START);
 // Header names as constants: parsing a `&str` name on every request showed in profiles.
-const FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub(crate) const FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
@@ -94,28 +94,23 @@ pub(crate) fn response_header_forwarded(name: &str) -> bool {
 
 /// Removes what [`request_header_forwarded`] does not copy, and the headers `Connection` lists.
 pub(crate) fn strip_request(headers: &mut HeaderMap) {
-    strip_hop_by_hop(headers);
-    for name in &SET_ON_REQUEST {
-        headers.remove(name);
-    }
+    strip(headers, &SET_ON_REQUEST);
 }
 
 /// Removes what [`response_header_forwarded`] does not copy, and the headers `Connection` lists.
 pub(crate) fn strip_response(headers: &mut HeaderMap) {
-    strip_hop_by_hop(headers);
-    for name in &SET_ON_RESPONSE {
-        headers.remove(name);
-    }
+    strip(headers, &SET_ON_RESPONSE);
 }
 
-/// Removes the hop-by-hop headers and the ones `Connection` names.
-pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
+/// Removes the hop-by-hop headers, the ones `Connection` names, and `also`.
+fn strip(headers: &mut HeaderMap, also: &[HeaderName]) {
     // One pass over the (few) headers present, comparing header names (no string parsing or
-    // hashing); then only the names present are removed. Most responses carry just
-    // `connection: keep-alive`.
-    let mut present = [false; HOP_N];
+    // hashing); then only the names present are removed. Most requests carry none and most
+    // responses just `connection: keep-alive`.
+    let mut present = [false; HOP_N + 5];
+    let listed = HOP_BY_HOP.iter().chain(also);
     for k in headers.keys() {
-        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == k) {
+        if let Some(i) = listed.clone().position(|h| h == k) {
             present[i] = true;
         }
     }
@@ -125,7 +120,7 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if present[0] {
         // Other headers the sender declared hop-by-hop (`connection: close, x-private`); the
         // common tokens (keep-alive, close) need no parsing.
-        let mut listed: Vec<HeaderName> = Vec::new();
+        let mut named_there: Vec<HeaderName> = Vec::new();
         let tokens = headers
             .get_all(header::CONNECTION)
             .iter()
@@ -138,14 +133,14 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
                 continue;
             }
             if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
-                listed.push(name);
+                named_there.push(name);
             }
         }
-        for name in listed {
+        for name in named_there {
             headers.remove(name);
         }
     }
-    for (name, _) in HOP_BY_HOP.iter().zip(present).filter(|(_, p)| *p) {
+    for (name, _) in listed.zip(present).filter(|(_, p)| *p) {
         headers.remove(name);
     }
 }
@@ -186,12 +181,23 @@ pub(crate) fn request_id(caller: Option<&[u8]>, out: &mut Vec<u8>) {
     out.clear();
     match caller.filter(|v| sane_request_id(v)) {
         Some(v) => out.extend_from_slice(v),
-        None => {
-            let mut id = [0u8; uuid::fmt::Simple::LENGTH];
-            uuid::Uuid::new_v4().simple().encode_lower(&mut id);
-            out.extend_from_slice(&id);
-        }
+        None => out.extend_from_slice(&fresh_request_id()),
     }
+}
+
+/// [`request_id`] as a header value: the caller's own value when it is kept (no copy).
+pub(crate) fn request_id_header(caller: Option<&HeaderValue>) -> HeaderValue {
+    match caller.filter(|v| sane_request_id(v.as_bytes())) {
+        Some(v) => v.clone(),
+        None => HeaderValue::from_maybe_shared(bytes::Bytes::copy_from_slice(&fresh_request_id()))
+            .unwrap_or_else(|_| HeaderValue::from_static("-")),
+    }
+}
+
+fn fresh_request_id() -> [u8; uuid::fmt::Simple::LENGTH] {
+    let mut id = [0u8; uuid::fmt::Simple::LENGTH];
+    uuid::Uuid::new_v4().simple().encode_lower(&mut id);
+    id
 }
 
 /// A caller's request id is kept if it is 1–128 characters of `[A-Za-z0-9-_.:]`.
@@ -228,58 +234,82 @@ impl Peer {
     }
 }
 
+/// A header value gpufn adds, in the form its path holds it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Value<'a> {
+    /// A constant.
+    Static(&'static str),
+    /// A header value gpufn holds already (the hyper path clones it: no copy).
+    Header(&'a HeaderValue),
+    /// Bytes of a head being parsed (the direct path).
+    Bytes(&'a [u8]),
+}
+
+impl Value<'_> {
+    fn as_bytes(&self) -> &[u8] {
+        match self {
+            Value::Static(s) => s.as_bytes(),
+            Value::Header(v) => v.as_bytes(),
+            Value::Bytes(b) => b,
+        }
+    }
+}
+
 /// A head gpufn adds headers to: a `HeaderMap` (the hyper path), or a head being written as bytes
 /// (the direct path), where the name is not present yet because [`request_header_forwarded`] /
 /// [`response_header_forwarded`] did not copy it.
 pub(crate) trait HeadOut {
-    /// Sets `name` to the concatenation of `parts`.
-    fn set(&mut self, name: &HeaderName, parts: &[&[u8]]);
+    /// Sets `name` to `value`.
+    fn set(&mut self, name: &HeaderName, value: Value<'_>);
+    /// Sets `name` to the list `first, then`.
+    fn set_list(&mut self, name: &HeaderName, first: Value<'_>, then: Value<'_>);
 }
 
 impl HeadOut for Vec<u8> {
-    fn set(&mut self, name: &HeaderName, parts: &[&[u8]]) {
+    fn set(&mut self, name: &HeaderName, value: Value<'_>) {
         self.extend_from_slice(name.as_str().as_bytes());
         self.extend_from_slice(b": ");
-        for p in parts {
-            self.extend_from_slice(p);
-        }
+        self.extend_from_slice(value.as_bytes());
+        self.extend_from_slice(b"\r\n");
+    }
+
+    fn set_list(&mut self, name: &HeaderName, first: Value<'_>, then: Value<'_>) {
+        self.extend_from_slice(name.as_str().as_bytes());
+        self.extend_from_slice(b": ");
+        self.extend_from_slice(first.as_bytes());
+        self.extend_from_slice(b", ");
+        self.extend_from_slice(then.as_bytes());
         self.extend_from_slice(b"\r\n");
     }
 }
 
 impl HeadOut for HeaderMap {
-    fn set(&mut self, name: &HeaderName, parts: &[&[u8]]) {
-        let value = match parts {
-            [one] => HeaderValue::from_bytes(one),
-            _ => HeaderValue::from_bytes(&parts.concat()),
+    fn set(&mut self, name: &HeaderName, value: Value<'_>) {
+        let value = match value {
+            Value::Static(s) => HeaderValue::from_static(s),
+            Value::Header(v) => v.clone(),
+            // Bytes of a header value already, or made by gpufn: valid.
+            Value::Bytes(b) => match HeaderValue::from_bytes(b) {
+                Ok(v) => v,
+                Err(_) => return,
+            },
         };
-        // Every part is a header value already or made by gpufn: this does not fail.
-        if let Ok(v) = value {
-            self.insert(name.clone(), v);
-        }
+        self.insert(name.clone(), value);
+    }
+
+    fn set_list(&mut self, name: &HeaderName, first: Value<'_>, then: Value<'_>) {
+        let joined = [first.as_bytes(), b", ", then.as_bytes()].concat();
+        self.set(name, Value::Bytes(&joined));
     }
 }
 
 /// What the caller's request said that gpufn's own request headers are made from.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Clone, Copy)]
 pub(crate) struct CallerHead<'a> {
     /// The first `X-Forwarded-For` (gpufn appends the peer to it).
-    pub forwarded_for: Option<&'a [u8]>,
+    pub forwarded_for: Option<Value<'a>>,
     /// The first `Host` (or the request's authority), passed on as `X-Forwarded-Host`.
-    pub host: Option<&'a [u8]>,
-}
-
-impl<'a> CallerHead<'a> {
-    /// From a `HeaderMap` and the request's URI (an HTTP/2 request has its host there).
-    pub(crate) fn of(headers: &'a HeaderMap, uri: &'a http::Uri) -> Self {
-        Self {
-            forwarded_for: headers.get(&FORWARDED_FOR).map(HeaderValue::as_bytes),
-            host: headers
-                .get(header::HOST)
-                .map(HeaderValue::as_bytes)
-                .or_else(|| uri.authority().map(|a| a.as_str().as_bytes())),
-        }
-    }
+    pub host: Option<Value<'a>>,
 }
 
 /// The headers gpufn adds to every forwarded request, before a slot is taken: `X-Forwarded-For`
@@ -288,28 +318,34 @@ pub(crate) fn add_request_headers(
     out: &mut impl HeadOut,
     peer: Option<&Peer>,
     caller: CallerHead<'_>,
-    request_id: &[u8],
+    request_id: Value<'_>,
 ) {
-    match (caller.forwarded_for, peer) {
-        (Some(prev), Some(peer)) => out.set(&FORWARDED_FOR, &[prev, b", ", peer.header.as_bytes()]),
-        (None, Some(peer)) => out.set(&FORWARDED_FOR, &[peer.header.as_bytes()]),
-        (Some(prev), None) => out.set(&FORWARDED_FOR, &[prev]),
+    let peer_ip = peer.map(|p| Value::Header(&p.header));
+    match (caller.forwarded_for, peer_ip) {
+        (Some(prev), Some(ip)) => out.set_list(&FORWARDED_FOR, prev, ip),
+        (Some(one), None) | (None, Some(one)) => out.set(&FORWARDED_FOR, one),
         (None, None) => {}
     }
     if let Some(host) = caller.host {
-        out.set(&FORWARDED_HOST, &[host]);
+        out.set(&FORWARDED_HOST, host);
     }
     let https = peer.is_some_and(|p| p.https);
-    out.set(&FORWARDED_PROTO, &[if https { b"https" } else { b"http" }]);
-    out.set(&REQUEST_ID_HEADER, &[request_id]);
+    out.set(
+        &FORWARDED_PROTO,
+        Value::Static(if https { "https" } else { "http" }),
+    );
+    out.set(&REQUEST_ID_HEADER, request_id);
 }
 
 /// The headers that need the slot: the instance's id, and `Host` (the instance's address) when
 /// the caller sent none.
 pub(crate) fn add_instance_headers(out: &mut impl HeadOut, slot: &Slot, has_host: bool) {
-    out.set(&INSTANCE_ID_HEADER, &[slot.instance_header().as_bytes()]);
+    out.set(&INSTANCE_ID_HEADER, Value::Header(slot.instance_header()));
     if !has_host {
-        out.set(&header::HOST, &[slot.addr().to_string().as_bytes()]);
+        out.set(
+            &header::HOST,
+            Value::Bytes(slot.addr().to_string().as_bytes()),
+        );
     }
 }
 
@@ -317,7 +353,7 @@ pub(crate) fn add_instance_headers(out: &mut impl HeadOut, slot: &Slot, has_host
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Served<'a> {
     /// The instance's id.
-    pub instance: &'a [u8],
+    pub instance: &'a HeaderValue,
     /// The request waited for the instance to start.
     pub cold: bool,
 }
@@ -326,7 +362,7 @@ impl<'a> Served<'a> {
     /// The instance holding `slot`.
     pub(crate) fn by(slot: &'a Slot) -> Self {
         Self {
-            instance: slot.instance_header().as_bytes(),
+            instance: slot.instance_header(),
             cold: slot.cold_start(),
         }
     }
@@ -338,16 +374,16 @@ impl<'a> Served<'a> {
 pub(crate) fn add_response_headers(
     out: &mut impl HeadOut,
     served: Option<Served<'_>>,
-    request_id: &[u8],
+    request_id: Value<'_>,
 ) {
     if let Some(s) = served {
-        out.set(&INSTANCE_ID_HEADER, &[s.instance]);
+        out.set(&INSTANCE_ID_HEADER, Value::Header(s.instance));
         out.set(
             &COLD_START_HEADER,
-            &[if s.cold { b"true" } else { b"false" }],
+            Value::Static(if s.cold { "true" } else { "false" }),
         );
     }
-    out.set(&REQUEST_ID_HEADER, &[request_id]);
+    out.set(&REQUEST_ID_HEADER, request_id);
 }
 
 /// Whether the caller's `Authorization` reaches the function: not when it carries a gpufn
@@ -534,7 +570,7 @@ mod tests {
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert("upgrade", HeaderValue::from_static("websocket"));
         h.insert("proxy-connection", HeaderValue::from_static("keep-alive"));
-        strip_hop_by_hop(&mut h);
+        strip(&mut h, &[]);
         let names: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
         assert_eq!(names, ["x-keep"]);
         // Listed in mixed case and with a second connection header.
@@ -544,13 +580,13 @@ mod tests {
         h.insert("x-other", HeaderValue::from_static("1"));
         h.insert("te", HeaderValue::from_static("trailers"));
         h.insert("content-length", HeaderValue::from_static("3"));
-        strip_hop_by_hop(&mut h);
+        strip(&mut h, &[]);
         let names: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
         assert_eq!(names, ["content-length"]);
         // Nothing hop-by-hop: untouched.
         let mut h = HeaderMap::new();
         h.insert("x-a", HeaderValue::from_static("1"));
-        strip_hop_by_hop(&mut h);
+        strip(&mut h, &[]);
         assert_eq!(h.len(), 1);
     }
 
@@ -633,17 +669,24 @@ mod tests {
     fn gpufn_request_headers_are_the_same_in_both_forms() {
         let peer = Peer::new("10.0.0.7:5000".parse().expect("addr"));
         let rid = b"rid-1";
-        for caller in [
-            CallerHead::default(),
-            CallerHead {
-                forwarded_for: Some(b"1.2.3.4"),
-                host: Some(b"example.org"),
-            },
+        let with = CallerHead {
+            forwarded_for: Some(Value::Bytes(b"1.2.3.4")),
+            host: Some(Value::Static("example.org")),
+        };
+        let without = CallerHead {
+            forwarded_for: None,
+            host: None,
+        };
+        for (caller, peer) in [
+            (without, Some(&peer)),
+            (with, Some(&peer)),
+            (with, None),
+            (without, None),
         ] {
             let mut bytes = Vec::new();
-            add_request_headers(&mut bytes, Some(&peer), caller, rid);
+            add_request_headers(&mut bytes, peer, caller, Value::Bytes(rid));
             let mut map = HeaderMap::new();
-            add_request_headers(&mut map, Some(&peer), caller, rid);
+            add_request_headers(&mut map, peer, caller, Value::Bytes(rid));
             let mut from_map = Vec::new();
             for (k, v) in &map {
                 from_map.extend_from_slice(k.as_str().as_bytes());
@@ -657,15 +700,7 @@ mod tests {
             );
         }
         let mut bytes = Vec::new();
-        add_request_headers(
-            &mut bytes,
-            Some(&peer),
-            CallerHead {
-                forwarded_for: Some(b"1.2.3.4"),
-                host: Some(b"example.org"),
-            },
-            rid,
-        );
+        add_request_headers(&mut bytes, Some(&peer), with, Value::Bytes(rid));
         assert_eq!(
             String::from_utf8(bytes).expect("utf-8"),
             "x-forwarded-for: 1.2.3.4, 10.0.0.7\r\nx-forwarded-host: example.org\r\n\
@@ -676,17 +711,18 @@ mod tests {
     #[test]
     fn response_headers_name_the_instance_and_the_request() {
         let mut bytes = Vec::new();
+        let instance = HeaderValue::from_static("f-1");
         let served = Served {
-            instance: b"f-1",
+            instance: &instance,
             cold: true,
         };
-        add_response_headers(&mut bytes, Some(served), b"r");
+        add_response_headers(&mut bytes, Some(served), Value::Bytes(b"r"));
         assert_eq!(
             String::from_utf8(bytes).expect("utf-8"),
             "x-gpufn-instance-id: f-1\r\nx-gpufn-cold-start: true\r\nx-gpufn-request-id: r\r\n"
         );
         let mut map = HeaderMap::new();
-        add_response_headers(&mut map, None, b"r");
+        add_response_headers(&mut map, None, Value::Static("r"));
         assert_eq!(map.len(), 1);
         assert_eq!(map[REQUEST_ID], "r");
     }
@@ -704,6 +740,10 @@ mod tests {
         let first = out.clone();
         request_id(None, &mut out);
         assert_ne!(out, first, "a fresh id each time");
+        let kept = HeaderValue::from_static("trace-42");
+        assert_eq!(request_id_header(Some(&kept)), kept);
+        let fresh = request_id_header(Some(&HeaderValue::from_static("a b")));
+        assert_eq!(fresh.len(), 32);
     }
 
     #[test]

@@ -8,14 +8,14 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
 use crate::error::ApiError;
-use crate::forward::{self, Served};
+use crate::forward::{self, Served, Value};
 use crate::platform::Platform;
 use crate::pool::{Pool, Slot};
 use crate::upstream::{UpstreamError, UpstreamResponse};
@@ -48,34 +48,31 @@ pub async fn invoke(State(platform): State<Arc<Platform>>, req: Request) -> Resp
 /// Serves `ANY /function/{name}/{path}` from `peer`.
 pub async fn handle(platform: &Arc<Platform>, peer: Option<&Peer>, req: Request) -> Response {
     let arrival = Instant::now();
-    let mut rid = Vec::with_capacity(32);
-    forward::request_id(
-        req.headers().get(REQUEST_ID).map(HeaderValue::as_bytes),
-        &mut rid,
-    );
+    let rid = forward::request_id_header(req.headers().get(REQUEST_ID));
+    let rid = Value::Header(&rid);
     let split = req
         .uri()
         .path_and_query()
-        .and_then(|pq| forward::split_target(pq.as_str(), forward::FUNCTION_PREFIX))
-        .map(|(name, rest)| (name.to_string(), forward::target(rest).into_owned()));
-    let Some((name, target)) = split else {
+        .and_then(|pq| forward::split_target(pq.as_str(), forward::FUNCTION_PREFIX));
+    let Some((name, rest)) = split else {
         return ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route").into_response();
     };
     // Unknown names are answered without metrics, so random paths cannot grow label sets.
-    let Some(pool) = platform.pool(&name) else {
-        return ApiError::no_function(&name).into_response();
+    let Some(pool) = platform.pool(name) else {
+        return ApiError::no_function(name).into_response();
     };
+    let target = forward::target(rest).into_owned();
     let mut req = req;
     if let Err(e) = forward::admit(platform, &pool, &mut req) {
         let mut resp = e.into_response();
-        forward::add_response_headers(resp.headers_mut(), None, &rid);
+        forward::add_response_headers(resp.headers_mut(), None, rid);
         return resp;
     }
-    let resp = match send(platform, &pool, peer, &rid, &target, req, arrival).await {
+    let resp = match send(platform, &pool, peer, rid, &target, req, arrival).await {
         Ok(resp) => resp,
         Err(e) => {
             let mut resp = e.into_response();
-            forward::add_response_headers(resp.headers_mut(), None, &rid);
+            forward::add_response_headers(resp.headers_mut(), None, rid);
             resp
         }
     };
@@ -89,7 +86,7 @@ async fn send(
     platform: &Platform,
     pool: &Arc<Pool>,
     peer: Option<&Peer>,
-    rid: &[u8],
+    rid: Value<'_>,
     target: &str,
     req: Request,
     arrival: Instant,
@@ -99,16 +96,25 @@ async fn send(
         .queue_wait
         .observe(arrival.elapsed().as_secs_f64());
     let (mut parts, body) = req.into_parts();
-    let caller = forward::CallerHead::of(&parts.headers, &parts.uri);
-    let mut added = HeaderMap::with_capacity(6);
-    forward::add_request_headers(&mut added, peer, caller, rid);
-    let has_host = parts.headers.contains_key(header::HOST);
-    forward::add_instance_headers(&mut added, &slot, has_host);
+    // What the added headers are made of, taken before the caller's own are dropped (clones of
+    // header values share their bytes).
+    let forwarded_for = parts.headers.get(forward::FORWARDED_FOR).cloned();
+    let host = parts.headers.get(header::HOST).cloned();
+    let authority = parts.uri.authority().map(|a| a.as_str().to_string());
+    let caller = forward::CallerHead {
+        forwarded_for: forwarded_for.as_ref().map(Value::Header),
+        // An HTTP/2 request has its host in the URI.
+        host: host
+            .as_ref()
+            .map(Value::Header)
+            .or(authority.as_deref().map(|a| Value::Bytes(a.as_bytes()))),
+    };
     parts.uri = target
         .parse()
         .map_err(|e| ApiError::bad_field("path", format!("cannot be forwarded: {e}")))?;
     forward::strip_request(&mut parts.headers);
-    parts.headers.extend(added);
+    forward::add_request_headers(&mut parts.headers, peer, caller, rid);
+    forward::add_instance_headers(&mut parts.headers, &slot, host.is_some());
     let upstream = http::Request::from_parts(parts, body);
     let (sent, slot) = exchange(platform, slot, upstream).await?;
     let resp = match sent {
@@ -140,7 +146,7 @@ async fn send(
 }
 
 /// An error about the exchange with the instance holding `slot`.
-fn error_response(e: ApiError, slot: &Slot, rid: &[u8]) -> Response {
+fn error_response(e: ApiError, slot: &Slot, rid: Value<'_>) -> Response {
     let mut resp = e.into_response();
     forward::add_response_headers(resp.headers_mut(), Some(Served::by(slot)), rid);
     resp

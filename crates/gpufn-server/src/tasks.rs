@@ -408,7 +408,10 @@ fn build_request(task: &TaskRow, slot: &Slot) -> Result<http::Request<Body>, Str
         HeaderValue::from_str(&task.id).map_err(|e| e.to_string())?,
     );
     use forward::HeadOut as _;
-    headers.set(&forward::REQUEST_ID_HEADER, &[task.id.as_bytes()]);
+    headers.set(
+        &forward::REQUEST_ID_HEADER,
+        forward::Value::Bytes(task.id.as_bytes()),
+    );
     if let Some(h) = req.headers_mut() {
         *h = headers;
     }

@@ -43,10 +43,10 @@ use tokio::time::Interval;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::ApiError;
-use crate::forward::{self, CallerHead, Peer, REQUEST_ID, Served};
+use crate::forward::{self, CallerHead, Peer, REQUEST_ID, Served, Value};
 use crate::platform::Platform;
 use crate::pool::{AcquireError, Pool, Slot};
-use crate::upstream::Conns;
+use crate::upstream::{Conns, Idle};
 
 use response::{ResponseInfo, UpError, read_response_head, relay};
 pub(crate) use rewind::Rewind;
@@ -258,10 +258,10 @@ impl Direct {
             }
         }
         let caller = CallerHead {
-            forwarded_for,
-            host: host_value,
+            forwarded_for: forwarded_for.map(Value::Bytes),
+            host: host_value.map(Value::Bytes),
         };
-        forward::add_request_headers(out, Some(peer), caller, &bufs.rid);
+        forward::add_request_headers(out, Some(peer), caller, Value::Bytes(&bufs.rid));
         Classified::Direct(Prepared {
             pool,
             head_len,
@@ -358,7 +358,7 @@ impl Direct {
         let relayed = relay(tcp, &mut up, &mut bufs.up, &mut bufs.out, info.framing).await;
         response::shrink(&mut bufs.up);
         if relayed.upstream_reusable && info.upstream_keep_alive {
-            self.conns.give_back(addr, up);
+            self.conns.give_back(addr, Idle::Stream(up));
         }
         drop(slot);
         relayed.client_ok && !info.close_client
@@ -381,7 +381,7 @@ impl Direct {
     ) -> Result<(TcpStream, ResponseInfo), SendError> {
         let mut fresh_only = false;
         loop {
-            let (mut up, reused) = match self.conns.checkout(addr) {
+            let (mut up, reused) = match self.conns.checkout_stream(addr) {
                 Some(s) if !fresh_only => (s, true),
                 _ => (
                     connect(addr)
@@ -450,7 +450,7 @@ impl Direct {
             put_header(out, k.as_str().as_bytes(), v.as_bytes());
         }
         put_header(out, b"content-length", body.len().to_string().as_bytes());
-        forward::add_response_headers(out, slot.map(Served::by), &bufs.rid);
+        forward::add_response_headers(out, slot.map(Served::by), Value::Bytes(&bufs.rid));
         if close {
             out.extend_from_slice(b"connection: close\r\n");
         }

@@ -8,7 +8,7 @@ use tokio::net::TcpStream;
 
 use super::chunked::ChunkedEnd;
 use super::{KEEP_CAPACITY, parse_length, put_header};
-use crate::forward::{self, Served};
+use crate::forward::{self, Served, Value};
 
 /// Largest response head taken from an instance (hyper's client allows about as much).
 const MAX_RESPONSE_HEAD: usize = 400 * 1024;
@@ -256,7 +256,7 @@ pub(super) fn parse_response(
     if matches!(framing, Framing::Chunked(_)) {
         out.extend_from_slice(b"transfer-encoding: chunked\r\n");
     }
-    forward::add_response_headers(out, Some(served), rid);
+    forward::add_response_headers(out, Some(served), Value::Bytes(rid));
     if close_client {
         out.extend_from_slice(b"connection: close\r\n");
     }

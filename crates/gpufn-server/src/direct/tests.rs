@@ -41,8 +41,9 @@ fn only_keep_alive_and_close_connection_tokens_are_taken() {
 }
 
 fn served() -> Served<'static> {
+    static INSTANCE: http::HeaderValue = http::HeaderValue::from_static("i-1");
     Served {
-        instance: b"i-1",
+        instance: &INSTANCE,
         cold: false,
     }
 }

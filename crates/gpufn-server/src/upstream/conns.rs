@@ -1,5 +1,7 @@
-//! The one pool of idle keep-alive connections to instances, for both gateways: plain TCP
-//! streams, each owned by one exchange at a time, kept per instance address.
+//! The one pool of idle keep-alive connections to instances, for both gateways, kept per instance
+//! address: each connection is owned by one exchange at a time, and kept as its last user left it —
+//! a bare TCP stream (the direct path) or hyper's client connection on one (the hyper path) — so
+//! neither path pays to convert on its own warm path; the other path takes it apart or wraps it.
 //!
 //! Invariants (with [`crate::upstream`]'s): an idle connection is never shared; a connection goes
 //! back only after its exchange ended cleanly (request sent, response read exactly to the end);
@@ -13,6 +15,8 @@ use std::time::Duration;
 
 use tokio::net::TcpStream;
 
+use super::Link;
+
 /// An unused connection is kept between one and two of these. Connections are stamped with a
 /// sweep counter, not a clock reading: no clock read per request.
 const SWEEP_EVERY: Duration = Duration::from_secs(15);
@@ -22,9 +26,17 @@ const MAX_IDLE_PER_ADDR: usize = 512;
 #[derive(Default)]
 struct Inner {
     /// Idle connections with the sweep count when they were given back.
-    idle: Mutex<HashMap<SocketAddr, Vec<(TcpStream, u64)>>>,
+    idle: Mutex<HashMap<SocketAddr, Vec<(Idle, u64)>>>,
     /// Sweeps so far.
     sweeps: AtomicU64,
+}
+
+/// An idle connection.
+pub(crate) enum Idle {
+    /// A bare stream.
+    Stream(TcpStream),
+    /// Hyper's client connection, ready for its next request.
+    Http(Link),
 }
 
 /// Idle connections to instances. Cheap to clone.
@@ -49,23 +61,50 @@ impl Conns {
         conns
     }
 
-    /// An idle connection to `addr` that the instance has not closed meanwhile.
-    pub(crate) fn checkout(&self, addr: SocketAddr) -> Option<TcpStream> {
+    /// An idle connection to `addr` that the instance has not closed meanwhile, in either form.
+    pub(crate) fn checkout(&self, addr: SocketAddr) -> Option<Idle> {
         loop {
-            let (stream, _) = lock(&self.inner.idle).get_mut(&addr)?.pop()?;
-            if still_open(&stream) {
-                return Some(stream);
+            match self.pop(addr)? {
+                Idle::Stream(s) if still_open(&s) => return Some(Idle::Stream(s)),
+                Idle::Http(mut link) => {
+                    if link.usable() {
+                        return Some(Idle::Http(link));
+                    }
+                }
+                Idle::Stream(_) => {}
             }
         }
     }
 
-    /// Keeps `stream` for the next request to `addr`.
-    pub(crate) fn give_back(&self, addr: SocketAddr, stream: TcpStream) {
+    /// An idle connection to `addr` that the instance has not closed meanwhile, as a bare stream.
+    pub(crate) fn checkout_stream(&self, addr: SocketAddr) -> Option<TcpStream> {
+        loop {
+            let stream = match self.pop(addr)? {
+                Idle::Stream(s) => Some(s),
+                Idle::Http(link) => link.into_stream(),
+            };
+            if let Some(s) = stream.filter(still_open) {
+                return Some(s);
+            }
+        }
+    }
+
+    fn pop(&self, addr: SocketAddr) -> Option<Idle> {
+        // An emptied list stays in the map (the sweep drops empty ones): removing it here freed
+        // and re-allocated a Vec on every request at low concurrency.
+        lock(&self.inner.idle)
+            .get_mut(&addr)?
+            .pop()
+            .map(|(conn, _)| conn)
+    }
+
+    /// Keeps `conn` for the next request to `addr`.
+    pub(crate) fn give_back(&self, addr: SocketAddr, conn: Idle) {
         let stamp = self.inner.sweeps.load(Ordering::Relaxed);
         let mut map = lock(&self.inner.idle);
         let list = map.entry(addr).or_default();
         if list.len() < MAX_IDLE_PER_ADDR {
-            list.push((stream, stamp));
+            list.push((conn, stamp));
         }
     }
 
@@ -119,7 +158,7 @@ mod tests {
         // Healthy: handed out again.
         let client = TcpStream::connect(addr).await.expect("connect");
         let (_kept, _) = listener.accept().await.expect("accept");
-        conns.give_back(addr, client);
+        conns.give_back(addr, Idle::Stream(client));
         assert_eq!(conns.idle_count(), 1);
         let client = conns
             .checkout(addr)
@@ -132,9 +171,9 @@ mod tests {
         let (server, _) = listener.accept().await.expect("accept");
         drop(server);
         client.readable().await.expect("readable");
-        conns.give_back(addr, client);
+        conns.give_back(addr, Idle::Stream(client));
         assert!(
-            conns.checkout(addr).is_none(),
+            conns.checkout_stream(addr).is_none(),
             "a closed connection is dropped"
         );
 
@@ -143,8 +182,11 @@ mod tests {
         let (mut server, _) = listener.accept().await.expect("accept");
         server.write_all(b"x").await.expect("write");
         client.readable().await.expect("readable");
-        conns.give_back(addr, client);
-        assert!(conns.checkout(addr).is_none(), "unexpected bytes: dropped");
+        conns.give_back(addr, Idle::Stream(client));
+        assert!(
+            conns.checkout_stream(addr).is_none(),
+            "unexpected bytes: dropped"
+        );
         assert_eq!(conns.idle_count(), 0);
     }
 }

@@ -36,7 +36,7 @@ use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-pub(crate) use conns::Conns;
+pub(crate) use conns::{Conns, Idle};
 /// How long connecting to an instance may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -74,7 +74,7 @@ pub enum UpstreamError {
 type Conn = http1::Connection<TokioIo<TcpStream>, Body>;
 
 /// One connection: the handle requests are sent through, and the future that does the I/O.
-struct Link {
+pub(crate) struct Link {
     sender: http1::SendRequest<Body>,
     /// `None` once the connection ended (closed by either side, or failed). Boxed: a `Link` moves
     /// in and out of the idle list on every request, and hyper's connection state is large.
@@ -118,16 +118,19 @@ impl Link {
 }
 
 impl Link {
-    /// The TCP stream, for the pool, if the connection is idle and clean: it has not ended, hyper
-    /// wants the next request (so this one was sent and answered to the end), and nothing was
-    /// read past the response.
-    fn into_idle_stream(mut self) -> Option<TcpStream> {
-        // One poll lets hyper finish the exchange's bookkeeping (and see a close that already
-        // arrived); no waker is needed, nobody waits on it.
+    /// Whether the connection can take a new request: it has not ended, and hyper wants the next
+    /// request (so the last one was sent and answered to the end). Given back to the pool only
+    /// then, and looked at again when taken out (the instance may have closed it meanwhile).
+    fn usable(&mut self) -> bool {
+        // One poll lets hyper finish the last exchange's bookkeeping and see a close that
+        // already arrived; no waker is needed, nobody waits on it.
         let mut cx = Context::from_waker(std::task::Waker::noop());
-        if self.drive(&mut cx) || self.sender.is_closed() || !self.sender.is_ready() {
-            return None;
-        }
+        !self.drive(&mut cx) && !self.sender.is_closed() && self.sender.is_ready()
+    }
+
+    /// The bare stream of a [`usable`](Self::usable) connection, if hyper read nothing past its
+    /// last response.
+    fn into_stream(mut self) -> Option<TcpStream> {
         let conn = Pin::into_inner(self.conn.take()?);
         let parts = conn.into_parts();
         parts.read_buf.is_empty().then(|| parts.io.into_inner())
@@ -169,11 +172,11 @@ impl Upstream {
         // At most one retry, and only of a request hyper gave back unsent.
         let mut reused_failed = false;
         loop {
-            let (stream, reused) = match self.conns.checkout(addr) {
-                Some(stream) if !reused_failed => (stream, true),
-                _ => (connect_stream(addr).await?, false),
+            let (mut link, reused) = match self.conns.checkout(addr) {
+                Some(Idle::Http(link)) if !reused_failed => (link, true),
+                Some(Idle::Stream(stream)) if !reused_failed => (handshake(stream).await?, true),
+                _ => (handshake(connect_stream(addr).await?).await?, false),
             };
-            let mut link = handshake(stream).await?;
             if !link.ready().await {
                 if reused {
                     reused_failed = true;
@@ -305,9 +308,9 @@ impl UpstreamBody {
     }
 
     fn release(&mut self) {
-        if let (Some(link), Some((conns, addr))) = (self.link.take(), self.home.take()) {
-            if let Some(stream) = link.into_idle_stream() {
-                conns.give_back(addr, stream);
+        if let (Some(mut link), Some((conns, addr))) = (self.link.take(), self.home.take()) {
+            if link.usable() {
+                conns.give_back(addr, Idle::Http(link));
             }
         }
     }
@@ -436,7 +439,7 @@ mod tests {
         );
         assert_eq!(up.conns.idle_count(), 1);
         // The direct gateway takes the same stream from the pool and speaks HTTP on it as is.
-        let mut raw = up.conns.checkout(addr).expect("the idle stream");
+        let mut raw = up.conns.checkout_stream(addr).expect("the idle stream");
         raw.write_all(b"GET /c HTTP/1.1\r\nhost: a\r\n\r\n")
             .await
             .expect("write");
