@@ -17,7 +17,8 @@
 //! on the complete head, before anything happens, so the hand-over loses nothing; once handed over a
 //! connection stays with hyper.
 //!
-//! Invariants, the same as the hyper path's (`gateway.rs`, `upstream.rs`):
+//! Invariants, the same as the hyper path's (`gateway.rs`, `upstream/`); the forwarding rules
+//! themselves (headers, request id, errors, metrics) are `crate::forward`'s, not this module's:
 //! - The slot is held until the response body was relayed to its end, or the caller went away.
 //! - An instance connection is reused only when its response was read exactly to the end and it
 //!   did not ask to close; a request is retried on a fresh connection only if the reused one was
