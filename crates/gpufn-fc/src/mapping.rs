@@ -254,19 +254,6 @@ pub fn to_fc(
     Value::Object(out)
 }
 
-/// FC's async task status for a gpufn task state.
-pub fn task_status(state: &str) -> &'static str {
-    match state {
-        "queued" => "Enqueued",
-        "running" => "Running",
-        "succeeded" => "Succeeded",
-        "failed" => "Failed",
-        "cancelled" => "Stopped",
-        "expired" => "Expired",
-        _ => "Invalid",
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -353,10 +340,8 @@ mod tests {
     }
 
     #[test]
-    fn capacity_and_states() {
+    fn capacity_in_instances() {
         assert_eq!(instances_for(10, 4), 2);
         assert_eq!(instances_for(1, 4), 1);
-        assert_eq!(task_status("cancelled"), "Stopped");
-        assert_eq!(task_status("queued"), "Enqueued");
     }
 }

@@ -80,6 +80,59 @@ pub async fn handle(platform: &Arc<Platform>, peer: Option<&Peer>, req: Request)
     resp
 }
 
+/// A call of a function made inside gpufn (the FC API's InvokeFunction), as it goes to an
+/// instance.
+#[derive(Debug)]
+pub struct Call {
+    /// The method.
+    pub method: http::Method,
+    /// The instance's target (path and query).
+    pub target: String,
+    /// Headers for the instance (hop-by-hop ones and those gpufn sets are dropped).
+    pub headers: http::HeaderMap,
+    /// The body.
+    pub body: Body,
+}
+
+/// Calls function `name` for `grant`, by the same rules as the HTTP trigger: `Ok` with what the
+/// instance answered (whatever its status, and gpufn's 502/504 about that instance, which carry
+/// its id), `Err` when gpufn refused before an instance was involved (no such function, not
+/// allowed, queue full, quota, start failed, shutting down).
+pub async fn call(
+    platform: &Platform,
+    name: &str,
+    grant: &gpufn_auth::Grant,
+    call: Call,
+) -> Result<Response, ApiError> {
+    let arrival = Instant::now();
+    let pool = platform
+        .pool(name)
+        .ok_or_else(|| ApiError::no_function(name))?;
+    grant
+        .check(gpufn_auth::Action::Invoke, Some(name))
+        .map_err(crate::auth::forbidden)?;
+    let rid = forward::request_id_header(call.headers.get(REQUEST_ID));
+    let mut req = Request::new(call.body);
+    *req.method_mut() = call.method;
+    *req.headers_mut() = call.headers;
+    let sent = send(
+        platform,
+        &pool,
+        None,
+        Value::Header(&rid),
+        &call.target,
+        req,
+        arrival,
+    )
+    .await;
+    let status = match &sent {
+        Ok(resp) => resp.status(),
+        Err(e) => e.status,
+    };
+    forward::observe(platform, &pool, status.as_u16(), arrival);
+    sent
+}
+
 /// Forwards `req` to an instance of `pool`; every response it returns carries gpufn's response
 /// headers, an error without one does not.
 async fn send(

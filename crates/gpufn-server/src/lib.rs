@@ -19,6 +19,7 @@ mod direct;
 pub mod error;
 pub mod fc;
 mod forward;
+pub mod function_lock;
 pub mod gateway;
 pub mod instance;
 pub mod meter;

@@ -20,6 +20,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, DEFAULT_QUOTA_CARDS, GpuSource};
 use crate::error::ApiError;
+use crate::function_lock::FunctionLock;
 use crate::gateway::{InstanceClient, instance_client};
 use crate::instance::ColdStartPhases;
 use crate::meter::Meter;
@@ -207,7 +208,10 @@ impl From<ColdStartRow> for ColdStartView {
 pub struct Platform {
     shared: Arc<Shared>,
     pools: RwLock<BTreeMap<String, Arc<Pool>>>,
+    /// Held only while the store and the pools change together (short).
     deploy_lock: tokio::sync::Mutex<()>,
+    /// Held for the whole of one change of one function.
+    function_locks: crate::function_lock::FunctionLocks,
     shutdown: CancellationToken,
     client: InstanceClient,
     upstream: crate::upstream::Upstream,
@@ -300,6 +304,7 @@ impl Platform {
             shared,
             pools: RwLock::new(BTreeMap::new()),
             deploy_lock: tokio::sync::Mutex::new(()),
+            function_locks: Default::default(),
             shutdown: CancellationToken::new(),
             client: instance_client(),
             upstream: crate::upstream::Upstream::new(),
@@ -637,7 +642,46 @@ impl Platform {
         if self.shutdown.is_cancelled() {
             return Err(shutting_down());
         }
-        let mut spec = raw.validate()?;
+        let spec = raw.validate()?;
+        let lock = self.lock_function(&spec.name).await;
+        self.deploy_validated(spec, progress, &lock).await
+    }
+
+    /// Holds `name`'s lock for a change made of several steps (read the spec, change it, deploy
+    /// it with [`Platform::deploy_locked`]): other changes of that function wait until it drops.
+    pub async fn lock_function(&self, name: &str) -> FunctionLock {
+        self.function_locks.lock(name).await
+    }
+
+    /// [`Platform::deploy`] by the holder of the function's lock.
+    pub async fn deploy_locked(
+        &self,
+        raw: RawSpec,
+        lock: &FunctionLock,
+    ) -> Result<(FunctionView, bool), ApiError> {
+        if self.shutdown.is_cancelled() {
+            return Err(shutting_down());
+        }
+        let spec = raw.validate()?;
+        self.deploy_validated(spec, &|_| {}, lock).await
+    }
+
+    async fn deploy_validated(
+        &self,
+        mut spec: gpufn_spec::FunctionSpec,
+        progress: &(dyn Fn(gpufn_oci::PullEvent) + Send + Sync),
+        lock: &FunctionLock,
+    ) -> Result<(FunctionView, bool), ApiError> {
+        if lock.name() != spec.name {
+            return Err(ApiError::internal(
+                "deploying",
+                format!(
+                    "{:?} deployed under the lock of {:?}",
+                    spec.name,
+                    lock.name()
+                ),
+            ));
+        }
         check_environment(&spec, &self.shared.allocator)?;
         if spec.container.is_some() {
             if let Some(why) = self.shared.containers.unavailable() {
@@ -649,7 +693,8 @@ impl Platform {
                 ));
             }
         }
-        // Pulled before the deploy lock: a pull may take minutes and must not block other deploys.
+        // Pulled before the commit lock: a pull may take minutes and must not block deploys of
+        // other functions (this function's lock is held: its next change waits).
         crate::containers::check_secrets(&self.shared, &spec)?;
         crate::containers::pin_image(&self.shared, &mut spec, progress).await?;
         let json = serde_json::to_string(&spec.to_raw())
@@ -734,12 +779,18 @@ impl Platform {
 
     /// Deletes a function: queued requests are refused, requests in flight finish, instances stop.
     pub async fn delete(&self, name: &str) -> Result<(), ApiError> {
+        let _lock = self.lock_function(name).await;
         let _guard = self.deploy_lock.lock().await;
         let deleted = self
             .shared
             .store
             .delete_function(name)
             .map_err(|e| ApiError::internal("deleting the function", e))?;
+        // What the FC API kept about it goes too (a function of that name created later starts
+        // afresh).
+        if let Err(e) = self.shared.store.delete_fc(name) {
+            tracing::warn!(function = %name, "cannot forget its FC settings: {e}");
+        }
         let pool = self.pools_mut().remove(name);
         match pool {
             Some(pool) => {

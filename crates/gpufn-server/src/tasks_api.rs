@@ -7,6 +7,7 @@ use axum::extract::{Extension, Path, Query, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
+use bytes::Bytes;
 use gpufn_auth::{Action, Grant};
 use gpufn_store::{NewTask, TaskRow, TaskState};
 use http_body_util::BodyExt;
@@ -30,8 +31,82 @@ fn valid_task_id(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
 }
 
-/// `ANY /async-function/{name}/{path}`: stores the request durably, then answers 202.
-pub async fn accept(State(p): State<Arc<Platform>>, req: Request) -> Result<Response, ApiError> {
+/// A request to run a function asynchronously, as the async trigger and the FC API's async
+/// InvokeFunction hand it to [`submit`].
+#[derive(Debug)]
+pub struct Submission {
+    /// The function.
+    pub function: String,
+    /// The method the instance gets.
+    pub method: http::Method,
+    /// The instance's target (path and query).
+    pub target: String,
+    /// Headers for the instance; hop-by-hop ones, gpufn's own and the task headers are dropped.
+    pub headers: http::HeaderMap,
+    /// The body.
+    pub body: Bytes,
+    /// The caller's task id (the same id is the same task), if it chose one.
+    pub task_id: Option<String>,
+    /// A webhook that gets the task's record when it finishes.
+    pub callback_url: Option<String>,
+    /// The id of the submitting token.
+    pub owner: Option<String>,
+}
+
+/// Stores a task durably (it runs at least once from here on) and returns it — the same task
+/// again for a task id already accepted. Refused: shutting down, an unknown function, a bad task id
+/// or callback URL, a body over the configured limit.
+pub async fn submit(p: &Platform, s: Submission) -> Result<TaskRow, ApiError> {
+    refuse_when_shutting_down(p)?;
+    if p.pool(&s.function).is_none() {
+        return Err(ApiError::no_function(&s.function));
+    }
+    let id = match s.task_id {
+        Some(id) if valid_task_id(&id) => id,
+        Some(id) => {
+            return Err(ApiError::bad_field(
+                TASK_ID,
+                format!("must be 1..128 characters of [A-Za-z0-9._-] (got {id:?})"),
+            ));
+        }
+        None => uuid::Uuid::new_v4().simple().to_string(),
+    };
+    if let Some(url) = &s.callback_url {
+        gpufn_spec::check_http_url(url).map_err(|e| ApiError::bad_field(CALLBACK_URL, e))?;
+    }
+    let max = p.tasks().config.max_body_bytes;
+    if s.body.len() > max {
+        return Err(body_too_large(max));
+    }
+    let mut headers = s.headers;
+    crate::forward::strip_request(&mut headers);
+    for h in [TASK_ID, CALLBACK_URL, "host", "content-length"] {
+        headers.remove(h);
+    }
+    let headers: Vec<(String, String)> = headers
+        .iter()
+        .filter_map(|(k, v)| Some((k.to_string(), v.to_str().ok()?.to_string())))
+        .collect();
+    let task = NewTask {
+        id,
+        function: s.function,
+        method: s.method.to_string(),
+        path: s.target,
+        headers_json: serde_json::to_string(&headers).unwrap_or_else(|_| "[]".into()),
+        body: s.body.to_vec(),
+        callback_url: s.callback_url,
+        now_ms: now_ms(),
+        owner: s.owner,
+    };
+    let (row, _created) = p
+        .tasks()
+        .accept(task)
+        .await
+        .map_err(|e| ApiError::internal("storing the task", e))?;
+    Ok(row)
+}
+
+fn refuse_when_shutting_down(p: &Platform) -> Result<(), ApiError> {
     if p.is_shutting_down() {
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -40,7 +115,22 @@ pub async fn accept(State(p): State<Arc<Platform>>, req: Request) -> Result<Resp
         )
         .retry_after(1));
     }
-    let (name, path) = req
+    Ok(())
+}
+
+fn body_too_large(max: usize) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "body_too_large",
+        format!("async request bodies are limited to {max} bytes"),
+    )
+}
+
+/// `ANY /async-function/{name}/{path}`: stores the request durably, then answers 202.
+pub async fn accept(State(p): State<Arc<Platform>>, req: Request) -> Result<Response, ApiError> {
+    // Before the body is read.
+    refuse_when_shutting_down(&p)?;
+    let (name, target) = req
         .uri()
         .path_and_query()
         .and_then(|pq| crate::forward::split_target(pq.as_str(), "/async-function/"))
@@ -62,57 +152,27 @@ pub async fn accept(State(p): State<Arc<Platform>>, req: Request) -> Result<Resp
         };
         (header(TASK_ID), header(CALLBACK_URL))
     };
-    let id = match task_id {
-        Some(id) if valid_task_id(&id) => id,
-        Some(id) => {
-            return Err(ApiError::bad_field(
-                TASK_ID,
-                format!("must be 1..128 characters of [A-Za-z0-9._-] (got {id:?})"),
-            ));
-        }
-        None => uuid::Uuid::new_v4().simple().to_string(),
-    };
-    if let Some(url) = &callback_url {
-        gpufn_spec::check_http_url(url).map_err(|e| ApiError::bad_field(CALLBACK_URL, e))?;
-    }
-    let (mut parts, body) = req.into_parts();
-    crate::forward::strip_request(&mut parts.headers);
-    for h in [TASK_ID, CALLBACK_URL, "host", "content-length"] {
-        parts.headers.remove(h);
-    }
-    let headers: Vec<(String, String)> = parts
-        .headers
-        .iter()
-        .filter_map(|(k, v)| Some((k.to_string(), v.to_str().ok()?.to_string())))
-        .collect();
+    let (parts, body) = req.into_parts();
     let max = p.tasks().config.max_body_bytes;
     let body = http_body_util::Limited::new(body, max)
         .collect()
         .await
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "body_too_large",
-                format!("async request bodies are limited to {max} bytes"),
-            )
-        })?
+        .map_err(|_| body_too_large(max))?
         .to_bytes();
-    let task = NewTask {
-        id,
-        function: name,
-        method: parts.method.to_string(),
-        path,
-        headers_json: serde_json::to_string(&headers).unwrap_or_else(|_| "[]".into()),
-        body: body.to_vec(),
-        callback_url,
-        now_ms: now_ms(),
-        owner,
-    };
-    let (row, _created) = p
-        .tasks()
-        .accept(task)
-        .await
-        .map_err(|e| ApiError::internal("storing the task", e))?;
+    let row = submit(
+        &p,
+        Submission {
+            function: name,
+            method: parts.method,
+            target,
+            headers: parts.headers,
+            body,
+            task_id,
+            callback_url,
+            owner,
+        },
+    )
+    .await?;
     let location = format!("/api/v1/tasks/{}", row.id);
     let mut resp = (
         StatusCode::ACCEPTED,
@@ -312,7 +372,13 @@ pub async fn cancel_task(
     Extension(who): Extension<Grant>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let before = load(&p, &who, &id, true)?;
+    cancel(&p, &who, &id).await?;
+    get_task(State(p), Extension(who), Path(id)).await
+}
+
+/// Cancels task `id` for `who`: a queued task will not run, a running attempt is stopped.
+pub async fn cancel(p: &Platform, who: &Grant, id: &str) -> Result<(), ApiError> {
+    let before = load(p, who, id, true)?;
     if before.state.is_final() {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -321,11 +387,11 @@ pub async fn cancel_task(
         ));
     }
     p.store()
-        .cancel_task(&id, now_ms())
+        .cancel_task(id, now_ms())
         .map_err(|e| ApiError::internal("cancelling the task", e))?;
-    p.tasks().cancel_running(&id);
-    crate::auth::audit(&p, &who, "task.cancel", &id, Some(&before.function));
-    get_task(State(p), Extension(who), Path(id)).await
+    p.tasks().cancel_running(id);
+    crate::auth::audit(p, who, "task.cancel", id, Some(&before.function));
+    Ok(())
 }
 
 #[utoipa::path(

@@ -11,6 +11,7 @@ use std::sync::{Mutex, MutexGuard};
 use rusqlite::{Connection, OptionalExtension, params};
 
 mod access;
+mod fc;
 mod tasks;
 pub use access::{AuditEntry, StoredSecret, StoredToken};
 pub use tasks::{Delivery, NewTask, TaskResult, TaskRow, TaskState};

@@ -214,6 +214,36 @@ expect_error(lambda: c.create_trigger("zipfn", m.CreateTriggerRequest(body=m.Cre
 c.delete_trigger("zipfn", "web")
 assert c.list_triggers("zipfn", m.ListTriggersRequest()).body.triggers == []
 
+step("Concurrent changes of one function keep each other's fields (each holds the function's lock)")
+import threading
+for rnd in range(3):
+    changes = [
+        lambda: client().put_provision_config("zipfn", m.PutProvisionConfigRequest().from_map({"body": {"target": 1}})),
+        lambda: client().put_concurrency_config("zipfn", m.PutConcurrencyConfigRequest().from_map({"body": {"reservedConcurrency": 6 + rnd}})),
+        lambda: client().update_function("zipfn", m.UpdateFunctionRequest().from_map({"body": {"timeout": 61 + rnd}})),
+        lambda: client().create_trigger("zipfn", m.CreateTriggerRequest(body=m.CreateTriggerInput(
+            trigger_name="race%d" % rnd, trigger_type="http", trigger_config=json.dumps({"authType": "anonymous"})))),
+    ]
+    errors = []
+    def run(f):
+        try:
+            f()
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+    threads = [threading.Thread(target=run, args=(f,)) for f in changes]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert not errors, errors
+    assert c.get_provision_config("zipfn", m.GetProvisionConfigRequest()).body.target == 1
+    assert c.get_concurrency_config("zipfn").body.reserved_concurrency == 6 + rnd
+    assert c.get_function("zipfn", m.GetFunctionRequest()).body.timeout == 61 + rnd
+    assert plain_post("/function/zipfn/invoke", b"r")[0] == 200, "the anonymous trigger's auth was lost"
+    c.delete_trigger("zipfn", "race%d" % rnd)
+    c.delete_provision_config("zipfn", m.DeleteProvisionConfigRequest())
+    assert plain_post("/function/zipfn/invoke", b"x")[0] == 401
+
 step("An invoker key (--access-key ID:SECRET:invoker) invokes but changes nothing")
 inv = client("LTAIinvoker", "inv0ker")
 r = inv.invoke_function("zipfn", m.InvokeFunctionRequest(body=io.BytesIO(b"as-invoker")))

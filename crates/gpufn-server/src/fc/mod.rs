@@ -16,10 +16,12 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
+use gpufn_store::TaskState;
 use serde_json::{Value, json};
 use sha2::Digest;
 
 use crate::error::ApiError;
+use crate::function_lock::FunctionLock;
 use crate::platform::Platform;
 
 /// FC settings: access keys and the GPU type table.
@@ -92,9 +94,6 @@ impl From<ApiError> for FcError {
         err(status, code, e.message)
     }
 }
-
-const SETTING_PREFIX: &str = "fc:function:";
-const TRIGGERS_PREFIX: &str = "fc:triggers:";
 
 fn with_request_id(mut resp: Response, id: &str) -> Response {
     if let Ok(v) = HeaderValue::from_str(id) {
@@ -303,10 +302,6 @@ async fn route(
         ("DELETE", ["functions", name]) => {
             p.delete(name).await?;
             crate::auth::audit(p, grant, "function.delete", name, Some("fc"));
-            let _ = p.store().delete_setting(&format!("{SETTING_PREFIX}{name}"));
-            let _ = p
-                .store()
-                .delete_setting(&format!("{TRIGGERS_PREFIX}{name}"));
             Ok(StatusCode::NO_CONTENT.into_response())
         }
         ("POST", ["functions", name, "invocations"]) => invoke(p, grant, name, headers, body).await,
@@ -335,14 +330,16 @@ async fn route(
                     "target must be >= 0",
                 ));
             }
-            set_capacity(p, name, Some(target), None).await?;
+            let lock = p.lock_function(name).await;
+            set_capacity(p, &lock, Some(target), None).await?;
             ok_json(StatusCode::OK, provision_config(p, name)?)
         }
         ("GET", ["functions", name, "provision-config"]) => {
             ok_json(StatusCode::OK, provision_config(p, name)?)
         }
         ("DELETE", ["functions", name, "provision-config"]) => {
-            set_capacity(p, name, Some(0), None).await?;
+            let lock = p.lock_function(name).await;
+            set_capacity(p, &lock, Some(0), None).await?;
             Ok(StatusCode::NO_CONTENT.into_response())
         }
         ("PUT", ["functions", name, "concurrency"]) => {
@@ -363,13 +360,16 @@ async fn route(
                     "reservedConcurrency must be >= 1",
                 ));
             }
+            // One change: the spec read, its max_instances set, the setting kept.
+            let lock = p.lock_function(name).await;
             let conc = p
                 .pool(name)
                 .map_or(1, |pl| i64::from(pl.spec().instance_concurrency));
-            set_capacity(p, name, None, Some(mapping::instances_for(reserved, conc))).await?;
+            set_capacity(p, &lock, None, Some(mapping::instances_for(reserved, conc))).await?;
             p.store()
-                .set_setting(&format!("fc:concurrency:{name}"), &reserved.to_string())
+                .put_fc_concurrency(name, reserved)
                 .map_err(|e| ApiError::internal("storing the concurrency", e))?;
+            drop(lock);
             ok_json(
                 StatusCode::OK,
                 json!({"functionArn": arn(name), "reservedConcurrency": reserved}),
@@ -378,9 +378,8 @@ async fn route(
         ("GET", ["functions", name, "concurrency"]) => {
             let v = p
                 .store()
-                .setting(&format!("fc:concurrency:{name}"))
-                .map_err(|e| ApiError::internal("reading the concurrency", e))?
-                .and_then(|v| v.parse::<i64>().ok());
+                .fc_concurrency(name)
+                .map_err(|e| ApiError::internal("reading the concurrency", e))?;
             ok_json(
                 StatusCode::OK,
                 json!({"functionArn": arn(name), "reservedConcurrency": v}),
@@ -424,7 +423,7 @@ fn arn(name: &str) -> String {
 
 fn fc_record(p: &Platform, name: &str) -> Option<Value> {
     p.store()
-        .setting(&format!("{SETTING_PREFIX}{name}"))
+        .fc_function(name)
         .ok()
         .flatten()
         .and_then(|t| serde_json::from_str(&t).ok())
@@ -497,13 +496,17 @@ fn readable_by_all(root: &std::path::Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Deploys `name` from FC's document `record`, keeping what FC's other calls set (the auth its
+/// triggers give, capacity from PutProvisionConfig / PutConcurrencyConfig), by the holder of its
+/// lock.
 async fn deploy_fc(
     p: &Platform,
     grant: &gpufn_auth::Grant,
-    name: &str,
+    lock: &FunctionLock,
     record: Value,
     code_dir: Option<String>,
 ) -> Result<(), FcError> {
+    let name = lock.name();
     let mut spec = mapping::to_spec(name, &record, code_dir.as_deref(), &p.fc().gpu_types)
         .map_err(|e| err(StatusCode::BAD_REQUEST, "InvalidArgument", e.0))?;
     // Who may call it comes from its HTTP triggers, which survive updates of the function.
@@ -521,7 +524,7 @@ async fn deploy_fc(
     grant
         .check(gpufn_auth::Action::Deploy { process }, Some(name))
         .map_err(denied)?;
-    let (view, _) = p.deploy(spec).await?;
+    let (view, _) = p.deploy_locked(spec, lock).await?;
     crate::auth::audit(
         p,
         grant,
@@ -535,7 +538,7 @@ async fn deploy_fc(
         obj.insert("gpufnCodeDir".into(), json!(dir));
     }
     p.store()
-        .set_setting(&format!("{SETTING_PREFIX}{name}"), &stored.to_string())
+        .put_fc_function(name, &stored.to_string())
         .map_err(|e| ApiError::internal("storing the FC function", e))?;
     Ok(())
 }
@@ -556,6 +559,7 @@ async fn create_function(
             )
         })?
         .to_string();
+    let lock = p.lock_function(&name).await;
     if p.pool(&name).is_some() {
         return Err(err(
             StatusCode::CONFLICT,
@@ -564,7 +568,8 @@ async fn create_function(
         ));
     }
     let code_dir = unpack_code(p, &name, &input)?;
-    deploy_fc(p, grant, &name, input, code_dir).await?;
+    deploy_fc(p, grant, &lock, input, code_dir).await?;
+    drop(lock);
     ok_json(StatusCode::OK, get_function(p, &name).await?)
 }
 
@@ -574,6 +579,9 @@ async fn update_function(
     name: &str,
     input: Value,
 ) -> Result<Response, FcError> {
+    // One change from the read of FC's document to the deploy: a concurrent
+    // PutConcurrencyConfig either comes before (and is kept) or waits.
+    let lock = p.lock_function(name).await;
     if p.pool(name).is_none() {
         return Err(ApiError::no_function(name).into());
     }
@@ -590,7 +598,8 @@ async fn update_function(
             obj.insert(k.clone(), v.clone());
         }
     }
-    deploy_fc(p, grant, name, record, code_dir).await?;
+    deploy_fc(p, grant, &lock, record, code_dir).await?;
+    drop(lock);
     ok_json(StatusCode::OK, get_function(p, name).await?)
 }
 
@@ -657,9 +666,6 @@ async fn invoke(
     headers: &HeaderMap,
     body: Bytes,
 ) -> Result<Response, FcError> {
-    if p.pool(name).is_none() {
-        return Err(ApiError::no_function(name).into());
-    }
     let header = |k: &str| {
         headers
             .get(k)
@@ -667,59 +673,46 @@ async fn invoke(
             .map(str::to_string)
     };
     let is_async = header("x-fc-invocation-type").is_some_and(|t| t.eq_ignore_ascii_case("async"));
-    // The key's signature was checked: the gateway takes its grant instead of a token.
-    let mut builder = Request::builder()
-        .method(Method::POST)
-        .extension(grant.clone());
-    if let Some(ct) = header("content-type") {
-        builder = builder.header("content-type", ct);
+    let mut forwarded = HeaderMap::new();
+    if let Some(ct) = headers.get(axum::http::header::CONTENT_TYPE) {
+        forwarded.insert(axum::http::header::CONTENT_TYPE, ct.clone());
     }
     if is_async {
-        builder = builder.uri(format!("/async-function/{name}/invoke"));
-        if let Some(id) = header("x-fc-async-task-id") {
-            builder = builder.header("x-gpufn-task-id", id);
-        }
-        let req = builder
-            .body(Body::from(body))
-            .map_err(|e| err(StatusCode::BAD_REQUEST, "InvalidArgument", e.to_string()))?;
-        let resp = crate::tasks_api::accept(State(p.clone()), req).await?;
-        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
-            .await
-            .unwrap_or_default();
-        let v: Value = serde_json::from_slice(&bytes).unwrap_or_default();
+        let row = crate::tasks_api::submit(
+            p,
+            crate::tasks_api::Submission {
+                function: name.to_string(),
+                method: Method::POST,
+                target: "/invoke".into(),
+                headers: forwarded,
+                body,
+                task_id: header("x-fc-async-task-id"),
+                callback_url: None,
+                owner: Some(grant.token_id.clone()),
+            },
+        )
+        .await?;
         let mut out = StatusCode::ACCEPTED.into_response();
-        if let Some(id) = v.get("task_id").and_then(Value::as_str) {
-            if let Ok(h) = HeaderValue::from_str(id) {
-                out.headers_mut().insert("x-fc-async-task-id", h);
-            }
+        if let Ok(h) = HeaderValue::from_str(&row.id) {
+            out.headers_mut().insert("x-fc-async-task-id", h);
         }
         return Ok(out);
     }
-    let req = builder
-        .uri(format!("/function/{name}/invoke"))
-        .body(Body::from(body))
-        .map_err(|e| err(StatusCode::BAD_REQUEST, "InvalidArgument", e.to_string()))?;
-    let resp = crate::gateway::invoke(State(p.clone()), req).await;
+    let call = crate::gateway::Call {
+        method: Method::POST,
+        target: "/invoke".into(),
+        headers: forwarded,
+        body: Body::from(body),
+    };
     // gpufn's own refusals (queue full, quota, start failure) become FC errors; the function's
     // own answers, whatever their status, are passed through as FC does.
-    if resp.headers().get("x-gpufn-instance-id").is_none() && !resp.status().is_success() {
-        let status = resp.status();
-        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
-            .await
-            .unwrap_or_default();
-        let v: Value = serde_json::from_slice(&bytes).unwrap_or_default();
-        let message = v["error"]["message"]
-            .as_str()
-            .unwrap_or("invocation failed")
-            .to_string();
-        let code = if status == StatusCode::TOO_MANY_REQUESTS {
-            "ResourceThrottled"
-        } else {
-            "FunctionNotReady"
-        };
-        return Err(err(status, code, message));
-    }
-    Ok(resp)
+    crate::gateway::call(p, name, grant, call)
+        .await
+        .map_err(|e| match e.status {
+            StatusCode::NOT_FOUND | StatusCode::FORBIDDEN => FcError::from(e),
+            StatusCode::TOO_MANY_REQUESTS => err(e.status, "ResourceThrottled", e.message),
+            status => err(status, "FunctionNotReady", e.message),
+        })
 }
 
 fn task_of(p: &Platform, name: &str, id: &str) -> Result<gpufn_store::TaskRow, FcError> {
@@ -737,28 +730,32 @@ fn task_of(p: &Platform, name: &str, id: &str) -> Result<gpufn_store::TaskRow, F
 }
 
 fn fc_task(t: &gpufn_store::TaskRow) -> Value {
-    let v = crate::tasks_api::task_json(t, true);
-    let ms = |k: &str| {
-        v.get(k)
-            .and_then(Value::as_str)
-            .and_then(|s| humantime::parse_rfc3339_weak(s).ok())
-            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-            .map(|d| d.as_millis() as i64)
-    };
     json!({
         "taskId": t.id,
-        "status": mapping::task_status(t.state.as_str()),
+        "status": task_status(t.state),
         "functionArn": arn(&t.function),
         "qualifier": "LATEST",
         "alreadyRetriedTimes": (t.attempts - 1).max(0),
-        "startedTime": ms("started_at"),
-        "endTime": ms("finished_at"),
+        "startedTime": t.started_ms,
+        "endTime": t.finished_ms,
         "instanceId": t.instance,
         "requestId": t.id,
         "taskPayload": String::from_utf8_lossy(&t.body),
-        "returnPayload": v["result"]["body"].as_str(),
-        "taskErrorMessage": v["error"].as_str(),
+        "returnPayload": t.result.body.as_deref().and_then(|b| std::str::from_utf8(b).ok()),
+        "taskErrorMessage": t.result.error,
     })
+}
+
+/// FC's name of a task state.
+fn task_status(state: TaskState) -> &'static str {
+    match state {
+        TaskState::Queued => "Enqueued",
+        TaskState::Running => "Running",
+        TaskState::Succeeded => "Succeeded",
+        TaskState::Failed => "Failed",
+        TaskState::Cancelled => "Stopped",
+        TaskState::Expired => "Expired",
+    }
 }
 
 fn async_task(p: &Platform, name: &str, id: &str) -> Result<Value, FcError> {
@@ -795,26 +792,22 @@ async fn stop_async_task(
     id: &str,
 ) -> Result<Response, FcError> {
     task_of(p, name, id)?;
-    crate::tasks_api::cancel_task(
-        State(p.clone()),
-        axum::extract::Extension(grant.clone()),
-        axum::extract::Path(id.to_string()),
-    )
-    .await
-    .map_err(FcError::from)?;
+    crate::tasks_api::cancel(p, grant, id).await?;
     Ok(StatusCode::OK.into_response())
 }
 
+/// Sets `min_instances` / `max_instances` of the locked function: a read-modify-write of its
+/// spec under its lock.
 async fn set_capacity(
     p: &Platform,
-    name: &str,
+    lock: &FunctionLock,
     min: Option<i64>,
     max: Option<i64>,
 ) -> Result<(), FcError> {
-    let f = p.function(name).await?;
+    let f = p.function(lock.name()).await?;
     let mut spec = f.spec;
     mapping::apply_capacity(&mut spec, min, max);
-    p.deploy(spec).await?;
+    p.deploy_locked(spec, lock).await?;
     Ok(())
 }
 

@@ -7,14 +7,15 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
-use super::{FcError, TRIGGERS_PREFIX, err, ok_json};
+use super::{FcError, err, ok_json};
 use crate::error::ApiError;
+use crate::function_lock::FunctionLock;
 use crate::platform::Platform;
 use crate::util::{now_ms, rfc3339};
 
 fn load(p: &Platform, function: &str) -> Vec<Value> {
     p.store()
-        .setting(&format!("{TRIGGERS_PREFIX}{function}"))
+        .fc_triggers(function)
         .ok()
         .flatten()
         .and_then(|t| serde_json::from_str::<Vec<Value>>(&t).ok())
@@ -23,10 +24,7 @@ fn load(p: &Platform, function: &str) -> Vec<Value> {
 
 fn save(p: &Platform, function: &str, triggers: &[Value]) -> Result<(), FcError> {
     p.store()
-        .set_setting(
-            &format!("{TRIGGERS_PREFIX}{function}"),
-            &Value::Array(triggers.to_vec()).to_string(),
-        )
+        .put_fc_triggers(function, &Value::Array(triggers.to_vec()).to_string())
         .map_err(|e| ApiError::internal("storing the trigger", e).into())
 }
 
@@ -81,11 +79,17 @@ fn view(t: &Value, function: &str, headers: &HeaderMap) -> Value {
     v
 }
 
-async fn redeploy(p: &Platform, grant: &gpufn_auth::Grant, function: &str) -> Result<(), FcError> {
+/// Deploys the locked function with the auth its triggers give.
+async fn redeploy(
+    p: &Platform,
+    grant: &gpufn_auth::Grant,
+    lock: &FunctionLock,
+) -> Result<(), FcError> {
+    let function = lock.name();
     let f = p.function(function).await?;
     let mut raw = f.spec;
     raw.auth = Some(auth_of(p, function));
-    let (view, _) = p.deploy(raw).await?;
+    let (view, _) = p.deploy_locked(raw, lock).await?;
     crate::auth::audit(
         p,
         grant,
@@ -103,6 +107,8 @@ pub(super) async fn create(
     headers: &HeaderMap,
     input: Value,
 ) -> Result<Response, FcError> {
+    // The triggers read, changed and written, and the function redeployed, as one change.
+    let lock = p.lock_function(function).await;
     if p.pool(function).is_none() {
         return Err(ApiError::no_function(function).into());
     }
@@ -136,7 +142,7 @@ pub(super) async fn create(
     });
     all.push(t.clone());
     save(p, function, &all)?;
-    redeploy(p, grant, function).await?;
+    redeploy(p, grant, &lock).await?;
     ok_json(StatusCode::OK, view(&t, function, headers))
 }
 
@@ -184,6 +190,7 @@ pub(super) async fn update(
     headers: &HeaderMap,
     input: Value,
 ) -> Result<Response, FcError> {
+    let lock = p.lock_function(function).await;
     let (mut all, i) = find(p, function, name)?;
     if let Some(config) = input["triggerConfig"].as_str() {
         check_config(config)?;
@@ -195,7 +202,7 @@ pub(super) async fn update(
     all[i]["lastModifiedTime"] = json!(rfc3339(crate::util::from_ms(now_ms())));
     let t = all[i].clone();
     save(p, function, &all)?;
-    redeploy(p, grant, function).await?;
+    redeploy(p, grant, &lock).await?;
     ok_json(StatusCode::OK, view(&t, function, headers))
 }
 
@@ -205,9 +212,10 @@ pub(super) async fn delete(
     function: &str,
     name: &str,
 ) -> Result<Response, FcError> {
+    let lock = p.lock_function(function).await;
     let (mut all, i) = find(p, function, name)?;
     all.remove(i);
     save(p, function, &all)?;
-    redeploy(p, grant, function).await?;
+    redeploy(p, grant, &lock).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
