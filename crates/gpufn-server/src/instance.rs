@@ -83,7 +83,7 @@ pub(crate) async fn supervise(pool: Arc<Pool>, job: StartJob) {
     let log_path = shared.log_path(&spec.name, &id);
     // A secret deleted (or a key replaced) since the deploy fails the start like a spawn error,
     // saying which.
-    let secret_env = crate::containers::secret_env(&shared, &spec);
+    let secret_env = shared.secret_env(&spec);
     let mut env = spec.env.clone();
     if let Ok(vars) = &secret_env {
         env.extend(vars.iter().cloned());
@@ -97,7 +97,7 @@ pub(crate) async fn supervise(pool: Arc<Pool>, job: StartJob) {
         gpu_index: lease.index(),
         gpu_memory_gb: spec.gpu.memory_gb,
         log_path: log_path.clone(),
-        container: crate::containers::launch_of(&shared, &spec),
+        container: shared.launch_of(&spec),
         memory_mb: spec.memory_mb,
         cpu: spec.cpu,
     };

@@ -28,6 +28,7 @@ pub mod platform;
 pub mod pool;
 pub mod secrets;
 pub mod serve;
+mod shared;
 pub mod tasks;
 pub mod tasks_api;
 pub mod upstream;

@@ -12,7 +12,7 @@ use gpufn_gpu::{Allocator, GpuDiscovery, NvmlDiscovery, SimulatedGpus};
 use gpufn_runtime::probe::Prober;
 use gpufn_runtime::{InstanceRuntime, ProcessRuntime};
 use gpufn_spec::{FieldError, FunctionSpec, RawSpec, SpecError};
-use gpufn_store::{BillingSums, ColdStartRow, InstanceRecord, MeterRecord, Store, StoredFunction};
+use gpufn_store::{BillingSums, ColdStartRow, MeterRecord, Store, StoredFunction};
 use serde::Serialize;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -27,81 +27,10 @@ use crate::meter::Meter;
 use crate::metrics::{CardLabels, Metrics, PhaseLabels, StateLabels};
 use crate::pool::{AcquireError, Pool, PoolStatus, Slot};
 use crate::serve::ServerError;
+pub(crate) use crate::shared::Shared;
 use crate::tasks::TaskRunner;
 use crate::util::{from_ms, now_ms, rfc3339};
 use gpufn_metering::Prices;
-
-/// What pools and instance supervisors share.
-#[derive(Debug)]
-pub(crate) struct Shared {
-    pub store: Arc<Store>,
-    pub meter: Meter,
-    pub metrics: Metrics,
-    pub prices: Prices,
-    pub allocator: Allocator,
-    pub runtime: Arc<dyn InstanceRuntime>,
-    /// The container side of `runtime`: image store, live containers.
-    pub containers: crate::containers::Containers,
-    pub prober: Prober,
-    pub data_dir: PathBuf,
-    /// Every instance supervisor, so shutdown can wait for all of them.
-    pub tasks: TaskTracker,
-    /// Parent of every instance's stop token: cancelled last at shutdown.
-    pub instances_root: CancellationToken,
-    /// Wakes the reconciler (a slot was freed, an instance changed state).
-    pub wake: Notify,
-    /// Pools that changed since the reconciler last looked.
-    pub dirty: std::sync::Mutex<HashSet<String>>,
-    pub stop_grace: Duration,
-    /// Sealed secrets (`env_from_secrets`, `registry_auth.secret`).
-    pub secrets: crate::secrets::Secrets,
-    /// Variables `registry_auth` may name (`--registry-env`).
-    pub registry_env: Vec<String>,
-    /// Where process instances' cgroups live (removed at a clean shutdown).
-    pub cgroups: Option<gpufn_runtime::cgroup::CgroupParent>,
-}
-
-impl Shared {
-    pub fn log_path(&self, function: &str, instance: &str) -> PathBuf {
-        self.data_dir
-            .join("logs")
-            .join(function)
-            .join(format!("{instance}.log"))
-    }
-
-    pub fn record_pid(&self, id: &str, function: &str, pid: Option<u32>) {
-        if let Some(pid) = pid {
-            let rec = InstanceRecord {
-                id: id.to_string(),
-                function: function.to_string(),
-                pid: i64::from(pid),
-            };
-            if let Err(e) = self.store.add_instance(&rec) {
-                tracing::warn!("cannot record instance {id}: {e}");
-            }
-        }
-    }
-
-    /// Marks a pool for the reconciler and wakes it.
-    pub fn mark_dirty(&self, pool: &str) {
-        let mut dirty = self.dirty.lock().unwrap_or_else(|p| p.into_inner());
-        if !dirty.contains(pool) {
-            dirty.insert(pool.to_string());
-        }
-        drop(dirty);
-        self.wake.notify_one();
-    }
-
-    fn take_dirty(&self) -> HashSet<String> {
-        std::mem::take(&mut *self.dirty.lock().unwrap_or_else(|p| p.into_inner()))
-    }
-
-    pub fn forget_pid(&self, id: &str) {
-        if let Err(e) = self.store.remove_instance(id) {
-            tracing::warn!("cannot forget instance {id}: {e}");
-        }
-    }
-}
 
 /// A function as the API shows it.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -695,8 +624,8 @@ impl Platform {
         }
         // Pulled before the commit lock: a pull may take minutes and must not block deploys of
         // other functions (this function's lock is held: its next change waits).
-        crate::containers::check_secrets(&self.shared, &spec)?;
-        crate::containers::pin_image(&self.shared, &mut spec, progress).await?;
+        self.shared.check_secrets(&spec)?;
+        self.shared.pin_image(&mut spec, progress).await?;
         let json = serde_json::to_string(&spec.to_raw())
             .map_err(|e| ApiError::internal("serializing the spec", e))?;
         // One deploy at a time, so the store and the pools change together.
@@ -743,7 +672,7 @@ impl Platform {
         auth: Option<&gpufn_spec::RegistryAuth>,
         progress: &(dyn Fn(gpufn_oci::PullEvent) + Send + Sync),
     ) -> Result<gpufn_oci::image::Prepared, ApiError> {
-        let creds = crate::containers::credentials(&self.shared, auth)?;
+        let creds = self.shared.credentials(auth)?;
         let out = self
             .shared
             .containers

@@ -30,7 +30,7 @@ use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use crate::instance::{ColdStartPhases, StartJob, supervise};
-use crate::platform::Shared;
+use crate::shared::Shared;
 use crate::util::{rfc3339, wall_ms};
 
 /// Why a request got no slot.
