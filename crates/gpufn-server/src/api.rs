@@ -105,7 +105,9 @@ pub fn router(platform: Arc<Platform>) -> Router {
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .layer(axum::middleware::from_fn_with_state(
             platform.clone(),
-            crate::auth::gate,
+            |State(p): Shared, req: axum::extract::Request, next: axum::middleware::Next| async move {
+                crate::auth::gate(p.access(), req, next).await
+            },
         ))
         .with_state(platform)
 }
@@ -281,7 +283,7 @@ async fn deploy(
         .map_err(forbidden)?;
     let (view, created) = p.deploy(raw).await?;
     audit(
-        &p,
+        p.store(),
         &who,
         "function.deploy",
         &view.name,
@@ -360,7 +362,7 @@ async fn delete_function(
     who.check(Action::Deploy { process }, Some(&name))
         .map_err(forbidden)?;
     p.delete(&name).await?;
-    audit(&p, &who, "function.delete", &name, None);
+    audit(p.store(), &who, "function.delete", &name, None);
     Ok(axum::Json(serde_json::json!({"deleted": name})).into_response())
 }
 
@@ -536,7 +538,13 @@ async fn put_quota(
         return Err(ApiError::bad_field(extra.clone(), "unknown field"));
     }
     p.set_quota(u32::try_from(cards).unwrap_or(0))?;
-    audit(&p, &who, "quota.set", "quota", Some(&cards.to_string()));
+    audit(
+        p.store(),
+        &who,
+        "quota.set",
+        "quota",
+        Some(&cards.to_string()),
+    );
     Ok(axum::Json(quota_view(&p)).into_response())
 }
 
@@ -831,7 +839,7 @@ async fn create_token(
         },
     )?;
     audit(
-        &p,
+        p.store(),
         &who,
         "token.create",
         &view.id,
@@ -885,7 +893,7 @@ async fn revoke_token(
 ) -> Result<Response, ApiError> {
     who.check(Action::Administer, None).map_err(forbidden)?;
     let view = p.access().revoke(p.store(), &id)?;
-    audit(&p, &who, "token.revoke", &view.id, None);
+    audit(p.store(), &who, "token.revoke", &view.id, None);
     Ok(axum::Json(view).into_response())
 }
 
@@ -1016,7 +1024,7 @@ async fn put_secret(
         .set(p.store(), &name, b.value.as_bytes())
         .map_err(|e| ApiError::internal("storing the secret", e))?;
     audit(
-        &p,
+        p.store(),
         &who,
         if created {
             "secret.create"
@@ -1090,7 +1098,7 @@ async fn delete_secret(
             format!("no secret named {name:?}"),
         ));
     }
-    audit(&p, &who, "secret.delete", &name, None);
+    audit(p.store(), &who, "secret.delete", &name, None);
     Ok(axum::Json(serde_json::json!({"deleted": name})).into_response())
 }
 

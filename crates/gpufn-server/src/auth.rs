@@ -6,9 +6,9 @@
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::RwLock;
 
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -18,7 +18,6 @@ use gpufn_store::{Store, StoredToken};
 use serde::Serialize;
 
 use crate::error::ApiError;
-use crate::platform::Platform;
 use crate::util::{from_ms, now_ms, rfc3339};
 
 /// The file the first admin token is written to, in the data dir.
@@ -440,12 +439,12 @@ fn public_path(path: &str) -> bool {
 
 /// The router's gate: every API call carries a valid token (its [`Grant`] goes into the request's
 /// extensions for the handler's own check), and a write with a body says it is JSON or YAML.
-pub async fn gate(State(p): State<Arc<Platform>>, mut req: Request, next: Next) -> Response {
+pub async fn gate(access: &Access, mut req: Request, next: Next) -> Response {
     let path = req.uri().path();
     if public_path(path) {
         return next.run(req).await;
     }
-    let grant = match p.access().authenticate(
+    let grant = match access.authenticate(
         req.headers()
             .get(header::AUTHORIZATION)
             .map(HeaderValue::as_bytes),
@@ -524,7 +523,7 @@ pub fn add_cors(access: &Access, origin: Option<&HeaderValue>, resp: &mut Respon
 
 /// Records a change in the audit log (and the server log). A failed write is logged, not
 /// answered: the change itself has happened.
-pub fn audit(p: &Platform, who: &Grant, action: &str, target: &str, detail: Option<&str>) {
+pub fn audit(store: &Store, who: &Grant, action: &str, target: &str, detail: Option<&str>) {
     tracing::info!(
         token = %who.token_id,
         role = %who.role,
@@ -533,7 +532,7 @@ pub fn audit(p: &Platform, who: &Grant, action: &str, target: &str, detail: Opti
         detail = detail.unwrap_or(""),
         "audit"
     );
-    if let Err(e) = p.store().audit(
+    if let Err(e) = store.audit(
         now_ms(),
         &who.token_id,
         who.role.as_str(),

@@ -7,7 +7,7 @@ use std::time::Duration;
 use gpufn_metering::Prices;
 use gpufn_spec::RawSpec;
 
-use crate::tasks::TaskConfig;
+use crate::task_queue::TaskConfig;
 
 /// Where the GPU inventory comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,6 +1,9 @@
 //! API errors: one type, one JSON shape (`{"error": {"code", "message", "field"}}`), one place that
 //! maps them to HTTP.
 
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use gpufn_spec::{FieldError, SpecError};
@@ -166,6 +169,42 @@ impl IntoResponse for ApiError {
         *resp.headers_mut() = self.headers();
         resp
     }
+}
+
+/// Why the server could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The data directory could not be created.
+    #[error("cannot create data dir {path}: {source}")]
+    DataDir {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] gpufn_store::StoreError),
+    /// GPU discovery failed.
+    #[error(transparent)]
+    Gpu(#[from] gpufn_gpu::DiscoveryError),
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A `--deploy` spec was refused.
+    #[error("--deploy: {0}")]
+    Deploy(ApiError),
+    /// Serving failed.
+    #[error("server: {0}")]
+    Io(#[from] std::io::Error),
+    /// The TLS certificate or key could not be used.
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 /// The error document every API error answers with (for the API description).

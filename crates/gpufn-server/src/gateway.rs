@@ -4,15 +4,12 @@
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 
 use crate::error::ApiError;
 use crate::forward::{self, Served, Value};
@@ -22,19 +19,7 @@ use crate::upstream::{UpstreamError, UpstreamResponse};
 
 pub use crate::forward::{COLD_START, INSTANCE_ID, Peer, REQUEST_ID};
 
-/// The general-purpose client (webhook deliveries to any URL). Instances are reached through
-/// [`crate::upstream::Upstream`].
-pub type InstanceClient = Client<HttpConnector, Body>;
-
-/// Builds the general-purpose client.
-pub fn instance_client() -> InstanceClient {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(Duration::from_secs(5)));
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(30))
-        .build(connector)
-}
+pub use crate::upstream::{InstanceClient, instance_client};
 
 /// The gateway handler, as an axum route (the accept loop calls [`handle`] directly).
 pub async fn invoke(State(platform): State<Arc<Platform>>, req: Request) -> Response {

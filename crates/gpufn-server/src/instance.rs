@@ -7,13 +7,16 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use std::net::SocketAddr;
+
 use gpufn_gpu::GpuLease;
 use gpufn_runtime::{Ended, LaunchSpec, RunningInstance};
+use gpufn_sched::InstanceId;
 use gpufn_spec::FunctionSpec;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::pool::{AcquireError, Pool};
+use crate::shared::Shared;
 
 /// How long each cold-start phase took, in milliseconds.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
@@ -68,9 +71,33 @@ impl std::fmt::Display for Left {
     }
 }
 
+/// Why a start failed, as the scheduler takes it.
+type StartError = gpufn_sched::Refusal<gpufn_gpu::AllocError>;
+
+/// Where a supervised instance belongs and reports what became of it: its function's pool. A
+/// trait, so the supervisor knows the pool only by these calls (the pool starts supervisors).
+pub(crate) trait Home: Send + Sync + 'static {
+    /// The function's name.
+    fn name(&self) -> &str;
+    /// The server's shared state.
+    fn shared(&self) -> &Arc<Shared>;
+    /// The instance answers its health check.
+    fn on_ready(
+        self: &Arc<Self>,
+        id: InstanceId,
+        addr: SocketAddr,
+        pid: Option<u32>,
+        phases: ColdStartPhases,
+    );
+    /// The instance did not start.
+    fn on_start_failed(self: &Arc<Self>, id: InstanceId, err: StartError);
+    /// The instance's process is gone and its card given back.
+    fn on_gone(self: &Arc<Self>, id: InstanceId);
+}
+
 /// Runs one instance from spawn to exit: start, probe until ready (or the startup deadline, or the
 /// process dying), serve until stopped or crashed, then give the card back and leave the pool.
-pub(crate) async fn supervise(pool: Arc<Pool>, job: StartJob) {
+pub(crate) async fn supervise<H: Home>(pool: Arc<H>, job: StartJob) {
     let shared = pool.shared().clone();
     let StartJob {
         key,
@@ -117,7 +144,7 @@ pub(crate) async fn supervise(pool: Arc<Pool>, job: StartJob) {
             drop(lease);
             pool.on_start_failed(
                 key,
-                AcquireError::StartFailed {
+                StartError::StartFailed {
                     reason,
                     timed_out: false,
                 },
@@ -137,7 +164,7 @@ pub(crate) async fn supervise(pool: Arc<Pool>, job: StartJob) {
     };
     let failure = match startup {
         Startup::Ready => None,
-        Startup::Exited(how) => Some(AcquireError::StartFailed {
+        Startup::Exited(how) => Some(StartError::StartFailed {
             reason: format!(
                 "instance {id} {how} before its health check passed; see its log ({})",
                 log_path.display()
@@ -146,7 +173,7 @@ pub(crate) async fn supervise(pool: Arc<Pool>, job: StartJob) {
         }),
         Startup::TimedOut => {
             inst.stop(shared.stop_grace).await;
-            Some(AcquireError::StartFailed {
+            Some(StartError::StartFailed {
                 reason: format!(
                     "instance {id} did not answer GET {} with 2xx within startup_timeout_s ({}s); see its log ({})",
                     spec.health_check.path,
@@ -199,7 +226,7 @@ pub(crate) async fn supervise(pool: Arc<Pool>, job: StartJob) {
 }
 
 fn finish(
-    pool: &Arc<Pool>,
+    pool: &Arc<impl Home>,
     key: gpufn_sched::InstanceId,
     id: &str,
     inst: Box<dyn RunningInstance>,

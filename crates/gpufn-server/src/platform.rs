@@ -20,15 +20,15 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, DEFAULT_QUOTA_CARDS, GpuSource};
 use crate::error::ApiError;
+use crate::error::ServerError;
 use crate::function_lock::FunctionLock;
-use crate::gateway::{InstanceClient, instance_client};
 use crate::instance::ColdStartPhases;
 use crate::meter::Meter;
 use crate::metrics::{CardLabels, Metrics, PhaseLabels, StateLabels};
 use crate::pool::{AcquireError, Pool, PoolStatus, Slot};
-use crate::serve::ServerError;
 pub(crate) use crate::shared::Shared;
-use crate::tasks::TaskRunner;
+use crate::task_queue::TaskRunner;
+use crate::upstream::{InstanceClient, instance_client};
 use crate::util::{from_ms, now_ms, rfc3339};
 use gpufn_metering::Prices;
 
@@ -145,7 +145,7 @@ pub struct Platform {
     client: InstanceClient,
     upstream: crate::upstream::Upstream,
     tasks: TaskRunner,
-    fc: crate::fc::FcState,
+    fc: crate::fc_auth::FcState,
     access: crate::auth::Access,
 }
 
@@ -226,7 +226,7 @@ impl Platform {
             config.access.clone(),
         )
         .map_err(|e| ServerError::Io(std::io::Error::other(e)))?;
-        let fc = crate::fc::FcState::new(&config.access_keys, &config.fc_gpu_types, |v| {
+        let fc = crate::fc_auth::FcState::new(&config.access_keys, &config.fc_gpu_types, |v| {
             remember_nonces(v, &shared)
         });
         let platform = Arc::new(Self {
@@ -250,7 +250,6 @@ impl Platform {
             tracing::info!(function = %view.name, revision = view.revision, "deployed from --deploy");
         }
         platform.clone().spawn_reconciler();
-        crate::tasks::start(&platform);
         Ok(platform)
     }
 
@@ -302,7 +301,7 @@ impl Platform {
         &self.access
     }
 
-    pub(crate) fn fc(&self) -> &crate::fc::FcState {
+    pub(crate) fn fc(&self) -> &crate::fc_auth::FcState {
         &self.fc
     }
 
@@ -858,11 +857,8 @@ impl Platform {
 /// The FC API's signature nonces outlive a restart: those accepted within the last two skew
 /// windows are loaded, and each new one goes to the store through the meter thread (batched, no
 /// fsync on the request path; a crash can lose only the last batch).
-fn remember_nonces(
-    v: crate::fc::auth::Verifier,
-    shared: &Arc<Shared>,
-) -> crate::fc::auth::Verifier {
-    let window = crate::fc::auth::MAX_SKEW * 2;
+fn remember_nonces(v: crate::fc_auth::Verifier, shared: &Arc<Shared>) -> crate::fc_auth::Verifier {
+    let window = crate::fc_auth::MAX_SKEW * 2;
     let window_ms = i64::try_from(window.as_millis()).unwrap_or(i64::MAX);
     let seen = shared
         .store

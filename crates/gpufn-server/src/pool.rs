@@ -556,36 +556,6 @@ impl Pool {
         self.event(|s, cards, fx| s.out_of_service(id, Instant::now(), cards, fx));
     }
 
-    pub(crate) fn on_ready(
-        self: &Arc<Self>,
-        id: InstanceId,
-        addr: SocketAddr,
-        pid: Option<u32>,
-        phases: ColdStartPhases,
-    ) {
-        let load = Duration::from_secs_f64((phases.start_ms + phases.ready_ms) / 1000.0);
-        self.event(|s, _, fx| {
-            if let Some(i) = s.instance_mut(id) {
-                let meta = i.payload_mut();
-                meta.addr = Some(addr);
-                meta.pid = pid;
-                meta.phases = phases;
-            }
-            s.instance_ready(id, load, Instant::now(), fx);
-        });
-    }
-
-    /// A start failed: the instance leaves the pool, and the requests it was started for get the
-    /// failure — at most one instance's worth, and only those no other start will serve.
-    pub(crate) fn on_start_failed(self: &Arc<Self>, id: InstanceId, err: AcquireError) {
-        self.event(|s, cards, fx| s.start_failed(id, err, Instant::now(), cards, fx));
-    }
-
-    /// The instance's process is gone and its card given back.
-    pub(crate) fn on_gone(self: &Arc<Self>, id: InstanceId) {
-        self.event(|s, cards, fx| s.instance_gone(id, Instant::now(), cards, fx));
-    }
-
     /// What is billable right now but not yet recorded: busy periods still open or waiting in their
     /// instance's metering batch (started at or after `from_ms`), and the idle time so far of live
     /// provisioned instances.
@@ -725,6 +695,46 @@ impl Drop for QueuedGuard<'_> {
             st.sched.cancel(w);
             st.waiters.remove(&w);
         }
+    }
+}
+
+impl crate::instance::Home for Pool {
+    fn name(&self) -> &str {
+        Pool::name(self)
+    }
+
+    fn shared(&self) -> &Arc<Shared> {
+        Pool::shared(self)
+    }
+
+    fn on_ready(
+        self: &Arc<Self>,
+        id: InstanceId,
+        addr: SocketAddr,
+        pid: Option<u32>,
+        phases: ColdStartPhases,
+    ) {
+        let load = Duration::from_secs_f64((phases.start_ms + phases.ready_ms) / 1000.0);
+        self.event(|s, _, fx| {
+            if let Some(i) = s.instance_mut(id) {
+                let meta = i.payload_mut();
+                meta.addr = Some(addr);
+                meta.pid = pid;
+                meta.phases = phases;
+            }
+            s.instance_ready(id, load, Instant::now(), fx);
+        });
+    }
+
+    /// A start failed: the instance leaves the pool, and the requests it was started for get the
+    /// failure — at most one instance's worth, and only those no other start will serve.
+    fn on_start_failed(self: &Arc<Self>, id: InstanceId, err: AcquireError) {
+        self.event(|s, cards, fx| s.start_failed(id, err, Instant::now(), cards, fx));
+    }
+
+    /// The instance's process is gone and its card given back.
+    fn on_gone(self: &Arc<Self>, id: InstanceId) {
+        self.event(|s, cards, fx| s.instance_gone(id, Instant::now(), cards, fx));
     }
 }
 

@@ -6,7 +6,6 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -28,44 +27,9 @@ use tower::ServiceExt;
 use crate::api::router;
 use crate::config::{Config, GatewayPath};
 use crate::direct::{Direct, Outcome, Rewind};
-use crate::error::ApiError;
 use crate::platform::Platform;
 
-/// Why the server could not run.
-#[derive(Debug, thiserror::Error)]
-pub enum ServerError {
-    /// The data directory could not be created.
-    #[error("cannot create data dir {path}: {source}")]
-    DataDir {
-        /// The directory.
-        path: PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// The store failed.
-    #[error(transparent)]
-    Store(#[from] gpufn_store::StoreError),
-    /// GPU discovery failed.
-    #[error(transparent)]
-    Gpu(#[from] gpufn_gpu::DiscoveryError),
-    /// The listen address could not be bound.
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        /// The address.
-        addr: SocketAddr,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// A `--deploy` spec was refused.
-    #[error("--deploy: {0}")]
-    Deploy(ApiError),
-    /// Serving failed.
-    #[error("server: {0}")]
-    Io(#[from] std::io::Error),
-    /// The TLS certificate or key could not be used.
-    #[error("TLS: {0}")]
-    Tls(String),
-}
+pub use crate::error::ServerError;
 
 /// The TLS acceptor for `--tls-cert`/`--tls-key` (rustls, TLS 1.2 and 1.3, HTTP/1.1).
 fn tls_acceptor(files: &crate::config::TlsFiles) -> Result<tokio_rustls::TlsAcceptor, ServerError> {
@@ -104,6 +68,8 @@ pub async fn run(
 ) -> Result<(), ServerError> {
     let tls = config.tls.as_ref().map(tls_acceptor).transpose()?;
     let platform = Platform::open(&config).await?;
+    // The task dispatcher runs above the platform (it forwards through the gateway).
+    crate::tasks::start(&platform);
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|source| ServerError::Bind {

@@ -390,7 +390,7 @@ pub async fn cancel(p: &Platform, who: &Grant, id: &str) -> Result<(), ApiError>
         .cancel_task(id, now_ms())
         .map_err(|e| ApiError::internal("cancelling the task", e))?;
     p.tasks().cancel_running(id);
-    crate::auth::audit(p, who, "task.cancel", id, Some(&before.function));
+    crate::auth::audit(p.store(), who, "task.cancel", id, Some(&before.function));
     Ok(())
 }
 

@@ -3,11 +3,11 @@
 //! keys gpufn is started with; FC documents are mapped to gpufn specs ([`mapping`]) and every
 //! action goes through the same platform operations as gpufn's own API.
 
-pub mod auth;
+pub use crate::fc_auth as auth;
 pub use gpufn_fc::mapping;
 mod triggers;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -24,41 +24,7 @@ use crate::error::ApiError;
 use crate::function_lock::FunctionLock;
 use crate::platform::Platform;
 
-/// FC settings: access keys and the GPU type table.
-#[derive(Debug)]
-pub struct FcState {
-    pub(crate) verifier: auth::Verifier,
-    /// The role each access key acts with (`--access-key ID:SECRET:ROLE`; admin by default).
-    pub(crate) roles: HashMap<String, gpufn_auth::Role>,
-    pub(crate) gpu_types: BTreeMap<String, String>,
-}
-
-impl FcState {
-    /// From `id:secret` keys and `fc-type=local-type` overrides of [`mapping::DEFAULT_GPU_TYPES`].
-    pub fn new(
-        keys: &[(String, String, gpufn_auth::Role)],
-        gpu_types: &[(String, String)],
-        verifier: impl FnOnce(auth::Verifier) -> auth::Verifier,
-    ) -> Self {
-        let mut table: BTreeMap<String, String> = mapping::DEFAULT_GPU_TYPES
-            .iter()
-            .map(|(a, b)| (a.to_string(), b.to_string()))
-            .collect();
-        table.extend(gpu_types.iter().cloned());
-        FcState {
-            verifier: verifier(auth::Verifier::new(
-                keys.iter()
-                    .map(|(id, secret, _)| (id.clone(), secret.clone()))
-                    .collect::<HashMap<_, _>>(),
-            )),
-            roles: keys
-                .iter()
-                .map(|(id, _, role)| (id.clone(), *role))
-                .collect(),
-            gpu_types: table,
-        }
-    }
-}
+pub use crate::fc_auth::FcState;
 
 /// An FC error: `{"Code", "Message", "RequestId"}`.
 struct FcError {
@@ -301,7 +267,7 @@ async fn route(
         ("PUT", ["functions", name]) => update_function(p, grant, name, json_body()?).await,
         ("DELETE", ["functions", name]) => {
             p.delete(name).await?;
-            crate::auth::audit(p, grant, "function.delete", name, Some("fc"));
+            crate::auth::audit(p.store(), grant, "function.delete", name, Some("fc"));
             Ok(StatusCode::NO_CONTENT.into_response())
         }
         ("POST", ["functions", name, "invocations"]) => invoke(p, grant, name, headers, body).await,
@@ -526,7 +492,7 @@ async fn deploy_fc(
         .map_err(denied)?;
     let (view, _) = p.deploy_locked(spec, lock).await?;
     crate::auth::audit(
-        p,
+        p.store(),
         grant,
         "function.deploy",
         name,

@@ -91,7 +91,7 @@ async fn redeploy(
     raw.auth = Some(auth_of(p, function));
     let (view, _) = p.deploy_locked(raw, lock).await?;
     crate::auth::audit(
-        p,
+        p.store(),
         grant,
         "function.deploy",
         function,

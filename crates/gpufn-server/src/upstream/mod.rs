@@ -40,6 +40,21 @@ pub(crate) use conns::{Conns, Idle};
 /// How long connecting to an instance may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The general-purpose client (webhook deliveries to any URL). Instances are reached through
+/// [`Upstream`].
+pub type InstanceClient =
+    hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, Body>;
+
+/// Builds the general-purpose client.
+pub fn instance_client() -> InstanceClient {
+    let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(Duration::from_secs(5)));
+    hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(30))
+        .build(connector)
+}
+
 /// Why an exchange with an instance failed.
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {

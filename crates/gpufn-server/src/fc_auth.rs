@@ -257,6 +257,42 @@ pub fn epoch(secs: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_secs(secs)
 }
 
+/// FC settings: access keys and the GPU type table.
+#[derive(Debug)]
+pub struct FcState {
+    pub(crate) verifier: Verifier,
+    /// The role each access key acts with (`--access-key ID:SECRET:ROLE`; admin by default).
+    pub(crate) roles: HashMap<String, gpufn_auth::Role>,
+    pub(crate) gpu_types: BTreeMap<String, String>,
+}
+
+impl FcState {
+    /// From `id:secret` keys and `fc-type=local-type` overrides of [`gpufn_fc::mapping::DEFAULT_GPU_TYPES`].
+    pub fn new(
+        keys: &[(String, String, gpufn_auth::Role)],
+        gpu_types: &[(String, String)],
+        verifier: impl FnOnce(Verifier) -> Verifier,
+    ) -> Self {
+        let mut table: BTreeMap<String, String> = gpufn_fc::mapping::DEFAULT_GPU_TYPES
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect();
+        table.extend(gpu_types.iter().cloned());
+        FcState {
+            verifier: verifier(Verifier::new(
+                keys.iter()
+                    .map(|(id, secret, _)| (id.clone(), secret.clone()))
+                    .collect::<HashMap<_, _>>(),
+            )),
+            roles: keys
+                .iter()
+                .map(|(id, _, role)| (id.clone(), *role))
+                .collect(),
+            gpu_types: table,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
