@@ -12,7 +12,7 @@ use axum::routing::{any, get};
 use gpufn_auth::{Action, Grant, Role};
 use serde::{Deserialize, Serialize};
 
-use crate::auth::{audit, forbidden};
+use crate::auth::forbidden;
 use crate::error::ApiError;
 use crate::gateway;
 use crate::platform::Platform;
@@ -282,13 +282,13 @@ async fn deploy(
     who.check(Action::Deploy { process }, Some(&name))
         .map_err(forbidden)?;
     let (view, created) = p.deploy(raw).await?;
-    audit(
-        p.store(),
+    p.audit(
         &who,
         "function.deploy",
         &view.name,
         Some(&format!("revision {}", view.revision)),
-    );
+    )
+    .await;
     let status = if created {
         StatusCode::CREATED
     } else {
@@ -319,7 +319,7 @@ fn may_read(who: &Grant, name: &str) -> Result<(), ApiError> {
 )]
 async fn list(State(p): Shared, Extension(who): Extension<Grant>) -> Result<Response, ApiError> {
     who.check(Action::Read, None).map_err(forbidden)?;
-    let mut all = p.functions()?;
+    let mut all = p.functions().await?;
     all.retain(|f| who.covers(&f.name));
     Ok(axum::Json(all).into_response())
 }
@@ -362,7 +362,7 @@ async fn delete_function(
     who.check(Action::Deploy { process }, Some(&name))
         .map_err(forbidden)?;
     p.delete(&name).await?;
-    audit(p.store(), &who, "function.delete", &name, None);
+    p.audit(&who, "function.delete", &name, None).await;
     Ok(axum::Json(serde_json::json!({"deleted": name})).into_response())
 }
 
@@ -537,14 +537,9 @@ async fn put_quota(
     {
         return Err(ApiError::bad_field(extra.clone(), "unknown field"));
     }
-    p.set_quota(u32::try_from(cards).unwrap_or(0))?;
-    audit(
-        p.store(),
-        &who,
-        "quota.set",
-        "quota",
-        Some(&cards.to_string()),
-    );
+    p.set_quota(u32::try_from(cards).unwrap_or(0)).await?;
+    p.audit(&who, "quota.set", "quota", Some(&cards.to_string()))
+        .await;
     Ok(axum::Json(quota_view(&p)).into_response())
 }
 
@@ -828,18 +823,22 @@ async fn create_token(
             Some(crate::util::now_ms() + i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 2))
         }
     };
-    let (token, view) = p.access().create(
-        p.store(),
-        &who,
-        crate::auth::TokenRequest {
-            role,
-            functions: req.functions,
-            name: req.name,
-            expires_ms,
-        },
-    )?;
-    audit(
-        p.store(),
+    let creator = who.clone();
+    let (token, view) = p
+        .blocking(move |p| {
+            p.access().create(
+                p.store(),
+                &creator,
+                crate::auth::TokenRequest {
+                    role,
+                    functions: req.functions,
+                    name: req.name,
+                    expires_ms,
+                },
+            )
+        })
+        .await??;
+    p.audit(
         &who,
         "token.create",
         &view.id,
@@ -851,7 +850,8 @@ async fn create_token(
                 .map(|f| format!(" functions {f}*"))
                 .unwrap_or_default()
         )),
-    );
+    )
+    .await;
     let mut v = serde_json::to_value(&view).unwrap_or_default();
     v["token"] = serde_json::Value::String(token);
     Ok((StatusCode::CREATED, axum::Json(v)).into_response())
@@ -892,8 +892,10 @@ async fn revoke_token(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     who.check(Action::Administer, None).map_err(forbidden)?;
-    let view = p.access().revoke(p.store(), &id)?;
-    audit(p.store(), &who, "token.revoke", &view.id, None);
+    let view = p
+        .blocking(move |p| p.access().revoke(p.store(), &id))
+        .await??;
+    p.audit(&who, "token.revoke", &view.id, None).await;
     Ok(axum::Json(view).into_response())
 }
 
@@ -922,8 +924,8 @@ async fn audit_log(
     who.check(Action::Administer, None).map_err(forbidden)?;
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
     let rows = p
-        .store()
-        .audit_log(q.before, limit)
+        .with_store(move |s| s.audit_log(q.before, limit))
+        .await?
         .map_err(|e| ApiError::internal("reading the audit log", e))?;
     let list: Vec<serde_json::Value> = rows
         .into_iter()
@@ -1019,12 +1021,15 @@ async fn put_secret(
             format!("must be 1..{MAX_SECRET_BYTES} bytes, without NUL"),
         ));
     }
+    let owned = name.clone();
     let created = p
-        .shared_secrets()
-        .set(p.store(), &name, b.value.as_bytes())
+        .blocking(move |p| {
+            p.shared_secrets()
+                .set(p.store(), &owned, b.value.as_bytes())
+        })
+        .await?
         .map_err(|e| ApiError::internal("storing the secret", e))?;
-    audit(
-        p.store(),
+    p.audit(
         &who,
         if created {
             "secret.create"
@@ -1033,7 +1038,8 @@ async fn put_secret(
         },
         &name,
         None,
-    );
+    )
+    .await;
     Ok(axum::Json(serde_json::json!({"name": name, "created": created})).into_response())
 }
 
@@ -1053,8 +1059,8 @@ async fn list_secrets(
 ) -> Result<Response, ApiError> {
     who.check(Action::Administer, None).map_err(forbidden)?;
     let rows = p
-        .store()
-        .secrets()
+        .with_store(|s| s.secrets())
+        .await?
         .map_err(|e| ApiError::internal("listing secrets", e))?;
     let list: Vec<serde_json::Value> = rows
         .into_iter()
@@ -1087,9 +1093,10 @@ async fn delete_secret(
 ) -> Result<Response, ApiError> {
     who.check(Action::Administer, None).map_err(forbidden)?;
     secret_name(&name)?;
+    let owned = name.clone();
     let deleted = p
-        .store()
-        .delete_secret(&name)
+        .with_store(move |s| s.delete_secret(&owned))
+        .await?
         .map_err(|e| ApiError::internal("deleting the secret", e))?;
     if !deleted {
         return Err(ApiError::new(
@@ -1098,7 +1105,7 @@ async fn delete_secret(
             format!("no secret named {name:?}"),
         ));
     }
-    audit(p.store(), &who, "secret.delete", &name, None);
+    p.audit(&who, "secret.delete", &name, None).await;
     Ok(axum::Json(serde_json::json!({"deleted": name})).into_response())
 }
 

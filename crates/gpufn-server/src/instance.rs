@@ -110,7 +110,14 @@ pub(crate) async fn supervise<H: Home>(pool: Arc<H>, job: StartJob) {
     let log_path = shared.log_path(&spec.name, &id);
     // A secret deleted (or a key replaced) since the deploy fails the start like a spawn error,
     // saying which.
-    let secret_env = shared.secret_env(&spec);
+    let for_launch = spec.clone();
+    let (secret_env, container) = shared
+        .blocking(move |s| {
+            let env = s.secret_env(&for_launch).map_err(|e| e.to_string());
+            (env, s.launch_of(&for_launch))
+        })
+        .await
+        .unwrap_or_else(|| (Err("gpufn is shutting down".into()), None));
     let mut env = spec.env.clone();
     if let Ok(vars) = &secret_env {
         env.extend(vars.iter().cloned());
@@ -124,7 +131,7 @@ pub(crate) async fn supervise<H: Home>(pool: Arc<H>, job: StartJob) {
         gpu_index: lease.index(),
         gpu_memory_gb: spec.gpu.memory_gb,
         log_path: log_path.clone(),
-        container: shared.launch_of(&spec),
+        container,
         memory_mb: spec.memory_mb,
         cpu: spec.cpu,
     };
@@ -153,7 +160,10 @@ pub(crate) async fn supervise<H: Home>(pool: Arc<H>, job: StartJob) {
         }
     };
     let spawned_in = t0.elapsed();
-    shared.record_pid(&id, &spec.name, inst.pid());
+    let (pid_id, pid_fn, pid) = (id.clone(), spec.name.clone(), inst.pid());
+    shared
+        .blocking(move |s| s.record_pid(&pid_id, &pid_fn, pid))
+        .await;
     let addr = inst.addr();
     let deadline = t0 + spec.health_check.startup_timeout;
     let startup = tokio::select! {
@@ -192,14 +202,15 @@ pub(crate) async fn supervise<H: Home>(pool: Arc<H>, job: StartJob) {
                 inst,
                 lease,
                 &Left::StoppedWhileStarting(how),
-            );
+            )
+            .await;
             return;
         }
     };
     if let Some(err) = failure {
         tracing::warn!(function = %spec.name, instance = %id, "cold start failed: {err}");
         note_in_log(&log_path, &format!("cold start failed: {err}"));
-        shared.forget_pid(&id);
+        forget_pid(&shared, &id).await;
         drop(inst);
         drop(lease);
         pool.on_start_failed(key, err);
@@ -222,10 +233,16 @@ pub(crate) async fn supervise<H: Home>(pool: Arc<H>, job: StartJob) {
         }
         () = stop.cancelled() => Left::Stopped(inst.stop(shared.stop_grace).await),
     };
-    finish(&pool, key, &id, inst, lease, &how);
+    finish(&pool, key, &id, inst, lease, &how).await;
 }
 
-fn finish(
+/// Forgets a stopped instance's pid in the store (on a blocking thread).
+async fn forget_pid(shared: &Arc<Shared>, id: &str) {
+    let id = id.to_string();
+    shared.blocking(move |s| s.forget_pid(&id)).await;
+}
+
+async fn finish(
     pool: &Arc<impl Home>,
     key: gpufn_sched::InstanceId,
     id: &str,
@@ -238,7 +255,7 @@ fn finish(
         &pool.shared().log_path(pool.name(), id),
         &format!("instance {how}"),
     );
-    pool.shared().forget_pid(id);
+    forget_pid(pool.shared(), id).await;
     drop(inst);
     // The process is gone: only now may the card go to someone else.
     drop(lease);

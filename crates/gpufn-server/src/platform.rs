@@ -321,9 +321,52 @@ impl Platform {
         &self.client
     }
 
-    /// The store.
+    /// The store. From async code, call it through [`Platform::blocking`] or
+    /// [`Platform::with_store`]: SQLite calls block (a write waits for its fsync, a reader for a
+    /// writer), and a blocked worker thread would stall every connection it serves.
     pub(crate) fn store(&self) -> &Store {
         &self.shared.store
+    }
+
+    /// Runs `f` with the platform on a blocking thread (for store calls from async handlers).
+    pub(crate) async fn blocking<T, F>(self: &Arc<Self>, f: F) -> Result<T, ApiError>
+    where
+        F: FnOnce(&Platform) -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        let p = self.clone();
+        tokio::task::spawn_blocking(move || f(&p))
+            .await
+            .map_err(|e| ApiError::internal("a store call", e))
+    }
+
+    /// Runs `f` with the store on a blocking thread.
+    pub(crate) async fn with_store<T, F>(&self, f: F) -> Result<T, ApiError>
+    where
+        F: FnOnce(&Store) -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        let store = self.shared.store.clone();
+        tokio::task::spawn_blocking(move || f(&store))
+            .await
+            .map_err(|e| ApiError::internal("a store call", e))
+    }
+
+    /// Writes an audit record (and its log line) off the async threads.
+    pub(crate) async fn audit(
+        &self,
+        who: &gpufn_auth::Grant,
+        action: &'static str,
+        target: &str,
+        detail: Option<&str>,
+    ) {
+        let (who, target, detail) = (who.clone(), target.to_string(), detail.map(str::to_string));
+        let written = self
+            .with_store(move |s| crate::auth::audit(s, &who, action, &target, detail.as_deref()))
+            .await;
+        if let Err(e) = written {
+            tracing::error!("cannot write the audit log: {e}");
+        }
     }
 
     /// The asynchronous task machinery.
@@ -397,9 +440,9 @@ impl Platform {
             return Err(ApiError::no_function(name));
         }
         self.shared.meter.flush().await;
-        self.shared
-            .store
-            .usage(name, from_ms, to_ms, step_ms)
+        let name = name.to_string();
+        self.with_store(move |s| s.usage(&name, from_ms, to_ms, step_ms))
+            .await?
             .map_err(|e| ApiError::internal("reading usage records", e))
     }
 
@@ -410,10 +453,10 @@ impl Platform {
         to_ms: i64,
     ) -> Result<Vec<BillingRow>, ApiError> {
         self.shared.meter.flush().await;
+        let owned = function.map(str::to_string);
         let sums = self
-            .shared
-            .store
-            .billing(function, from_ms, to_ms)
+            .with_store(move |s| s.billing(owned.as_deref(), from_ms, to_ms))
+            .await?
             .map_err(|e| ApiError::internal("reading billing records", e))?;
         let mut rows: BTreeMap<String, BillingSums> =
             sums.into_iter().map(|s| (s.function.clone(), s)).collect();
@@ -460,10 +503,10 @@ impl Platform {
             return Err(ApiError::no_function(name));
         }
         self.shared.meter.flush().await;
+        let owned = name.to_string();
         let rows = self
-            .shared
-            .store
-            .cold_starts(name, limit)
+            .with_store(move |s| s.cold_starts(&owned, limit))
+            .await?
             .map_err(|e| ApiError::internal("reading cold starts", e))?;
         Ok(rows.into_iter().map(ColdStartView::from).collect())
     }
@@ -472,15 +515,15 @@ impl Platform {
     async fn stats(&self, name: &str) -> Result<FunctionStats, ApiError> {
         let bill = self.billing(Some(name), 0, i64::MAX).await?;
         let bill = bill.into_iter().next();
-        let recent = self
-            .shared
-            .store
-            .cold_starts(name, 1000)
-            .map_err(|e| ApiError::internal("reading cold starts", e))?;
-        let cold_starts = self
-            .shared
-            .store
-            .cold_start_count(name, 0)
+        let owned = name.to_string();
+        let (recent, cold_starts) = self
+            .with_store(move |s| {
+                Ok::<_, gpufn_store::StoreError>((
+                    s.cold_starts(&owned, 1000)?,
+                    s.cold_start_count(&owned, 0)?,
+                ))
+            })
+            .await?
             .map_err(|e| ApiError::internal("reading cold starts", e))?;
         let mut totals: Vec<f64> = recent.iter().map(|c| c.total_ms).collect();
         totals.sort_by(f64::total_cmp);
@@ -623,16 +666,20 @@ impl Platform {
         }
         // Pulled before the commit lock: a pull may take minutes and must not block deploys of
         // other functions (this function's lock is held: its next change waits).
-        self.shared.check_secrets(&spec)?;
+        let checked = spec.clone();
+        self.shared
+            .blocking(move |s| s.check_secrets(&checked))
+            .await
+            .ok_or_else(shutting_down)??;
         self.shared.pin_image(&mut spec, progress).await?;
         let json = serde_json::to_string(&spec.to_raw())
             .map_err(|e| ApiError::internal("serializing the spec", e))?;
         // One deploy at a time, so the store and the pools change together.
         let _guard = self.deploy_lock.lock().await;
+        let name = spec.name.clone();
         let (row, changed) = self
-            .shared
-            .store
-            .put_function(&spec.name, &json, now_ms())
+            .with_store(move |s| s.put_function(&name, &json, now_ms()))
+            .await?
             .map_err(|e| ApiError::internal("storing the function", e))?;
         let existing = self.pool(&spec.name);
         let created = existing.is_none();
@@ -671,7 +718,12 @@ impl Platform {
         auth: Option<&gpufn_spec::RegistryAuth>,
         progress: &(dyn Fn(gpufn_oci::PullEvent) + Send + Sync),
     ) -> Result<gpufn_oci::image::Prepared, ApiError> {
-        let creds = self.shared.credentials(auth)?;
+        let auth = auth.cloned();
+        let creds = self
+            .shared
+            .blocking(move |s| s.credentials(auth.as_ref()))
+            .await
+            .ok_or_else(shutting_down)??;
         let out = self
             .shared
             .containers
@@ -709,16 +761,19 @@ impl Platform {
     pub async fn delete(&self, name: &str) -> Result<(), ApiError> {
         let _lock = self.lock_function(name).await;
         let _guard = self.deploy_lock.lock().await;
+        let owned = name.to_string();
         let deleted = self
-            .shared
-            .store
-            .delete_function(name)
+            .with_store(move |s| {
+                let deleted = s.delete_function(&owned)?;
+                // What the FC API kept about it goes too (a function of that name created later
+                // starts afresh).
+                if let Err(e) = s.delete_fc(&owned) {
+                    tracing::warn!(function = %owned, "cannot forget its FC settings: {e}");
+                }
+                Ok::<_, gpufn_store::StoreError>(deleted)
+            })
+            .await?
             .map_err(|e| ApiError::internal("deleting the function", e))?;
-        // What the FC API kept about it goes too (a function of that name created later starts
-        // afresh).
-        if let Err(e) = self.shared.store.delete_fc(name) {
-            tracing::warn!(function = %name, "cannot forget its FC settings: {e}");
-        }
         let pool = self.pools_mut().remove(name);
         match pool {
             Some(pool) => {
@@ -733,10 +788,10 @@ impl Platform {
     /// One function, with its stats.
     pub async fn function(&self, name: &str) -> Result<FunctionView, ApiError> {
         let pool = self.pool(name).ok_or_else(|| ApiError::no_function(name))?;
+        let owned = name.to_string();
         let row = self
-            .shared
-            .store
-            .get_function(name)
+            .with_store(move |s| s.get_function(&owned))
+            .await?
             .map_err(|e| ApiError::internal("reading the function", e))?
             .ok_or_else(|| ApiError::no_function(name))?;
         let mut v = view(&row, &pool);
@@ -745,11 +800,10 @@ impl Platform {
     }
 
     /// Every function, by name.
-    pub fn functions(&self) -> Result<Vec<FunctionView>, ApiError> {
+    pub async fn functions(&self) -> Result<Vec<FunctionView>, ApiError> {
         let rows = self
-            .shared
-            .store
-            .list_functions()
+            .with_store(|s| s.list_functions())
+            .await?
             .map_err(|e| ApiError::internal("listing functions", e))?;
         Ok(rows
             .iter()
@@ -758,10 +812,9 @@ impl Platform {
     }
 
     /// Sets and stores the card quota.
-    pub fn set_quota(&self, cards: u32) -> Result<(), ApiError> {
-        self.shared
-            .store
-            .set_setting(QUOTA_KEY, &cards.to_string())
+    pub async fn set_quota(&self, cards: u32) -> Result<(), ApiError> {
+        self.with_store(move |s| s.set_setting(QUOTA_KEY, &cards.to_string()))
+            .await?
             .map_err(|e| ApiError::internal("storing the quota", e))?;
         self.shared.allocator.set_quota(cards);
         Ok(())

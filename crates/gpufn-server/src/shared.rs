@@ -53,6 +53,17 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// Runs `f` on a blocking thread: store calls (secrets, instance pids) block, and async code
+    /// must not. `None` when the runtime is shutting down.
+    pub(crate) async fn blocking<T, F>(self: &Arc<Self>, f: F) -> Option<T>
+    where
+        F: FnOnce(&Shared) -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        let shared = self.clone();
+        tokio::task::spawn_blocking(move || f(&shared)).await.ok()
+    }
+
     pub fn log_path(&self, function: &str, instance: &str) -> PathBuf {
         self.data_dir
             .join("logs")
@@ -187,7 +198,7 @@ impl Shared {
     /// instance of the revision runs the same bytes. A failure names the `image` field and carries the
     /// registry's reason.
     pub(crate) async fn pin_image(
-        &self,
+        self: &Arc<Self>,
         spec: &mut FunctionSpec,
         progress: &(dyn Fn(PullEvent) + Send + Sync),
     ) -> Result<(), ApiError> {
@@ -195,7 +206,11 @@ impl Shared {
         let Some(c) = spec.container.as_mut() else {
             return Ok(());
         };
-        let creds = self.credentials(c.registry_auth.as_ref())?;
+        let auth = c.registry_auth.clone();
+        let creds = self
+            .blocking(move |s| s.credentials(auth.as_ref()))
+            .await
+            .ok_or_else(|| ApiError::internal("reading registry credentials", "shutting down"))??;
         let prepared = images
             .prepare(&c.image, creds.as_ref(), progress)
             .await

@@ -62,23 +62,16 @@ async fn dispatch_loop(platform: Arc<Platform>) {
     let shutdown = platform.shutdown_token();
     loop {
         let now = now_ms();
-        let due = platform
-            .store()
-            .runnable_tasks(now, 256)
-            .unwrap_or_else(|e| {
-                tracing::error!("cannot read due tasks: {e}");
-                Vec::new()
-            });
-        let mut blocked = false;
-        for task in due {
-            if shutdown.is_cancelled() {
-                return;
-            }
-            if !admit(&platform, &task, now) {
-                blocked = true;
-            }
+        // The store is read and written on a blocking thread (as every store call from async
+        // code): SQLite calls block.
+        let p = platform.clone();
+        let pass = tokio::task::spawn_blocking(move || dispatch_pass(&p, now)).await;
+        let Ok((blocked, next_due)) = pass else {
+            return;
+        };
+        if shutdown.is_cancelled() {
+            return;
         }
-        let next_due = platform.store().next_task_due().ok().flatten();
         let wait = match next_due {
             _ if blocked => Duration::from_secs(1),
             Some(t) if t > now => Duration::from_millis(u64::try_from(t - now).unwrap_or(0)),
@@ -91,6 +84,28 @@ async fn dispatch_loop(platform: Arc<Platform>) {
             () = shutdown.cancelled() => return,
         }
     }
+}
+
+/// Starts the due tasks whose functions have room (on a blocking thread). Whether any had to wait
+/// for room, and when the next task is due.
+fn dispatch_pass(platform: &Arc<Platform>, now: i64) -> (bool, Option<i64>) {
+    let due = platform
+        .store()
+        .runnable_tasks(now, 256)
+        .unwrap_or_else(|e| {
+            tracing::error!("cannot read due tasks: {e}");
+            Vec::new()
+        });
+    let mut blocked = false;
+    for task in due {
+        if platform.shutdown_token().is_cancelled() {
+            break;
+        }
+        if !admit(platform, &task, now) {
+            blocked = true;
+        }
+    }
+    (blocked, platform.store().next_task_due().ok().flatten())
 }
 
 /// Starts one due task if its function has room; false when it must wait for room.
@@ -162,10 +177,19 @@ async fn run_task(platform: Arc<Platform>, task: TaskRow, cancel: CancellationTo
         o = attempt(&platform, &task) => o,
         () = cancel.cancelled() => Outcome::Cancelled,
     };
+    let p = platform.clone();
+    let settled = tokio::task::spawn_blocking(move || settle(&p, &task, outcome)).await;
+    if let Err(e) = settled {
+        tracing::error!("settling a task failed: {e}");
+    }
+}
+
+/// Records what an attempt gave (on a blocking thread) and frees the task's place.
+fn settle(platform: &Arc<Platform>, task: &TaskRow, outcome: Outcome) {
     let store = platform.store();
     let now = now_ms();
     match outcome {
-        Outcome::Done(result) => finish(&platform, &task, TaskState::Succeeded, result),
+        Outcome::Done(result) => finish(platform, task, TaskState::Succeeded, result),
         Outcome::Cancelled => tracing::info!(task = %task.id, "task cancelled while running"),
         Outcome::NotRun(why) => {
             let _ = store.retry_task(&task.id, &why, now + 1000, now);
@@ -184,7 +208,7 @@ async fn run_task(platform: Arc<Platform>, task: TaskRow, cancel: CancellationTo
                     error: Some(format!("{why} (after {attempts} attempts)")),
                     ..last.unwrap_or_default()
                 };
-                finish(&platform, &task, TaskState::Failed, result);
+                finish(platform, task, TaskState::Failed, result);
             } else {
                 let base = platform.tasks().config.retry_base;
                 let backoff = (base
@@ -213,11 +237,14 @@ async fn attempt(platform: &Platform, task: &TaskRow) -> Outcome {
         Err(e @ AcquireError::StartFailed { .. }) => return Outcome::Failed(e.to_string(), None),
         Err(e) => return Outcome::NotRun(e.to_string()),
     };
-    if let Err(e) = platform
-        .store()
-        .count_attempt(&task.id, slot.instance_id(), now_ms())
+    let (id, instance) = (task.id.clone(), slot.instance_id().to_string());
+    match platform
+        .with_store(move |s| s.count_attempt(&id, &instance, now_ms()))
+        .await
     {
-        tracing::error!(task = %task.id, "cannot count the attempt: {e}");
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => tracing::error!(task = %task.id, "cannot count the attempt: {e}"),
+        Err(e) => tracing::error!(task = %task.id, "cannot count the attempt: {e}"),
     }
     let request = match build_request(task, &slot) {
         Ok(r) => r,
@@ -396,13 +423,20 @@ async fn delivery_loop(platform: Arc<Platform>) {
     let shutdown = platform.shutdown_token();
     loop {
         let now = now_ms();
-        let due = platform.store().due_deliveries(now, 64).unwrap_or_default();
+        let (due, next) = platform
+            .with_store(move |s| {
+                (
+                    s.due_deliveries(now, 64).unwrap_or_default(),
+                    s.next_delivery_due().ok().flatten(),
+                )
+            })
+            .await
+            .unwrap_or_default();
         for d in due {
             if lock(&runner.delivering).insert(d.id) {
                 tokio::spawn(deliver(platform.clone(), d));
             }
         }
-        let next = platform.store().next_delivery_due().ok().flatten();
         let wait = next.map_or(Duration::from_secs(60), |t| {
             Duration::from_millis(u64::try_from(t - now).unwrap_or(0).max(100))
         });
@@ -431,12 +465,12 @@ async fn deliver(platform: Arc<Platform>, d: Delivery) {
     if let Some(e) = &error {
         tracing::info!(task = %d.task_id, url = %d.url, attempts, "delivery failed: {e}");
     }
-    if let Err(e) =
-        platform
-            .store()
-            .delivery_attempted(d.id, delivered, give_up, error.as_deref(), next)
-    {
-        tracing::error!("cannot record a delivery attempt: {e}");
+    let id = d.id;
+    let recorded = platform
+        .with_store(move |s| s.delivery_attempted(id, delivered, give_up, error.as_deref(), next))
+        .await;
+    if !matches!(recorded, Ok(Ok(_))) {
+        tracing::error!("cannot record a delivery attempt: {recorded:?}");
     }
     lock(&platform.tasks().delivering).remove(&d.id);
     platform.tasks().delivery_wake.notify_one();
@@ -464,7 +498,11 @@ async fn retention_loop(platform: Arc<Platform>) {
     loop {
         let keep = platform.tasks().config.retention;
         let before = now_ms() - i64::try_from(keep.as_millis()).unwrap_or(i64::MAX);
-        match platform.store().purge_tasks(before) {
+        let purged = platform.with_store(move |s| s.purge_tasks(before)).await;
+        match purged
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()))
+        {
             Ok(files) => {
                 for f in files {
                     let _ = tokio::fs::remove_file(f).await;

@@ -247,10 +247,11 @@ fn not_found(id: &str) -> ApiError {
 
 /// A task `who` may see (`manage`: may cancel). Tasks of functions out of the token's scope, and
 /// other callers' tasks for an `invoker`, are answered as not found: their ids are not confirmed.
-fn load(p: &Platform, who: &Grant, id: &str, manage: bool) -> Result<TaskRow, ApiError> {
+async fn load(p: &Platform, who: &Grant, id: &str, manage: bool) -> Result<TaskRow, ApiError> {
+    let owned = id.to_string();
     let t = p
-        .store()
-        .task(id)
+        .with_store(move |s| s.task(&owned))
+        .await?
         .map_err(|e| ApiError::internal("reading the task", e))?
         .ok_or_else(|| not_found(id))?;
     let own = t.owner.as_deref() == Some(who.token_id.as_str());
@@ -283,11 +284,12 @@ pub async fn get_task(
     Extension(who): Extension<Grant>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let t = load(&p, &who, &id, false)?;
+    let t = load(&p, &who, &id, false).await?;
     let mut v = task_json(&t, true);
+    let owned = id.clone();
     let deliveries = p
-        .store()
-        .deliveries_of(&id)
+        .with_store(move |s| s.deliveries_of(&owned))
+        .await?
         .map_err(|e| ApiError::internal("reading deliveries", e))?;
     v["deliveries"] = deliveries
         .into_iter()
@@ -343,10 +345,11 @@ pub async fn list_tasks(
         })?),
     };
     let limit = q.limit.unwrap_or(100).clamp(1, 10_000);
-    let owner = (!reader).then_some(who.token_id.as_str());
+    let owner = (!reader).then(|| who.token_id.clone());
+    let function = q.function.clone();
     let rows = p
-        .store()
-        .tasks_of(q.function.as_deref(), state, owner, limit)
+        .with_store(move |s| s.tasks_of(function.as_deref(), state, owner.as_deref(), limit))
+        .await?
         .map_err(|e| ApiError::internal("listing tasks", e))?;
     let list: Vec<Value> = rows
         .iter()
@@ -378,7 +381,7 @@ pub async fn cancel_task(
 
 /// Cancels task `id` for `who`: a queued task will not run, a running attempt is stopped.
 pub async fn cancel(p: &Platform, who: &Grant, id: &str) -> Result<(), ApiError> {
-    let before = load(p, who, id, true)?;
+    let before = load(p, who, id, true).await?;
     if before.state.is_final() {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -386,11 +389,13 @@ pub async fn cancel(p: &Platform, who: &Grant, id: &str) -> Result<(), ApiError>
             format!("task {id:?} is already {}", before.state.as_str()),
         ));
     }
-    p.store()
-        .cancel_task(id, now_ms())
+    let owned = id.to_string();
+    p.with_store(move |s| s.cancel_task(&owned, now_ms()))
+        .await?
         .map_err(|e| ApiError::internal("cancelling the task", e))?;
     p.tasks().cancel_running(id);
-    crate::auth::audit(p.store(), who, "task.cancel", id, Some(&before.function));
+    p.audit(who, "task.cancel", id, Some(&before.function))
+        .await;
     Ok(())
 }
 
@@ -410,7 +415,7 @@ pub async fn task_result(
     Extension(who): Extension<Grant>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let t = load(&p, &who, &id, false)?;
+    let t = load(&p, &who, &id, false).await?;
     let body = match (&t.result.file, &t.result.body) {
         (Some(file), _) => Body::from(
             tokio::fs::read(file)

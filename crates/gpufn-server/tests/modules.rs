@@ -167,3 +167,102 @@ fn the_reader_finds_uses_and_ignores_comments() {
         Some(vec!["a".into(), "b".into(), "a".into()])
     );
 }
+
+/// The span of the brace block that starts at the first `{` at or after `from`.
+fn block(code: &str, from: usize) -> Option<(usize, usize)> {
+    let open = from + code[from..].find('{')?;
+    let mut depth = 0usize;
+    for (i, c) in code[open..].char_indices() {
+        match c {
+            '{' => depth += 1,
+            '}' => {
+                depth -= 1;
+                if depth == 0 {
+                    return Some((open, open + i + 1));
+                }
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+/// `text` without the argument lists of calls to `calls` (what runs on a blocking thread).
+fn without_calls(text: &str, calls: &[&str]) -> String {
+    let mut out = String::new();
+    let mut rest = text;
+    'outer: loop {
+        let next = calls
+            .iter()
+            .filter_map(|c| rest.find(c).map(|i| (i, c.len())))
+            .min();
+        let Some((i, len)) = next else {
+            out.push_str(rest);
+            break;
+        };
+        out.push_str(&rest[..i]);
+        let args = &rest[i + len..];
+        let mut depth = 1usize;
+        for (j, c) in args.char_indices() {
+            match c {
+                '(' => depth += 1,
+                ')' => {
+                    depth -= 1;
+                    if depth == 0 {
+                        rest = &args[j + 1..];
+                        continue 'outer;
+                    }
+                }
+                _ => {}
+            }
+        }
+        break;
+    }
+    out
+}
+
+/// SQLite calls block (a write waits for its fsync): async code reaches the store only through
+/// `Platform::with_store` / `Platform::blocking` / `Shared::blocking` (a blocking thread).
+#[test]
+fn async_code_reaches_the_store_only_from_blocking_threads() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    sources(&src, &mut files);
+    let mut found = Vec::new();
+    for f in &files {
+        if f.file_name().is_some_and(|n| n == "tests.rs") {
+            continue;
+        }
+        let code = code(&std::fs::read_to_string(f).expect("read"));
+        for (at, _) in code.match_indices("async fn ") {
+            let Some((start, end)) = block(&code, at) else {
+                continue;
+            };
+            // Handing the store's `Arc` to a blocking thread is how it is done.
+            let body = without_calls(
+                &code[start..end],
+                &[".blocking(", ".with_store(", "spawn_blocking("],
+            )
+            .replace("shared.store.clone()", "");
+            for needle in [".store()", "shared.store.", "self.store."] {
+                if body.contains(needle) {
+                    let name: String = code[at + 9..].chars().take_while(|c| *c != '(').collect();
+                    found.push(format!(
+                        "{}: async fn {name} uses {needle}",
+                        f.strip_prefix(&src).unwrap_or(f).display()
+                    ));
+                }
+            }
+        }
+    }
+    assert!(found.is_empty(), "store calls on async threads: {found:#?}");
+}
+
+#[test]
+fn the_store_check_sees_calls_outside_blocking_closures() {
+    let body = "{ let a = p.with_store(move |s| s.x()).await; p.store().y(); }";
+    assert!(without_calls(body, &[".with_store("]).contains(".store()"));
+    let body = "{ p.blocking(move |p| p.store().y()).await }";
+    assert!(!without_calls(body, &[".blocking("]).contains(".store()"));
+    assert_eq!(block("fn f() { { } }", 0), Some((7, 14)));
+}

@@ -262,19 +262,19 @@ async fn route(
     grant.check(action, function).map_err(denied)?;
     match (method.as_str(), seg) {
         ("POST", ["functions"]) => create_function(p, grant, json_body()?).await,
-        ("GET", ["functions"]) => list_functions(p, q),
+        ("GET", ["functions"]) => list_functions(p, q).await,
         ("GET", ["functions", name]) => ok_json(StatusCode::OK, get_function(p, name).await?),
         ("PUT", ["functions", name]) => update_function(p, grant, name, json_body()?).await,
         ("DELETE", ["functions", name]) => {
             p.delete(name).await?;
-            crate::auth::audit(p.store(), grant, "function.delete", name, Some("fc"));
+            p.audit(grant, "function.delete", name, Some("fc")).await;
             Ok(StatusCode::NO_CONTENT.into_response())
         }
         ("POST", ["functions", name, "invocations"]) => invoke(p, grant, name, headers, body).await,
         ("GET", ["functions", name, "async-tasks", id]) => {
-            ok_json(StatusCode::OK, async_task(p, name, id)?)
+            ok_json(StatusCode::OK, async_task(p, name, id).await?)
         }
-        ("GET", ["functions", name, "async-tasks"]) => list_async_tasks(p, name, q),
+        ("GET", ["functions", name, "async-tasks"]) => list_async_tasks(p, name, q).await,
         ("PUT", ["functions", name, "async-tasks", id, "stop"]) => {
             stop_async_task(p, grant, name, id).await
         }
@@ -332,8 +332,9 @@ async fn route(
                 .pool(name)
                 .map_or(1, |pl| i64::from(pl.spec().instance_concurrency));
             set_capacity(p, &lock, None, Some(mapping::instances_for(reserved, conc))).await?;
-            p.store()
-                .put_fc_concurrency(name, reserved)
+            let owned = name.to_string();
+            p.with_store(move |s| s.put_fc_concurrency(&owned, reserved))
+                .await?
                 .map_err(|e| ApiError::internal("storing the concurrency", e))?;
             drop(lock);
             ok_json(
@@ -342,9 +343,10 @@ async fn route(
             )
         }
         ("GET", ["functions", name, "concurrency"]) => {
+            let owned = name.to_string();
             let v = p
-                .store()
-                .fc_concurrency(name)
+                .with_store(move |s| s.fc_concurrency(&owned))
+                .await?
                 .map_err(|e| ApiError::internal("reading the concurrency", e))?;
             ok_json(
                 StatusCode::OK,
@@ -354,8 +356,8 @@ async fn route(
         ("POST", ["functions", name, "triggers"]) => {
             triggers::create(p, grant, name, headers, json_body()?).await
         }
-        ("GET", ["functions", name, "triggers"]) => triggers::list(p, name, headers),
-        ("GET", ["functions", name, "triggers", t]) => triggers::get(p, name, t, headers),
+        ("GET", ["functions", name, "triggers"]) => triggers::list(p, name, headers).await,
+        ("GET", ["functions", name, "triggers", t]) => triggers::get(p, name, t, headers).await,
         ("PUT", ["functions", name, "triggers", t]) => {
             triggers::update(p, grant, name, t, headers, json_body()?).await
         }
@@ -387,10 +389,12 @@ fn arn(name: &str) -> String {
     format!("acs:fc:local:gpufn:functions/{name}")
 }
 
-fn fc_record(p: &Platform, name: &str) -> Option<Value> {
-    p.store()
-        .fc_function(name)
+async fn fc_record(p: &Platform, name: &str) -> Option<Value> {
+    let owned = name.to_string();
+    p.with_store(move |s| s.fc_function(&owned))
+        .await
         .ok()
+        .and_then(Result::ok)
         .flatten()
         .and_then(|t| serde_json::from_str(&t).ok())
 }
@@ -476,7 +480,7 @@ async fn deploy_fc(
     let mut spec = mapping::to_spec(name, &record, code_dir.as_deref(), &p.fc().gpu_types)
         .map_err(|e| err(StatusCode::BAD_REQUEST, "InvalidArgument", e.0))?;
     // Who may call it comes from its HTTP triggers, which survive updates of the function.
-    spec.auth = Some(triggers::auth_of(p, name));
+    spec.auth = Some(triggers::auth_of(p, name).await);
     // Capacity set through PutProvisionConfig / PutConcurrencyConfig survives updates.
     if let Some(pool) = p.pool(name) {
         let cur = pool.spec();
@@ -491,20 +495,21 @@ async fn deploy_fc(
         .check(gpufn_auth::Action::Deploy { process }, Some(name))
         .map_err(denied)?;
     let (view, _) = p.deploy_locked(spec, lock).await?;
-    crate::auth::audit(
-        p.store(),
+    p.audit(
         grant,
         "function.deploy",
         name,
         Some(&format!("revision {} (fc)", view.revision)),
-    );
+    )
+    .await;
     let mut stored = record;
     if let (Some(obj), Some(dir)) = (stored.as_object_mut(), code_dir) {
         obj.remove("code");
         obj.insert("gpufnCodeDir".into(), json!(dir));
     }
-    p.store()
-        .put_fc_function(name, &stored.to_string())
+    let (owned, doc) = (name.to_string(), stored.to_string());
+    p.with_store(move |s| s.put_fc_function(&owned, &doc))
+        .await?
         .map_err(|e| ApiError::internal("storing the FC function", e))?;
     Ok(())
 }
@@ -551,7 +556,7 @@ async fn update_function(
     if p.pool(name).is_none() {
         return Err(ApiError::no_function(name).into());
     }
-    let mut record = fc_record(p, name).unwrap_or_else(|| json!({}));
+    let mut record = fc_record(p, name).await.unwrap_or_else(|| json!({}));
     let code_dir = match unpack_code(p, name, &input)? {
         Some(d) => Some(d),
         None => record
@@ -574,14 +579,14 @@ async fn get_function(p: &Platform, name: &str) -> Result<Value, FcError> {
     Ok(mapping::to_fc(
         name,
         &f.spec,
-        fc_record(p, name).as_ref(),
+        fc_record(p, name).await.as_ref(),
         &f.created_at,
         &f.updated_at,
         &p.fc().gpu_types,
     ))
 }
 
-fn list_functions(p: &Platform, q: &HashMap<String, String>) -> Result<Response, FcError> {
+async fn list_functions(p: &Platform, q: &HashMap<String, String>) -> Result<Response, FcError> {
     let prefix = q.get("prefix").cloned().unwrap_or_default();
     let limit = q
         .get("limit")
@@ -590,7 +595,8 @@ fn list_functions(p: &Platform, q: &HashMap<String, String>) -> Result<Response,
         .clamp(1, 100);
     let after = q.get("nextToken").cloned().unwrap_or_default();
     let mut all: Vec<_> = p
-        .functions()?
+        .functions()
+        .await?
         .into_iter()
         .filter(|f| f.name.starts_with(&prefix) && f.name > after)
         .collect();
@@ -602,14 +608,30 @@ fn list_functions(p: &Platform, q: &HashMap<String, String>) -> Result<Response,
     } else {
         None
     };
+    // FC's documents of the page, in one store call.
+    let names: Vec<String> = all.iter().map(|f| f.name.clone()).collect();
+    let records: Vec<Option<Value>> = p
+        .with_store(move |s| {
+            names
+                .iter()
+                .map(|n| {
+                    s.fc_function(n)
+                        .ok()
+                        .flatten()
+                        .and_then(|t| serde_json::from_str(&t).ok())
+                })
+                .collect()
+        })
+        .await?;
     let gpu_types = &p.fc().gpu_types;
     let functions: Vec<Value> = all
         .iter()
-        .map(|f| {
+        .zip(records)
+        .map(|(f, record)| {
             mapping::to_fc(
                 &f.name,
                 &f.spec,
-                fc_record(p, &f.name).as_ref(),
+                record.as_ref(),
                 &f.created_at,
                 &f.updated_at,
                 gpu_types,
@@ -681,9 +703,10 @@ async fn invoke(
         })
 }
 
-fn task_of(p: &Platform, name: &str, id: &str) -> Result<gpufn_store::TaskRow, FcError> {
-    p.store()
-        .task(id)
+async fn task_of(p: &Platform, name: &str, id: &str) -> Result<gpufn_store::TaskRow, FcError> {
+    let owned = id.to_string();
+    p.with_store(move |s| s.task(&owned))
+        .await?
         .map_err(|e| ApiError::internal("reading the task", e))?
         .filter(|t| t.function == name)
         .ok_or_else(|| {
@@ -724,11 +747,11 @@ fn task_status(state: TaskState) -> &'static str {
     }
 }
 
-fn async_task(p: &Platform, name: &str, id: &str) -> Result<Value, FcError> {
-    Ok(fc_task(&task_of(p, name, id)?))
+async fn async_task(p: &Platform, name: &str, id: &str) -> Result<Value, FcError> {
+    Ok(fc_task(&task_of(p, name, id).await?))
 }
 
-fn list_async_tasks(
+async fn list_async_tasks(
     p: &Platform,
     name: &str,
     q: &HashMap<String, String>,
@@ -741,9 +764,10 @@ fn list_async_tasks(
         .and_then(|l| l.parse::<usize>().ok())
         .unwrap_or(20)
         .clamp(1, 100);
+    let owned = name.to_string();
     let rows = p
-        .store()
-        .tasks(Some(name), None, limit)
+        .with_store(move |s| s.tasks(Some(&owned), None, limit))
+        .await?
         .map_err(|e| ApiError::internal("listing tasks", e))?;
     ok_json(
         StatusCode::OK,
@@ -757,7 +781,7 @@ async fn stop_async_task(
     name: &str,
     id: &str,
 ) -> Result<Response, FcError> {
-    task_of(p, name, id)?;
+    task_of(p, name, id).await?;
     crate::tasks_api::cancel(p, grant, id).await?;
     Ok(StatusCode::OK.into_response())
 }

@@ -13,24 +13,30 @@ use crate::function_lock::FunctionLock;
 use crate::platform::Platform;
 use crate::util::{now_ms, rfc3339};
 
-fn load(p: &Platform, function: &str) -> Vec<Value> {
-    p.store()
-        .fc_triggers(function)
+async fn load(p: &Platform, function: &str) -> Vec<Value> {
+    let owned = function.to_string();
+    p.with_store(move |s| s.fc_triggers(&owned))
+        .await
         .ok()
+        .and_then(Result::ok)
         .flatten()
         .and_then(|t| serde_json::from_str::<Vec<Value>>(&t).ok())
         .unwrap_or_default()
 }
 
-fn save(p: &Platform, function: &str, triggers: &[Value]) -> Result<(), FcError> {
-    p.store()
-        .put_fc_triggers(function, &Value::Array(triggers.to_vec()).to_string())
+async fn save(p: &Platform, function: &str, triggers: &[Value]) -> Result<(), FcError> {
+    let (owned, doc) = (
+        function.to_string(),
+        Value::Array(triggers.to_vec()).to_string(),
+    );
+    p.with_store(move |s| s.put_fc_triggers(&owned, &doc))
+        .await?
         .map_err(|e| ApiError::internal("storing the trigger", e).into())
 }
 
 /// `auth:` for a function from its triggers.
-pub(super) fn auth_of(p: &Platform, function: &str) -> gpufn_spec::RawAuth {
-    let anonymous = load(p, function).iter().any(|t| {
+pub(super) async fn auth_of(p: &Platform, function: &str) -> gpufn_spec::RawAuth {
+    let anonymous = load(p, function).await.iter().any(|t| {
         t["triggerType"] == "http" && config_of(t)["authType"].as_str() == Some("anonymous")
     });
     gpufn_spec::RawAuth {
@@ -88,15 +94,15 @@ async fn redeploy(
     let function = lock.name();
     let f = p.function(function).await?;
     let mut raw = f.spec;
-    raw.auth = Some(auth_of(p, function));
+    raw.auth = Some(auth_of(p, function).await);
     let (view, _) = p.deploy_locked(raw, lock).await?;
-    crate::auth::audit(
-        p.store(),
+    p.audit(
         grant,
         "function.deploy",
         function,
         Some(&format!("revision {} (fc trigger)", view.revision)),
-    );
+    )
+    .await;
     Ok(())
 }
 
@@ -125,7 +131,7 @@ pub(super) async fn create(
         .unwrap_or(r#"{"authType":"function"}"#)
         .to_string();
     check_config(&config)?;
-    let mut all = load(p, function);
+    let mut all = load(p, function).await;
     if all.iter().any(|t| t["triggerName"] == name.as_str()) {
         return Err(err(
             StatusCode::CONFLICT,
@@ -141,24 +147,29 @@ pub(super) async fn create(
         "createdTime": now, "lastModifiedTime": now,
     });
     all.push(t.clone());
-    save(p, function, &all)?;
+    save(p, function, &all).await?;
     redeploy(p, grant, &lock).await?;
     ok_json(StatusCode::OK, view(&t, function, headers))
 }
 
-pub(super) fn list(p: &Platform, function: &str, headers: &HeaderMap) -> Result<Response, FcError> {
+pub(super) async fn list(
+    p: &Platform,
+    function: &str,
+    headers: &HeaderMap,
+) -> Result<Response, FcError> {
     if p.pool(function).is_none() {
         return Err(ApiError::no_function(function).into());
     }
     let all: Vec<Value> = load(p, function)
+        .await
         .iter()
         .map(|t| view(t, function, headers))
         .collect();
     ok_json(StatusCode::OK, json!({"triggers": all}))
 }
 
-fn find(p: &Platform, function: &str, name: &str) -> Result<(Vec<Value>, usize), FcError> {
-    let all = load(p, function);
+async fn find(p: &Platform, function: &str, name: &str) -> Result<(Vec<Value>, usize), FcError> {
+    let all = load(p, function).await;
     let i = all
         .iter()
         .position(|t| t["triggerName"] == name)
@@ -172,13 +183,13 @@ fn find(p: &Platform, function: &str, name: &str) -> Result<(Vec<Value>, usize),
     Ok((all, i))
 }
 
-pub(super) fn get(
+pub(super) async fn get(
     p: &Platform,
     function: &str,
     name: &str,
     headers: &HeaderMap,
 ) -> Result<Response, FcError> {
-    let (all, i) = find(p, function, name)?;
+    let (all, i) = find(p, function, name).await?;
     ok_json(StatusCode::OK, view(&all[i], function, headers))
 }
 
@@ -191,7 +202,7 @@ pub(super) async fn update(
     input: Value,
 ) -> Result<Response, FcError> {
     let lock = p.lock_function(function).await;
-    let (mut all, i) = find(p, function, name)?;
+    let (mut all, i) = find(p, function, name).await?;
     if let Some(config) = input["triggerConfig"].as_str() {
         check_config(config)?;
         all[i]["triggerConfig"] = json!(config);
@@ -201,7 +212,7 @@ pub(super) async fn update(
     }
     all[i]["lastModifiedTime"] = json!(rfc3339(crate::util::from_ms(now_ms())));
     let t = all[i].clone();
-    save(p, function, &all)?;
+    save(p, function, &all).await?;
     redeploy(p, grant, &lock).await?;
     ok_json(StatusCode::OK, view(&t, function, headers))
 }
@@ -213,9 +224,9 @@ pub(super) async fn delete(
     name: &str,
 ) -> Result<Response, FcError> {
     let lock = p.lock_function(function).await;
-    let (mut all, i) = find(p, function, name)?;
+    let (mut all, i) = find(p, function, name).await?;
     all.remove(i);
-    save(p, function, &all)?;
+    save(p, function, &all).await?;
     redeploy(p, grant, &lock).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
