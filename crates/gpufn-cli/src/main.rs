@@ -212,6 +212,10 @@ pub struct ServeArgs {
     /// twice this.
     #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     client_idle_timeout_s: u64,
+    /// Seconds a request body may send nothing before it is answered 408 and its slot freed
+    /// (like nginx's client_body_timeout; the time between two reads, not the whole upload).
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    client_body_timeout_s: u64,
     /// How `/function/` requests are proxied: `direct` (heads parsed with httparse, bodies
     /// relayed as bytes, anything unusual handed to hyper) or `hyper` (hyper's server and client
     /// for every request).

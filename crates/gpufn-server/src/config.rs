@@ -50,6 +50,9 @@ pub struct Config {
     /// (after between one and two times this): idle keep-alive connections and request heads that
     /// never complete.
     pub client_idle_timeout: Duration,
+    /// A request body that sends nothing for this long is answered 408 and frees what it holds
+    /// (nginx's `client_body_timeout`).
+    pub client_body_timeout: Duration,
     /// How `/function/` requests are proxied.
     pub gateway: GatewayPath,
     /// Specs deployed at start (`--deploy FILE`), workdirs already resolved.
@@ -121,6 +124,7 @@ impl Default for Config {
             shutdown_grace: Duration::from_secs(30),
             instance_stop_grace: Duration::from_secs(10),
             client_idle_timeout: Duration::from_secs(60),
+            client_body_timeout: Duration::from_secs(60),
             gateway: GatewayPath::Direct,
             deploy: Vec::new(),
             prices: Prices::default(),

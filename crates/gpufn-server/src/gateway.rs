@@ -158,6 +158,11 @@ async fn send(
     let resp = match sent {
         Ok(Ok(resp)) => resp,
         Ok(Err(e)) => {
+            // The caller's own body failed (stalled, malformed, aborted): the caller's fault,
+            // answered to the caller; the instance is fine.
+            if let Some(fault) = crate::idle_body::caller_fault(&e) {
+                return Ok(error_response(fault, &slot, rid));
+            }
             // The instance broke the connection (crashed, refused): it will not serve again.
             slot.mark_broken();
             return Ok(error_response(
@@ -178,9 +183,15 @@ async fn send(
     let (mut parts, body) = resp.into_parts();
     forward::strip_response(&mut parts.headers);
     forward::add_response_headers(&mut parts.headers, Some(Served::by(&slot)), rid);
+    // The body holds the slot, and may not stall for longer than the function's
+    // request_timeout_s between chunks (its head was bounded by the same).
+    let idle = slot.request_timeout();
     let mut body = body;
     body.hold(slot);
-    Ok(Response::from_parts(parts, Body::new(body)))
+    Ok(Response::from_parts(
+        parts,
+        Body::new(crate::idle_body::IdleBody::new(body, idle)),
+    ))
 }
 
 /// An error about the exchange with the instance holding `slot`.

@@ -142,6 +142,8 @@ pub struct Platform {
     /// Held for the whole of one change of one function.
     function_locks: crate::function_lock::FunctionLocks,
     shutdown: CancellationToken,
+    /// `--client-body-timeout-s`.
+    client_body_timeout: Duration,
     client: InstanceClient,
     upstream: crate::upstream::Upstream,
     tasks: TaskRunner,
@@ -235,6 +237,7 @@ impl Platform {
             deploy_lock: tokio::sync::Mutex::new(()),
             function_locks: Default::default(),
             shutdown: CancellationToken::new(),
+            client_body_timeout: config.client_body_timeout,
             client: instance_client(),
             upstream: crate::upstream::Upstream::new(),
             tasks,
@@ -319,6 +322,11 @@ impl Platform {
     /// The general HTTP client (webhook deliveries; any URL).
     pub fn client(&self) -> &InstanceClient {
         &self.client
+    }
+
+    /// How long a request body may send nothing (`--client-body-timeout-s`).
+    pub fn client_body_timeout(&self) -> Duration {
+        self.client_body_timeout
     }
 
     /// The store. From async code, call it through [`Platform::blocking`] or

@@ -309,7 +309,9 @@ async fn serve_hyper<IO>(
         let client = client.clone();
         let guard = InFlight::new(&activity);
         async move {
-            let mut req = req.map(Body::new);
+            // Every request body, API or trigger, must keep coming (`--client-body-timeout-s`).
+            let idle = platform.client_body_timeout();
+            let mut req = req.map(|b| Body::new(crate::idle_body::IdleBody::new(b, idle)));
             let access = platform.access();
             if !access.host_allowed(req.headers().get(http::header::HOST).map(|v| v.as_bytes())) {
                 let resp = crate::auth::host_refused().into_response();

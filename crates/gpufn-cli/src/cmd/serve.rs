@@ -104,6 +104,7 @@ pub async fn run(args: ServeArgs, data_dir: std::path::PathBuf) -> anyhow::Resul
         shutdown_grace: Duration::from_secs(args.shutdown_grace_s),
         instance_stop_grace: Duration::from_secs(args.instance_stop_grace_s),
         client_idle_timeout: Duration::from_secs(args.client_idle_timeout_s),
+        client_body_timeout: Duration::from_secs(args.client_body_timeout_s),
         gateway: if args.gateway == "hyper" {
             GatewayPath::Hyper
         } else {

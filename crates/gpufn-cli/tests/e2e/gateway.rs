@@ -349,3 +349,109 @@ async fn errors_and_large_heads_keep_the_connection_serving() {
         assert_eq!(r.json()["query"], "after=crash", "{gateway}");
     }
 }
+
+/// The caller's faults stay the caller's (issue 18, points 1–3), on both gateway paths: a
+/// malformed or aborted request body is answered to its caller (400, or a close) and never costs
+/// the instance; a body that stalls past `--client-body-timeout-s` is a 408 and frees its slot; a
+/// caller that goes away while the instance streams frees the slot without waiting for the instance.
+/// With one instance of concurrency 1, any slot not freed would leave the next request waiting.
+#[tokio::test]
+async fn a_callers_broken_or_stalled_body_or_departure_costs_the_instance_nothing() {
+    for gateway in ["direct", "hyper"] {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Server::start(
+            dir.path(),
+            &[
+                "--simulate-gpus",
+                "1xtesla-t4:16",
+                "--gateway",
+                gateway,
+                "--public-host",
+                "gw",
+                "--client-body-timeout-s",
+                "1",
+            ],
+        );
+        s.deploy_testfn(
+            "d",
+            "instance_concurrency: 1\nrequest_timeout_s: 60\nscaling: {max_instances: 1, queue_timeout_s: 60}",
+        )
+        .await;
+        let mut c = Raw::connect(&s).await;
+        c.send(get("/function/d/echo").as_bytes()).await;
+        let first = c.response().await;
+        assert_eq!(first.status, 200, "{gateway}: {first:?}");
+        let instance = first.headers["x-gpufn-instance-id"].clone();
+        // The next request is warm, on the same instance, and not held up.
+        let same_instance_serves = |what: &'static str| {
+            let (s, instance) = (&s, instance.clone());
+            async move {
+                let mut c = Raw::connect(s).await;
+                c.send(get("/function/d/echo").as_bytes()).await;
+                let r = c.response().await;
+                assert_eq!(r.status, 200, "{gateway}, after {what}: {r:?}");
+                assert_eq!(
+                    r.headers["x-gpufn-instance-id"],
+                    instance,
+                    "{gateway}, after {what}: the instance was replaced\n{}",
+                    s.log()
+                );
+                assert_eq!(
+                    r.headers["x-gpufn-cold-start"], "false",
+                    "{gateway}, {what}"
+                );
+            }
+        };
+
+        // 1. A malformed chunked body: the caller's 400 (or a close), not the instance's 502.
+        let mut bad = Raw::connect(&s).await;
+        bad.send(
+            b"POST /function/d/echo HTTP/1.1\r\nhost: gw\r\ntransfer-encoding: chunked\r\n\r\nzz\r\nxx\r\n",
+        )
+        .await;
+        if !bad.closed().await {
+            let r = bad.response().await;
+            assert_eq!(r.status, 400, "{gateway}: {r:?}");
+            assert_eq!(r.json()["error"]["code"], "bad_request_body", "{gateway}");
+        }
+        same_instance_serves("a malformed chunked body").await;
+
+        // An upload the caller abandons halfway (length-delimited and chunked).
+        for head in [
+            "POST /function/d/echo HTTP/1.1\r\nhost: gw\r\ncontent-length: 100\r\n\r\n0123456789",
+            "POST /function/d/echo HTTP/1.1\r\nhost: gw\r\ntransfer-encoding: chunked\r\n\r\na\r\n0123456789\r\n",
+        ] {
+            let mut gone = Raw::connect(&s).await;
+            gone.send(head.as_bytes()).await;
+            drop(gone);
+            same_instance_serves("an abandoned upload").await;
+        }
+
+        // 2. A body that stalls: 408 after the body timeout; the slot it may hold is freed.
+        for head in [
+            "POST /function/d/echo HTTP/1.1\r\nhost: gw\r\ncontent-length: 10\r\n\r\n0",
+            "POST /function/d/echo HTTP/1.1\r\nhost: gw\r\ntransfer-encoding: chunked\r\n\r\n1\r\n0\r\n",
+        ] {
+            let mut slow = Raw::connect(&s).await;
+            slow.send(head.as_bytes()).await;
+            let r = slow.response().await;
+            assert_eq!(r.status, 408, "{gateway}: {r:?}");
+            assert_eq!(r.json()["error"]["code"], "body_timeout", "{gateway}");
+            same_instance_serves("a stalled body").await;
+        }
+
+        // 3. A caller that goes away while the instance streams (and then hangs): the slot is
+        // freed, though the instance never finishes this response.
+        let mut leaving = Raw::connect(&s).await;
+        leaving
+            .send(get("/function/d/hold?key=never").as_bytes())
+            .await;
+        let status = leaving.line().await;
+        assert!(status.contains(" 200 "), "{gateway}: {status}");
+        while !leaving.buf.windows(6).any(|w| w == b"first\n") {
+            assert!(leaving.fill().await, "{gateway}: the first chunk");
+        }
+        drop(leaving);
+        same_instance_serves("a caller that left a streaming response").await;
+    }
+}

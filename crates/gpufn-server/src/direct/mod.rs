@@ -283,21 +283,34 @@ impl Direct {
         drain: &CancellationToken,
     ) -> bool {
         let arrival = Instant::now();
-        let buffered = p.content_length.min(buf.len() as u64) as usize;
-        let body_in_socket = p.content_length - buffered as u64;
+        // The whole body (at most MAX_BODY) is read before a slot is taken, as nginx buffers
+        // request bodies: a slow or stalled upload holds no slot and bills nobody; one that sends
+        // nothing for --client-body-timeout-s is answered 408.
+        let len = p.content_length as usize;
+        if buf.len() < len {
+            let idle = self.platform.client_body_timeout();
+            match read_body(tcp, buf, len, idle).await {
+                Ok(()) => {}
+                Err(BodyRead::Gone) => return false,
+                Err(BodyRead::Stalled) => {
+                    let error = crate::idle_body::stalled(idle);
+                    self.respond_error(tcp, bufs, &error, None, &p, arrival, true)
+                        .await;
+                    return false;
+                }
+            }
+        }
         // The caller may go away while the request waits for a slot: its queue place is then
-        // given up. Watched only when the body is all here (other bytes would be body, not EOF).
-        let slot = match acquire_watching(&p.pool, tcp, body_in_socket == 0, arrival).await {
+        // given up.
+        let slot = match acquire_watching(&p.pool, tcp, arrival).await {
             Some(Ok(slot)) => slot,
             Some(Err(e)) => {
                 let error = forward::acquire_error(e);
-                // An unread body cannot be skipped cheaply: close after answering.
-                let close = p.close || body_in_socket > 0;
-                buf.advance(buffered);
+                buf.advance(len);
                 return self
-                    .respond_error(tcp, bufs, &error, None, &p, arrival, close)
+                    .respond_error(tcp, bufs, &error, None, &p, arrival, p.close)
                     .await
-                    && !close;
+                    && !p.close;
             }
             None => return false,
         };
@@ -311,17 +324,14 @@ impl Direct {
         let out = &mut bufs.out;
         forward::add_instance_headers(out, &slot, p.has_host);
         out.extend_from_slice(b"\r\n");
-        out.extend_from_slice(&buf[..buffered]);
-        buf.advance(buffered);
+        out.extend_from_slice(&buf[..len]);
+        buf.advance(len);
 
         let sent = tokio::time::timeout_at(
             tokio::time::Instant::from_std(arrival) + slot.request_timeout(),
             self.send(
                 addr,
-                tcp,
-                buf,
                 bufs,
-                body_in_socket,
                 p.retryable && p.content_length == 0,
                 Served::by(&slot),
                 p.close || drain.is_cancelled(),
@@ -330,8 +340,7 @@ impl Direct {
         .await;
         let (mut up, info) = match sent {
             Ok(Ok(x)) => x,
-            Ok(Err(SendError::Client)) => return false,
-            Ok(Err(SendError::Upstream { error, body_read })) => {
+            Ok(Err(error)) => {
                 // The instance broke the connection (crashed, refused): it will not serve again.
                 // Not so for an idle connection its keep-alive timer closed just as the request
                 // went out (a request that cannot be sent again).
@@ -339,24 +348,31 @@ impl Direct {
                     slot.mark_broken();
                 }
                 let error = forward::instance_error(&slot, &error);
-                // The caller's connection serves on unless part of its body is still unread.
-                let close = p.close || !body_read;
+                // The caller's connection serves on: its whole request was read.
                 return self
-                    .respond_error(tcp, bufs, &error, Some(&slot), &p, arrival, close)
+                    .respond_error(tcp, bufs, &error, Some(&slot), &p, arrival, p.close)
                     .await
-                    && !close;
+                    && !p.close;
             }
             Err(_) => {
                 let error = forward::request_timeout_error(&slot);
-                // The request body may be half-read: the connection is not reusable.
-                self.respond_error(tcp, bufs, &error, Some(&slot), &p, arrival, true)
-                    .await;
-                return false;
+                return self
+                    .respond_error(tcp, bufs, &error, Some(&slot), &p, arrival, p.close)
+                    .await
+                    && !p.close;
             }
         };
         forward::record_cold_start(&self.platform, &slot, arrival);
         forward::observe(&self.platform, &p.pool, info.status, arrival);
-        let relayed = relay(tcp, &mut up, &mut bufs.up, &mut bufs.out, info.framing).await;
+        let relayed = relay(
+            tcp,
+            &mut up,
+            &mut bufs.up,
+            &mut bufs.out,
+            info.framing,
+            slot.request_timeout(),
+        )
+        .await;
         response::shrink(&mut bufs.up);
         if relayed.upstream_reusable && info.upstream_keep_alive {
             self.conns.give_back(addr, Idle::Stream(up));
@@ -365,42 +381,29 @@ impl Direct {
         relayed.client_ok && !info.close_client
     }
 
-    /// Sends the request (head in `bufs.out`, `body_in_socket` more body bytes to come from the
-    /// caller) and reads the response head; on success `bufs.out` holds the caller's response head
-    /// and `bufs.up` the bytes after the instance's.
-    #[allow(clippy::too_many_arguments)]
+    /// Sends the request (head and body in `bufs.out`) and reads the response head; on success
+    /// `bufs.out` holds the caller's response head and `bufs.up` the bytes after the instance's.
     async fn send(
         &self,
         addr: SocketAddr,
-        tcp: &mut TcpStream,
-        buf: &mut BytesMut,
         bufs: &mut Buffers,
-        body_in_socket: u64,
         retry_if_unanswered: bool,
         served: Served<'_>,
         close: bool,
-    ) -> Result<(TcpStream, ResponseInfo), SendError> {
+    ) -> Result<(TcpStream, ResponseInfo), UpError> {
         let mut fresh_only = false;
         loop {
             let (mut up, reused) = match self.conns.checkout_stream(addr) {
                 Some(s) if !fresh_only => (s, true),
-                _ => (
-                    connect(addr)
-                        .await
-                        .map_err(|e| SendError::upstream(e, body_in_socket == 0))?,
-                    false,
-                ),
+                _ => (connect(addr).await?, false),
             };
             if let Err(e) = up.write_all(&bufs.out).await {
-                if reused && body_in_socket == 0 {
+                if reused {
                     // The app had closed it (keep-alive timer): nothing reached the app.
                     fresh_only = true;
                     continue;
                 }
-                return Err(SendError::upstream(UpError::Io(e), body_in_socket == 0));
-            }
-            if body_in_socket > 0 {
-                copy_body(tcp, buf, &mut up, body_in_socket).await?;
+                return Err(UpError::Io(e));
             }
             bufs.up.clear();
             match read_response_head(
@@ -418,10 +421,8 @@ impl Direct {
                     tracing::debug!("reused connection to {addr} closed unanswered; retrying");
                     fresh_only = true;
                 }
-                Err(UpError::Unanswered) if reused => {
-                    return Err(SendError::upstream(UpError::ClosedIdle, true));
-                }
-                Err(e) => return Err(SendError::upstream(e, true)),
+                Err(UpError::Unanswered) if reused => return Err(UpError::ClosedIdle),
+                Err(e) => return Err(e),
             }
         }
     }
@@ -493,18 +494,12 @@ struct Prepared {
     retryable: bool,
 }
 
-enum SendError {
-    /// The caller went away while its body was being read.
-    Client,
-    /// The instance failed; `body_read`: the caller's request body had been read to its end (its
-    /// connection can take another request after the error response).
-    Upstream { error: UpError, body_read: bool },
-}
-
-impl SendError {
-    fn upstream(error: UpError, body_read: bool) -> Self {
-        Self::Upstream { error, body_read }
-    }
+/// Why a request body was not read.
+enum BodyRead {
+    /// The caller went away.
+    Gone,
+    /// It sent nothing for the body timeout.
+    Stalled,
 }
 
 /// Whether `buf` holds the blank line that ends a head (CRLF CRLF, or bare LFs, which httparse
@@ -558,13 +553,12 @@ pub(super) fn put_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
-/// Waits for a slot for a request that arrived at `arrival`; `None` if `watch` and the caller
-/// closed its connection meanwhile. With the slot: whether it had to wait (a slot taken on the
+/// Waits for a slot for a request that arrived at `arrival`; `None` if the caller closed its
+/// connection meanwhile. With the slot: whether it had to wait (a slot taken on the
 /// first poll waited no measurable time, and its queue wait is recorded without a clock read).
 async fn acquire_watching(
     pool: &Arc<Pool>,
     tcp: &TcpStream,
-    watch: bool,
     arrival: Instant,
 ) -> Option<Result<(Slot, bool), AcquireError>> {
     let acquire = pool.acquire_at(arrival);
@@ -576,9 +570,6 @@ async fn acquire_watching(
     };
     if let std::task::Poll::Ready(r) = first {
         return Some(r.map(|s| (s, false)));
-    }
-    if !watch {
-        return Some(acquire.await.map(|s| (s, true)));
     }
     let mut probe = [0u8; 1];
     let r = tokio::select! {
@@ -599,27 +590,21 @@ async fn connect(addr: SocketAddr) -> Result<TcpStream, UpError> {
         .map_err(UpError::Connect)
 }
 
-/// Copies `left` body bytes from the caller to the instance; bytes read past them (a pipelined
-/// request) stay in `buf`.
-async fn copy_body(
+/// Reads until `buf` holds `len` bytes (a request body of at most [`MAX_BODY`]), each read within
+/// `idle`; bytes read past them (a pipelined request) stay in `buf`.
+async fn read_body(
     tcp: &mut TcpStream,
     buf: &mut BytesMut,
-    up: &mut TcpStream,
-    mut left: u64,
-) -> Result<(), SendError> {
-    while left > 0 {
-        buf.clear();
-        buf.reserve(left.min(MAX_BODY) as usize);
-        match tcp.read_buf(buf).await {
-            Ok(0) | Err(_) => return Err(SendError::Client),
-            Ok(_) => {}
+    len: usize,
+    idle: std::time::Duration,
+) -> Result<(), BodyRead> {
+    buf.reserve(len.saturating_sub(buf.len()));
+    while buf.len() < len {
+        match tokio::time::timeout(idle, tcp.read_buf(buf)).await {
+            Ok(Ok(0) | Err(_)) => return Err(BodyRead::Gone),
+            Ok(Ok(_)) => {}
+            Err(_) => return Err(BodyRead::Stalled),
         }
-        let take = left.min(buf.len() as u64) as usize;
-        up.write_all(&buf[..take])
-            .await
-            .map_err(|e| SendError::upstream(UpError::Io(e), false))?;
-        buf.advance(take);
-        left -= take as u64;
     }
     Ok(())
 }

@@ -292,12 +292,18 @@ pub(super) struct Relayed {
 }
 
 /// Sends the head in `out` and relays the body: first what is in `up`, then from `stream`.
+///
+/// Past what the first read brought, each read from the instance also watches the caller: a caller
+/// that went away ends the relay (the slot is freed and its busy time stops, the instance's
+/// connection is closed), and so does an instance that sends nothing for `idle` (the function's
+/// `request_timeout_s`, which bounded the head too).
 pub(super) async fn relay(
     tcp: &mut TcpStream,
     stream: &mut TcpStream,
     up: &mut BytesMut,
     out: &mut Vec<u8>,
     framing: Framing,
+    idle: std::time::Duration,
 ) -> Relayed {
     const BROKEN: Relayed = Relayed {
         client_ok: false,
@@ -312,6 +318,8 @@ pub(super) async fn relay(
     };
     let mut first = true;
     let mut reusable = true;
+    // Armed at the first read past the head's (no clock read for a response that came whole).
+    let mut stall: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
     loop {
         let (take, done) = match (&mut left, &mut chunks) {
             (Some(l), _) => {
@@ -362,7 +370,27 @@ pub(super) async fn relay(
             // back by the caller).
             *up = take_relay_buffer();
         }
-        match stream.read_buf(up).await {
+        let deadline = tokio::time::Instant::now() + idle;
+        let sleep = match stall.as_mut() {
+            Some(s) => {
+                s.as_mut().reset(deadline);
+                s
+            }
+            None => stall.insert(Box::pin(tokio::time::sleep_until(deadline))),
+        };
+        let read = tokio::select! {
+            biased;
+            r = stream.read_buf(up) => r,
+            () = caller_gone(tcp) => {
+                tracing::debug!("caller went away during the response: relay ended");
+                return BROKEN;
+            }
+            () = sleep.as_mut() => {
+                tracing::debug!("instance sent nothing for {idle:?} during the response: relay ended");
+                return BROKEN;
+            }
+        };
+        match read {
             Ok(0) if left.is_none() && chunks.is_none() => {
                 // A body delimited by the close: it is complete.
                 return Relayed {
@@ -373,5 +401,15 @@ pub(super) async fn relay(
             Ok(0) | Err(_) => return BROKEN,
             Ok(_) => {}
         }
+    }
+}
+
+/// Resolves when the caller's connection is closed (EOF or an error); never, once it has sent
+/// bytes (a pipelined request: it is still there).
+async fn caller_gone(tcp: &TcpStream) {
+    let mut probe = [0u8; 1];
+    match tcp.peek(&mut probe).await {
+        Ok(0) | Err(_) => {}
+        Ok(_) => std::future::pending().await,
     }
 }
