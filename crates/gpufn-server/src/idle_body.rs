@@ -32,8 +32,9 @@ pub enum BodyError {
 pub struct IdleBody<B> {
     inner: B,
     idle: Duration,
-    /// Armed while waiting for a frame; reset (not re-allocated) after each one.
-    sleep: Pin<Box<Sleep>>,
+    /// Made at the first wait (a body that is always ready costs no timer and no clock read),
+    /// then reset, not re-allocated.
+    sleep: Option<Pin<Box<Sleep>>>,
     done: bool,
 }
 
@@ -52,7 +53,7 @@ impl<B> IdleBody<B> {
         Self {
             inner,
             idle,
-            sleep: Box::pin(tokio::time::sleep(idle)),
+            sleep: None,
             done: false,
         }
     }
@@ -76,8 +77,9 @@ where
         }
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
-                let next = Instant::now() + this.idle;
-                this.sleep.as_mut().reset(next);
+                if let Some(sleep) = this.sleep.as_mut() {
+                    sleep.as_mut().reset(Instant::now() + this.idle);
+                }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => {
@@ -88,7 +90,12 @@ where
                 this.done = true;
                 Poll::Ready(None)
             }
-            Poll::Pending => match this.sleep.as_mut().poll(cx) {
+            Poll::Pending => match this
+                .sleep
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep(this.idle)))
+                .as_mut()
+                .poll(cx)
+            {
                 Poll::Ready(()) => {
                     this.done = true;
                     Poll::Ready(Some(Err(BodyError::Stalled(this.idle))))
