@@ -92,6 +92,8 @@ pub fn api_doc() -> utoipa::openapi::OpenApi {
 /// The whole HTTP surface: API, gateway and health on one listener.
 pub fn router(platform: Arc<Platform>) -> Router {
     let (api, _) = api_routes().split_for_parts();
+    // Only the control API's own answers are rewritten (a trigger's are the app's).
+    let api = api.layer(axum::middleware::map_response(json_errors));
     api.route("/2023-03-30/{*rest}", any(crate::fc::entry))
         .route("/console", get(crate::console::index))
         .route("/console/", get(crate::console::index))
@@ -110,6 +112,67 @@ pub fn router(platform: Arc<Platform>) -> Router {
             },
         ))
         .with_state(platform)
+}
+
+/// Every error of the control API is the documented `{"error": {...}}` document: the
+/// framework's own refusals (a body over the limit, a query that does not parse, a method the
+/// path does not take) come as plain text and are rewritten here, naming the query field when the
+/// framework's message does. Their text is the framework's message about the caller's input, cut
+/// short; nothing of gpufn's internals is in it.
+async fn json_errors(resp: Response) -> Response {
+    let status = resp.status();
+    let is_json = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return resp;
+    }
+    let allow = resp.headers().get(header::ALLOW).cloned();
+    let text = axum::body::to_bytes(resp.into_body(), 4096)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
+    let mut error = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
+            status,
+            "body_too_large",
+            "the request body is over this call's limit",
+        ),
+        StatusCode::METHOD_NOT_ALLOWED => ApiError::new(
+            status,
+            "method_not_allowed",
+            "this path does not take that method",
+        ),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::new(
+            status,
+            "unsupported_media_type",
+            "write calls take content-type application/json or application/yaml",
+        ),
+        s if s.is_client_error() => {
+            let message: String = text.trim().chars().take(300).collect();
+            let error = ApiError::new(s, "invalid_request", message);
+            // "Failed to deserialize query string: limit: invalid digit found in string"
+            match text
+                .strip_prefix("Failed to deserialize query string: ")
+                .and_then(|rest| rest.split_once(':'))
+            {
+                Some((field, _)) if !field.contains(' ') => error.with_field(field.trim()),
+                _ => error,
+            }
+        }
+        s => ApiError::new(s, "internal", "the request failed; see the server log"),
+    };
+    if status.is_server_error() {
+        tracing::error!("{status}: {text}");
+        error.message = "the request failed; see the server log".into();
+    }
+    let mut resp = error.into_response();
+    if let Some(allow) = allow {
+        resp.headers_mut().insert(header::ALLOW, allow);
+    }
+    resp
 }
 
 #[utoipa::path(
