@@ -216,6 +216,12 @@ pub struct ServeArgs {
     /// (like nginx's client_body_timeout; the time between two reads, not the whole upload).
     #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     client_body_timeout_s: u64,
+    /// An instance's log is rotated when it grows past this many MiB (checked every few seconds).
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=1_048_576))]
+    log_max_mb: u64,
+    /// Rotated logs kept per instance (`<id>.log.1` … `.N`); 0 keeps none.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(0..=100))]
+    log_keep: u64,
     /// How `/function/` requests are proxied: `direct` (heads parsed with httparse, bodies
     /// relayed as bytes, anything unusual handed to hyper) or `hyper` (hyper's server and client
     /// for every request).

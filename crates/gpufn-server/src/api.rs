@@ -459,7 +459,7 @@ struct LogQuery {
     path = "/api/v1/functions/{name}/instances/{id}/logs",
     tag = "functions",
     summary = "The last lines of an instance's log",
-    params(("name" = String, Path, description = "function name"), ("id" = String, Path, description = "instance id"), ("tail" = Option<usize>, Query, description = "lines from the end (200)")),
+    params(("name" = String, Path, description = "function name"), ("id" = String, Path, description = "instance id"), ("tail" = Option<usize>, Query, description = "lines from the end (200; at most 10000, from at most the last 8 MiB)")),
     responses((status = 200, description = "text", content_type = "text/plain"), (status = 404, description = "no such log", body = crate::error::ErrorDoc), (status = 401, description = "no token, or an unknown, revoked or expired one", body = crate::error::ErrorDoc), (status = 403, description = "the token's role or function prefix does not allow this", body = crate::error::ErrorDoc)),
     security(("bearer" = [])),
     extensions(("x-gpufn-min-role" = json!("viewer")))
@@ -489,18 +489,19 @@ async fn logs(
         .join("logs")
         .join(&name)
         .join(format!("{id}.log"));
-    let text = tokio::fs::read(&path).await.map_err(|_| {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            "log_not_found",
-            format!("no log for instance {id:?}"),
-        )
-    })?;
-    let text = String::from_utf8_lossy(&text);
+    // Read from the end, in blocks, on a blocking thread: a log may be large.
     let tail = q.tail.unwrap_or(200);
-    let lines: Vec<&str> = text.lines().collect();
-    let start = lines.len().saturating_sub(tail);
-    let mut out = lines[start..].join("\n");
+    let lines = tokio::task::spawn_blocking(move || crate::logs::instance_tail(&path, tail))
+        .await
+        .map_err(|e| ApiError::internal("reading a log", e))?
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "log_not_found",
+                format!("no log for instance {id:?}"),
+            )
+        })?;
+    let mut out = lines.join("\n");
     out.push('\n');
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], out).into_response())
 }

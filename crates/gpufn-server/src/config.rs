@@ -53,6 +53,10 @@ pub struct Config {
     /// A request body that sends nothing for this long is answered 408 and frees what it holds
     /// (nginx's `client_body_timeout`).
     pub client_body_timeout: Duration,
+    /// An instance log over this many bytes is rotated (`--log-max-mb`).
+    pub log_max_bytes: u64,
+    /// Rotated logs kept per instance (`--log-keep`).
+    pub log_keep: usize,
     /// How `/function/` requests are proxied.
     pub gateway: GatewayPath,
     /// Specs deployed at start (`--deploy FILE`), workdirs already resolved.
@@ -125,6 +129,8 @@ impl Default for Config {
             instance_stop_grace: Duration::from_secs(10),
             client_idle_timeout: Duration::from_secs(60),
             client_body_timeout: Duration::from_secs(60),
+            log_max_bytes: 64 << 20,
+            log_keep: 2,
             gateway: GatewayPath::Direct,
             deploy: Vec::new(),
             prices: Prices::default(),

@@ -24,6 +24,7 @@ pub mod function_lock;
 pub mod gateway;
 pub mod idle_body;
 pub mod instance;
+mod logs;
 pub mod meter;
 pub mod metrics;
 pub mod platform;

@@ -253,6 +253,9 @@ impl Platform {
             tracing::info!(function = %view.name, revision = view.revision, "deployed from --deploy");
         }
         platform.clone().spawn_reconciler();
+        platform
+            .clone()
+            .spawn_log_rotation(config.log_max_bytes, config.log_keep);
         Ok(platform)
     }
 
@@ -865,6 +868,47 @@ impl Platform {
     /// scale-ups when a card comes back. It visits only the pools that changed (the dirty set) or
     /// whose own next check is due, so its cost per event does not grow with the number of deployed
     /// functions; a full pass runs at start, when a card is released, and once a minute.
+    /// Every few seconds, rotates the logs of live instances that grew past `max_bytes`
+    /// ([`crate::logs::rotate`]), on a blocking thread.
+    fn spawn_log_rotation(self: Arc<Self>, max_bytes: u64, keep: usize) {
+        let shutdown = self.shutdown.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    () = shutdown.cancelled() => return,
+                }
+                let paths: Vec<PathBuf> = self
+                    .pools()
+                    .iter()
+                    .flat_map(|pool| {
+                        pool.instances()
+                            .into_iter()
+                            .map(|i| self.shared.log_path(pool.name(), &i.id))
+                            .collect::<Vec<_>>()
+                    })
+                    .collect();
+                let rotated = tokio::task::spawn_blocking(move || {
+                    for path in paths {
+                        match crate::logs::rotate(&path, max_bytes, keep) {
+                            Ok(true) => {
+                                tracing::info!(log = %path.display(), "instance log rotated")
+                            }
+                            Ok(false) => {}
+                            Err(e) => tracing::warn!(log = %path.display(), "cannot rotate: {e}"),
+                        }
+                    }
+                })
+                .await;
+                if rotated.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+
     fn spawn_reconciler(self: Arc<Self>) {
         let shutdown = self.shutdown.clone();
         tokio::spawn(async move {

@@ -105,6 +105,8 @@ pub async fn run(args: ServeArgs, data_dir: std::path::PathBuf) -> anyhow::Resul
         instance_stop_grace: Duration::from_secs(args.instance_stop_grace_s),
         client_idle_timeout: Duration::from_secs(args.client_idle_timeout_s),
         client_body_timeout: Duration::from_secs(args.client_body_timeout_s),
+        log_max_bytes: args.log_max_mb << 20,
+        log_keep: usize::try_from(args.log_keep).unwrap_or(2),
         gateway: if args.gateway == "hyper" {
             GatewayPath::Hyper
         } else {

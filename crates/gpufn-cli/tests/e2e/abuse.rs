@@ -82,3 +82,89 @@ async fn the_apis_own_refusals_are_json_errors_that_name_the_field() {
         );
     }
 }
+
+/// Issue 18, point 7: an instance log is rotated past `--log-max-mb` (keeping `--log-keep`
+/// files), and a tail is read from the end.
+#[tokio::test]
+async fn instance_logs_are_rotated_and_tails_read_from_the_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(
+        dir.path(),
+        &[
+            "--simulate-gpus",
+            "1xtesla-t4:16",
+            "--log-max-mb",
+            "1",
+            "--log-keep",
+            "1",
+        ],
+    );
+    s.deploy_testfn("f", "").await;
+    let resp = s
+        .http
+        .get(s.url("/function/f/spam?kb=1536"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let instance = resp.headers()["x-gpufn-instance-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let log = dir.path().join("logs/f").join(format!("{instance}.log"));
+    let rotated = dir.path().join("logs/f").join(format!("{instance}.log.1"));
+    s.wait_for(
+        "the log to be rotated",
+        std::time::Duration::from_secs(30),
+        || {
+            let rotated = rotated.clone();
+            async move { rotated.exists() }
+        },
+    )
+    .await;
+    let size = std::fs::metadata(&log).unwrap().len();
+    assert!(size < 1 << 20, "the live log was cut: {size} bytes");
+    assert!(
+        std::fs::metadata(&rotated).unwrap().len() > 1 << 20,
+        "the rotated file holds what was written"
+    );
+    // More output, rotated again: only one older file is kept.
+    let resp = s
+        .http
+        .get(s.url("/function/f/spam?kb=1536"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    s.wait_for(
+        "the second rotation",
+        std::time::Duration::from_secs(30),
+        || {
+            let log = log.clone();
+            async move { std::fs::metadata(&log).map_or(false, |m| m.len() < 1 << 20) }
+        },
+    )
+    .await;
+    assert!(
+        !dir.path()
+            .join("logs/f")
+            .join(format!("{instance}.log.2"))
+            .exists()
+    );
+    // The tail: the last line written, whichever file holds it now.
+    let text = s
+        .http
+        .get(s.url(&format!(
+            "/api/v1/functions/f/instances/{instance}/logs?tail=1"
+        )))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.trim_end().ends_with("spam done") || text.contains("GET /spam"),
+        "{text:.200}"
+    );
+}
