@@ -52,21 +52,21 @@ pub(crate) fn tail(path: &Path, lines: usize) -> std::io::Result<(Vec<String>, b
     let len = f.seek(SeekFrom::End(0))?;
     let floor = len.saturating_sub(MAX_TAIL_BYTES);
     let mut pos = len;
-    let mut buf: Vec<u8> = Vec::new();
+    // Blocks from the end backwards; each read and counted once, joined once.
+    let mut blocks: Vec<Vec<u8>> = Vec::new();
+    let mut newlines = 0;
     // Newlines after the last line's end are not counted (a log ends with one).
     let wanted = lines + 1;
-    while pos > floor {
+    while pos > floor && newlines <= wanted {
         let start = pos.saturating_sub(BLOCK).max(floor);
         let mut block = vec![0u8; usize::try_from(pos - start).unwrap_or(0)];
         f.seek(SeekFrom::Start(start))?;
         f.read_exact(&mut block)?;
-        block.extend_from_slice(&buf);
-        buf = block;
+        newlines += block.iter().filter(|b| **b == b'\n').count();
+        blocks.push(block);
         pos = start;
-        if buf.iter().filter(|b| **b == b'\n').count() > wanted {
-            break;
-        }
     }
+    let buf: Vec<u8> = blocks.into_iter().rev().flatten().collect();
     let text = String::from_utf8_lossy(&buf);
     let all: Vec<&str> = text.lines().collect();
     // A first line cut by the block start is partial: dropped unless the file starts there.

@@ -141,7 +141,7 @@ async fn instance_logs_are_rotated_and_tails_read_from_the_end() {
         std::time::Duration::from_secs(30),
         || {
             let log = log.clone();
-            async move { std::fs::metadata(&log).map_or(false, |m| m.len() < 1 << 20) }
+            async move { std::fs::metadata(&log).is_ok_and(|m| m.len() < 1 << 20) }
         },
     )
     .await;
