@@ -17,6 +17,39 @@ pub struct EstimateInput {
     pub dedicated_usd_per_hour: f64,
 }
 
+/// The ranges an [`EstimateInput`] must lie in: a workload that could exist, at prices that
+/// could be asked. Outside them the arithmetic still runs but says nothing (a saving of
+/// −2.35e53 %).
+pub const RANGES: [(&str, f64, f64); 5] = [
+    // Up to about 11 600 invocations a second.
+    ("invocations", 0.0, 1e9),
+    // Up to a day per invocation.
+    ("duration_s", 0.0, 86_400.0),
+    // The product's vGPU memory starts at 1 GB; the largest cards hold under a terabyte.
+    ("gpu_memory_gb", 1.0, 1024.0),
+    ("usd_per_gb_s", 0.0, 1.0),
+    ("dedicated_usd_per_hour", 0.01, 10_000.0),
+];
+
+impl EstimateInput {
+    /// Checks every field against [`RANGES`]: the field's name and why, for the first one out.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        let values = [
+            self.invocations_per_day,
+            self.duration_s,
+            self.gpu_memory_gb,
+            self.usd_per_gb_s,
+            self.dedicated_usd_per_hour,
+        ];
+        for ((field, lo, hi), v) in RANGES.into_iter().zip(values) {
+            if !v.is_finite() || v < lo || v > hi {
+                return Err((field, format!("must be between {lo} and {hi} (got {v})")));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The comparison, per day.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct Estimate {
@@ -66,6 +99,66 @@ mod tests {
             usd_per_gb_s: 0.000_018,
             dedicated_usd_per_hour: 2.0,
         })
+    }
+
+    #[test]
+    fn absurd_inputs_are_refused_naming_the_field() {
+        let ok = EstimateInput {
+            invocations_per_day: 3_600.0,
+            duration_s: 1.0,
+            gpu_memory_gb: 4.0,
+            usd_per_gb_s: 0.000_018,
+            dedicated_usd_per_hour: 2.0,
+        };
+        assert_eq!(ok.validate(), Ok(()));
+        for (bad, field) in [
+            (
+                EstimateInput {
+                    invocations_per_day: 1e300,
+                    ..ok
+                },
+                "invocations",
+            ),
+            (
+                EstimateInput {
+                    duration_s: f64::NAN,
+                    ..ok
+                },
+                "duration_s",
+            ),
+            (
+                EstimateInput {
+                    gpu_memory_gb: 0.5,
+                    ..ok
+                },
+                "gpu_memory_gb",
+            ),
+            (
+                EstimateInput {
+                    usd_per_gb_s: -1.0,
+                    ..ok
+                },
+                "usd_per_gb_s",
+            ),
+            (
+                EstimateInput {
+                    dedicated_usd_per_hour: 1e-300,
+                    ..ok
+                },
+                "dedicated_usd_per_hour",
+            ),
+        ] {
+            assert_eq!(bad.validate().map_err(|(f, _)| f), Err(field), "{bad:?}");
+        }
+        // Within the ranges the figures stay readable.
+        let worst = estimate(EstimateInput {
+            invocations_per_day: 1e9,
+            duration_s: 86_400.0,
+            gpu_memory_gb: 1024.0,
+            usd_per_gb_s: 1.0,
+            dedicated_usd_per_hour: 0.01,
+        });
+        assert!(worst.saving_pct.is_finite(), "{worst:?}");
     }
 
     #[test]

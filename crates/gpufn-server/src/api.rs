@@ -745,29 +745,17 @@ struct EstimateQuery {
 /// `GET /api/v1/estimate?invocations=N&duration_s=D&gpu_memory_gb=G[&dedicated_usd_per_hour=2]`:
 /// the seed's serverless-vs-dedicated comparison at this server's active price.
 async fn estimate(State(p): Shared, Query(q): Query<EstimateQuery>) -> Result<Response, ApiError> {
-    for (field, v) in [
-        ("invocations", q.invocations),
-        ("duration_s", q.duration_s),
-        ("gpu_memory_gb", q.gpu_memory_gb),
-        (
-            "dedicated_usd_per_hour",
-            q.dedicated_usd_per_hour.unwrap_or(2.0),
-        ),
-    ] {
-        if !v.is_finite() || v < 0.0 {
-            return Err(ApiError::bad_field(
-                field,
-                format!("must be >= 0 (got {v})"),
-            ));
-        }
-    }
-    let e = gpufn_metering::estimate(gpufn_metering::EstimateInput {
+    let input = gpufn_metering::EstimateInput {
         invocations_per_day: q.invocations,
         duration_s: q.duration_s,
         gpu_memory_gb: q.gpu_memory_gb,
         usd_per_gb_s: p.prices().active_usd_per_gb_s,
         dedicated_usd_per_hour: q.dedicated_usd_per_hour.unwrap_or(2.0),
-    });
+    };
+    input
+        .validate()
+        .map_err(|(field, why)| ApiError::bad_field(field, why))?;
+    let e = gpufn_metering::estimate(input);
     Ok(axum::Json(e).into_response())
 }
 

@@ -78,22 +78,17 @@ pub struct EstimateArgs {
 }
 
 pub fn estimate(a: &EstimateArgs) -> anyhow::Result<ExitCode> {
-    for (flag, v) in [
-        ("--invocations", a.invocations),
-        ("--duration-s", a.duration_s),
-        ("--gpu-memory-gb", a.gpu_memory_gb),
-        ("--dedicated-usd-per-hour", a.dedicated_usd_per_hour),
-        ("--usd-per-gb-s", a.usd_per_gb_s),
-    ] {
-        anyhow::ensure!(v.is_finite() && v >= 0.0, "{flag}: must be >= 0 (got {v})");
-    }
-    let e = compute(EstimateInput {
+    let input = EstimateInput {
         invocations_per_day: a.invocations,
         duration_s: a.duration_s,
         gpu_memory_gb: a.gpu_memory_gb,
         usd_per_gb_s: a.usd_per_gb_s,
         dedicated_usd_per_hour: a.dedicated_usd_per_hour,
-    });
+    };
+    if let Err((field, why)) = input.validate() {
+        anyhow::bail!("--{}: {why}", field.replace('_', "-"));
+    }
+    let e = compute(input);
     if a.json {
         println!("{}", serde_json::to_string_pretty(&e)?);
         return Ok(ExitCode::SUCCESS);
