@@ -168,3 +168,39 @@ async fn instance_logs_are_rotated_and_tails_read_from_the_end() {
         "{text:.200}"
     );
 }
+
+/// Issue 18, point 4: the FC API refuses before it reads a body — with no key configured, and
+/// for a head whose signature does not verify — so a stranger's 60 MB upload costs nothing. (A
+/// request that is never sent whole is answered at once; reading it first would wait forever.)
+#[tokio::test]
+async fn the_fc_api_refuses_before_reading_a_body() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    for keys in [&[][..], &["--access-key", "LTAIabuse:s3cr3t"][..]] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut args = vec!["--simulate-gpus", "1xtesla-t4:16"];
+        args.extend_from_slice(keys);
+        let s = Server::start(dir.path(), &args);
+        let addr = s
+            .url("")
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_string();
+        let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let head = format!(
+            "POST /2023-03-30/functions HTTP/1.1\r\nhost: 127.0.0.1\r\n\
+             authorization: ACS3-HMAC-SHA256 Credential=LTAIabuse,SignedHeaders=host;x-acs-date;x-acs-signature-nonce;x-acs-content-sha256,Signature=00\r\n\
+             x-acs-date: 2026-01-01T00:00:00Z\r\nx-acs-signature-nonce: n1\r\n\
+             x-acs-content-sha256: {}\r\ncontent-type: application/json\r\n\
+             content-length: 60000000\r\n\r\n{{\"functionName\":",
+            "0".repeat(64)
+        );
+        conn.write_all(head.as_bytes()).await.unwrap();
+        let mut got = vec![0u8; 4096];
+        let n = tokio::time::timeout(std::time::Duration::from_secs(10), conn.read(&mut got))
+            .await
+            .expect("answered without the body")
+            .unwrap();
+        let text = String::from_utf8_lossy(&got[..n]);
+        assert!(text.starts_with("HTTP/1.1 403"), "keys {keys:?}: {text}");
+    }
+}
