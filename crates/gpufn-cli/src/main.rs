@@ -222,6 +222,10 @@ pub struct ServeArgs {
     /// Rotated logs kept per instance (`<id>.log.1` … `.N`); 0 keeps none.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(0..=100))]
     log_keep: u64,
+    /// Lets callbacks and async destinations reach this range (CIDR, repeatable): by default
+    /// gpufn calls no loopback, private or link-local address on a caller's say-so.
+    #[arg(long, value_name = "CIDR")]
+    allow_callback_to: Vec<String>,
     /// How `/function/` requests are proxied: `direct` (heads parsed with httparse, bodies
     /// relayed as bytes, anything unusual handed to hyper) or `hyper` (hyper's server and client
     /// for every request).

@@ -57,6 +57,9 @@ pub struct Config {
     pub log_max_bytes: u64,
     /// Rotated logs kept per instance (`--log-keep`).
     pub log_keep: usize,
+    /// Ranges callbacks and destinations may reach beyond public addresses
+    /// (`--allow-callback-to CIDR`).
+    pub allow_callback_to: Vec<String>,
     /// How `/function/` requests are proxied.
     pub gateway: GatewayPath,
     /// Specs deployed at start (`--deploy FILE`), workdirs already resolved.
@@ -131,6 +134,7 @@ impl Default for Config {
             client_body_timeout: Duration::from_secs(60),
             log_max_bytes: 64 << 20,
             log_keep: 2,
+            allow_callback_to: Vec::new(),
             gateway: GatewayPath::Direct,
             deploy: Vec::new(),
             prices: Prices::default(),

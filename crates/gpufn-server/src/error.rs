@@ -205,6 +205,9 @@ pub enum ServerError {
     /// The TLS certificate or key could not be used.
     #[error("TLS: {0}")]
     Tls(String),
+    /// A setting could not be used.
+    #[error("{0}")]
+    Config(String),
 }
 
 /// The error document every API error answers with (for the API description).

@@ -27,6 +27,7 @@ pub mod instance;
 mod logs;
 pub mod meter;
 pub mod metrics;
+pub mod outbound;
 pub mod platform;
 pub mod pool;
 pub mod secrets;

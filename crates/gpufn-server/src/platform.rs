@@ -144,6 +144,8 @@ pub struct Platform {
     shutdown: CancellationToken,
     /// `--client-body-timeout-s`.
     client_body_timeout: Duration,
+    /// Where callbacks may go (`--allow-callback-to`).
+    outbound: crate::outbound::Outbound,
     client: InstanceClient,
     upstream: crate::upstream::Upstream,
     tasks: TaskRunner,
@@ -238,6 +240,8 @@ impl Platform {
             function_locks: Default::default(),
             shutdown: CancellationToken::new(),
             client_body_timeout: config.client_body_timeout,
+            outbound: crate::outbound::Outbound::new(&config.allow_callback_to)
+                .map_err(ServerError::Config)?,
             client: instance_client(),
             upstream: crate::upstream::Upstream::new(),
             tasks,
@@ -325,6 +329,11 @@ impl Platform {
     /// The general HTTP client (webhook deliveries; any URL).
     pub fn client(&self) -> &InstanceClient {
         &self.client
+    }
+
+    /// Where callbacks and destinations may connect.
+    pub(crate) fn outbound(&self) -> &crate::outbound::Outbound {
+        &self.outbound
     }
 
     /// How long a request body may send nothing (`--client-body-timeout-s`).

@@ -452,12 +452,14 @@ async fn delivery_loop(platform: Arc<Platform>) {
 async fn deliver(platform: Arc<Platform>, d: Delivery) {
     let result = post_json(&platform, &d.url, d.payload.clone()).await;
     let attempts = d.attempts + 1;
-    let (delivered, error) = match result {
-        Ok(status) if status.is_success() => (true, None),
-        Ok(status) => (false, Some(format!("answered {status}"))),
-        Err(e) => (false, Some(e)),
+    // A destination gpufn may not call is not tried again.
+    let (delivered, error, refused) = match result {
+        Ok(status) if status.is_success() => (true, None, false),
+        Ok(status) => (false, Some(format!("answered {status}")), false),
+        Err(Posted::Refused(why)) => (false, Some(format!("refused: {why}")), true),
+        Err(Posted::Failed(e)) => (false, Some(e), false),
     };
-    let give_up = !delivered && attempts >= DELIVERY_MAX_ATTEMPTS;
+    let give_up = !delivered && (refused || attempts >= DELIVERY_MAX_ATTEMPTS);
     let backoff =
         Duration::from_millis(500 * 2u64.saturating_pow(u32::try_from(attempts).unwrap_or(0)))
             .min(Duration::from_secs(60));
@@ -476,20 +478,41 @@ async fn deliver(platform: Arc<Platform>, d: Delivery) {
     platform.tasks().delivery_wake.notify_one();
 }
 
+/// Why a POST to a destination did not get an answer.
+enum Posted {
+    /// gpufn does not call that address ([`crate::outbound`]).
+    Refused(crate::outbound::Refused),
+    /// Connecting or sending failed, or no answer came in time.
+    Failed(String),
+}
+
+/// POSTs `payload` to `url`: to the address [`crate::outbound::Outbound::resolve`] chose and
+/// checked (not a second lookup), with the URL's `Host`.
 async fn post_json(
     platform: &Platform,
     url: &str,
     payload: String,
-) -> Result<http::StatusCode, String> {
-    let req = http::Request::post(url)
+) -> Result<http::StatusCode, Posted> {
+    let (addr, host) = platform
+        .outbound()
+        .resolve(url)
+        .await
+        .map_err(Posted::Refused)?;
+    let path = url
+        .parse::<http::Uri>()
+        .ok()
+        .and_then(|u| u.path_and_query().map(|p| p.as_str().to_string()))
+        .unwrap_or_else(|| "/".into());
+    let req = http::Request::post(format!("http://{addr}{path}"))
+        .header(http::header::HOST, host)
         .header(http::header::CONTENT_TYPE, "application/json")
         .header("user-agent", "gpufn")
         .body(Body::from(payload))
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| Posted::Failed(e.to_string()))?;
     match tokio::time::timeout(Duration::from_secs(10), platform.client().request(req)).await {
         Ok(Ok(resp)) => Ok(resp.status()),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err("no answer within 10s".into()),
+        Ok(Err(e)) => Err(Posted::Failed(e.to_string())),
+        Err(_) => Err(Posted::Failed("no answer within 10s".into())),
     }
 }
 

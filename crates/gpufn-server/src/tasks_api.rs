@@ -73,6 +73,12 @@ pub async fn submit(p: &Platform, s: Submission) -> Result<TaskRow, ApiError> {
     };
     if let Some(url) = &s.callback_url {
         gpufn_spec::check_http_url(url).map_err(|e| ApiError::bad_field(CALLBACK_URL, e))?;
+        if p.outbound().literal_refused(url) {
+            return Err(ApiError::bad_field(
+                CALLBACK_URL,
+                crate::outbound::Refused::NotAllowed.to_string(),
+            ));
+        }
     }
     let max = p.tasks().config.max_body_bytes;
     if s.body.len() > max {

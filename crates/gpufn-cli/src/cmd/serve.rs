@@ -107,6 +107,7 @@ pub async fn run(args: ServeArgs, data_dir: std::path::PathBuf) -> anyhow::Resul
         client_body_timeout: Duration::from_secs(args.client_body_timeout_s),
         log_max_bytes: args.log_max_mb << 20,
         log_keep: usize::try_from(args.log_keep).unwrap_or(2),
+        allow_callback_to: args.allow_callback_to.clone(),
         gateway: if args.gateway == "hyper" {
             GatewayPath::Hyper
         } else {

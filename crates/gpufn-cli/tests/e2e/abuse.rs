@@ -204,3 +204,63 @@ async fn the_fc_api_refuses_before_reading_a_body() {
         assert!(text.starts_with("HTTP/1.1 403"), "keys {keys:?}: {text}");
     }
 }
+
+/// Issue 18, point 9: a callback cannot make gpufn call loopback or private addresses (SSRF):
+/// refused at accept for an IP literal, given up at delivery for a name that resolves there
+/// (checked on the address connected to) — unless `--allow-callback-to` lists the range.
+#[tokio::test]
+async fn callbacks_do_not_reach_loopback_or_private_addresses() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path(), &["--simulate-gpus", "1xtesla-t4:16"]);
+    s.deploy_testfn("f", "").await;
+    let receiver = Receiver::start(free_port());
+    s.wait_for(
+        "the receiver",
+        std::time::Duration::from_secs(10),
+        || async {
+            reqwest::get(format!("http://127.0.0.1:{}/health", receiver.port))
+                .await
+                .is_ok()
+        },
+    )
+    .await;
+    let submit = |callback: String| {
+        let s = &s;
+        async move {
+            let resp = s
+                .http
+                .post(s.url("/async-function/f/echo"))
+                .header("x-gpufn-callback-url", callback)
+                .body("x")
+                .send()
+                .await
+                .unwrap();
+            let status = resp.status().as_u16();
+            (status, resp.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let (status, body) = submit(format!("http://127.0.0.1:{}/record", receiver.port)).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["field"], "x-gpufn-callback-url", "{body}");
+
+    let (status, body) = submit(format!("http://localhost:{}/record", receiver.port)).await;
+    assert_eq!(status, 202, "{body}");
+    let id = body["task_id"].as_str().unwrap().to_string();
+    s.wait_for(
+        "the delivery to be given up",
+        std::time::Duration::from_secs(30),
+        || {
+            let url = s.url(&format!("/api/v1/tasks/{id}"));
+            let http = s.http.clone();
+            async move {
+                let t: Value = http.get(url).send().await.unwrap().json().await.unwrap();
+                t["deliveries"][0]["state"] == "failed"
+            }
+        },
+    )
+    .await;
+    assert!(
+        receiver.records().await.is_empty(),
+        "nothing reached the loopback receiver"
+    );
+}

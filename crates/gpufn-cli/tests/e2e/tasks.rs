@@ -54,6 +54,9 @@ async fn tasks_are_accepted_run_retried_reported_and_cancelled() {
             "2xtesla-t4:16",
             "--task-retry-base-ms",
             "50",
+            // The receivers here are on loopback, which callbacks may not reach by default.
+            "--allow-callback-to",
+            "127.0.0.1/32",
         ],
     );
     let dest = Receiver::start(free_port());
