@@ -312,6 +312,20 @@ async fn serve_hyper<IO>(
             // Every request body, API or trigger, must keep coming (`--client-body-timeout-s`).
             let idle = platform.client_body_timeout();
             let mut req = req.map(|b| Body::new(crate::idle_body::IdleBody::new(b, idle)));
+            // RFC 9112 §3.2: an HTTP/1.1 request carries exactly one Host.
+            if req.version() == http::Version::HTTP_11
+                && req.headers().get_all(http::header::HOST).iter().count() != 1
+            {
+                let resp = crate::error::ApiError::bad_field(
+                    "host",
+                    "an HTTP/1.1 request carries exactly one Host header",
+                )
+                .into_response();
+                return Ok(resp.map(|inner| ConnBody {
+                    inner,
+                    _guard: guard,
+                }));
+            }
             let access = platform.access();
             if !access.host_allowed(req.headers().get(http::header::HOST).map(|v| v.as_bytes())) {
                 let resp = crate::auth::host_refused().into_response();

@@ -6,6 +6,7 @@
 //! below holds wherever one is found.
 
 mod raw;
+mod strict;
 mod validate;
 
 pub use raw::{RawAsync, RawAuth, RawGpu, RawHealthCheck, RawRegistryAuth, RawScaling, RawSpec};

@@ -64,14 +64,17 @@ impl SpecError {
 
 /// Parses a YAML document (JSON is accepted too, being YAML).
 pub fn parse_yaml(text: &str) -> Result<RawSpec, SpecError> {
-    let value: serde_json::Value = serde_yaml_ng::from_str(text)
-        .map_err(|e| SpecError::Parse(FieldError::new("(document)", e.to_string())))?;
+    let value = crate::strict::read(serde_yaml_ng::Deserializer::from_str(text))
+        .map_err(|(field, why)| SpecError::Parse(FieldError::new(field, why)))?;
     from_value(value)
 }
 
 /// Parses a JSON document.
 pub fn parse_json(bytes: &[u8]) -> Result<RawSpec, SpecError> {
-    let value: serde_json::Value = serde_json::from_slice(bytes)
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value = crate::strict::read(&mut de)
+        .map_err(|(field, why)| SpecError::Parse(FieldError::new(field, why)))?;
+    de.end()
         .map_err(|e| SpecError::Parse(FieldError::new("(document)", e.to_string())))?;
     from_value(value)
 }

@@ -264,3 +264,38 @@ async fn callbacks_do_not_reach_loopback_or_private_addresses() {
         "nothing reached the loopback receiver"
     );
 }
+
+/// Issue 18, point 11: an HTTP/1.1 request without a Host, or with two, is refused (400, naming
+/// `host`) on every path (RFC 9112 §3.2), before anything else looks at it.
+#[tokio::test]
+async fn http_1_1_requests_need_exactly_one_host() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path(), &["--simulate-gpus", "1xtesla-t4:16"]);
+    s.deploy_testfn("f", "").await;
+    let addr = s
+        .url("")
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_string();
+    let auth = format!("authorization: Bearer {}\r\n", s.token);
+    for path in ["/function/f/echo", "/api/v1/functions", "/healthz"] {
+        for hosts in ["", "host: 127.0.0.1\r\nhost: 127.0.0.1\r\n"] {
+            let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
+            let req = format!("GET {path} HTTP/1.1\r\n{auth}{hosts}connection: close\r\n\r\n");
+            conn.write_all(req.as_bytes()).await.unwrap();
+            let mut got = Vec::new();
+            let _ = tokio::time::timeout(
+                std::time::Duration::from_secs(10),
+                conn.read_to_end(&mut got),
+            )
+            .await;
+            let text = String::from_utf8_lossy(&got);
+            assert!(text.starts_with("HTTP/1.1 400"), "{path} {hosts:?}: {text}");
+            assert!(
+                text.contains("\"field\":\"host\""),
+                "{path} {hosts:?}: {text}"
+            );
+        }
+    }
+}

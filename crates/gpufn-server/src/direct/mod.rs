@@ -217,6 +217,10 @@ impl Direct {
             {
                 return Classified::Fallback;
             } else if n.eq_ignore_ascii_case("host") {
+                // Two Hosts: hyper refuses the request (400).
+                if has_host {
+                    return Classified::Fallback;
+                }
                 has_host = true;
                 host_value.get_or_insert(h.value);
             } else if n.eq_ignore_ascii_case("authorization") {
@@ -232,6 +236,10 @@ impl Direct {
             }
         }
 
+        // No Host: hyper refuses the request (400).
+        if !has_host {
+            return Classified::Fallback;
+        }
         // Access: anything but an admitted caller (a foreign Host on loopback, a missing or refused
         // token, a CORS request) goes to hyper, which answers it — before any effect here.
         let access = self.platform.access();

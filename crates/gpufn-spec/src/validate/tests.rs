@@ -206,7 +206,51 @@ fn all_broken_rules_are_reported_at_once() {
 #[test]
 fn not_a_mapping_is_refused() {
     assert!(errors_of("- a\n- b\n")[0].starts_with("(document): must be a mapping"));
-    assert!(errors_of("name: [unclosed")[0].starts_with("(document):"));
+    // A syntax error names where it is.
+    let errs = errors_of("name: [unclosed");
+    assert!(errs[0].starts_with("name:"), "{errs:?}");
+}
+
+#[test]
+fn non_finite_numbers_and_duplicate_keys_are_refused_naming_the_field() {
+    for (yaml, field) in [
+        ("cpu: .nan", "cpu"),
+        ("cpu: .inf", "cpu"),
+        ("memory_mb: -.inf", "memory_mb"),
+    ] {
+        let errs = errors_of(&minimal(&format!("{yaml}\n")));
+        assert!(
+            errs.len() == 1 && errs[0].starts_with(&format!("{field}: must be a finite number")),
+            "{yaml}: {errs:?}"
+        );
+    }
+    let json = |text: &str| match parse_json(text.as_bytes()).and_then(|r| r.validate()) {
+        Ok(_) => vec![],
+        Err(e) => e
+            .errors()
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>(),
+    };
+    let base = r#""name": "f", "command": ["a"], "gpu": {"memory_gb": 1}"#;
+    let errs = json(&format!(r#"{{{base}, "cpu": 1e309}}"#));
+    assert!(errs[0].starts_with("cpu:"), "{errs:?}");
+    let errs = json(r#"{"name": "f", "command": ["a"], "gpu": {"memory_gb": 1e999}}"#);
+    assert!(errs[0].starts_with("gpu.memory_gb:"), "{errs:?}");
+    let errs = json(&format!(r#"{{{base}, "name": "g"}}"#));
+    assert!(
+        errs[0].starts_with("name:") && errs[0].contains("twice"),
+        "{errs:?}"
+    );
+    let errs = json(&format!(r#"{{{base}, "env": {{"A": "1", "A": "2"}}}}"#));
+    assert!(
+        errs[0].starts_with("env.A:") && errs[0].contains("twice"),
+        "{errs:?}"
+    );
+    // Trailing bytes after the document are still refused.
+    let errs = json(&format!(r#"{{{base}}} x"#));
+    assert!(errs[0].starts_with("(document):"), "{errs:?}");
+    assert!(json(&format!(r#"{{{base}}}"#)).is_empty());
 }
 
 #[test]
