@@ -796,13 +796,15 @@ impl Platform {
             .map_err(|e| ApiError::internal("deleting the function", e))?;
         let pool = self.pools_mut().remove(name);
         match pool {
-            Some(pool) => {
-                pool.close(AcquireError::Deleted);
-                Ok(())
-            }
-            None if deleted => Ok(()),
-            None => Err(ApiError::no_function(name)),
+            Some(pool) => pool.close(AcquireError::Deleted),
+            None if deleted => {}
+            None => return Err(ApiError::no_function(name)),
         }
+        // Code the FC API unpacked for it goes too (the instances already running keep the files
+        // they opened).
+        let code = self.shared.data_dir.join("fc-code").join(name);
+        let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(code)).await;
+        Ok(())
     }
 
     /// One function, with its stats.

@@ -56,6 +56,17 @@ async fn the_official_fc_sdk_drives_gpufn() {
         "{stdout}\n{stderr}\n--- gpufn log ---\n{}",
         server.log()
     );
+    // Deleted functions took their unpacked code with them; the refused zip left no partial
+    // directory.
+    let code = dir.path().join("fc-code");
+    let left: Vec<String> = std::fs::read_dir(&code)
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(left.is_empty(), "left in fc-code: {left:?}");
     // Stop gracefully so the container is removed (a SIGKILL would leave it to the next start).
     let mut server = server;
     server.terminate();

@@ -301,6 +301,18 @@ assert raw("POST", "/2023-03-30/functions", create_body("tampered"),
 names = {f.function_name for f in c.list_functions(m.ListFunctionsRequest(limit=100)).body.functions}
 assert names == {"zipfn", "ctrfn", "replayed", "replay3"}, names
 
+step("A code zip that unpacks past diskSize is refused, and leaves nothing behind")
+buf = io.BytesIO()
+with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+    z.writestr("app.py", "print(1)\n")
+    z.writestr("zeros.bin", b"\0" * (70 << 20))
+bomb = base64.b64encode(buf.getvalue()).decode()
+assert len(bomb) < 1 << 20, len(bomb)
+expect_error(lambda: c.create_function(m.CreateFunctionRequest().from_map({"body": {
+    "functionName": "bomb", "runtime": "custom.debian10", "diskSize": 64, "code": {"zipFile": bomb},
+    "customRuntimeConfig": {"command": ["python3", "app.py"]}, "gpuConfig": gpu}})),
+    "InvalidArgument", 400)
+
 step("DeleteFunction")
 for name in ("zipfn", "ctrfn", "replayed", "replay3"):
     c.delete_function(name)

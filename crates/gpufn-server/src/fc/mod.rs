@@ -5,6 +5,7 @@
 
 pub use crate::fc_auth as auth;
 pub use gpufn_fc::mapping;
+mod code;
 mod triggers;
 
 use std::collections::HashMap;
@@ -15,10 +16,8 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use base64::Engine;
 use gpufn_store::TaskState;
 use serde_json::{Value, json};
-use sha2::Digest;
 
 use crate::error::ApiError;
 use crate::function_lock::FunctionLock;
@@ -27,6 +26,7 @@ use crate::platform::Platform;
 pub use crate::fc_auth::FcState;
 
 /// An FC error: `{"Code", "Message", "RequestId"}`.
+#[derive(Debug)]
 struct FcError {
     status: StatusCode,
     code: &'static str,
@@ -429,73 +429,6 @@ async fn fc_record(p: &Platform, name: &str) -> Option<Value> {
         .and_then(|t| serde_json::from_str(&t).ok())
 }
 
-/// Unpacks `code.zipFile` (base64) into `<data>/fc-code/<name>/<sha256>`; returns the directory.
-fn unpack_code(p: &Platform, name: &str, fc: &Value) -> Result<Option<String>, FcError> {
-    let Some(b64) = fc
-        .get("code")
-        .and_then(|c| c.get("zipFile"))
-        .and_then(Value::as_str)
-    else {
-        return Ok(None);
-    };
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(b64.trim())
-        .map_err(|e| {
-            err(
-                StatusCode::BAD_REQUEST,
-                "InvalidArgument",
-                format!("code.zipFile is not base64: {e}"),
-            )
-        })?;
-    let digest = hex::encode(sha2::Sha256::digest(&bytes));
-    let dir = p.data_dir().join("fc-code").join(name).join(&digest[..16]);
-    if !dir.is_dir() {
-        let partial = dir.with_extension("partial");
-        let _ = std::fs::remove_dir_all(&partial);
-        let mut zip = zip::ZipArchive::new(std::io::Cursor::new(bytes)).map_err(|e| {
-            err(
-                StatusCode::BAD_REQUEST,
-                "InvalidArgument",
-                format!("code.zipFile is not a zip: {e}"),
-            )
-        })?;
-        // extract() refuses entries that would leave the directory.
-        zip.extract(&partial).map_err(|e| {
-            err(
-                StatusCode::BAD_REQUEST,
-                "InvalidArgument",
-                format!("code.zipFile: {e}"),
-            )
-        })?;
-        // Function code runs as an unprivileged user: whatever modes the zip carried (Python's
-        // zipfile writes 0600), the code must be readable by it.
-        readable_by_all(&partial).map_err(|e| ApiError::internal("storing function code", e))?;
-        std::fs::rename(&partial, &dir)
-            .map_err(|e| ApiError::internal("storing function code", e))?;
-    }
-    Ok(Some(dir.display().to_string()))
-}
-
-/// Directories 0755, files 0644 (0755 if any execute bit was set), under `root`.
-fn readable_by_all(root: &std::path::Path) -> std::io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    let meta = std::fs::symlink_metadata(root)?;
-    if meta.file_type().is_symlink() {
-        return Ok(());
-    }
-    let mode = meta.permissions().mode();
-    if meta.is_dir() {
-        std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o755))?;
-        for e in std::fs::read_dir(root)? {
-            readable_by_all(&e?.path())?;
-        }
-    } else {
-        let m = if mode & 0o111 != 0 { 0o755 } else { 0o644 };
-        std::fs::set_permissions(root, std::fs::Permissions::from_mode(m))?;
-    }
-    Ok(())
-}
-
 /// Deploys `name` from FC's document `record`, keeping what FC's other calls set (the auth its
 /// triggers give, capacity from PutProvisionConfig / PutConcurrencyConfig), by the holder of its
 /// lock.
@@ -568,8 +501,16 @@ async fn create_function(
             format!("function {name} already exists"),
         ));
     }
-    let code_dir = unpack_code(p, &name, &input)?;
-    deploy_fc(p, grant, &lock, input, code_dir).await?;
+    let disk_mb = input.get("diskSize").and_then(Value::as_i64);
+    let created = match code::unpack(p, &name, &input, disk_mb).await {
+        Ok(code_dir) => deploy_fc(p, grant, &lock, input, code_dir).await,
+        Err(e) => Err(e),
+    };
+    if created.is_err() {
+        // A function that was not created keeps no code.
+        code::forget(p, &name).await;
+    }
+    created?;
     drop(lock);
     ok_json(StatusCode::OK, get_function(p, &name).await?)
 }
@@ -587,7 +528,11 @@ async fn update_function(
         return Err(ApiError::no_function(name).into());
     }
     let mut record = fc_record(p, name).await.unwrap_or_else(|| json!({}));
-    let code_dir = match unpack_code(p, name, &input)? {
+    let disk_mb = input
+        .get("diskSize")
+        .or_else(|| record.get("diskSize"))
+        .and_then(Value::as_i64);
+    let code_dir = match code::unpack(p, name, &input, disk_mb).await? {
         Some(d) => Some(d),
         None => record
             .get("gpufnCodeDir")
