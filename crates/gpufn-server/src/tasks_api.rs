@@ -61,6 +61,7 @@ pub async fn submit(p: &Platform, s: Submission) -> Result<TaskRow, ApiError> {
     if p.pool(&s.function).is_none() {
         return Err(ApiError::no_function(&s.function));
     }
+    let chosen = s.task_id.is_some();
     let id = match s.task_id {
         Some(id) if valid_task_id(&id) => id,
         Some(id) => {
@@ -104,12 +105,44 @@ pub async fn submit(p: &Platform, s: Submission) -> Result<TaskRow, ApiError> {
         now_ms: now_ms(),
         owner: s.owner,
     };
-    let (row, _created) = p
+    let (row, created) = p
         .tasks()
-        .accept(task)
+        .accept(task.clone())
+        .await
+        .map_err(|e| ApiError::internal("storing the task", e))?;
+    if created || !chosen || same_scope(&row, &task) {
+        return Ok(row);
+    }
+    // The caller's id is another function's (or another token's) task: this one is kept apart
+    // under an id of its own scope, and the other stays unseen.
+    let scoped = NewTask {
+        id: scoped_id(&task.id, &task.function, task.owner.as_deref()),
+        ..task
+    };
+    let (row, _) = p
+        .tasks()
+        .accept(scoped)
         .await
         .map_err(|e| ApiError::internal("storing the task", e))?;
     Ok(row)
+}
+
+/// Whether an existing task is the one a submission names again (same function, same token).
+fn same_scope(row: &TaskRow, task: &NewTask) -> bool {
+    row.function == task.function && row.owner == task.owner
+}
+
+/// The id a caller-chosen task id takes when another function's or token's task holds it:
+/// `{id}~{8 hex}` of the function and token (`~` is not in a caller's ids, so it never collides
+/// with one). Task ids are thereby per function and per token.
+pub(crate) fn scoped_id(id: &str, function: &str, owner: Option<&str>) -> String {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    h.update(function.as_bytes());
+    h.update([0]);
+    h.update(owner.unwrap_or("").as_bytes());
+    let digest = hex::encode(h.finalize());
+    format!("{id}~{}", &digest[..8])
 }
 
 fn refuse_when_shutting_down(p: &Platform) -> Result<(), ApiError> {

@@ -299,3 +299,85 @@ async fn http_1_1_requests_need_exactly_one_host() {
         }
     }
 }
+
+/// Issue 18, point 6: a caller's task id is per function and per token: the same id sent to
+/// another function (or by another token) is another task, with its own payload and result, and
+/// does not show the first one; sent again, it is the same task.
+#[tokio::test]
+async fn task_ids_are_per_function_and_per_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path(), &["--simulate-gpus", "2xtesla-t4:16"]);
+    s.deploy_testfn("a", "").await;
+    s.deploy_testfn("b", "").await;
+    let submit = |function: &'static str, token: String, body: &'static str| {
+        let s = &s;
+        async move {
+            let resp = reqwest::Client::new()
+                .post(s.url(&format!("/async-function/{function}/echo")))
+                .header("authorization", format!("Bearer {token}"))
+                .header("x-gpufn-task-id", "same")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 202);
+            let v: Value = resp.json().await.unwrap();
+            v["task_id"].as_str().unwrap().to_string()
+        }
+    };
+    let (status, _, invoker) = json_of(
+        s.http
+            .post(s.url("/api/v1/tokens"))
+            .header("content-type", "application/json")
+            .body(r#"{"role": "invoker"}"#),
+    )
+    .await;
+    assert_eq!(status, 201, "{invoker}");
+    let invoker = invoker["token"].as_str().unwrap().to_string();
+
+    let on_a = submit("a", s.token.clone(), "from-a").await;
+    assert_eq!(on_a, "same");
+    let on_b = submit("b", s.token.clone(), "from-b").await;
+    assert_ne!(on_b, on_a, "another function: another task");
+    assert_eq!(
+        submit("b", s.token.clone(), "again").await,
+        on_b,
+        "idempotent"
+    );
+    let by_invoker = submit("a", invoker, "from-invoker").await;
+    assert!(
+        by_invoker != on_a && by_invoker != on_b,
+        "another token: another task"
+    );
+
+    for (id, function, body) in [
+        (&on_a, "a", "from-a"),
+        (&on_b, "b", "from-b"),
+        (&by_invoker, "a", "from-invoker"),
+    ] {
+        s.wait_for(
+            "the task to succeed",
+            std::time::Duration::from_secs(30),
+            || {
+                let (http, url) = (s.http.clone(), s.url(&format!("/api/v1/tasks/{id}")));
+                async move {
+                    let t: Value = http.get(url).send().await.unwrap().json().await.unwrap();
+                    t["state"] == "succeeded"
+                }
+            },
+        )
+        .await;
+        let t: Value = s
+            .http
+            .get(s.url(&format!("/api/v1/tasks/{id}")))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(t["function"], function, "{t}");
+        let echoed: Value = serde_json::from_str(t["result"]["body"].as_str().unwrap()).unwrap();
+        assert_eq!(echoed["body"], body, "{t}");
+    }
+}

@@ -302,7 +302,7 @@ async fn route(
         }
         ("POST", ["functions", name, "invocations"]) => invoke(p, grant, name, headers, body).await,
         ("GET", ["functions", name, "async-tasks", id]) => {
-            ok_json(StatusCode::OK, async_task(p, name, id).await?)
+            ok_json(StatusCode::OK, async_task(p, grant, name, id).await?)
         }
         ("GET", ["functions", name, "async-tasks"]) => list_async_tasks(p, name, q).await,
         ("PUT", ["functions", name, "async-tasks", id, "stop"]) => {
@@ -678,19 +678,38 @@ async fn invoke(
         })
 }
 
-async fn task_of(p: &Platform, name: &str, id: &str) -> Result<gpufn_store::TaskRow, FcError> {
-    let owned = id.to_string();
-    p.with_store(move |s| s.task(&owned))
-        .await?
-        .map_err(|e| ApiError::internal("reading the task", e))?
-        .filter(|t| t.function == name)
-        .ok_or_else(|| {
-            err(
-                StatusCode::NOT_FOUND,
-                "AsyncTaskNotFound",
-                format!("async task {id} of {name} not found"),
-            )
+/// The async task `id` of function `name`: under the caller's id, or under the id it took because
+/// another function's or token's task held that one ([`crate::tasks_api::scoped_id`]).
+async fn task_of(
+    p: &Platform,
+    grant: &gpufn_auth::Grant,
+    name: &str,
+    id: &str,
+) -> Result<gpufn_store::TaskRow, FcError> {
+    let ids = [
+        id.to_string(),
+        crate::tasks_api::scoped_id(id, name, Some(&grant.token_id)),
+    ];
+    let function = name.to_string();
+    let found = p
+        .with_store(move |s| {
+            for id in &ids {
+                match s.task(id)? {
+                    Some(t) if t.function == function => return Ok(Some(t)),
+                    _ => {}
+                }
+            }
+            Ok::<_, gpufn_store::StoreError>(None)
         })
+        .await?
+        .map_err(|e| ApiError::internal("reading the task", e))?;
+    found.ok_or_else(|| {
+        err(
+            StatusCode::NOT_FOUND,
+            "AsyncTaskNotFound",
+            format!("async task {id} of {name} not found"),
+        )
+    })
 }
 
 fn fc_task(t: &gpufn_store::TaskRow) -> Value {
@@ -722,8 +741,13 @@ fn task_status(state: TaskState) -> &'static str {
     }
 }
 
-async fn async_task(p: &Platform, name: &str, id: &str) -> Result<Value, FcError> {
-    Ok(fc_task(&task_of(p, name, id).await?))
+async fn async_task(
+    p: &Platform,
+    grant: &gpufn_auth::Grant,
+    name: &str,
+    id: &str,
+) -> Result<Value, FcError> {
+    Ok(fc_task(&task_of(p, grant, name, id).await?))
 }
 
 async fn list_async_tasks(
@@ -756,7 +780,7 @@ async fn stop_async_task(
     name: &str,
     id: &str,
 ) -> Result<Response, FcError> {
-    task_of(p, name, id).await?;
+    task_of(p, grant, name, id).await?;
     crate::tasks_api::cancel(p, grant, id).await?;
     Ok(StatusCode::OK.into_response())
 }
