@@ -246,6 +246,10 @@ pub struct ServeArgs {
     /// Largest request body an asynchronous invocation accepts.
     #[arg(long, default_value_t = 16 * 1024 * 1024)]
     task_max_body_bytes: usize,
+    /// Most MiB of request bodies of all asynchronous tasks queued or running at once (past it,
+    /// submissions get 507).
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=1_048_576))]
+    task_max_pending_mb: u64,
     /// First retry delay of a failed task attempt, doubling each time.
     #[arg(long, default_value_t = 1000)]
     task_retry_base_ms: u64,

@@ -165,6 +165,7 @@ pub fn to_spec(
             max_event_age_s: i(a, "maxAsyncEventAgeInSeconds")?,
             on_success: dest("onSuccess"),
             on_failure: dest("onFailure"),
+            ..RawAsync::default()
         });
     }
     Ok(spec)

@@ -22,6 +22,9 @@ pub struct TaskConfig {
     pub inline_result_bytes: usize,
     /// Largest accepted request body.
     pub max_body_bytes: usize,
+    /// Most request-body bytes of all tasks queued or running at once; submissions past it get
+    /// 507.
+    pub max_pending_bytes: u64,
     /// Finished tasks are removed after this long.
     pub retention: Duration,
     /// First retry delay; doubles each attempt (capped at 5 minutes).
@@ -34,6 +37,7 @@ impl Default for TaskConfig {
             max_share: 0.5,
             inline_result_bytes: 64 * 1024,
             max_body_bytes: 16 * 1024 * 1024,
+            max_pending_bytes: 1 << 30,
             retention: Duration::from_secs(7 * 86_400),
             retry_base: Duration::from_secs(1),
         }

@@ -246,7 +246,15 @@ async fn attempt(platform: &Platform, task: &TaskRow) -> Outcome {
         Ok(Err(e)) => tracing::error!(task = %task.id, "cannot count the attempt: {e}"),
         Err(e) => tracing::error!(task = %task.id, "cannot count the attempt: {e}"),
     }
-    let request = match build_request(task, &slot) {
+    // The body is read only now, to be sent (scans and lists do not carry it).
+    let id = task.id.clone();
+    let body = match platform.with_store(move |s| s.task_body(&id)).await {
+        Ok(Ok(Some(body))) => body,
+        Ok(Ok(None)) => return Outcome::Failed("the task is gone".into(), None),
+        Ok(Err(e)) => return Outcome::NotRun(format!("reading the task's body: {e}")),
+        Err(e) => return Outcome::NotRun(e.to_string()),
+    };
+    let request = match build_request(task, body, &slot) {
         Ok(r) => r,
         Err(e) => return Outcome::Failed(e, None),
     };
@@ -286,6 +294,7 @@ async fn attempt(platform: &Platform, task: &TaskRow) -> Outcome {
             body,
             file,
             error: None,
+            body_len: None,
         },
         Err(e) => return Outcome::Failed(format!("reading the response: {e}"), None),
     };
@@ -296,7 +305,11 @@ async fn attempt(platform: &Platform, task: &TaskRow) -> Outcome {
     Outcome::Done(result)
 }
 
-fn build_request(task: &TaskRow, slot: &Slot) -> Result<http::Request<Body>, String> {
+fn build_request(
+    task: &TaskRow,
+    body: Vec<u8>,
+    slot: &Slot,
+) -> Result<http::Request<Body>, String> {
     let method = Method::from_bytes(task.method.as_bytes()).map_err(|e| e.to_string())?;
     let mut req = http::Request::builder()
         .method(method)
@@ -328,7 +341,7 @@ fn build_request(task: &TaskRow, slot: &Slot) -> Result<http::Request<Body>, Str
     if let Some(h) = req.headers_mut() {
         *h = headers;
     }
-    req.body(Body::new(Full::new(Bytes::from(task.body.clone()))))
+    req.body(Body::new(Full::new(Bytes::from(body))))
         .map_err(|e| e.to_string())
 }
 

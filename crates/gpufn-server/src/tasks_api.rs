@@ -85,6 +85,43 @@ pub async fn submit(p: &Platform, s: Submission) -> Result<TaskRow, ApiError> {
     if s.body.len() > max {
         return Err(body_too_large(max));
     }
+    // Bounded: a function's tasks waiting or running, and all tasks' bodies in the store.
+    let limit = p
+        .pool(&s.function)
+        .map_or(0, |pool| pool.spec().async_invoke.max_pending);
+    let budget = p.tasks().config.max_pending_bytes;
+    let function = s.function.clone();
+    let (pending, bytes) = p
+        .with_store(move |st| {
+            Ok::<_, gpufn_store::StoreError>((
+                st.pending_tasks(&function)?,
+                st.pending_task_bytes()?,
+            ))
+        })
+        .await?
+        .map_err(|e| ApiError::internal("counting tasks", e))?;
+    if pending >= i64::from(limit) {
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_tasks",
+            format!(
+                "{pending} tasks of this function are queued or running (async.max_pending {limit})"
+            ),
+        )
+        .retry_after(5));
+    }
+    if u64::try_from(bytes).unwrap_or(0) + s.body.len() as u64 > budget {
+        return Err(ApiError::new(
+            StatusCode::INSUFFICIENT_STORAGE,
+            "task_store_full",
+            format!(
+                "queued tasks hold {} MiB of bodies (--task-max-pending-mb {})",
+                bytes >> 20,
+                budget >> 20
+            ),
+        )
+        .retry_after(5));
+    }
     let mut headers = s.headers;
     crate::forward::strip_request(&mut headers);
     for h in [TASK_ID, CALLBACK_URL, "host", "content-length"] {
@@ -244,8 +281,16 @@ pub(crate) fn task_json(t: &TaskRow, with_body: bool) -> Value {
                 "body_url".into(),
                 json!(format!("/api/v1/tasks/{}/result", t.id)),
             );
-        } else if let Some(body) = &t.result.body {
-            result.insert("body_bytes".into(), json!(body.len()));
+        } else if let Some(len) = t
+            .result
+            .body
+            .as_ref()
+            .map(|b| b.len() as i64)
+            .or(t.result.body_len)
+        {
+            result.insert("body_bytes".into(), json!(len));
+        }
+        if let (Some(body), false) = (&t.result.body, t.result.file.is_some()) {
             if with_body {
                 match std::str::from_utf8(body) {
                     Ok(text) => result.insert("body".into(), json!(text)),

@@ -80,6 +80,9 @@ pub struct RawAsync {
     pub on_success: Option<String>,
     /// URL that gets a JSON record of every task that fails or expires.
     pub on_failure: Option<String>,
+    /// Most tasks queued or running at once; submissions past it get 429.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_pending: Option<i64>,
 }
 
 /// `registry_auth:` — where the registry login comes from, so it never sits in a spec: a gpufn

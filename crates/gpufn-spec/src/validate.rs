@@ -278,6 +278,8 @@ pub struct AsyncConfig {
     pub on_success: Option<String>,
     /// Destination for failed and expired tasks.
     pub on_failure: Option<String>,
+    /// Most tasks queued or running at once.
+    pub max_pending: u32,
 }
 
 /// Environment variables gpufn sets for every instance; a spec may not override them.
@@ -790,6 +792,7 @@ fn check_async(c: &mut Checker, a: Option<&RawAsync>) -> AsyncConfig {
         ),
         on_success,
         on_failure,
+        max_pending: c.count("async.max_pending", a.max_pending, 10_000, 1, 1_000_000),
     }
 }
 
@@ -856,6 +859,7 @@ impl FunctionSpec {
                 max_event_age_s: secs(self.async_invoke.max_event_age),
                 on_success: self.async_invoke.on_success.clone(),
                 on_failure: self.async_invoke.on_failure.clone(),
+                max_pending: Some(i64::from(self.async_invoke.max_pending)),
             }),
             auth: Some(RawAuth {
                 kind: Some(self.auth.as_str().into()),

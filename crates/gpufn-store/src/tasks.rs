@@ -94,6 +94,8 @@ pub struct TaskResult {
     pub file: Option<String>,
     /// Why it failed, for failures.
     pub error: Option<String>,
+    /// Size of the stored body, as read (also when the body itself was not).
+    pub body_len: Option<i64>,
 }
 
 /// A stored task.
@@ -137,7 +139,14 @@ pub struct TaskRow {
 
 const COLUMNS: &str = "id, function, method, path, headers, body, callback_url, state, attempts,
     created_ms, updated_ms, started_ms, finished_ms, next_attempt_ms, instance, error,
-    result_status, result_headers, result_body, result_file, owner";
+    result_status, result_headers, result_body, result_file, owner, length(result_body)";
+
+/// [`COLUMNS`] without the request and result bodies (empty and `None` in the rows): for lists
+/// and the dispatcher's scans, which must not load every body (`TaskResult::body_len` still
+/// says how large the result is).
+const LIGHT_COLUMNS: &str = "id, function, method, path, headers, zeroblob(0), callback_url, state,
+    attempts, created_ms, updated_ms, started_ms, finished_ms, next_attempt_ms, instance, error,
+    result_status, result_headers, NULL, result_file, owner, length(result_body)";
 
 fn row_to_task(r: &Row<'_>) -> rusqlite::Result<TaskRow> {
     let state: String = r.get(7)?;
@@ -163,6 +172,7 @@ fn row_to_task(r: &Row<'_>) -> rusqlite::Result<TaskRow> {
             headers_json: r.get(17)?,
             body: r.get(18)?,
             file: r.get(19)?,
+            body_len: r.get(21)?,
         },
         owner: r.get(20)?,
     })
@@ -240,7 +250,7 @@ impl Store {
     ) -> Result<Vec<TaskRow>, StoreError> {
         let conn = self.conn();
         let mut stmt = conn.prepare(&format!(
-            "SELECT {COLUMNS} FROM tasks
+            "SELECT {LIGHT_COLUMNS} FROM tasks
              WHERE (?1 IS NULL OR function = ?1) AND (?2 IS NULL OR state = ?2)
                AND (?4 IS NULL OR owner = ?4)
              ORDER BY created_ms DESC, id DESC LIMIT ?3"
@@ -271,7 +281,7 @@ impl Store {
     pub fn runnable_tasks(&self, now_ms: i64, limit: usize) -> Result<Vec<TaskRow>, StoreError> {
         let conn = self.conn();
         let mut stmt = conn.prepare(&format!(
-            "SELECT {COLUMNS} FROM tasks WHERE state = 'queued' AND next_attempt_ms <= ?1
+            "SELECT {LIGHT_COLUMNS} FROM tasks WHERE state = 'queued' AND next_attempt_ms <= ?1
              ORDER BY next_attempt_ms, created_ms LIMIT ?2"
         ))?;
         let rows = stmt.query_map(
@@ -279,6 +289,32 @@ impl Store {
             row_to_task,
         )?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// A task's request body (lists and the dispatcher's scans do not carry it).
+    pub fn task_body(&self, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self
+            .conn()
+            .query_row("SELECT body FROM tasks WHERE id = ?1", [id], |r| r.get(0))
+            .optional()?)
+    }
+
+    /// Tasks of `function` queued or running.
+    pub fn pending_tasks(&self, function: &str) -> Result<i64, StoreError> {
+        Ok(self.conn().query_row(
+            "SELECT COUNT(*) FROM tasks WHERE function = ?1 AND state IN ('queued', 'running')",
+            [function],
+            |r| r.get(0),
+        )?)
+    }
+
+    /// Bytes of request bodies of every task queued or running.
+    pub fn pending_task_bytes(&self) -> Result<i64, StoreError> {
+        Ok(self.conn().query_row(
+            "SELECT COALESCE(SUM(length(body)), 0) FROM tasks WHERE state IN ('queued', 'running')",
+            [],
+            |r| r.get(0),
+        )?)
     }
 
     /// When the next queued task becomes due, if any.
@@ -497,6 +533,39 @@ mod tests {
             now_ms,
             owner: Some("tok1".into()),
         }
+    }
+
+    #[test]
+    fn lists_and_scans_carry_no_bodies_and_pending_work_is_counted() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = Store::open(&dir.path().join("db")).expect("open");
+        let mut big = new("big", 10);
+        big.body = vec![7u8; 100_000];
+        s.insert_tasks(&[big, new("small", 20)]).expect("insert");
+        for row in s.tasks(Some("f"), None, 10).expect("list") {
+            assert!(row.body.is_empty(), "{}", row.id);
+        }
+        for row in s.runnable_tasks(100, 10).expect("runnable") {
+            assert!(row.body.is_empty(), "{}", row.id);
+        }
+        assert_eq!(
+            s.task_body("big").expect("body").map(|b| b.len()),
+            Some(100_000)
+        );
+        assert_eq!(
+            s.task("big").expect("task").map(|t| t.body.len()),
+            Some(100_000)
+        );
+        assert_eq!(s.pending_tasks("f").expect("count"), 2);
+        assert_eq!(s.pending_tasks("g").expect("count"), 0);
+        assert_eq!(s.pending_task_bytes().expect("bytes"), 100_001);
+        assert!(s.cancel_task("big", 30).expect("cancel").is_some());
+        assert_eq!(
+            s.pending_tasks("f").expect("count"),
+            1,
+            "a final task is not pending"
+        );
+        assert_eq!(s.pending_task_bytes().expect("bytes"), 1);
     }
 
     #[test]

@@ -118,6 +118,7 @@ pub async fn run(args: ServeArgs, data_dir: std::path::PathBuf) -> anyhow::Resul
             max_share: args.async_max_share,
             inline_result_bytes: args.task_result_inline_bytes,
             max_body_bytes: args.task_max_body_bytes,
+            max_pending_bytes: args.task_max_pending_mb << 20,
             retention: Duration::from_secs_f64(args.task_retention_days * 86_400.0),
             retry_base: Duration::from_millis(args.task_retry_base_ms),
         },

@@ -381,3 +381,58 @@ async fn task_ids_are_per_function_and_per_token() {
         assert_eq!(echoed["body"], body, "{t}");
     }
 }
+
+/// Issue 18, point 5: what async tasks may hold is bounded — per function by
+/// `async.max_pending` (429 past it), and in all by `--task-max-pending-mb` of bodies (507).
+/// The function here never becomes ready, so its tasks stay pending.
+#[tokio::test]
+async fn pending_async_tasks_are_bounded_per_function_and_in_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(
+        dir.path(),
+        &[
+            "--simulate-gpus",
+            "1xtesla-t4:16",
+            "--task-max-pending-mb",
+            "1",
+        ],
+    );
+    s.deploy_testfn(
+        "stuck",
+        "env: {NEVER_READY: '1'}\nhealth_check: {startup_timeout_s: 60}\nasync: {max_pending: 2}",
+    )
+    .await;
+    s.deploy_testfn(
+        "other",
+        "env: {NEVER_READY: '1'}\nhealth_check: {startup_timeout_s: 60}",
+    )
+    .await;
+    let submit = |function: &'static str, body: Vec<u8>| {
+        let s = &s;
+        async move {
+            json_of(
+                s.http
+                    .post(s.url(&format!("/async-function/{function}/work")))
+                    .body(body),
+            )
+            .await
+        }
+    };
+    for _ in 0..2 {
+        let (status, _, body) = submit("stuck", b"x".to_vec()).await;
+        assert_eq!(status, 202, "{body}");
+    }
+    let (status, _, body) = submit("stuck", b"x".to_vec()).await;
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(body["error"]["code"], "too_many_tasks", "{body}");
+    // The byte budget is the store's: another function's 600 KB fits once, not twice.
+    let (status, _, body) = submit("other", vec![b'a'; 600 << 10]).await;
+    assert_eq!(status, 202, "{body}");
+    let (status, _, body) = submit("other", vec![b'b'; 600 << 10]).await;
+    assert_eq!(status, 507, "{body}");
+    assert_eq!(body["error"]["code"], "task_store_full", "{body}");
+    // Lists carry no request bodies.
+    let (status, _, list) = json_of(s.http.get(s.url("/api/v1/tasks"))).await;
+    assert_eq!(status, 200);
+    assert_eq!(list.as_array().map(Vec::len), Some(3), "{list}");
+}
