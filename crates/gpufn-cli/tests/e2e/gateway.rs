@@ -455,3 +455,97 @@ async fn a_callers_broken_or_stalled_body_or_departure_costs_the_instance_nothin
         same_instance_serves("a caller that left a streaming response").await;
     }
 }
+
+/// Request smuggling and framing (issue 18, point 13), on both gateway paths: two different
+/// lengths, an obsolete line fold, a coding after `chunked`, or too many header lines is refused
+/// whole (400 or 431); a head with both `Content-Length` and `Transfer-Encoding` is read by its
+/// chunked framing (or refused); and the connection is closed either way — nothing after it is
+/// read as another request, and the instance never sees a smuggled one.
+#[tokio::test]
+async fn smuggling_and_bad_framing_are_refused_whole() {
+    for gateway in ["direct", "hyper"] {
+        let dir = tempfile::tempdir().unwrap();
+        let s = server(dir.path(), gateway).await;
+        let mut warm = Raw::connect(&s).await;
+        warm.send(get("/function/d/echo").as_bytes()).await;
+        let first = warm.response().await;
+        assert_eq!(first.status, 200);
+        let instance = first.headers["x-gpufn-instance-id"].clone();
+        let smuggled = "GET /function/d/echo?smuggled=1 HTTP/1.1\r\nhost: gw\r\n\r\n";
+        let many: String = (0..150).map(|i| format!("x-h{i}: 1\r\n")).collect();
+        let cases = [
+            (
+                "CL and TE",
+                format!(
+                    "POST /function/d/echo HTTP/1.1\r\nhost: gw\r\ncontent-length: {}\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n{smuggled}",
+                    5 + smuggled.len()
+                ),
+                400,
+            ),
+            (
+                "two lengths",
+                format!(
+                    "POST /function/d/echo HTTP/1.1\r\nhost: gw\r\ncontent-length: 0\r\ncontent-length: {}\r\n\r\n{smuggled}",
+                    smuggled.len()
+                ),
+                400,
+            ),
+            (
+                "obs-fold",
+                format!(
+                    "POST /function/d/echo HTTP/1.1\r\nhost: gw\r\nx-a: 1\r\n folded: content-length: 0\r\ncontent-length: {}\r\n\r\n{smuggled}",
+                    smuggled.len()
+                ),
+                400,
+            ),
+            (
+                "chunked, identity",
+                format!(
+                    "POST /function/d/echo HTTP/1.1\r\nhost: gw\r\ntransfer-encoding: chunked, identity\r\n\r\n0\r\n\r\n{smuggled}"
+                ),
+                400,
+            ),
+            (
+                "150 header lines",
+                format!("GET /function/d/echo HTTP/1.1\r\nhost: gw\r\n{many}\r\n{smuggled}"),
+                431,
+            ),
+        ];
+        for (what, bytes, status) in cases {
+            let mut c = Raw::connect(&s).await;
+            c.send(bytes.as_bytes()).await;
+            let r = c.response().await;
+            // RFC 9112 §6.1: with both, Transfer-Encoding wins and the connection closes after
+            // the response (or the request is refused) — either way nothing follows it.
+            let te_wins = what == "CL and TE"
+                && r.status == 200
+                && r.headers.get("connection").is_some_and(|v| v == "close")
+                && r.json()["body_len"] == 0;
+            assert!(
+                r.status == status || te_wins,
+                "{gateway}, {what}: {} {:?}",
+                r.status,
+                r.headers
+            );
+            assert!(
+                c.closed().await,
+                "{gateway}, {what}: the connection is closed"
+            );
+        }
+        let log = s
+            .http
+            .get(s.url(&format!(
+                "/api/v1/functions/d/instances/{instance}/logs?tail=1000"
+            )))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            !log.contains("smuggled"),
+            "{gateway}: the instance saw: {log}"
+        );
+    }
+}
