@@ -43,3 +43,45 @@ pub use config::{Config, ContainerSettings, GatewayPath, GpuSource, TlsFiles};
 pub use platform::Platform;
 pub use serve::{ServerError, run};
 pub use tasks::TaskConfig;
+
+/// Entry points for the fuzz targets in `fuzz/` and their corpus regression tests
+/// (`tests/fuzz_corpus.rs`): parsers that take outside bytes. Not an API.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::direct::fuzzing::{chunked, request_head, response_head};
+
+    /// An FC request (a head of `name: value` lines, a blank line, then the body) verified
+    /// against a fixed key: any outcome but a panic.
+    pub fn fc_signature(bytes: &[u8]) {
+        let text = String::from_utf8_lossy(bytes);
+        let (head, body) = text.split_once("\n\n").unwrap_or((&text, ""));
+        let mut lines = head.lines();
+        let first = lines.next().unwrap_or("");
+        let (method, path) = first.split_once(' ').unwrap_or(("POST", first));
+        let (path, query) = path.split_once('?').unwrap_or((path, ""));
+        let headers: Vec<(String, String)> = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+            .collect();
+        let query: Vec<(String, String)> = query
+            .split('&')
+            .filter_map(|p| p.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let verifier = crate::fc_auth::Verifier::new(
+            [("LTAIfuzz".to_string(), "s3cr3t".to_string())]
+                .into_iter()
+                .collect(),
+        );
+        for body in [None, Some(body.as_bytes())] {
+            let req = crate::fc_auth::SignedRequest {
+                method,
+                path,
+                query: query.clone(),
+                headers: headers.clone(),
+                body,
+            };
+            let _ = verifier.verify(&req, std::time::SystemTime::now());
+        }
+    }
+}

@@ -126,6 +126,17 @@ pub fn parse_datetime(s: &str) -> Option<f64> {
         t.next()?.parse::<i64>().ok()?,
     );
     let ss: f64 = t.next()?.parse().ok()?;
+    // Out of range: refused (found by fuzzing: a year of 10^17 overflowed the day count).
+    let ok = (0..=9999).contains(&y)
+        && (1..=12).contains(&m)
+        && (1..=31).contains(&day)
+        && (0..=24).contains(&hh)
+        && (0..=59).contains(&mm)
+        && ss.is_finite()
+        && (0.0..61.0).contains(&ss);
+    if !ok {
+        return None;
+    }
     // Days from civil (Howard Hinnant's algorithm).
     let y = if m <= 2 { y - 1 } else { y };
     let era = y.div_euclid(400);
@@ -429,8 +440,47 @@ fn csv(path: &Path, memory_gb: Option<u32>, concurrency: Option<u32>) -> Result<
     Ok(b.finish())
 }
 
+/// Entry point for the `trace` fuzz target and its corpus regression test: `bytes` as a trace file
+/// of every format. Any outcome but a panic. Not an API.
+#[doc(hidden)]
+pub fn fuzz_formats(bytes: &[u8]) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let path = std::env::temp_dir().join(format!(
+        "gpufn-fuzz-trace-{}-{}.csv",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    if std::fs::write(&path, bytes).is_err() {
+        return;
+    }
+    for format in [
+        Format::AlibabaGenai,
+        Format::AzureFunctions,
+        Format::AzureLlm,
+        Format::Csv,
+    ] {
+        let _ = load(&path, format, None, None);
+    }
+    let _ = std::fs::remove_file(&path);
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn dates_out_of_range_are_refused_not_overflowed() {
+        assert_eq!(super::parse_datetime("1970-01-01 00:00:01"), Some(1.0));
+        for bad in [
+            "100000000000000000-01-01 00:00:00",
+            "2024-13-01 00:00:00",
+            "2024-01-01 99999999999999:00:00",
+            "2024-01-01 00:00:NaN",
+            "2024-01-01 00:00:inf",
+        ] {
+            assert_eq!(super::parse_datetime(bad), None, "{bad}");
+        }
+    }
+
     use super::*;
 
     #[test]

@@ -30,6 +30,7 @@
 //!   body that breaks off closes the caller's connection.
 
 mod chunked;
+pub(crate) mod fuzzing;
 mod response;
 mod rewind;
 
@@ -512,7 +513,7 @@ enum BodyRead {
 
 /// Whether `buf` holds the blank line that ends a head (CRLF CRLF, or bare LFs, which httparse
 /// also accepts), searching only past `scanned`, which it advances.
-fn head_complete(buf: &[u8], scanned: &mut usize) -> bool {
+pub(super) fn head_complete(buf: &[u8], scanned: &mut usize) -> bool {
     let from = scanned.saturating_sub(3);
     let found = buf[from..].windows(2).any(|w| w == b"\n\n" || w == b"\n\r");
     if !found {
@@ -523,7 +524,7 @@ fn head_complete(buf: &[u8], scanned: &mut usize) -> bool {
 
 /// [`forward::split_target`] of a `/function/` path; `None` if the path is not one the direct
 /// path forwards as it is.
-fn split_path(path: &str) -> Option<(&str, &str)> {
+pub(super) fn split_path(path: &str) -> Option<(&str, &str)> {
     // Bytes hyper's URI parser would refuse, and fragments, are left to it.
     if !path.bytes().all(|b| (0x21..0x7f).contains(&b) && b != b'#') {
         return None;
@@ -541,7 +542,7 @@ pub(super) fn parse_length(v: &[u8]) -> Option<u64> {
 
 /// `Connection` tokens: `Some(true)` if one is `close`; `None` if any token other than
 /// `keep-alive` or `close` (headers named there would need stripping: left to hyper).
-fn connection_tokens(v: &[u8]) -> Option<bool> {
+pub(super) fn connection_tokens(v: &[u8]) -> Option<bool> {
     let mut close = false;
     for t in v.split(|b| *b == b',') {
         let t = t.trim_ascii();
