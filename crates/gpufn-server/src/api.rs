@@ -114,6 +114,25 @@ pub fn router(platform: Arc<Platform>) -> Router {
         .with_state(platform)
 }
 
+/// What a caller other than an admin sees of a failed image pull: the registry's own reason can
+/// name addresses and tell a refused connection from a silent one, so image names could probe
+/// which local ports answer. The reason goes to the server log; an admin sees it whole.
+fn pull_error_for(role: gpufn_auth::Role, e: ApiError) -> ApiError {
+    if e.code != "image_pull_failed"
+        || e.status != StatusCode::UNPROCESSABLE_ENTITY
+        || role == gpufn_auth::Role::Admin
+    {
+        return e;
+    }
+    tracing::warn!("image pull failed: {}", e.message);
+    ApiError::field(
+        e.status,
+        "image_pull_failed",
+        "image",
+        "the registry could not be reached, or it refused the image (an admin sees why in the server log)",
+    )
+}
+
 /// Every error of the control API is the documented `{"error": {...}}` document: the
 /// framework's own refusals (a body over the limit, a query that does not parse, a method the
 /// path does not take) come as plain text and are rewritten here, naming the query field when the
@@ -278,6 +297,7 @@ async fn pull_image(
         b.push(b'\n');
         Bytes::from(b)
     };
+    let role = who.role;
     tokio::spawn(async move {
         let progress_tx = tx.clone();
         let progress = move |ev: gpufn_oci::PullEvent| {
@@ -285,7 +305,11 @@ async fn pull_image(
                 let _ = progress_tx.send(line(&v));
             }
         };
-        let last = match p.pull_image(&req.image, auth.as_ref(), &progress).await {
+        let pulled = p
+            .pull_image(&req.image, auth.as_ref(), &progress)
+            .await
+            .map_err(|e| pull_error_for(role, e));
+        let last = match pulled {
             Ok(done) => serde_json::json!({
                 "event": "done",
                 "image": done.image,
@@ -344,7 +368,10 @@ async fn deploy(
     let process = raw.runtime.as_deref() != Some("container") || is_process(&p, &name);
     who.check(Action::Deploy { process }, Some(&name))
         .map_err(forbidden)?;
-    let (view, created) = p.deploy(raw).await?;
+    let (view, created) = p
+        .deploy(raw)
+        .await
+        .map_err(|e| pull_error_for(who.role, e))?;
     p.audit(
         &who,
         "function.deploy",

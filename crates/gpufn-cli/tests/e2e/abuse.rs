@@ -436,3 +436,51 @@ async fn pending_async_tasks_are_bounded_per_function_and_in_bytes() {
     assert_eq!(status, 200);
     assert_eq!(list.as_array().map(Vec::len), Some(3), "{list}");
 }
+
+/// Issue 18, point 9: an image pull's failure does not tell a developer which local ports answer:
+/// its reason (addresses, connection errors) is for admins and the server log.
+#[tokio::test]
+async fn pull_errors_name_no_address_to_a_developer() {
+    crate::common::oci::require("runc");
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path(), &["--simulate-gpus", "1xtesla-t4:16"]);
+    let (status, _, dev) = json_of(
+        s.http
+            .post(s.url("/api/v1/tokens"))
+            .header("content-type", "application/json")
+            .body(r#"{"role": "developer"}"#),
+    )
+    .await;
+    assert_eq!(status, 201, "{dev}");
+    let dev = dev["token"].as_str().unwrap().to_string();
+    // A loopback port nobody listens on.
+    let port = free_port();
+    let yaml = format!(
+        "name: probe\nruntime: container\nimage: 127.0.0.1:{port}/x:1\nport: 9000\ngpu: {{memory_gb: 2}}\n"
+    );
+    let deploy = |token: String| {
+        let (s, yaml) = (&s, yaml.clone());
+        async move {
+            json_of(
+                reqwest::Client::new()
+                    .post(s.url("/api/v1/functions"))
+                    .header("authorization", format!("Bearer {token}"))
+                    .header("content-type", "application/yaml")
+                    .body(yaml),
+            )
+            .await
+        }
+    };
+    let (status, _, body) = deploy(dev).await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["error"]["code"], "image_pull_failed", "{body}");
+    let text = body.to_string();
+    assert!(
+        !text.contains(&port.to_string()) && !text.contains("127.0.0.1"),
+        "{text}"
+    );
+    // An admin sees the reason.
+    let (status, _, body) = deploy(s.token.clone()).await;
+    assert_eq!(status, 422, "{body}");
+    assert!(body.to_string().contains(&port.to_string()), "{body}");
+}
