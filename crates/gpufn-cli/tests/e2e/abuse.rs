@@ -180,11 +180,7 @@ async fn the_fc_api_refuses_before_reading_a_body() {
         let mut args = vec!["--simulate-gpus", "1xtesla-t4:16"];
         args.extend_from_slice(keys);
         let s = Server::start(dir.path(), &args);
-        let addr = s
-            .url("")
-            .trim_start_matches("http://")
-            .trim_end_matches('/')
-            .to_string();
+        let addr = s.addr();
         let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
         let head = format!(
             "POST /2023-03-30/functions HTTP/1.1\r\nhost: 127.0.0.1\r\n\
@@ -273,11 +269,7 @@ async fn http_1_1_requests_need_exactly_one_host() {
     let dir = tempfile::tempdir().unwrap();
     let s = Server::start(dir.path(), &["--simulate-gpus", "1xtesla-t4:16"]);
     s.deploy_testfn("f", "").await;
-    let addr = s
-        .url("")
-        .trim_start_matches("http://")
-        .trim_end_matches('/')
-        .to_string();
+    let addr = s.addr();
     let auth = format!("authorization: Bearer {}\r\n", s.token);
     for path in ["/function/f/echo", "/api/v1/functions", "/healthz"] {
         for hosts in ["", "host: 127.0.0.1\r\nhost: 127.0.0.1\r\n"] {

@@ -36,11 +36,7 @@ struct Raw {
 
 impl Raw {
     async fn connect(s: &Server) -> Raw {
-        let addr = s
-            .url("")
-            .trim_start_matches("http://")
-            .trim_end_matches('/')
-            .to_string();
+        let addr = s.addr();
         Raw {
             conn: TcpStream::connect(addr).await.unwrap(),
             buf: Vec::new(),

@@ -117,6 +117,14 @@ impl Server {
         format!("{}{path}", self.url)
     }
 
+    /// `host:port` it listens on, for raw sockets.
+    pub fn addr(&self) -> String {
+        self.url
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_string()
+    }
+
     pub fn log(&self) -> String {
         self.log.lock().unwrap().clone()
     }
