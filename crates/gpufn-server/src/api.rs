@@ -139,6 +139,19 @@ fn pull_error_for(role: gpufn_auth::Role, e: ApiError) -> ApiError {
 /// framework's message does. Their text is the framework's message about the caller's input, cut
 /// short; nothing of gpufn's internals is in it.
 async fn json_errors(resp: Response) -> Response {
+    let mut resp = json_error_of(resp).await;
+    // A refused body was not read to its end: the connection cannot carry another request, and
+    // a client that is not told so reuses it and loses its next request.
+    if resp.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        resp.headers_mut().insert(
+            header::CONNECTION,
+            header::HeaderValue::from_static("close"),
+        );
+    }
+    resp
+}
+
+async fn json_error_of(resp: Response) -> Response {
     let status = resp.status();
     let is_json = resp
         .headers()

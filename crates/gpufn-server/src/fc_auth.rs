@@ -63,6 +63,11 @@ impl AuthError {
     }
 }
 
+/// The `x-acs-content-sha256` of `body` (lowercase hex SHA-256).
+pub fn content_sha256(body: &[u8]) -> String {
+    hex::encode(Sha256::digest(body))
+}
+
 /// Whether `body` is what the signed `x-acs-content-sha256` says.
 pub fn body_matches(content_sha256: &str, body: &[u8]) -> bool {
     hex::encode(Sha256::digest(body)).eq_ignore_ascii_case(content_sha256.trim())
@@ -186,26 +191,7 @@ impl Verifier {
         {
             return Err(AuthError::BodyHash);
         }
-        let mut canonical = format!(
-            "{}\n{}\n{}\n",
-            req.method,
-            if req.path.is_empty() { "/" } else { req.path },
-            canonical_query(&req.query)
-        );
-        for name in &signed_names {
-            let mut values = header(name);
-            values.sort();
-            canonical.push_str(&format!("{name}:{}\n", values.join(",")));
-        }
-        // The SDK puts a newline after the header block's own last newline: an empty line.
-        canonical.push('\n');
-        canonical.push_str(&signed);
-        canonical.push('\n');
-        canonical.push_str(&content_hash);
-        let to_sign = format!(
-            "ACS3-HMAC-SHA256\n{}",
-            hex::encode(Sha256::digest(canonical.as_bytes()))
-        );
+        let to_sign = string_to_sign(req, &signed_names, &content_hash);
         let mut mac =
             Hmac::<Sha256>::new_from_slice(secret.as_bytes()).map_err(|_| AuthError::Signature)?;
         mac.update(to_sign.as_bytes());
@@ -234,6 +220,66 @@ impl Verifier {
         }
         Ok(id)
     }
+}
+
+/// The string an ACS3 signature signs: the canonical request's hash (see the module doc).
+fn string_to_sign(req: &SignedRequest<'_>, signed_names: &[&str], content_hash: &str) -> String {
+    let header = |name: &str| {
+        let mut values: Vec<&str> = req
+            .headers
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.trim())
+            .collect();
+        values.sort();
+        values.join(",")
+    };
+    let mut canonical = format!(
+        "{}\n{}\n{}\n",
+        req.method,
+        if req.path.is_empty() { "/" } else { req.path },
+        canonical_query(&req.query)
+    );
+    for name in signed_names {
+        canonical.push_str(&format!("{name}:{}\n", header(name)));
+    }
+    // The SDK puts a newline after the header block's own last newline: an empty line.
+    canonical.push('\n');
+    canonical.push_str(&signed_names.join(";"));
+    canonical.push('\n');
+    canonical.push_str(content_hash);
+    format!(
+        "ACS3-HMAC-SHA256\n{}",
+        hex::encode(Sha256::digest(canonical.as_bytes()))
+    )
+}
+
+/// The `Authorization` header the SDKs send for `req` with key `id`/`secret`, signing every header
+/// in `req.headers` (lowercase names; `host`, `x-acs-date`, `x-acs-signature-nonce` and
+/// `x-acs-content-sha256` among them). For tools and tests that call the FC API without an SDK.
+pub fn authorization(id: &str, secret: &str, req: &SignedRequest<'_>) -> String {
+    let mut names: Vec<&str> = req.headers.iter().map(|(k, _)| k.as_str()).collect();
+    names.sort_unstable();
+    names.dedup();
+    let content_hash = req
+        .headers
+        .iter()
+        .find(|(k, _)| k == "x-acs-content-sha256")
+        .map(|(_, v)| v.trim())
+        .unwrap_or_default();
+    let to_sign = string_to_sign(req, &names, content_hash);
+    let signature = match Hmac::<Sha256>::new_from_slice(secret.as_bytes()) {
+        Ok(mut mac) => {
+            mac.update(to_sign.as_bytes());
+            hex::encode(mac.finalize().into_bytes())
+        }
+        // HMAC takes a key of any length.
+        Err(_) => String::new(),
+    };
+    format!(
+        "ACS3-HMAC-SHA256 Credential={id},SignedHeaders={},Signature={signature}",
+        names.join(";")
+    )
 }
 
 /// Percent-encodes like Python's `quote(v, safe='~')`: unreserved characters stay.
@@ -266,13 +312,19 @@ pub fn epoch(secs: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_secs(secs)
 }
 
-/// FC settings: access keys and the GPU type table.
+/// MiB of large FC bodies read whole at once (two 64 MiB function documents, or eight 16 MiB
+/// async payloads); more callers wait with their bodies on disk.
+const FC_MEMORY_MIB: u32 = 128;
+
+/// FC settings: access keys, the GPU type table, the memory budget for large bodies.
 #[derive(Debug)]
 pub struct FcState {
     pub(crate) verifier: Verifier,
     /// The role each access key acts with (`--access-key ID:SECRET:ROLE`; admin by default).
     pub(crate) roles: HashMap<String, gpufn_auth::Role>,
     pub(crate) gpu_types: BTreeMap<String, String>,
+    /// What large FC bodies may take in memory at once.
+    pub(crate) memory: crate::spool::MemoryBudget,
 }
 
 impl FcState {
@@ -298,6 +350,7 @@ impl FcState {
                 .map(|(id, _, role)| (id.clone(), *role))
                 .collect(),
             gpu_types: table,
+            memory: crate::spool::MemoryBudget::new(FC_MEMORY_MIB),
         }
     }
 }
@@ -366,6 +419,16 @@ mod tests {
             second.verify(&request(SDK_AUTH, BODY, "abc123"), now),
             Err(AuthError::Replayed("abc123".into()))
         );
+    }
+
+    #[test]
+    fn authorization_signs_as_the_sdk_does() {
+        // The SDK's own header for this request, rebuilt from the same headers minus `accept`
+        // (the SDK does not sign it) and `Authorization` itself.
+        let mut req = request("", BODY, "abc123");
+        req.headers
+            .retain(|(k, _)| k != "Authorization" && k != "accept");
+        assert_eq!(authorization("AKID", "s3cret", &req), SDK_AUTH);
     }
 
     #[test]

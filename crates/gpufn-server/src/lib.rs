@@ -33,6 +33,7 @@ pub mod pool;
 pub mod secrets;
 pub mod serve;
 mod shared;
+mod spool;
 mod task_queue;
 pub mod tasks;
 pub mod tasks_api;

@@ -39,7 +39,13 @@ pub(crate) fn rotate(path: &Path, max_bytes: u64, keep: usize) -> std::io::Resul
                 std::fs::rename(&from, rotated(path, n + 1))?;
             }
         }
-        std::fs::copy(path, rotated(path, 1))?;
+        // Copied under a temporary name and renamed once the live file is cut: `.1` appears
+        // whole, and only when the rotation is done.
+        let partial = rotated(path, 0);
+        std::fs::copy(path, &partial)?;
+        OpenOptions::new().write(true).open(path)?.set_len(0)?;
+        std::fs::rename(&partial, rotated(path, 1))?;
+        return Ok(true);
     }
     OpenOptions::new().write(true).open(path)?.set_len(0)?;
     Ok(true)

@@ -22,6 +22,7 @@ use serde_json::{Value, json};
 use crate::error::ApiError;
 use crate::function_lock::FunctionLock;
 use crate::platform::Platform;
+use crate::spool;
 
 pub use crate::fc_auth::FcState;
 
@@ -170,20 +171,25 @@ pub async fn entry(State(p): State<Arc<Platform>>, req: Request) -> Response {
         .filter(|s| !s.is_empty())
         .collect();
     let limit = body_limit(parts.method.as_str(), &segments);
-    let body = match axum::body::to_bytes(body, limit).await {
+    let spooled = match spool::spool(body, limit, &p.data_dir().join("fc-spool")).await {
         Ok(b) => b,
-        Err(_) => {
-            return fc_error_response(
-                err(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "InvalidArgument",
-                    format!("the body is over {} MiB for this call", limit >> 20),
-                ),
-                &request_id,
-            );
+        Err(e) => {
+            let status = match e {
+                spool::SpoolError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+                spool::SpoolError::Caller => StatusCode::BAD_REQUEST,
+                spool::SpoolError::Disk(ref io) => {
+                    tracing::error!("FC API: {io}");
+                    StatusCode::INSUFFICIENT_STORAGE
+                }
+            };
+            let message = match e {
+                spool::SpoolError::Disk(_) => "gpufn could not store the request body".to_string(),
+                e => e.to_string(),
+            };
+            return fc_error_response(err(status, "InvalidArgument", message), &request_id);
         }
     };
-    if !auth::body_matches(&declared, &body) {
+    if !spooled.matches(&declared) {
         tracing::warn!("FC API request refused: the body does not match its signed hash");
         return fc_error_response(
             err(
@@ -194,6 +200,27 @@ pub async fn entry(State(p): State<Arc<Platform>>, req: Request) -> Response {
             &request_id,
         );
     }
+    // A sync invocation's payload is only passed on: it goes from the file. Anything read whole
+    // waits for its share of the memory budget first.
+    let _reserved;
+    let body = if parts.method == Method::POST
+        && matches!(segments.as_slice(), ["functions", _, "invocations"])
+        && !is_async_invocation(&parts.headers)
+    {
+        _reserved = None;
+        Payload::Stream(spooled.into_body())
+    } else {
+        _reserved = fc.memory.reserve(&spooled).await;
+        match spooled.into_bytes().await {
+            Ok(b) => Payload::Whole(b),
+            Err(e) => {
+                return fc_error_response(
+                    FcError::from(ApiError::internal("reading the spooled request body", e)),
+                    &request_id,
+                );
+            }
+        }
+    };
     let grant = gpufn_auth::Grant {
         role: fc
             .roles
@@ -220,9 +247,26 @@ pub async fn entry(State(p): State<Arc<Platform>>, req: Request) -> Response {
     }
 }
 
+/// A request body as a handler gets it.
+#[derive(Debug)]
+enum Payload {
+    /// Read whole (documents, async payloads).
+    Whole(Bytes),
+    /// Passed on as it is read (a sync invocation's payload).
+    Stream(Body),
+}
+
+/// Whether an `InvokeFunction` call asks for an async task.
+fn is_async_invocation(headers: &HeaderMap) -> bool {
+    headers
+        .get("x-fc-invocation-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.eq_ignore_ascii_case("async"))
+}
+
 /// The largest body an FC call takes: a function document with its code zip (base64), an
 /// invocation's payload, or a small settings document.
-fn body_limit(method: &str, seg: &[&str]) -> usize {
+fn body_limit(method: &str, seg: &[&str]) -> u64 {
     match (method, seg) {
         ("POST", ["functions"]) | ("PUT", ["functions", _]) => 64 << 20,
         ("POST", ["functions", _, "invocations"]) => 16 << 20,
@@ -274,13 +318,18 @@ async fn route(
     seg: &[&str],
     q: &HashMap<String, String>,
     headers: &HeaderMap,
-    body: Bytes,
+    body: Payload,
 ) -> Result<Response, FcError> {
+    // A streamed body is `!Sync`: it is not borrowed across an await, only moved to `invoke`.
+    let (whole, mut stream) = match body {
+        Payload::Whole(b) => (b, None),
+        Payload::Stream(s) => (Bytes::new(), Some(s)),
+    };
     let json_body = || -> Result<Value, FcError> {
-        if body.is_empty() {
+        if whole.is_empty() {
             return Ok(json!({}));
         }
-        serde_json::from_slice(&body).map_err(|e| {
+        serde_json::from_slice(&whole).map_err(|e| {
             err(
                 StatusCode::BAD_REQUEST,
                 "InvalidArgument",
@@ -300,7 +349,13 @@ async fn route(
             p.audit(grant, "function.delete", name, Some("fc")).await;
             Ok(StatusCode::NO_CONTENT.into_response())
         }
-        ("POST", ["functions", name, "invocations"]) => invoke(p, grant, name, headers, body).await,
+        ("POST", ["functions", name, "invocations"]) => {
+            let body = match stream.take() {
+                Some(s) => Payload::Stream(s),
+                None => Payload::Whole(whole.clone()),
+            };
+            invoke(p, grant, name, headers, body).await
+        }
         ("GET", ["functions", name, "async-tasks", id]) => {
             ok_json(StatusCode::OK, async_task(p, grant, name, id).await?)
         }
@@ -621,13 +676,14 @@ async fn list_functions(p: &Platform, q: &HashMap<String, String>) -> Result<Res
 }
 
 /// `InvokeFunction`: sync — the body goes to the instance's `/invoke` (FC's event-function
-/// convention) and its answer comes back; `x-fc-invocation-type: Async` — a durable task.
+/// convention) and its answer comes back; `x-fc-invocation-type: Async` — a durable task (the
+/// entry reads such a payload whole, [`Payload::Whole`], and streams a sync one).
 async fn invoke(
     p: &Arc<Platform>,
     grant: &gpufn_auth::Grant,
     name: &str,
     headers: &HeaderMap,
-    body: Bytes,
+    body: Payload,
 ) -> Result<Response, FcError> {
     let header = |k: &str| {
         headers
@@ -635,37 +691,39 @@ async fn invoke(
             .and_then(|v| v.to_str().ok())
             .map(str::to_string)
     };
-    let is_async = header("x-fc-invocation-type").is_some_and(|t| t.eq_ignore_ascii_case("async"));
     let mut forwarded = HeaderMap::new();
     if let Some(ct) = headers.get(axum::http::header::CONTENT_TYPE) {
         forwarded.insert(axum::http::header::CONTENT_TYPE, ct.clone());
     }
-    if is_async {
-        let row = crate::tasks_api::submit(
-            p,
-            crate::tasks_api::Submission {
-                function: name.to_string(),
-                method: Method::POST,
-                target: "/invoke".into(),
-                headers: forwarded,
-                body,
-                task_id: header("x-fc-async-task-id"),
-                callback_url: None,
-                owner: Some(grant.token_id.clone()),
-            },
-        )
-        .await?;
-        let mut out = StatusCode::ACCEPTED.into_response();
-        if let Ok(h) = HeaderValue::from_str(&row.id) {
-            out.headers_mut().insert("x-fc-async-task-id", h);
+    let body = match body {
+        Payload::Stream(body) => body,
+        Payload::Whole(body) => {
+            let row = crate::tasks_api::submit(
+                p,
+                crate::tasks_api::Submission {
+                    function: name.to_string(),
+                    method: Method::POST,
+                    target: "/invoke".into(),
+                    headers: forwarded,
+                    body,
+                    task_id: header("x-fc-async-task-id"),
+                    callback_url: None,
+                    owner: Some(grant.token_id.clone()),
+                },
+            )
+            .await?;
+            let mut out = StatusCode::ACCEPTED.into_response();
+            if let Ok(h) = HeaderValue::from_str(&row.id) {
+                out.headers_mut().insert("x-fc-async-task-id", h);
+            }
+            return Ok(out);
         }
-        return Ok(out);
-    }
+    };
     let call = crate::gateway::Call {
         method: Method::POST,
         target: "/invoke".into(),
         headers: forwarded,
-        body: Body::from(body),
+        body,
     };
     // gpufn's own refusals (queue full, quota, start failure) become FC errors; the function's
     // own answers, whatever their status, are passed through as FC does.
