@@ -35,6 +35,7 @@ install_packages() {
   command -v rsync >/dev/null || need+=(rsync)
   command -v jq >/dev/null || need+=(jq)
   command -v openssl >/dev/null || need+=(openssl)
+  command -v kubectl >/dev/null || need+=(kubernetes-client)
   command -v dpkg-source >/dev/null || need+=(dpkg-dev)
   [ -d /usr/share/gocode/src/github.com/modern-go/reflect2 ] || need+=(golang-github-modern-go-reflect2-dev)
   [ -d /usr/share/gocode/src/github.com/json-iterator/go ] || need+=(golang-github-json-iterator-go-dev)
@@ -81,7 +82,138 @@ build() {
   rm -rf "$work"
 }
 
-case "${1:-}" in
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# Waits (up to $2 seconds) until command $1 succeeds.
+wait_until() {
+  local i
+  for ((i = 0; i < $2 * 10; i++)); do
+    if eval "$1" >/dev/null 2>&1; then return 0; fi
+    sleep 0.1
+  done
+  return 1
+}
+
+start() { # name, command...
+  local name=$1
+  shift
+  "$@" >"$DIR/$name.log" 2>&1 &
+  echo $! >"$DIR/$name.pid"
+}
+
+agent_binary() {
+  local bin="${GPUFN_NODE_AGENT:-$ROOT/target/debug/gpufn-node-agent}"
+  if [ ! -x "$bin" ]; then
+    (cd "$ROOT" && cargo build -q -p gpufn-node-agent) || die "cannot build gpufn-node-agent"
+  fi
+  echo "$bin"
+}
+
+up() {
+  build
+  [ ! -f "$DIR/kubeconfig" ] || die "already up in $DIR (scripts/kube-testbed.sh down --dir $DIR)"
+  mkdir -p "$DIR"
+  local etcd_port peer_port api_port token
+  etcd_port=$(free_port)
+  peer_port=$(free_port)
+  api_port=$(free_port)
+  token=$(openssl rand -hex 16)
+  # A CA and a serving certificate for 127.0.0.1, the service-account signing key, and one admin
+  # token (the testbed's only user; gpufn's own account is made by deploy/kubernetes).
+  (
+    cd "$DIR"
+    openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.crt -days 30 \
+      -subj /CN=gpufn-testbed-ca 2>/dev/null
+    openssl req -newkey rsa:2048 -nodes -keyout apiserver.key -out apiserver.csr \
+      -subj /CN=kube-apiserver 2>/dev/null
+    printf 'subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes.default.svc\n' >san.ext
+    openssl x509 -req -in apiserver.csr -CA ca.crt -CAkey ca.key -CAcreateserial \
+      -out apiserver.crt -days 30 -extfile san.ext 2>/dev/null
+    openssl genrsa -out sa.key 2048 2>/dev/null
+    echo "$token,admin,admin,system:masters" >tokens.csv
+  )
+  cat >"$DIR/kubeconfig" <<KC
+apiVersion: v1
+kind: Config
+clusters:
+- name: testbed
+  cluster:
+    server: https://127.0.0.1:$api_port
+    certificate-authority-data: $(base64 -w0 "$DIR/ca.crt")
+users:
+- name: admin
+  user:
+    token: $token
+contexts:
+- name: testbed
+  context: {cluster: testbed, user: admin}
+current-context: testbed
+KC
+  start etcd etcd --name testbed --data-dir "$DIR/etcd" \
+    --listen-client-urls "http://127.0.0.1:$etcd_port" \
+    --advertise-client-urls "http://127.0.0.1:$etcd_port" \
+    --listen-peer-urls "http://127.0.0.1:$peer_port" \
+    --initial-advertise-peer-urls "http://127.0.0.1:$peer_port" \
+    --initial-cluster "testbed=http://127.0.0.1:$peer_port"
+  start apiserver "$BIN/kube-apiserver" --etcd-servers "http://127.0.0.1:$etcd_port" \
+    --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$api_port" \
+    --insecure-port 0 --tls-cert-file "$DIR/apiserver.crt" \
+    --tls-private-key-file "$DIR/apiserver.key" --client-ca-file "$DIR/ca.crt" \
+    --token-auth-file "$DIR/tokens.csv" --authorization-mode Node,RBAC \
+    --service-account-issuer https://kubernetes.default.svc \
+    --service-account-key-file "$DIR/sa.key" --service-account-signing-key-file "$DIR/sa.key" \
+    --service-cluster-ip-range 10.96.0.0/24 --endpoint-reconciler-type none
+  wait_until "kubectl --kubeconfig '$DIR/kubeconfig' get --raw /readyz" 60 ||
+    die "the apiserver did not come up: $(tail -5 "$DIR/apiserver.log")"
+  start controller-manager "$BIN/kube-controller-manager" --kubeconfig "$DIR/kubeconfig" \
+    --port 0 --secure-port 0 --leader-elect=false \
+    --service-account-private-key-file "$DIR/sa.key" --root-ca-file "$DIR/ca.crt" \
+    --use-service-account-credentials=false --controllers '*,-nodeipam,-service,-route,-cloud-node-lifecycle'
+  start scheduler "$BIN/kube-scheduler" --kubeconfig "$DIR/kubeconfig" --port 0 \
+    --secure-port 0 --leader-elect=false
+  start node-agent "$(agent_binary)" --kubeconfig "$DIR/kubeconfig" --nodes "$NODES" \
+    --gpus-per-node "$GPUS" --state-dir "$DIR/agent"
+  wait_until "[ \$(kubectl --kubeconfig '$DIR/kubeconfig' get nodes --no-headers 2>/dev/null | grep -c ' Ready') -ge $NODES ]" 60 ||
+    die "the nodes did not become Ready: $(tail -5 "$DIR/node-agent.log")"
+  env_line
+}
+
+env_line() {
+  [ -f "$DIR/kubeconfig" ] || die "not up (no $DIR/kubeconfig)"
+  echo "export KUBECONFIG=$DIR/kubeconfig"
+}
+
+down() {
+  local name pid
+  # Reverse order: the agent stops its containers before the control plane goes.
+  for name in node-agent scheduler controller-manager apiserver etcd; do
+    [ -f "$DIR/$name.pid" ] || continue
+    pid=$(cat "$DIR/$name.pid")
+    if kill -0 "$pid" 2>/dev/null; then
+      kill -TERM "$pid" 2>/dev/null || true
+      wait_until "! kill -0 $pid" 20 || kill -KILL "$pid" 2>/dev/null || true
+    fi
+    rm -f "$DIR/$name.pid"
+  done
+  rm -rf "$DIR"
+}
+
+cmd="${1:-}"
+[ $# -eq 0 ] || shift
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --nodes) NODES=$2; shift 2 ;;
+    --gpus-per-node) GPUS=$2; shift 2 ;;
+    --dir) DIR=$2; shift 2 ;;
+    *) die "unknown option $1" ;;
+  esac
+done
+case "$cmd" in
   build) build ;;
-  *) die "usage: $0 build|up|env|down" ;;
+  up) up ;;
+  env) env_line ;;
+  down) down ;;
+  *) die "usage: $0 build|up|env|down [--nodes N] [--gpus-per-node G] [--dir DIR]" ;;
 esac

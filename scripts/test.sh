@@ -34,6 +34,16 @@ if ! target/fc-venv/bin/python -c "import alibabacloud_fc20230330" 2>/dev/null; 
 fi
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
+# The Kubernetes backend's tests run against a real control plane on loopback (etcd, apiserver,
+# controller manager, scheduler; built once from Debian's source package and cached outside the
+# repo) with gpufn's test node agent standing in for kubelets. Each test starts its own nodes.
+cargo build --locked -p gpufn-node-agent
+./scripts/kube-testbed.sh build
+testbed="$(mktemp -d /tmp/gpufn-kube-testbed.XXXXXX)"
+rmdir "$testbed"
+trap './scripts/kube-testbed.sh down --dir "$testbed" >/dev/null 2>&1 || true' EXIT
+./scripts/kube-testbed.sh up --nodes 0 --dir "$testbed" >/dev/null
+export GPUFN_KUBE_TESTBED="$testbed/kubeconfig"
 cargo test --workspace --locked
 # The web console in a real headless Chromium, against the gpufn just built (target/debug/gpufn).
 # Screenshots of every page land in artifacts/console/.

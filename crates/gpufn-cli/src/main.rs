@@ -201,6 +201,27 @@ pub struct ServeArgs {
     /// Use real GPUs if NVML finds any, else these simulated ones.
     #[arg(long)]
     simulate_gpus_if_none: Option<String>,
+    /// Where instances run: `local` (this machine) or `kubernetes` (one Pod per instance; the
+    /// kubeconfig from --kubeconfig, $KUBECONFIG, ~/.kube/config or the in-cluster account).
+    #[arg(long, default_value = "local", value_parser = ["local", "kubernetes"])]
+    backend: String,
+    /// Kubernetes backend: a kubeconfig file to use instead of the usual search.
+    #[arg(long)]
+    kubeconfig: Option<std::path::PathBuf>,
+    /// Kubernetes backend: the namespace of function Pods.
+    #[arg(long, default_value = "gpufn-functions")]
+    kube_namespace: String,
+    /// Kubernetes backend: the GPU's extended resource. `nvidia.com/gpu` asks for one whole card;
+    /// another (`aliyun.com/gpu-mem`) for the function's gpu.memory_gb.
+    #[arg(long, default_value = "nvidia.com/gpu")]
+    kube_gpu_resource: String,
+    /// Kubernetes backend: the node label that carries the GPU type.
+    #[arg(long, default_value = "nvidia.com/gpu.product")]
+    kube_gpu_type_label: String,
+    /// Kubernetes backend: TYPE=VALUE, the label value of a gpufn GPU type where the cluster
+    /// labels differently (repeatable; e.g. tesla-t4=Tesla-T4).
+    #[arg(long = "kube-gpu-type")]
+    kube_gpu_types: Vec<String>,
     /// Seconds SIGTERM waits for requests in flight before stopping instances.
     #[arg(long, default_value_t = 30)]
     shutdown_grace_s: u64,

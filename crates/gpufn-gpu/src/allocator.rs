@@ -120,6 +120,9 @@ pub struct CardStatus {
     pub function: Option<String>,
     /// Declared with `--simulate-gpus`.
     pub simulated: bool,
+    /// The cluster node it is on (the Kubernetes backend).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 /// The card allocator, shared by every function. Cheap to clone.
@@ -263,6 +266,7 @@ impl Allocator {
                 instance: h.as_ref().map(|h| h.instance.clone()),
                 function: h.as_ref().map(|h| h.function.clone()),
                 simulated: c.simulated,
+                node: c.node.clone(),
             })
             .collect()
     }

@@ -14,6 +14,9 @@ pub struct Card {
     pub memory_gb: u32,
     /// True when declared with `--simulate-gpus` rather than found on the machine.
     pub simulated: bool,
+    /// The cluster node it is on (the Kubernetes backend); `None` on this machine.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 /// Why GPUs could not be listed.
@@ -59,6 +62,7 @@ impl GpuDiscovery for NvmlDiscovery {
                 card_type: type_slug(&name),
                 memory_gb: bytes_to_gb(bytes),
                 simulated: false,
+                node: None,
             });
         }
         Ok(cards)
@@ -148,6 +152,7 @@ pub fn parse_simulated(spec: &str) -> Result<Vec<Card>, DiscoveryError> {
                 card_type: card_type.to_string(),
                 memory_gb,
                 simulated: true,
+                node: None,
             });
         }
     }

@@ -42,6 +42,52 @@ pub struct LaunchSpec {
     pub memory_mb: u64,
     /// vCPU limit (the instance's cgroup, where there is one).
     pub cpu: f64,
+    /// The function's revision (labels where the runtime keeps any).
+    pub revision: i64,
+    /// The card type asked for (a node selector where the runtime places instances).
+    pub gpu_type: Option<String>,
+    /// Disk in MB (ephemeral storage where the runtime bounds it).
+    pub disk_mb: u64,
+    /// The health check's path (a runtime's own readiness probe, where it has one).
+    pub health_path: String,
+    /// How long the start may take in all (a runtime that waits for placement stops there).
+    pub startup_timeout: Duration,
+    /// Told where the start stands, for runtimes that wait for something else to place the
+    /// instance (a cluster's scheduler).
+    pub progress: StartProgress,
+}
+
+/// Told of a start's placement by a runtime whose instances are placed by someone else.
+pub trait StartObserver: Send + Sync + std::fmt::Debug {
+    /// The instance has a place (a node, a card).
+    fn placed(&self);
+    /// It has none yet, for this reason (the scheduler's words).
+    fn unplaced(&self, reason: &str);
+}
+
+/// A start's [`StartObserver`], or none.
+#[derive(Debug, Clone, Default)]
+pub struct StartProgress(Option<std::sync::Arc<dyn StartObserver>>);
+
+impl StartProgress {
+    /// Tells `observer`.
+    pub fn new(observer: std::sync::Arc<dyn StartObserver>) -> Self {
+        StartProgress(Some(observer))
+    }
+
+    /// See [`StartObserver::placed`].
+    pub fn placed(&self) {
+        if let Some(o) = &self.0 {
+            o.placed();
+        }
+    }
+
+    /// See [`StartObserver::unplaced`].
+    pub fn unplaced(&self, reason: &str) {
+        if let Some(o) = &self.0 {
+            o.unplaced(reason);
+        }
+    }
 }
 
 /// The container part of a [`LaunchSpec`].
@@ -105,6 +151,11 @@ pub trait RunningInstance: Send + Sync + std::fmt::Debug {
     async fn stop(&mut self, grace: Duration) -> Ended;
     /// Time `launch` spent pulling an image (zero on a cache hit, and for processes).
     fn image_pull(&self) -> Duration {
+        Duration::ZERO
+    }
+    /// Time `launch` waited for a place chosen by someone else (a cluster's scheduler finding a
+    /// node with a free GPU); zero where gpufn's own allocator placed it.
+    fn placement(&self) -> Duration {
         Duration::ZERO
     }
 }

@@ -286,6 +286,12 @@ mod tests {
             container: None,
             memory_mb: 256,
             cpu: 1.0,
+            revision: 1,
+            gpu_type: None,
+            disk_mb: 0,
+            health_path: "/".into(),
+            startup_timeout: Duration::from_secs(60),
+            progress: crate::StartProgress::default(),
         }
     }
 

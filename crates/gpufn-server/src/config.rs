@@ -20,6 +20,16 @@ pub enum GpuSource {
     NvmlOrSimulated(String),
 }
 
+/// Where instances run (`--backend`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Backend {
+    /// On this machine: processes and runc containers on its own cards. The default.
+    #[default]
+    Local,
+    /// As Pods on a Kubernetes cluster, on its GPU nodes.
+    Kubernetes(gpufn_kube::KubeSettings),
+}
+
 /// How the gateway proxies `/function/` requests (`--gateway`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum GatewayPath {
@@ -40,8 +50,10 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// GPU-card quota; when `None`, the stored quota (or 30).
     pub quota_cards: Option<u32>,
-    /// GPU inventory.
+    /// GPU inventory (the local backend's).
     pub gpus: GpuSource,
+    /// Where instances run.
+    pub backend: Backend,
     /// How long SIGTERM waits for requests in flight before stopping instances.
     pub shutdown_grace: Duration,
     /// How long an instance gets between SIGTERM and SIGKILL.
@@ -128,6 +140,7 @@ impl Default for Config {
             data_dir: PathBuf::from("gpufn-data"),
             quota_cards: None,
             gpus: GpuSource::Nvml,
+            backend: Backend::Local,
             shutdown_grace: Duration::from_secs(30),
             instance_stop_grace: Duration::from_secs(10),
             client_idle_timeout: Duration::from_secs(60),

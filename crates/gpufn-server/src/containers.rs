@@ -15,12 +15,17 @@ use gpufn_spec::FunctionSpec;
 pub(crate) struct Runtimes {
     pub process: ProcessRuntime,
     pub container: ContainerRuntime,
+    /// The Kubernetes backend: every container instance is a Pod (process functions are refused
+    /// at deploy).
+    pub kube: Option<gpufn_kube::KubeRuntime>,
 }
 
 #[async_trait]
 impl InstanceRuntime for Runtimes {
     async fn launch(&self, spec: &LaunchSpec) -> Result<Box<dyn RunningInstance>, RuntimeError> {
-        if spec.container.is_some() {
+        if let Some(kube) = &self.kube {
+            kube.launch(spec).await
+        } else if spec.container.is_some() {
             self.container.launch(spec).await
         } else {
             self.process.launch(spec).await

@@ -39,6 +39,8 @@ pub(crate) struct StartJob {
     /// Its name (logs, pids, the API).
     pub id: String,
     pub spec: Arc<FunctionSpec>,
+    /// The revision `spec` is.
+    pub revision: i64,
     pub lease: GpuLease,
     pub stop: CancellationToken,
     pub allocated_in: Duration,
@@ -103,6 +105,7 @@ pub(crate) async fn supervise<H: Home>(pool: Arc<H>, job: StartJob) {
         key,
         id,
         spec,
+        revision,
         lease,
         stop,
         allocated_in,
@@ -134,6 +137,12 @@ pub(crate) async fn supervise<H: Home>(pool: Arc<H>, job: StartJob) {
         container,
         memory_mb: spec.memory_mb,
         cpu: spec.cpu,
+        revision,
+        gpu_type: spec.gpu.card_type.clone(),
+        disk_mb: spec.disk_mb,
+        health_path: spec.health_check.path.clone(),
+        startup_timeout: spec.health_check.startup_timeout,
+        progress: gpufn_runtime::StartProgress::default(),
     };
     let t0 = Instant::now();
     let launched = match secret_env {
@@ -217,11 +226,13 @@ pub(crate) async fn supervise<H: Home>(pool: Arc<H>, job: StartJob) {
         return;
     }
     // For containers, launch() pulled the image if the cache lost it: that part is the pull.
-    let pulled_in = inst.image_pull().min(spawned_in);
+    // For Pods, launch() waited for the cluster's scheduler to find a GPU: that is allocation.
+    let placed_in = inst.placement().min(spawned_in);
+    let pulled_in = inst.image_pull().min(spawned_in - placed_in);
     let phases = ColdStartPhases {
-        gpu_allocate_ms: ms(allocated_in),
+        gpu_allocate_ms: ms(allocated_in + placed_in),
         image_pull_ms: ms(pulled_in),
-        start_ms: ms(spawned_in - pulled_in),
+        start_ms: ms(spawned_in - placed_in - pulled_in),
         ready_ms: ms(t0.elapsed().saturating_sub(spawned_in)),
     };
     tracing::info!(function = %spec.name, instance = %id, gpu = lease.index(), ?phases, "instance ready");

@@ -40,7 +40,8 @@ pub mod tasks_api;
 pub mod upstream;
 mod util;
 
-pub use config::{Config, ContainerSettings, GatewayPath, GpuSource, TlsFiles};
+pub use config::{Backend, Config, ContainerSettings, GatewayPath, GpuSource, TlsFiles};
+pub use gpufn_kube::KubeSettings;
 pub use platform::Platform;
 pub use serve::{ServerError, run};
 pub use tasks::TaskConfig;

@@ -165,7 +165,28 @@ impl Platform {
         })?;
         let store = Arc::new(Store::open(&config.data_dir.join("gpufn.db"))?);
         harden_data_dir(&config.data_dir);
-        let cards = discover(&config.gpus)?;
+        // On Kubernetes, the cards are the cluster's and every instance is a Pod.
+        let (cards, kube) = match &config.backend {
+            crate::config::Backend::Local => (discover(&config.gpus)?, None),
+            crate::config::Backend::Kubernetes(settings) => {
+                let kube_err = |e: gpufn_kube::KubeError| ServerError::Config(e.to_string());
+                // One TLS provider for the whole process (rustls panics with two or none).
+                gpufn_oci::ensure_crypto_provider();
+                let client = gpufn_kube::client(settings).await.map_err(kube_err)?;
+                let cards = gpufn_kube::cluster::cards(client.clone(), settings)
+                    .await
+                    .map_err(kube_err)?;
+                tracing::info!(
+                    cards = cards.len(),
+                    namespace = %settings.namespace,
+                    "Kubernetes backend: the cluster's GPU cards"
+                );
+                let runtime = gpufn_kube::KubeRuntime::start(client, settings.clone())
+                    .await
+                    .map_err(kube_err)?;
+                (cards, Some(runtime))
+            }
+        };
         let quota = match config.quota_cards {
             Some(q) => {
                 store.set_setting(QUOTA_KEY, &q.to_string())?;
@@ -190,6 +211,7 @@ impl Platform {
         let runtime: Arc<dyn InstanceRuntime> = Arc::new(crate::containers::Runtimes {
             process,
             container: (*containers).clone(),
+            kube: kube.clone(),
         });
         let shared = Arc::new(Shared {
             meter: Meter::start(store.clone()),
@@ -217,6 +239,7 @@ impl Platform {
             registry_env: config.containers.registry_env.clone(),
             cgroups: cgroup_parent,
             runtime,
+            on_kubernetes: kube.is_some(),
         });
         let tasks = TaskRunner::new(
             shared.store.clone(),
@@ -674,7 +697,15 @@ impl Platform {
             ));
         }
         check_environment(&spec, &self.shared.allocator)?;
-        if spec.container.is_some() {
+        if self.shared.on_kubernetes && spec.container.is_none() {
+            return Err(ApiError::field(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_spec",
+                "runtime",
+                "runtime: process cannot run on the Kubernetes backend: a Pod runs an image (use runtime: container)",
+            ));
+        }
+        if spec.container.is_some() && !self.shared.on_kubernetes {
             if let Some(why) = self.shared.containers.unavailable() {
                 return Err(ApiError::field(
                     StatusCode::UNPROCESSABLE_ENTITY,

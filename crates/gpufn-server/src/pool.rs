@@ -458,12 +458,14 @@ impl Pool {
                 }
                 Effect::Start { instance } => {
                     let spec = st.spec.clone();
+                    let revision = st.sched.revision();
                     if let Some(meta) = st.sched.instance_mut(instance).map(|i| i.payload_mut()) {
                         if let Some(lease) = meta.lease.take() {
                             out.starts.push(StartJob {
                                 key: instance,
                                 id: meta.name.clone(),
                                 spec,
+                                revision,
                                 lease,
                                 stop: meta.stop.clone(),
                                 allocated_in: meta.allocated_in,

@@ -31,6 +31,8 @@ pub(crate) struct Shared {
     pub prices: Prices,
     pub allocator: Allocator,
     pub runtime: Arc<dyn InstanceRuntime>,
+    /// Instances run as Pods (`--backend kubernetes`).
+    pub on_kubernetes: bool,
     /// The container side of `runtime`: image store, live containers.
     pub containers: crate::containers::Containers,
     pub prober: Prober,

@@ -79,6 +79,21 @@ pub async fn run(args: ServeArgs, data_dir: std::path::PathBuf) -> anyhow::Resul
             "--cors-origin: an origin such as https://app.example.com (scheme, host, optional port; got {o:?})"
         );
     }
+    let backend = if args.backend == "kubernetes" {
+        gpufn_server::Backend::Kubernetes(gpufn_server::KubeSettings {
+            namespace: args.kube_namespace.clone(),
+            gpu_resource: args.kube_gpu_resource.clone(),
+            gpu_type_label: args.kube_gpu_type_label.clone(),
+            gpu_type_values: args
+                .kube_gpu_types
+                .iter()
+                .map(|k| pair("--kube-gpu-type", '=', k))
+                .collect::<anyhow::Result<_>>()?,
+            kubeconfig: args.kubeconfig.clone(),
+        })
+    } else {
+        gpufn_server::Backend::Local
+    };
     let fc_gpu_types = args
         .fc_gpu_types
         .iter()
@@ -101,6 +116,7 @@ pub async fn run(args: ServeArgs, data_dir: std::path::PathBuf) -> anyhow::Resul
         },
         quota_cards: args.quota_cards,
         gpus,
+        backend,
         shutdown_grace: Duration::from_secs(args.shutdown_grace_s),
         instance_stop_grace: Duration::from_secs(args.instance_stop_grace_s),
         client_idle_timeout: Duration::from_secs(args.client_idle_timeout_s),

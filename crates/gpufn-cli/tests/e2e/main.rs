@@ -11,6 +11,7 @@ mod containers;
 mod failures;
 mod fc;
 mod gateway;
+mod kube;
 mod lifecycle;
 mod metering;
 mod restart;

@@ -228,6 +228,19 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
+        // A failed test stops gpufn as a user would, so its containers and processes go with it
+        // (a SIGKILL leaves them to the next start of gpufn on the same data dir, which a test's
+        // temporary dir never has); a passing test has already checked what it needed.
+        if std::thread::panicking() {
+            unsafe_kill(self.pid(), libc::SIGTERM);
+            let until = std::time::Instant::now() + Duration::from_secs(15);
+            while std::time::Instant::now() < until {
+                if matches!(self.child.try_wait(), Ok(Some(_))) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

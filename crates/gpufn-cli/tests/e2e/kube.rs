@@ -1,0 +1,255 @@
+//! `--backend kubernetes` on the testbed (`scripts/kube-testbed.sh`): a real API server, scheduler
+//! and controller manager on loopback, and gpufn's test node agent, whose Pods really run under
+//! runc. Each test has a namespace and nodes of its own (its own GPU type, so only its Pods land
+//! there), and may run beside the others.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::common::Server;
+use crate::common::oci::{Registry, push_testapp, require};
+
+/// The testbed's kubeconfig: `GPUFN_KUBE_TESTBED` (scripts/test.sh brings the testbed up).
+fn kubeconfig() -> PathBuf {
+    let path = std::env::var_os("GPUFN_KUBE_TESTBED").map(PathBuf::from);
+    match path {
+        Some(p) if p.exists() => p,
+        _ => panic!(
+            "the Kubernetes tests need the testbed: scripts/kube-testbed.sh up --nodes 0, then \
+             export GPUFN_KUBE_TESTBED=$KUBECONFIG (scripts/test.sh does both)"
+        ),
+    }
+}
+
+fn kubectl(args: &[&str]) -> (bool, String) {
+    let out = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(kubeconfig())
+        .args(args)
+        .output()
+        .expect("kubectl");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+fn kubectl_json(args: &[&str]) -> Value {
+    let mut all = args.to_vec();
+    all.extend(["-o", "json"]);
+    let (ok, text) = kubectl(&all);
+    assert!(ok, "kubectl {args:?}: {text}");
+    serde_json::from_str(&text).expect("json")
+}
+
+/// A namespace, nodes and a node agent of one test; all removed on drop.
+struct Cluster {
+    ns: String,
+    gpu_type: String,
+    agent: Child,
+    _state: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// `gpu_nodes` nodes with `gpus` cards each, of a type only this test uses, and `cpu_nodes`
+    /// without GPUs.
+    async fn start(test: &str, gpu_nodes: u32, gpus: u32, cpu_nodes: u32) -> Cluster {
+        require("runc");
+        let tag = format!("{test}-{:04x}", rand_u16());
+        let ns = format!("t-{tag}");
+        let (ok, text) = kubectl(&["create", "namespace", &ns]);
+        assert!(ok, "{text}");
+        let state = tempfile::tempdir().expect("tempdir");
+        let agent = Command::new(node_agent())
+            .arg("--kubeconfig")
+            .arg(kubeconfig())
+            .args(["--nodes", &gpu_nodes.to_string()])
+            .args(["--gpus-per-node", &gpus.to_string()])
+            .args(["--cpu-nodes", &cpu_nodes.to_string()])
+            .args(["--gpu-types", &format!("gpu-{tag}")])
+            .args(["--node-prefix", &tag])
+            .arg("--state-dir")
+            .arg(state.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(
+                std::fs::File::create(state.path().join("agent.log")).expect("log"),
+            ))
+            .spawn()
+            .expect("node agent");
+        let cluster = Cluster {
+            ns,
+            gpu_type: format!("gpu-{tag}"),
+            agent,
+            _state: state,
+        };
+        // Pods are admitted once the namespace has its default service account, and placed
+        // once the nodes are Ready.
+        let want = gpu_nodes + cpu_nodes;
+        wait_until("the namespace's service account and the nodes", 60, || {
+            let (sa, _) = kubectl(&["get", "serviceaccount", "default", "-n", &cluster.ns]);
+            let (_, nodes) = kubectl(&["get", "nodes", "--no-headers"]);
+            let ready = nodes
+                .lines()
+                .filter(|l| l.starts_with(&tag) && l.contains(" Ready"))
+                .count();
+            sa && ready == want as usize
+        })
+        .await;
+        cluster
+    }
+
+    /// gpufn's Pods in the namespace.
+    fn pods(&self) -> Vec<Value> {
+        kubectl_json(&[
+            "get",
+            "pods",
+            "-n",
+            &self.ns,
+            "-l",
+            "app.kubernetes.io/managed-by=gpufn",
+        ])["items"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// gpufn on this cluster.
+    fn gpufn(&self, data: &Path, extra: &[&str]) -> Server {
+        let config = kubeconfig();
+        let mut args = vec![
+            "--backend",
+            "kubernetes",
+            "--kubeconfig",
+            config.to_str().expect("path"),
+            "--kube-namespace",
+            &self.ns,
+            "--shutdown-grace-s",
+            "5",
+            "--instance-stop-grace-s",
+            "2",
+        ];
+        args.extend_from_slice(extra);
+        Server::start(data, &args)
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        crate::common::unsafe_kill(self.agent.id() as i32, libc::SIGTERM);
+        let _ = self.agent.wait();
+        let _ = kubectl(&["delete", "namespace", &self.ns, "--wait=false"]);
+        let tag = self.ns.trim_start_matches("t-").to_string();
+        let (_, nodes) = kubectl(&["get", "nodes", "--no-headers", "-o", "name"]);
+        for n in nodes.lines().filter(|n| n.contains(&tag)) {
+            let _ = kubectl(&["delete", n, "--wait=false"]);
+        }
+    }
+}
+
+fn node_agent() -> PathBuf {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/debug/gpufn-node-agent");
+    assert!(
+        p.exists(),
+        "{} missing: cargo build -p gpufn-node-agent (scripts/test.sh does)",
+        p.display()
+    );
+    p
+}
+
+fn rand_u16() -> u16 {
+    let mut b = [0u8; 2];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b))
+        .expect("urandom");
+    u16::from_le_bytes(b)
+}
+
+async fn wait_until(what: &str, secs: u64, mut cond: impl FnMut() -> bool) {
+    let until = std::time::Instant::now() + Duration::from_secs(secs);
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < until,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn spec(name: &str, image: &str, gpu_type: &str, extra: &str) -> String {
+    format!(
+        "name: {name}\nruntime: container\nimage: {image}\nport: 9000\n\
+         gpu: {{type: {gpu_type}, memory_gb: 2}}\n\
+         health_check: {{path: /health, startup_timeout_s: 60}}\n{extra}"
+    )
+}
+
+/// Deploy → one Pod asking for one whole card, bound by the real scheduler to a GPU node (never
+/// the GPU-less one) → cold call, then a warm call on the same instance → idle → Pod deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_function_runs_as_a_pod_on_a_gpu_node_and_scales_to_zero() {
+    let cluster = Cluster::start("basic", 1, 1, 1).await;
+    let registry = Registry::start().await;
+    let image = push_testapp(&registry, "kube/app", "1", "k").await;
+    let dir = tempfile::tempdir().unwrap();
+    let server = cluster.gpufn(dir.path(), &[]);
+    let (status, body) = server
+        .deploy_yaml(&spec(
+            "kf",
+            &image,
+            &cluster.gpu_type,
+            "scaling: {idle_timeout_s: 2}\n",
+        ))
+        .await;
+    assert_eq!(status, 201, "{body}\n{}", server.log());
+    let cold = server
+        .http
+        .get(server.url("/function/kf/whoami"))
+        .send()
+        .await
+        .unwrap();
+    let headers = cold.headers().clone();
+    let status = cold.status();
+    let text = cold.text().await.unwrap_or_default();
+    assert_eq!(status, 200, "{text}\n{}", server.log());
+    let instance = headers["x-gpufn-instance-id"].to_str().unwrap().to_string();
+    assert_eq!(headers["x-gpufn-cold-start"], "true");
+    let pods = cluster.pods();
+    assert_eq!(pods.len(), 1, "{pods:?}");
+    let pod = &pods[0];
+    assert_eq!(pod["metadata"]["name"], instance.as_str());
+    assert_eq!(pod["metadata"]["labels"]["gpufn.dev/function"], "kf");
+    let node = pod["spec"]["nodeName"].as_str().unwrap();
+    assert!(
+        !node.contains("-cpu-"),
+        "a GPU Pod landed on the GPU-less node {node}"
+    );
+    assert_eq!(
+        pod["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"],
+        "1"
+    );
+    let warm = server
+        .http
+        .get(server.url("/function/kf/whoami"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(warm.status(), 200);
+    assert_eq!(warm.headers()["x-gpufn-cold-start"], "false");
+    assert_eq!(warm.headers()["x-gpufn-instance-id"], instance.as_str());
+    // The cold start's phases came from the Pod.
+    let starts = server.get_json("/api/v1/functions/kf/cold-starts").await;
+    let phases = &starts[0];
+    assert!(
+        phases["gpu_allocate_ms"].as_f64().unwrap() > 0.0,
+        "{starts}"
+    );
+    // Idle past its timeout: released, and its Pod deleted.
+    wait_until("the idle Pod to be deleted", 60, || {
+        cluster.pods().is_empty()
+    })
+    .await;
+    let mut server = server;
+    server.terminate();
+}

@@ -1,0 +1,409 @@
+//! [`KubeRuntime`]: instances as Pods. One watch (kube-runtime's `watcher`, on gpufn's label)
+//! keeps the latest state of every gpufn Pod; a launch applies its Pod and waits on that state
+//! until the container runs and has an address, an instance waits on it for the end, and a stop
+//! deletes the Pod and waits until it is gone.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use futures_util::StreamExt;
+use gpufn_runtime::{Ended, Exit, InstanceRuntime, LaunchSpec, RunningInstance, RuntimeError};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::runtime::{WatchStreamExt, watcher};
+use tokio::sync::watch;
+
+use crate::pod::{self, MANAGER, PodView};
+use crate::{KubeError, KubeSettings};
+
+/// What the watch last saw of one Pod.
+#[derive(Debug, Clone)]
+pub enum Seen {
+    /// Nothing yet (just applied).
+    NotYet,
+    /// Its latest state.
+    Pod(Arc<Pod>),
+    /// Deleted.
+    Gone,
+}
+
+/// The latest state of gpufn's Pods, from one watch.
+#[derive(Debug, Default)]
+pub struct PodWatch {
+    pods: Mutex<HashMap<String, watch::Sender<Seen>>>,
+    /// Names seen since the watch (re)listed, while it relists.
+    relisting: Mutex<Option<HashSet<String>>>,
+    synced: watch::Sender<bool>,
+}
+
+impl PodWatch {
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, watch::Sender<Seen>>> {
+        self.pods.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Follows Pod `name`.
+    pub fn subscribe(&self, name: &str) -> watch::Receiver<Seen> {
+        self.lock()
+            .entry(name.to_string())
+            .or_insert_with(|| watch::Sender::new(Seen::NotYet))
+            .subscribe()
+    }
+
+    /// Stops following `name` (its instance is done).
+    pub fn forget(&self, name: &str) {
+        self.lock().remove(name);
+    }
+
+    /// Every gpufn Pod known now.
+    pub fn pods(&self) -> Vec<Arc<Pod>> {
+        self.lock()
+            .values()
+            .filter_map(|tx| match &*tx.borrow() {
+                Seen::Pod(p) => Some(p.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn apply(&self, pod: Pod) {
+        let Some(name) = pod.metadata.name.clone() else {
+            return;
+        };
+        if let Some(seen) = self
+            .relisting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_mut()
+        {
+            seen.insert(name.clone());
+        }
+        self.lock()
+            .entry(name)
+            .or_insert_with(|| watch::Sender::new(Seen::NotYet))
+            .send_replace(Seen::Pod(Arc::new(pod)));
+    }
+
+    fn delete(&self, name: &str) {
+        if let Some(tx) = self.lock().remove(name) {
+            tx.send_replace(Seen::Gone);
+        }
+    }
+
+    fn event(&self, ev: watcher::Event<Pod>) {
+        match ev {
+            watcher::Event::Init => {
+                *self.relisting.lock().unwrap_or_else(|p| p.into_inner()) = Some(HashSet::new());
+            }
+            watcher::Event::InitApply(p) | watcher::Event::Apply(p) => self.apply(p),
+            watcher::Event::Delete(p) => {
+                if let Some(name) = &p.metadata.name {
+                    self.delete(name);
+                }
+            }
+            watcher::Event::InitDone => {
+                // Pods that existed before the relist and are not in it were deleted meanwhile.
+                let seen = self
+                    .relisting
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .take()
+                    .unwrap_or_default();
+                let gone: Vec<String> = self
+                    .lock()
+                    .iter()
+                    .filter(|(name, tx)| {
+                        !seen.contains(*name) && matches!(&*tx.borrow(), Seen::Pod(_))
+                    })
+                    .map(|(name, _)| name.clone())
+                    .collect();
+                for name in gone {
+                    self.delete(&name);
+                }
+                self.synced.send_replace(true);
+            }
+        }
+    }
+}
+
+/// Runs instances as Pods in one namespace.
+#[derive(Debug, Clone)]
+pub struct KubeRuntime {
+    api: Api<Pod>,
+    settings: Arc<KubeSettings>,
+    watch: Arc<PodWatch>,
+}
+
+impl KubeRuntime {
+    /// Connects, starts the watch of gpufn's Pods, and waits (up to 30 s) for its first listing.
+    pub async fn start(client: kube::Client, settings: KubeSettings) -> Result<Self, KubeError> {
+        let api: Api<Pod> = Api::namespaced(client, &settings.namespace);
+        // Fails here, clearly, when the namespace or the permissions are wrong.
+        api.list(&ListParams::default().labels(&pod::selector()).limit(1))
+            .await?;
+        let watch = Arc::new(PodWatch::default());
+        let mut synced = watch.synced.subscribe();
+        let stream = watcher(
+            api.clone(),
+            watcher::Config::default().labels(&pod::selector()),
+        )
+        .default_backoff();
+        let w = watch.clone();
+        tokio::spawn(async move {
+            let mut stream = std::pin::pin!(stream);
+            while let Some(ev) = stream.next().await {
+                match ev {
+                    Ok(ev) => w.event(ev),
+                    Err(e) => tracing::warn!("watching gpufn's Pods: {e}"),
+                }
+            }
+        });
+        let _ = tokio::time::timeout(Duration::from_secs(30), synced.wait_for(|s| *s)).await;
+        Ok(KubeRuntime {
+            api,
+            settings: Arc::new(settings),
+            watch,
+        })
+    }
+
+    /// The settings.
+    pub fn settings(&self) -> &KubeSettings {
+        &self.settings
+    }
+
+    /// The watch of gpufn's Pods.
+    pub fn watch(&self) -> &Arc<PodWatch> {
+        &self.watch
+    }
+
+    /// Deletes Pod `name` (`grace` for its container to stop).
+    pub async fn delete(&self, name: &str, grace: Duration) -> Result<(), kube::Error> {
+        delete(&self.api, name, grace).await
+    }
+
+    /// Takes back a running Pod (a restart of gpufn): the instance as a launch would have
+    /// returned it, or `None` when the Pod is not running with an address.
+    pub fn adopt(&self, name: &str, port: u16) -> Option<Box<dyn RunningInstance>> {
+        let rx = self.watch.subscribe(name);
+        let view = match &*rx.borrow() {
+            Seen::Pod(p) => PodView::of(p),
+            _ => return None,
+        };
+        let ip = view.ip.filter(|_| view.running && view.ended.is_none())?;
+        Some(Box::new(PodInstance {
+            name: name.to_string(),
+            api: self.api.clone(),
+            watch: self.watch.clone(),
+            rx,
+            addr: SocketAddr::new(ip, port),
+            placed_in: Duration::ZERO,
+            stopped: false,
+        }))
+    }
+}
+
+async fn delete(api: &Api<Pod>, name: &str, grace: Duration) -> Result<(), kube::Error> {
+    let params = DeleteParams {
+        grace_period_seconds: Some(u32::try_from(grace.as_secs()).unwrap_or(u32::MAX)),
+        ..DeleteParams::default()
+    };
+    match api.delete(name, &params).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+#[async_trait]
+impl InstanceRuntime for KubeRuntime {
+    async fn launch(&self, spec: &LaunchSpec) -> Result<Box<dyn RunningInstance>, RuntimeError> {
+        let manifest = pod::manifest(spec, &self.settings)
+            .map_err(|e| RuntimeError::Container(e.to_string()))?;
+        let port = spec.container.as_ref().map_or(0, |c| c.port);
+        let name = spec.instance_id.clone();
+        // Followed before it exists: no state of it can be missed.
+        let mut rx = self.watch.subscribe(&name);
+        let t0 = Instant::now();
+        let applied = self
+            .api
+            .patch(
+                &name,
+                &PatchParams::apply(MANAGER).force(),
+                &Patch::Apply(&manifest),
+            )
+            .await;
+        if let Err(e) = applied {
+            self.watch.forget(&name);
+            return Err(RuntimeError::Container(format!(
+                "cannot create Pod {name}: {e}"
+            )));
+        }
+        let deadline = tokio::time::Instant::from_std(t0 + spec.startup_timeout);
+        let mut placed_in = None;
+        let mut waiting_for = String::from("the Pod to be scheduled");
+        let fail = |reason: String| async move {
+            let _ = delete(&self.api, &name, Duration::ZERO).await;
+            self.watch.forget(&name);
+            Err(RuntimeError::Container(reason))
+        };
+        loop {
+            let seen = rx.borrow_and_update().clone();
+            match seen {
+                Seen::NotYet => {}
+                Seen::Gone => {
+                    return fail(format!(
+                        "Pod {} was deleted before it ran",
+                        spec.instance_id
+                    ))
+                    .await;
+                }
+                Seen::Pod(p) => {
+                    let v = PodView::of(&p);
+                    if v.node.is_some() && placed_in.is_none() {
+                        placed_in = Some(t0.elapsed());
+                        spec.progress.placed();
+                        waiting_for = "its container to run".into();
+                    }
+                    if let Some(reason) = &v.unschedulable {
+                        spec.progress.unplaced(reason);
+                        waiting_for = format!("a node: {reason}");
+                    }
+                    if let Some(end) = v.ended {
+                        let failure = v.failure.map(|f| format!(" ({f})")).unwrap_or_default();
+                        return fail(format!(
+                            "Pod {} {end}{failure} before it was ready",
+                            spec.instance_id
+                        ))
+                        .await;
+                    }
+                    if let (true, Some(ip)) = (v.running, v.ip) {
+                        return Ok(Box::new(PodInstance {
+                            name: spec.instance_id.clone(),
+                            api: self.api.clone(),
+                            watch: self.watch.clone(),
+                            rx,
+                            addr: SocketAddr::new(ip, port),
+                            placed_in: placed_in.unwrap_or_default(),
+                            stopped: false,
+                        }));
+                    }
+                }
+            }
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => {
+                    return fail(format!("Pod {} stopped being watched", spec.instance_id)).await;
+                }
+                Err(_) => {
+                    return fail(format!(
+                        "Pod {} was still waiting for {waiting_for} after startup_timeout_s ({}s)",
+                        spec.instance_id,
+                        spec.startup_timeout.as_secs()
+                    ))
+                    .await;
+                }
+            }
+        }
+    }
+}
+
+/// One instance's Pod.
+#[derive(Debug)]
+struct PodInstance {
+    name: String,
+    api: Api<Pod>,
+    watch: Arc<PodWatch>,
+    rx: watch::Receiver<Seen>,
+    addr: SocketAddr,
+    placed_in: Duration,
+    stopped: bool,
+}
+
+impl PodInstance {
+    /// How the Pod ended, when it has.
+    fn ended(&self) -> Option<Ended> {
+        match &*self.rx.borrow() {
+            Seen::Gone => Some(Ended::exit(Exit::Gone)),
+            Seen::Pod(p) => PodView::of(p).ended,
+            Seen::NotYet => None,
+        }
+    }
+}
+
+#[async_trait]
+impl RunningInstance for PodInstance {
+    fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    fn pid(&self) -> Option<u32> {
+        None
+    }
+
+    fn placement(&self) -> Duration {
+        self.placed_in
+    }
+
+    async fn wait(&mut self) -> Ended {
+        loop {
+            if let Some(end) = self.ended() {
+                return end;
+            }
+            if self.rx.changed().await.is_err() {
+                return Ended::exit(Exit::Gone);
+            }
+        }
+    }
+
+    async fn stop(&mut self, grace: Duration) -> Ended {
+        self.stopped = true;
+        if let Err(e) = delete(&self.api, &self.name, grace).await {
+            tracing::warn!(pod = %self.name, "deleting: {e}");
+        }
+        // The node stops the container within the grace and removes the Pod; past that (and a
+        // margin for the node's own pace), it is deleted without grace.
+        let gone = |rx: &mut watch::Receiver<Seen>| {
+            let mut rx = rx.clone();
+            async move { rx.wait_for(|s| matches!(s, Seen::Gone)).await.is_ok() }
+        };
+        let in_time =
+            tokio::time::timeout(grace + Duration::from_secs(30), gone(&mut self.rx)).await;
+        let mut how = self.last_exit();
+        if in_time.is_err() {
+            let _ = delete(&self.api, &self.name, Duration::ZERO).await;
+            let _ = tokio::time::timeout(Duration::from_secs(30), gone(&mut self.rx)).await;
+            how.killed_after = Some(grace);
+        }
+        self.watch.forget(&self.name);
+        how
+    }
+}
+
+impl PodInstance {
+    /// The container's end as the node last reported it (a stop's signal when it reported none).
+    fn last_exit(&self) -> Ended {
+        match &*self.rx.borrow() {
+            Seen::Pod(p) => PodView::of(p).ended,
+            _ => None,
+        }
+        .unwrap_or_else(|| Ended::exit(Exit::Signal(15)))
+    }
+}
+
+impl Drop for PodInstance {
+    fn drop(&mut self) {
+        if self.stopped {
+            return;
+        }
+        // Dropped without a stop (a failed start after launch): nothing of it may stay.
+        self.watch.forget(&self.name);
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let (api, name) = (self.api.clone(), self.name.clone());
+            rt.spawn(async move {
+                let _ = delete(&api, &name, Duration::ZERO).await;
+            });
+        }
+    }
+}
