@@ -66,6 +66,13 @@ pub enum AllocError {
     /// No card on this machine could ever fit.
     #[error(transparent)]
     NeverFits(#[from] FitError),
+    /// gpufn granted a card but the cluster's scheduler has no node for the instance (cards held
+    /// by others, taints, selectors): its reason.
+    #[error("the cluster has no place for it: {reason}")]
+    Unplaced {
+        /// The cluster scheduler's words.
+        reason: String,
+    },
 }
 
 /// Why a GPU request can never be met on this machine (checked at deploy time).

@@ -216,6 +216,39 @@ async fn delete(api: &Api<Pod>, name: &str, grace: Duration) -> Result<(), kube:
     }
 }
 
+/// Deletes a launch's Pod when the launch ends without an instance — by failing, or by being
+/// dropped while it waits (a stop cancelled the start): a launch leaves nothing behind.
+struct Unlaunched<'a> {
+    runtime: &'a KubeRuntime,
+    name: String,
+    armed: bool,
+}
+
+impl Unlaunched<'_> {
+    /// Deletes the Pod now, and fails the launch with `reason`.
+    async fn fail(mut self, reason: String) -> Result<Box<dyn RunningInstance>, RuntimeError> {
+        self.armed = false;
+        let _ = delete(&self.runtime.api, &self.name, Duration::ZERO).await;
+        self.runtime.watch.forget(&self.name);
+        Err(RuntimeError::Container(reason))
+    }
+}
+
+impl Drop for Unlaunched<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        self.runtime.watch.forget(&self.name);
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let (api, name) = (self.runtime.api.clone(), self.name.clone());
+            rt.spawn(async move {
+                let _ = delete(&api, &name, Duration::ZERO).await;
+            });
+        }
+    }
+}
+
 #[async_trait]
 impl InstanceRuntime for KubeRuntime {
     async fn launch(&self, spec: &LaunchSpec) -> Result<Box<dyn RunningInstance>, RuntimeError> {
@@ -225,6 +258,11 @@ impl InstanceRuntime for KubeRuntime {
         let name = spec.instance_id.clone();
         // Followed before it exists: no state of it can be missed.
         let mut rx = self.watch.subscribe(&name);
+        let guard = Unlaunched {
+            runtime: self,
+            name: name.clone(),
+            armed: true,
+        };
         let t0 = Instant::now();
         let applied = self
             .api
@@ -235,29 +273,19 @@ impl InstanceRuntime for KubeRuntime {
             )
             .await;
         if let Err(e) = applied {
-            self.watch.forget(&name);
-            return Err(RuntimeError::Container(format!(
-                "cannot create Pod {name}: {e}"
-            )));
+            return guard.fail(format!("cannot create Pod {name}: {e}")).await;
         }
         let deadline = tokio::time::Instant::from_std(t0 + spec.startup_timeout);
         let mut placed_in = None;
         let mut waiting_for = String::from("the Pod to be scheduled");
-        let fail = |reason: String| async move {
-            let _ = delete(&self.api, &name, Duration::ZERO).await;
-            self.watch.forget(&name);
-            Err(RuntimeError::Container(reason))
-        };
         loop {
             let seen = rx.borrow_and_update().clone();
             match seen {
                 Seen::NotYet => {}
                 Seen::Gone => {
-                    return fail(format!(
-                        "Pod {} was deleted before it ran",
-                        spec.instance_id
-                    ))
-                    .await;
+                    return guard
+                        .fail(format!("Pod {name} was deleted before it ran"))
+                        .await;
                 }
                 Seen::Pod(p) => {
                     let v = PodView::of(&p);
@@ -272,15 +300,15 @@ impl InstanceRuntime for KubeRuntime {
                     }
                     if let Some(end) = v.ended {
                         let failure = v.failure.map(|f| format!(" ({f})")).unwrap_or_default();
-                        return fail(format!(
-                            "Pod {} {end}{failure} before it was ready",
-                            spec.instance_id
-                        ))
-                        .await;
+                        return guard
+                            .fail(format!("Pod {name} {end}{failure} before it was ready"))
+                            .await;
                     }
                     if let (true, Some(ip)) = (v.running, v.ip) {
+                        let mut guard = guard;
+                        guard.armed = false;
                         return Ok(Box::new(PodInstance {
-                            name: spec.instance_id.clone(),
+                            name,
                             api: self.api.clone(),
                             watch: self.watch.clone(),
                             rx,
@@ -294,18 +322,24 @@ impl InstanceRuntime for KubeRuntime {
             match tokio::time::timeout_at(deadline, rx.changed()).await {
                 Ok(Ok(())) => {}
                 Ok(Err(_)) => {
-                    return fail(format!("Pod {} stopped being watched", spec.instance_id)).await;
+                    return guard
+                        .fail(format!("Pod {name} stopped being watched"))
+                        .await;
                 }
                 Err(_) => {
-                    return fail(format!(
-                        "Pod {} was still waiting for {waiting_for} after startup_timeout_s ({}s)",
-                        spec.instance_id,
-                        spec.startup_timeout.as_secs()
-                    ))
-                    .await;
+                    return guard
+                        .fail(format!(
+                            "Pod {name} was still waiting for {waiting_for} after startup_timeout_s ({}s)",
+                            spec.startup_timeout.as_secs()
+                        ))
+                        .await;
                 }
             }
         }
+    }
+
+    fn launch_is_cancel_safe(&self) -> bool {
+        true
     }
 }
 

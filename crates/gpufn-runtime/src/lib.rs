@@ -136,6 +136,11 @@ pub enum RuntimeError {
 pub trait InstanceRuntime: Send + Sync + std::fmt::Debug {
     /// Starts one instance; it is not ready until the probe says so.
     async fn launch(&self, spec: &LaunchSpec) -> Result<Box<dyn RunningInstance>, RuntimeError>;
+    /// Whether dropping a `launch` before it returns leaves nothing behind (so a stop may cancel
+    /// a start that waits for a place).
+    fn launch_is_cancel_safe(&self) -> bool {
+        false
+    }
 }
 
 /// A started instance. Dropping it kills whatever is left of it.

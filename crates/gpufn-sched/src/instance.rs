@@ -19,6 +19,9 @@ pub struct Instance<P> {
     pub(crate) created: Instant,
     pub(crate) provisioned: bool,
     pub(crate) memory_gb: u32,
+    /// While starting: why the runtime's own placement (a cluster's scheduler) has no place for
+    /// it yet.
+    pub(crate) unplaced: Option<String>,
     pub(crate) busy: BusyTracker,
     pub(crate) batch: PeriodBatch,
     pub(crate) payload: P,

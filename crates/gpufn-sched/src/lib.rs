@@ -229,6 +229,48 @@ impl<P, E: Clone> Scheduler<P, E> {
         })
     }
 
+    /// Why a starting instance has no place yet ([`Scheduler::unplaced`]), if one has none: what
+    /// a request that timed out while no card was refused is told instead.
+    pub fn unplaced_reason(&self) -> Option<&str> {
+        self.instances
+            .iter()
+            .filter(|i| i.state == State::Starting)
+            .find_map(|i| i.unplaced.as_deref())
+    }
+
+    /// The runtime has no place for starting `instance` yet (a cluster's scheduler found no node
+    /// with a free GPU): `reason`, its words. A request that times out waiting says so.
+    pub fn unplaced(&mut self, instance: InstanceId, reason: String) {
+        if let Some(inst) = self
+            .instances
+            .iter_mut()
+            .find(|i| i.id == instance && i.state == State::Starting)
+        {
+            inst.unplaced = Some(reason);
+        }
+    }
+
+    /// Starting `instance` has its place now.
+    pub fn placed(&mut self, instance: InstanceId) {
+        if let Some(inst) = self.instances.iter_mut().find(|i| i.id == instance) {
+            inst.unplaced = None;
+        }
+    }
+
+    /// With no request left waiting, stops the on-demand instances still waiting for a place:
+    /// nobody needs them, and a place found later would be held for nothing.
+    pub fn stop_unneeded_unplaced(&mut self, out: &mut Effects<E>) {
+        if !self.queue.is_empty() {
+            return;
+        }
+        for inst in &mut self.instances {
+            if inst.state == State::Starting && inst.unplaced.is_some() && !inst.provisioned {
+                inst.drain();
+                out.push(Effect::Stop { instance: inst.id });
+            }
+        }
+    }
+
     /// A request gave its slot back at `now` (its response is done).
     pub fn release(&mut self, instance: InstanceId, now: Instant, out: &mut Effects<E>) {
         // Under fixed keep-alive an instance going idle needs a look at its keep-alive deadline
@@ -648,6 +690,7 @@ impl<P, E: Clone> Scheduler<P, E> {
                 created: now,
                 provisioned,
                 memory_gb: self.cfg.memory_gb,
+                unplaced: None,
                 busy: BusyTracker::default(),
                 batch: PeriodBatch::new(self.cfg.batch_window),
                 payload,

@@ -687,3 +687,44 @@ mod invariants {
         }
     }
 }
+
+#[test]
+fn an_instance_the_runtime_cannot_place_is_reported_and_stopped_once_nobody_waits() {
+    let mut h = H::new(cfg());
+    let mut out = Out::new();
+    let Acquire::Queued(w1) = h.acquire(0.0, &mut out) else {
+        panic!("queues");
+    };
+    let id = starts(&out)[0];
+    assert_eq!(h.s.unplaced_reason(), None);
+    h.s.unplaced(
+        id,
+        "0/2 nodes are available: 2 Insufficient nvidia.com/gpu.".into(),
+    );
+    assert_eq!(
+        h.s.unplaced_reason(),
+        Some("0/2 nodes are available: 2 Insufficient nvidia.com/gpu.")
+    );
+    // A second request arrives (concurrency 1: it asks for a second instance); the first times
+    // out: one still waits, so nothing stops.
+    let mut out = Out::new();
+    let Acquire::Queued(w2) = h.acquire(1.0, &mut out) else {
+        panic!("queues");
+    };
+    let second = starts(&out)[0];
+    assert!(h.s.timed_out(w1, h.at(30.0)).is_some());
+    let mut out = Out::new();
+    h.s.stop_unneeded_unplaced(&mut out);
+    assert!(stops(&out).is_empty(), "a request still waits");
+    // The last one leaves: the unplaced instance stops; the placed one keeps starting.
+    assert!(h.s.cancel(w2));
+    h.s.placed(second);
+    let mut out = Out::new();
+    h.s.stop_unneeded_unplaced(&mut out);
+    assert_eq!(stops(&out), [id]);
+    assert_eq!(
+        h.s.unplaced_reason(),
+        None,
+        "a draining instance is not starting"
+    );
+}

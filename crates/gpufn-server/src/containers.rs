@@ -31,6 +31,10 @@ impl InstanceRuntime for Runtimes {
             self.process.launch(spec).await
         }
     }
+
+    fn launch_is_cancel_safe(&self) -> bool {
+        self.kube.is_some()
+    }
 }
 
 /// Digests pinned by specs (`...@sha256:...`).

@@ -91,6 +91,9 @@ pub(crate) trait Home: Send + Sync + 'static {
         pid: Option<u32>,
         phases: ColdStartPhases,
     );
+    /// The runtime's own placement (a cluster's scheduler) has no place for the starting
+    /// instance (`Some(reason)`), or now has one (`None`).
+    fn on_placement(self: &Arc<Self>, id: InstanceId, unplaced: Option<String>);
     /// The instance did not start.
     fn on_start_failed(self: &Arc<Self>, id: InstanceId, err: StartError);
     /// The instance's process is gone and its card given back.
@@ -142,10 +145,24 @@ pub(crate) async fn supervise<H: Home>(pool: Arc<H>, job: StartJob) {
         disk_mb: spec.disk_mb,
         health_path: spec.health_check.path.clone(),
         startup_timeout: spec.health_check.startup_timeout,
-        progress: gpufn_runtime::StartProgress::default(),
+        progress: gpufn_runtime::StartProgress::new(Arc::new(Placement {
+            pool: Arc::downgrade(&pool),
+            id: key,
+        })),
     };
     let t0 = Instant::now();
     let launched = match secret_env {
+        // A launch that waits for the cluster to place the instance may wait long; it is
+        // cancel-safe (dropping it removes what it made), so a stop need not wait for it.
+        Ok(_) if shared.runtime.launch_is_cancel_safe() => tokio::select! {
+            r = shared.runtime.launch(&launch) => r.map_err(|e| e.to_string()),
+            () = stop.cancelled() => {
+                tracing::info!(function = %spec.name, instance = %id, "stopped while waiting for a place");
+                drop(lease);
+                pool.on_gone(key);
+                return;
+            }
+        },
         Ok(_) => shared
             .runtime
             .launch(&launch)
@@ -245,6 +262,32 @@ pub(crate) async fn supervise<H: Home>(pool: Arc<H>, job: StartJob) {
         () = stop.cancelled() => Left::Stopped(inst.stop(shared.stop_grace).await),
     };
     finish(&pool, key, &id, inst, lease, &how).await;
+}
+
+/// Tells an instance's pool where its start stands with the runtime's placement.
+struct Placement<H> {
+    pool: std::sync::Weak<H>,
+    id: InstanceId,
+}
+
+impl<H> std::fmt::Debug for Placement<H> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Placement").field("id", &self.id).finish()
+    }
+}
+
+impl<H: Home> gpufn_runtime::StartObserver for Placement<H> {
+    fn placed(&self) {
+        if let Some(pool) = self.pool.upgrade() {
+            pool.on_placement(self.id, None);
+        }
+    }
+
+    fn unplaced(&self, reason: &str) {
+        if let Some(pool) = self.pool.upgrade() {
+            pool.on_placement(self.id, Some(reason.to_string()));
+        }
+    }
 }
 
 /// Forgets a stopped instance's pid in the store (on a blocking thread).

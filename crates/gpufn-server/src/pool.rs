@@ -403,11 +403,24 @@ impl Pool {
             Ok(Ok(answer)) => answer,
             Ok(Err(_)) => Err(AcquireError::ShuttingDown),
             Err(_) => {
-                let refusal = {
-                    let mut st = self.lock();
-                    st.waiters.remove(&waiter);
-                    st.sched.timed_out(waiter, Instant::now())
-                };
+                let refusal = self.event(|s, _, fx| {
+                    let refusal = s.timed_out(waiter, Instant::now()).map(|r| match r {
+                        // Waited on an instance the cluster could not place: say why.
+                        AcquireError::QueueTimeout {
+                            waited,
+                            blocked: None,
+                        } => AcquireError::QueueTimeout {
+                            waited,
+                            blocked: s.unplaced_reason().map(|reason| AllocError::Unplaced {
+                                reason: reason.to_string(),
+                            }),
+                        },
+                        other => other,
+                    });
+                    s.stop_unneeded_unplaced(fx);
+                    refusal
+                });
+                self.lock().waiters.remove(&waiter);
                 match (refusal, rx.try_recv()) {
                     (Some(refusal), _) => Err(refusal),
                     // Answered in the instant the timeout fired: use the answer.
@@ -693,9 +706,11 @@ impl QueuedGuard<'_> {
 impl Drop for QueuedGuard<'_> {
     fn drop(&mut self) {
         if let Some(w) = self.waiter {
-            let mut st = self.pool.lock();
-            st.sched.cancel(w);
-            st.waiters.remove(&w);
+            self.pool.lock().waiters.remove(&w);
+            self.pool.event(|s, _, fx| {
+                s.cancel(w);
+                s.stop_unneeded_unplaced(fx);
+            });
         }
     }
 }
@@ -730,6 +745,13 @@ impl crate::instance::Home for Pool {
 
     /// A start failed: the instance leaves the pool, and the requests it was started for get the
     /// failure — at most one instance's worth, and only those no other start will serve.
+    fn on_placement(self: &Arc<Self>, id: InstanceId, unplaced: Option<String>) {
+        self.event(|s, _, _| match unplaced {
+            Some(reason) => s.unplaced(id, reason),
+            None => s.placed(id),
+        });
+    }
+
     fn on_start_failed(self: &Arc<Self>, id: InstanceId, err: AcquireError) {
         self.event(|s, cards, fx| s.start_failed(id, err, Instant::now(), cards, fx));
     }

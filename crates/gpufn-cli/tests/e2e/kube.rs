@@ -253,3 +253,79 @@ async fn a_function_runs_as_a_pod_on_a_gpu_node_and_scales_to_zero() {
     let mut server = server;
     server.terminate();
 }
+
+/// A card held by a Pod that is not gpufn's: gpufn's Pod cannot be placed, the request waits its
+/// queue timeout and gets 429 `no_capacity` with the cluster scheduler's reason, and the Pod is
+/// deleted once nobody waits for it. With the card free again, the next call is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unplaceable_pod_answers_429_with_the_schedulers_reason_and_is_deleted() {
+    let cluster = Cluster::start("full", 1, 1, 0).await;
+    let registry = Registry::start().await;
+    let image = push_testapp(&registry, "kube/app", "1", "k").await;
+    // Someone else's Pod takes the node's only card.
+    let other = serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "not-gpufn", "namespace": cluster.ns},
+        "spec": {
+            "restartPolicy": "Never",
+            "automountServiceAccountToken": false,
+            "containers": [{"name": "app", "image": image,
+                "env": [{"name": "PORT", "value": "9000"}],
+                "resources": {"limits": {"nvidia.com/gpu": "1"}}}],
+        },
+    });
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), other.to_string()).unwrap();
+    let (ok, text) = kubectl(&["apply", "-f", file.path().to_str().unwrap()]);
+    assert!(ok, "{text}");
+    wait_until("the other Pod to run", 60, || {
+        let (_, phase) = kubectl(&[
+            "get", "pod", "not-gpufn", "-n", &cluster.ns, "-o", "jsonpath={.status.phase}",
+        ]);
+        phase == "Running"
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let server = cluster.gpufn(dir.path(), &[]);
+    let (status, body) = server
+        .deploy_yaml(&spec(
+            "kq",
+            &image,
+            &cluster.gpu_type,
+            "scaling: {queue_timeout_s: 3}\n",
+        ))
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let resp = server
+        .http
+        .get(server.url("/function/kq/whoami"))
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status();
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(body["error"]["code"], "no_capacity", "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("Insufficient nvidia.com/gpu"),
+        "the scheduler's reason: {message}"
+    );
+    // Nobody waits for it any more: its Pod goes.
+    wait_until("gpufn's unplaced Pod to be deleted", 30, || {
+        cluster.pods().is_empty()
+    })
+    .await;
+    // The card frees: the next call gets it.
+    let (ok, text) = kubectl(&["delete", "pod", "not-gpufn", "-n", &cluster.ns]);
+    assert!(ok, "{text}");
+    let resp = server
+        .http
+        .get(server.url("/function/kq/whoami"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "{}", server.log());
+    let mut server = server;
+    server.terminate();
+}
