@@ -238,6 +238,36 @@ impl<P, E: Clone> Scheduler<P, E> {
             .find_map(|i| i.unplaced.as_deref())
     }
 
+    /// Takes back an instance that outlived an earlier run of the caller (a Pod still running
+    /// after gpufn restarted): it joins as starting, with its card (`payload`) already held, and
+    /// is answered like any start ([`Scheduler::instance_ready`] once its health check passes).
+    /// The first `min_instances` live ones are the provisioned ones, as for a start.
+    pub fn adopt(&mut self, id: InstanceId, payload: P, now: Instant, out: &mut Effects<E>) {
+        let live = self
+            .instances
+            .iter()
+            .filter(|i| i.revision == self.revision && i.state != State::Draining)
+            .count();
+        let provisioned = (live as u64) < u64::from(self.cfg.min_instances);
+        self.instances.push(Instance {
+            id,
+            revision: self.revision,
+            state: State::Starting,
+            in_flight: 0,
+            served: 0,
+            idle_since: now,
+            ready_at: None,
+            created: now,
+            provisioned,
+            memory_gb: self.cfg.memory_gb,
+            unplaced: None,
+            busy: BusyTracker::default(),
+            batch: PeriodBatch::new(self.cfg.batch_window),
+            payload,
+        });
+        out.push(Effect::Start { instance: id });
+    }
+
     /// The runtime has no place for starting `instance` yet (a cluster's scheduler found no node
     /// with a free GPU): `reason`, its words. A request that times out waiting says so.
     pub fn unplaced(&mut self, instance: InstanceId, reason: String) {

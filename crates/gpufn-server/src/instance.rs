@@ -41,6 +41,8 @@ pub(crate) struct StartJob {
     pub spec: Arc<FunctionSpec>,
     /// The revision `spec` is.
     pub revision: i64,
+    /// An instance an earlier gpufn left running (a Pod), taken back instead of launched.
+    pub adopted: Option<Box<dyn RunningInstance>>,
     pub lease: GpuLease,
     pub stop: CancellationToken,
     pub allocated_in: Duration,
@@ -109,6 +111,7 @@ pub(crate) async fn supervise<H: Home>(pool: Arc<H>, job: StartJob) {
         id,
         spec,
         revision,
+        adopted,
         lease,
         stop,
         allocated_in,
@@ -152,6 +155,7 @@ pub(crate) async fn supervise<H: Home>(pool: Arc<H>, job: StartJob) {
     };
     let t0 = Instant::now();
     let launched = match secret_env {
+        _ if adopted.is_some() => adopted.ok_or_else(String::new),
         // A launch that waits for the cluster to place the instance may wait long; it is
         // cancel-safe (dropping it removes what it made), so a stop need not wait for it.
         Ok(_) if shared.runtime.launch_is_cancel_safe() => tokio::select! {

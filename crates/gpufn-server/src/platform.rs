@@ -272,6 +272,9 @@ impl Platform {
             access,
         });
         platform.load_functions()?;
+        if let Some(kube) = &kube {
+            platform.adopt_pods(kube).await;
+        }
         for raw in &config.deploy {
             let (view, _) = platform
                 .deploy(raw.clone())
@@ -284,6 +287,41 @@ impl Platform {
             .clone()
             .spawn_log_rotation(config.log_max_bytes, config.log_keep);
         Ok(platform)
+    }
+
+    /// After a restart on Kubernetes: running Pods of current revisions are taken back as warm
+    /// instances (no cold start); any other Pod of gpufn's — an old revision, a deleted function,
+    /// one not running — is deleted.
+    async fn adopt_pods(&self, kube: &gpufn_kube::KubeRuntime) {
+        use gpufn_kube::pod::{LABEL_FUNCTION, LABEL_REVISION};
+        let (mut adopted, mut deleted) = (0, 0);
+        for pod in kube.watch().pods() {
+            let Some(name) = pod.metadata.name.clone() else {
+                continue;
+            };
+            let label = |k: &str| pod.metadata.labels.as_ref().and_then(|l| l.get(k)).cloned();
+            let current = label(LABEL_FUNCTION)
+                .and_then(|f| self.pool(&f))
+                .filter(|p| label(LABEL_REVISION) == Some(p.revision().to_string()));
+            if let Some(pool) = current {
+                let port = pool.spec().container.as_ref().map_or(0, |c| c.port);
+                if pod.metadata.deletion_timestamp.is_none() {
+                    if let Some(inst) = kube.adopt(&name, port) {
+                        if pool.adopt(&name, inst) {
+                            adopted += 1;
+                            continue;
+                        }
+                    }
+                }
+            }
+            deleted += 1;
+            if let Err(e) = kube.delete(&name, self.shared.stop_grace).await {
+                tracing::warn!(pod = %name, "cannot delete a Pod of an earlier run: {e}");
+            }
+        }
+        if adopted + deleted > 0 {
+            tracing::info!(adopted, deleted, "Pods of an earlier run");
+        }
     }
 
     fn load_functions(&self) -> Result<(), ServerError> {

@@ -204,6 +204,8 @@ struct PoolState {
     sched: Scheduler,
     /// The queued requests' answer channels, by the scheduler's waiter id.
     waiters: HashMap<WaiterId, Answer>,
+    /// Instances taken back after a restart, waiting for their supervisor.
+    adopted: HashMap<InstanceId, Box<dyn gpufn_runtime::RunningInstance>>,
 }
 
 /// Effects turned into actions under the lock, run after it is released.
@@ -297,6 +299,7 @@ impl Pool {
                 sched: Scheduler::new(config_of(&spec), revision),
                 spec: Arc::new(spec),
                 waiters: HashMap::new(),
+                adopted: HashMap::new(),
             }),
         })
     }
@@ -331,6 +334,54 @@ impl Pool {
         } else {
             gpufn_spec::TriggerAuth::Token
         }
+    }
+
+    /// Takes back `inst`, instance `name` of the current revision left running by an earlier
+    /// gpufn (a Pod): it gets a card and a supervisor, and serves once its health check passes.
+    /// False (and `inst` dropped, which removes it) when the name is not this function's or no
+    /// card is left for it.
+    pub(crate) fn adopt(
+        self: &Arc<Self>,
+        name: &str,
+        inst: Box<dyn gpufn_runtime::RunningInstance>,
+    ) -> bool {
+        let Some(id) = name
+            .strip_prefix(&format!("{}-", self.name))
+            .and_then(|hex| u64::from_str_radix(hex, 16).ok())
+            .map(InstanceId)
+        else {
+            return false;
+        };
+        let spec = self.spec();
+        let lease = match self.shared.allocator.allocate(AllocRequest {
+            instance: name,
+            function: &self.name,
+            card_type: spec.gpu.card_type.as_deref(),
+            memory_gb: spec.gpu.memory_gb,
+        }) {
+            Ok(lease) => lease,
+            Err(e) => {
+                tracing::warn!(function = %self.name, instance = %name, "not adopted: {e}");
+                return false;
+            }
+        };
+        let meta = Meta {
+            header: http::HeaderValue::from_str(name)
+                .unwrap_or_else(|_| http::HeaderValue::from_static("invalid-id")),
+            name: name.to_string(),
+            addr: None,
+            pid: None,
+            gpu_index: lease.index(),
+            gpu_type: lease.card_type().to_string(),
+            started_at: SystemTime::now(),
+            phases: ColdStartPhases::default(),
+            stop: self.shared.instances_root.child_token(),
+            lease: Some(lease),
+            allocated_in: Duration::ZERO,
+        };
+        self.lock().adopted.insert(id, inst);
+        self.event(|s, _, fx| s.adopt(id, meta, Instant::now(), fx));
+        true
     }
 
     /// The current revision.
@@ -472,6 +523,7 @@ impl Pool {
                 Effect::Start { instance } => {
                     let spec = st.spec.clone();
                     let revision = st.sched.revision();
+                    let adopted = st.adopted.remove(&instance);
                     if let Some(meta) = st.sched.instance_mut(instance).map(|i| i.payload_mut()) {
                         if let Some(lease) = meta.lease.take() {
                             out.starts.push(StartJob {
@@ -479,6 +531,7 @@ impl Pool {
                                 id: meta.name.clone(),
                                 spec,
                                 revision,
+                                adopted,
                                 lease,
                                 stop: meta.stop.clone(),
                                 allocated_in: meta.allocated_in,

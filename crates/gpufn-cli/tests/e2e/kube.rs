@@ -280,7 +280,13 @@ async fn an_unplaceable_pod_answers_429_with_the_schedulers_reason_and_is_delete
     assert!(ok, "{text}");
     wait_until("the other Pod to run", 60, || {
         let (_, phase) = kubectl(&[
-            "get", "pod", "not-gpufn", "-n", &cluster.ns, "-o", "jsonpath={.status.phase}",
+            "get",
+            "pod",
+            "not-gpufn",
+            "-n",
+            &cluster.ns,
+            "-o",
+            "jsonpath={.status.phase}",
         ]);
         phase == "Running"
     })
@@ -326,6 +332,86 @@ async fn an_unplaceable_pod_answers_429_with_the_schedulers_reason_and_is_delete
         .await
         .unwrap();
     assert_eq!(resp.status(), 200, "{}", server.log());
+    let mut server = server;
+    server.terminate();
+}
+
+/// gpufn killed with SIGKILL and started again on the same store takes its ready Pod back: the
+/// next call is warm, on the same instance. A gpufn Pod of a function that no longer exists is
+/// deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_adopts_ready_pods_and_deletes_stray_ones() {
+    let cluster = Cluster::start("adopt", 1, 2, 0).await;
+    let registry = Registry::start().await;
+    let image = push_testapp(&registry, "kube/app", "1", "k").await;
+    let dir = tempfile::tempdir().unwrap();
+    let server = cluster.gpufn(dir.path(), &[]);
+    let (status, body) = server
+        .deploy_yaml(&spec("ka", &image, &cluster.gpu_type, ""))
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let first = server
+        .http
+        .get(server.url("/function/ka/whoami"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(first.status(), 200, "{}", server.log());
+    let instance = first.headers()["x-gpufn-instance-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    // A Pod of gpufn's for a function this gpufn does not have.
+    let stray = serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "gone-00000001", "namespace": cluster.ns, "labels": {
+            "app.kubernetes.io/managed-by": "gpufn", "gpufn.dev/function": "gone",
+            "gpufn.dev/revision": "1", "gpufn.dev/instance": "gone-00000001"}},
+        "spec": {"restartPolicy": "Never", "automountServiceAccountToken": false,
+            "nodeSelector": {"nvidia.com/gpu.product": cluster.gpu_type},
+            "containers": [{"name": "app", "image": image,
+                "env": [{"name": "PORT", "value": "9000"}]}]},
+    });
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), stray.to_string()).unwrap();
+    let (ok, text) = kubectl(&["apply", "-f", file.path().to_str().unwrap()]);
+    assert!(ok, "{text}");
+    let mut server = server;
+    crate::common::unsafe_kill(server.pid(), libc::SIGKILL);
+    let _ = server.child.wait();
+    drop(server);
+    let server = cluster.gpufn(dir.path(), &[]);
+    let again = server
+        .http
+        .get(server.url("/function/ka/whoami"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 200, "{}", server.log());
+    assert_eq!(
+        again.headers()["x-gpufn-cold-start"],
+        "false",
+        "{}",
+        server.log()
+    );
+    assert_eq!(again.headers()["x-gpufn-instance-id"], instance.as_str());
+    wait_until("the stray Pod to be deleted", 30, || {
+        let (found, _) = kubectl(&["get", "pod", "gone-00000001", "-n", &cluster.ns]);
+        !found
+    })
+    .await;
+    // Deleting the function deletes its Pods.
+    let resp = server
+        .http
+        .delete(server.url("/api/v1/functions/ka"))
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success());
+    wait_until("the function's Pods to be deleted", 30, || {
+        cluster.pods().is_empty()
+    })
+    .await;
     let mut server = server;
     server.terminate();
 }
