@@ -269,6 +269,7 @@ async fn an_unplaceable_pod_answers_429_with_the_schedulers_reason_and_is_delete
         "spec": {
             "restartPolicy": "Never",
             "automountServiceAccountToken": false,
+            "nodeSelector": {"nvidia.com/gpu.product": cluster.gpu_type},
             "containers": [{"name": "app", "image": image,
                 "env": [{"name": "PORT", "value": "9000"}],
                 "resources": {"limits": {"nvidia.com/gpu": "1"}}}],
@@ -412,6 +413,158 @@ async fn a_restart_adopts_ready_pods_and_deletes_stray_ones() {
         cluster.pods().is_empty()
     })
     .await;
+    let mut server = server;
+    server.terminate();
+}
+
+/// `deploy/kubernetes/` applies on the testbed (server-side dry run), and the service account
+/// it makes can manage Pods in the functions namespace, read nodes, and nothing else: no
+/// Secrets anywhere, no Pods elsewhere.
+#[tokio::test]
+async fn the_manifests_apply_and_grant_least_privilege() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../deploy/kubernetes");
+    // Namespaced objects are checked against existing namespaces: those two are made for real,
+    // and the RBAC objects too (to ask what they allow). Applying them again changes nothing.
+    for f in ["00-namespaces.yaml", "10-rbac.yaml"] {
+        let (ok, text) = kubectl(&["apply", "-f", dir.join(f).to_str().unwrap()]);
+        assert!(ok, "{f}: {text}");
+    }
+    let (ok, text) = kubectl(&["apply", "--dry-run=server", "-f", dir.to_str().unwrap()]);
+    assert!(ok, "{text}");
+    assert!(text.contains("deployment.apps/gpufn"), "{text}");
+    let can = |verb: &str, what: &str, ns: Option<&str>| {
+        let mut args = vec![
+            "auth",
+            "can-i",
+            verb,
+            what,
+            "--as=system:serviceaccount:gpufn:gpufn",
+        ];
+        if let Some(ns) = ns {
+            args.extend(["-n", ns]);
+        }
+        // (A warning on stderr for cluster-scoped resources.)
+        let (_, text) = kubectl(&args);
+        text.lines().any(|l| l.trim() == "yes")
+    };
+    assert!(can("create", "pods", Some("gpufn-functions")));
+    assert!(can("delete", "pods", Some("gpufn-functions")));
+    assert!(can("watch", "pods", Some("gpufn-functions")));
+    assert!(can("list", "nodes", None));
+    assert!(!can("get", "secrets", Some("gpufn-functions")));
+    assert!(!can("list", "secrets", Some("gpufn")));
+    assert!(!can("get", "secrets", Some("kube-system")));
+    assert!(!can("create", "pods", Some("default")));
+    assert!(!can("create", "deployments", Some("gpufn-functions")));
+    assert!(!can("update", "nodes", None));
+}
+
+/// Three instances wanted on two cards: the third request waits in gpufn's queue and is served
+/// when a card frees. `GET /api/v1/gpus` lists the cluster's cards by node, with their holders.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_third_instance_waits_for_one_of_two_cards() {
+    let cluster = Cluster::start("three", 2, 1, 0).await;
+    let registry = Registry::start().await;
+    let image = push_testapp(&registry, "kube/app", "1", "k").await;
+    let dir = tempfile::tempdir().unwrap();
+    let server = cluster.gpufn(dir.path(), &[]);
+    let (status, body) = server
+        .deploy_yaml(&spec(
+            "k3",
+            &image,
+            &cluster.gpu_type,
+            "scaling: {queue_timeout_s: 60, idle_timeout_s: 1}\n",
+        ))
+        .await;
+    assert_eq!(status, 201, "{body}");
+    // Two slow requests hold both cards (`/work?ms=` keeps the instance busy).
+    let slow = |ms: u64| {
+        let http = server.http.clone();
+        let url = server.url(&format!("/function/k3/work?ms={ms}"));
+        tokio::spawn(async move {
+            let r = http.get(url).send().await.unwrap();
+            let id = r.headers()["x-gpufn-instance-id"]
+                .to_str()
+                .unwrap()
+                .to_string();
+            (r.status().as_u16(), id)
+        })
+    };
+    let a = slow(4000);
+    let b = slow(4000);
+    wait_until("two Pods", 60, || cluster.pods().len() == 2).await;
+    let gpus = server.get_json("/api/v1/gpus").await;
+    let ours: Vec<&Value> = gpus["cards"]
+        .as_array()
+        .or(gpus.as_array())
+        .unwrap()
+        .iter()
+        .filter(|c| c["type"] == cluster.gpu_type.as_str())
+        .collect();
+    assert_eq!(ours.len(), 2, "{gpus}");
+    let nodes: std::collections::BTreeSet<&str> =
+        ours.iter().map(|c| c["node"].as_str().unwrap()).collect();
+    assert_eq!(nodes.len(), 2, "one card on each node: {gpus}");
+    assert!(
+        ours.iter().all(|c| c["function"] == "k3"),
+        "both held by gpufn's Pods: {gpus}"
+    );
+    // The third waits for a card, and gets one when a slow request ends.
+    let third = server
+        .http
+        .get(server.url("/function/k3/whoami"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(third.status(), 200, "{}", server.log());
+    assert!(cluster.pods().len() <= 2, "never more Pods than cards");
+    let (sa, ia) = a.await.unwrap();
+    let (sb, ib) = b.await.unwrap();
+    assert_eq!((sa, sb), (200, 200));
+    assert_ne!(ia, ib, "two instances");
+    let mut server = server;
+    server.terminate();
+}
+
+/// A GPU type reaches its own nodes, through `--kube-gpu-type` where the cluster's label value
+/// differs from gpufn's type name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gpu_type_maps_to_its_nodes_label() {
+    let cluster = Cluster::start("typed", 1, 1, 0).await;
+    let registry = Registry::start().await;
+    let image = push_testapp(&registry, "kube/app", "1", "k").await;
+    let dir = tempfile::tempdir().unwrap();
+    // gpufn calls the type `big-card`; the nodes label it with the test's own value.
+    let mapping = format!("big-card={}", cluster.gpu_type);
+    let server = cluster.gpufn(dir.path(), &["--kube-gpu-type", &mapping]);
+    let (status, body) = server
+        .deploy_yaml(&spec("kt", &image, "big-card", ""))
+        .await;
+    assert_eq!(status, 201, "{body}\n{}", server.log());
+    let resp = server
+        .http
+        .get(server.url("/function/kt/whoami"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "{}", server.log());
+    let pod = &cluster.pods()[0];
+    assert_eq!(
+        pod["spec"]["nodeSelector"]["nvidia.com/gpu.product"],
+        cluster.gpu_type.as_str()
+    );
+    assert!(
+        pod["spec"]["nodeName"]
+            .as_str()
+            .unwrap()
+            .starts_with("typed-")
+    );
+    // A process function is refused on this backend, naming the field.
+    let (status, body) = server
+        .deploy_yaml("name: p\nruntime: process\ncommand: [sleep, '1']\ngpu: {memory_gb: 1}\n")
+        .await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["error"]["field"], "runtime", "{body}");
     let mut server = server;
     server.terminate();
 }
