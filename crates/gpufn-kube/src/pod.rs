@@ -197,6 +197,48 @@ impl PodView {
     }
 }
 
+/// How long a node took to pull the image, from its `Pulled` event's message (kubelet's words:
+/// `Successfully pulled image "x" in 1.234567s`; `Container image "x" already present on machine`
+/// is a pull of zero).
+pub fn pull_time(message: &str) -> Option<std::time::Duration> {
+    if message.contains("already present") {
+        return Some(std::time::Duration::ZERO);
+    }
+    let (_, tail) = message.rsplit_once(" in ")?;
+    go_duration(tail.split_whitespace().next()?)
+}
+
+/// A Go `time.Duration` string (`1.5s`, `2m3.25s`, `850ms`, `1h0m0s`).
+fn go_duration(s: &str) -> Option<std::time::Duration> {
+    let mut rest = s.trim().trim_end_matches(['.', ',', ')']);
+    if rest.is_empty() {
+        return None;
+    }
+    let mut total = 0.0f64;
+    while !rest.is_empty() {
+        let n = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        let value: f64 = rest[..n].parse().ok()?;
+        rest = &rest[n..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let scale = match &rest[..unit_len] {
+            "h" => 3600.0,
+            "m" => 60.0,
+            "s" => 1.0,
+            "ms" => 1e-3,
+            "us" | "µs" => 1e-6,
+            "ns" => 1e-9,
+            _ => return None,
+        };
+        total += value * scale;
+        rest = &rest[unit_len..];
+    }
+    (total.is_finite() && total >= 0.0).then(|| std::time::Duration::from_secs_f64(total))
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::expect_used, clippy::unwrap_used)]
@@ -308,6 +350,27 @@ mod tests {
         any.gpu_type = None;
         let v = manifest(&any, &settings).unwrap();
         assert!(v["spec"].get("nodeSelector").is_none());
+    }
+
+    #[test]
+    fn pull_times_are_read_from_the_nodes_events() {
+        use std::time::Duration;
+        let ms = |m: &str| pull_time(m).map(|d| d.as_millis());
+        assert_eq!(
+            ms(r#"Successfully pulled image "registry/x:1" in 1.234567891s"#),
+            Some(1234)
+        );
+        assert_eq!(
+            ms(r#"Successfully pulled image "x" in 2m3.5s"#),
+            Some(123_500)
+        );
+        assert_eq!(ms(r#"Successfully pulled image "x" in 850ms"#), Some(850));
+        assert_eq!(
+            pull_time(r#"Container image "x" already present on machine"#),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(pull_time("Pulling image \"x\""), None);
+        assert_eq!(pull_time("Successfully pulled image in soon"), None);
     }
 
     #[test]

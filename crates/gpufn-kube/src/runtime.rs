@@ -199,8 +199,29 @@ impl KubeRuntime {
             rx,
             addr: SocketAddr::new(ip, port),
             placed_in: Duration::ZERO,
+            pulled_in: Duration::ZERO,
             stopped: false,
         }))
+    }
+
+    /// How long the node took to pull Pod `name`'s image, from its `Pulled` event (zero when it
+    /// says nothing).
+    async fn pull_time(&self, name: &str) -> Duration {
+        let events: Api<k8s_openapi::api::core::v1::Event> =
+            Api::namespaced(self.api.clone().into_client(), &self.settings.namespace);
+        let params = ListParams::default().fields(&format!("involvedObject.name={name}"));
+        match events.list(&params).await {
+            Ok(list) => list
+                .items
+                .iter()
+                .filter(|e| e.reason.as_deref() == Some("Pulled"))
+                .find_map(|e| e.message.as_deref().and_then(pod::pull_time))
+                .unwrap_or_default(),
+            Err(e) => {
+                tracing::debug!(pod = %name, "reading its events: {e}");
+                Duration::ZERO
+            }
+        }
     }
 }
 
@@ -305,6 +326,7 @@ impl InstanceRuntime for KubeRuntime {
                             .await;
                     }
                     if let (true, Some(ip)) = (v.running, v.ip) {
+                        let pulled_in = self.pull_time(&name).await;
                         let mut guard = guard;
                         guard.armed = false;
                         return Ok(Box::new(PodInstance {
@@ -314,6 +336,7 @@ impl InstanceRuntime for KubeRuntime {
                             rx,
                             addr: SocketAddr::new(ip, port),
                             placed_in: placed_in.unwrap_or_default(),
+                            pulled_in,
                             stopped: false,
                         }));
                     }
@@ -352,6 +375,7 @@ struct PodInstance {
     rx: watch::Receiver<Seen>,
     addr: SocketAddr,
     placed_in: Duration,
+    pulled_in: Duration,
     stopped: bool,
 }
 
@@ -378,6 +402,10 @@ impl RunningInstance for PodInstance {
 
     fn placement(&self) -> Duration {
         self.placed_in
+    }
+
+    fn image_pull(&self) -> Duration {
+        self.pulled_in
     }
 
     async fn wait(&mut self) -> Ended {

@@ -346,6 +346,37 @@ impl Agent {
         }
     }
 
+    /// Records an event on `pod`, as its kubelet would.
+    async fn event(&self, pod: &Pod, reason: &str, message: &str) {
+        let (ns, name) = names(pod);
+        let api: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(self.client.clone(), &ns);
+        let t = now();
+        let node = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_name.clone())
+            .unwrap_or_default();
+        let event = json!({
+            "apiVersion": "v1", "kind": "Event",
+            "metadata": {"generateName": format!("{name}."), "namespace": ns},
+            "involvedObject": {"apiVersion": "v1", "kind": "Pod", "name": name, "namespace": ns,
+                "uid": pod.metadata.uid, "fieldPath": "spec.containers{app}"},
+            "reason": reason, "message": message, "type": "Normal",
+            "source": {"component": "kubelet", "host": node},
+            "firstTimestamp": t, "lastTimestamp": t, "count": 1,
+        });
+        let event = match serde_json::from_value(event) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!("event: {e}");
+                return;
+            }
+        };
+        if let Err(e) = api.create(&kube::api::PostParams::default(), &event).await {
+            tracing::warn!(pod = %name, "event: {e}");
+        }
+    }
+
     async fn status(&self, pod: &Pod, status: Value) {
         let (ns, name) = names(pod);
         let api: Api<Pod> = Api::namespaced(self.client.clone(), &ns);
@@ -417,6 +448,17 @@ impl Agent {
             }
         };
         let addr = inst.addr();
+        // As a kubelet does: the pull's event, before the container shows as running.
+        let pulled = inst.image_pull();
+        let message = if pulled.is_zero() {
+            format!("Container image \"{image}\" already present on machine")
+        } else {
+            format!(
+                "Successfully pulled image \"{image}\" in {:.6}s",
+                pulled.as_secs_f64()
+            )
+        };
+        self.event(&pod, "Pulled", &message).await;
         self.status(
             &pod,
             json!({

@@ -312,6 +312,35 @@ impl ImageStore {
         })
     }
 
+    /// Resolves `reference` to its manifest digest without downloading anything (the Kubernetes
+    /// backend: nodes pull images, gpufn only pins them). Returns the pinned reference
+    /// (`registry/repo:tag@sha256:…`); one that names a digest already is returned as it is.
+    pub async fn resolve(
+        &self,
+        reference: &str,
+        auth: Option<&Credentials>,
+    ) -> Result<String, ImageError> {
+        let parsed = Self::parse(reference)?;
+        if parsed.digest().is_some() {
+            return Ok(reference.to_string());
+        }
+        let oci_auth = match auth {
+            Some(c) => {
+                oci_client::secrets::RegistryAuth::Basic(c.username.clone(), c.password.clone())
+            }
+            None => oci_client::secrets::RegistryAuth::Anonymous,
+        };
+        let digest = self
+            .client_for(&parsed)
+            .fetch_manifest_digest(&parsed, &oci_auth)
+            .await
+            .map_err(|e| ImageError::Registry {
+                reference: reference.to_string(),
+                reason: error_chain(&e),
+            })?;
+        Ok(pin(&parsed, &digest))
+    }
+
     /// Makes `reference` ready to run: resolves it to a manifest digest (no network when the
     /// reference already names a cached digest), downloads the layers not yet cached, unpacks the
     /// root filesystem. Reports progress through `progress`.

@@ -213,25 +213,26 @@ impl Shared {
             .blocking(move |s| s.credentials(auth.as_ref()))
             .await
             .ok_or_else(|| ApiError::internal("reading registry credentials", "shutting down"))??;
-        let prepared = images
-            .prepare(&c.image, creds.as_ref(), progress)
-            .await
-            .map_err(|e| {
-                let status = match e {
-                    gpufn_oci::ImageError::Registry { .. }
-                    | gpufn_oci::ImageError::Digest { .. } => {
-                        axum::http::StatusCode::UNPROCESSABLE_ENTITY
-                    }
-                    gpufn_oci::ImageError::BadReference { .. } => {
-                        axum::http::StatusCode::BAD_REQUEST
-                    }
-                    gpufn_oci::ImageError::Io { .. } => {
-                        axum::http::StatusCode::INTERNAL_SERVER_ERROR
-                    }
-                };
-                ApiError::field(status, "image_pull_failed", "image", e.to_string())
-            })?;
-        c.image = prepared.image.reference;
+        // On Kubernetes the nodes pull: gpufn only pins the reference to its digest.
+        let pinned = if self.on_kubernetes {
+            images.resolve(&c.image, creds.as_ref()).await
+        } else {
+            images
+                .prepare(&c.image, creds.as_ref(), progress)
+                .await
+                .map(|p| p.image.reference)
+        };
+        let pinned = pinned.map_err(|e| {
+            let status = match e {
+                gpufn_oci::ImageError::Registry { .. } | gpufn_oci::ImageError::Digest { .. } => {
+                    axum::http::StatusCode::UNPROCESSABLE_ENTITY
+                }
+                gpufn_oci::ImageError::BadReference { .. } => axum::http::StatusCode::BAD_REQUEST,
+                gpufn_oci::ImageError::Io { .. } => axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+            };
+            ApiError::field(status, "image_pull_failed", "image", e.to_string())
+        })?;
+        c.image = pinned;
         Ok(())
     }
 

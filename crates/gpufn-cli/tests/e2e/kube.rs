@@ -203,6 +203,15 @@ async fn a_function_runs_as_a_pod_on_a_gpu_node_and_scales_to_zero() {
         ))
         .await;
     assert_eq!(status, 201, "{body}\n{}", server.log());
+    // Pinned to its digest, pulled by the node, not by gpufn.
+    assert!(
+        body["spec"]["image"].as_str().unwrap().contains("@sha256:"),
+        "{body}"
+    );
+    let blobs = std::fs::read_dir(dir.path().join("images/blobs/sha256"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(blobs, 0, "gpufn pulled the image itself");
     let cold = server
         .http
         .get(server.url("/function/kf/whoami"))
@@ -245,6 +254,8 @@ async fn a_function_runs_as_a_pod_on_a_gpu_node_and_scales_to_zero() {
         phases["gpu_allocate_ms"].as_f64().unwrap() > 0.0,
         "{starts}"
     );
+    // The node's pull, from its event (this node had never pulled the image).
+    assert!(phases["image_pull_ms"].as_f64().unwrap() > 0.0, "{starts}");
     // Idle past its timeout: released, and its Pod deleted.
     wait_until("the idle Pod to be deleted", 60, || {
         cluster.pods().is_empty()
