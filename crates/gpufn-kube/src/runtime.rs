@@ -225,6 +225,10 @@ impl KubeRuntime {
     }
 }
 
+fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e6).round() / 1e3
+}
+
 async fn delete(api: &Api<Pod>, name: &str, grace: Duration) -> Result<(), kube::Error> {
     let params = DeleteParams {
         grace_period_seconds: Some(u32::try_from(grace.as_secs()).unwrap_or(u32::MAX)),
@@ -296,6 +300,10 @@ impl InstanceRuntime for KubeRuntime {
         if let Err(e) = applied {
             return guard.fail(format!("cannot create Pod {name}: {e}")).await;
         }
+        // Where the time of a start goes, for the benchmark: gpufn's own calls, the watch's
+        // delivery (the applied Pod coming back), the cluster's placement and the node's start.
+        let apply_done = t0.elapsed();
+        let mut first_seen = None;
         let deadline = tokio::time::Instant::from_std(t0 + spec.startup_timeout);
         let mut placed_in = None;
         let mut waiting_for = String::from("the Pod to be scheduled");
@@ -309,6 +317,7 @@ impl InstanceRuntime for KubeRuntime {
                         .await;
                 }
                 Seen::Pod(p) => {
+                    first_seen.get_or_insert_with(|| t0.elapsed());
                     let v = PodView::of(&p);
                     if v.node.is_some() && placed_in.is_none() {
                         placed_in = Some(t0.elapsed());
@@ -326,7 +335,17 @@ impl InstanceRuntime for KubeRuntime {
                             .await;
                     }
                     if let (true, Some(ip)) = (v.running, v.ip) {
+                        let running_at = t0.elapsed();
                         let pulled_in = self.pull_time(&name).await;
+                        tracing::info!(
+                            pod = %name,
+                            apply_ms = ms(apply_done),
+                            watch_ms = ms(first_seen.unwrap_or(running_at).saturating_sub(apply_done)),
+                            placed_ms = ms(placed_in.unwrap_or(running_at)),
+                            running_ms = ms(running_at),
+                            events_ms = ms(t0.elapsed().saturating_sub(running_at)),
+                            "Pod running"
+                        );
                         let mut guard = guard;
                         guard.armed = false;
                         return Ok(Box::new(PodInstance {

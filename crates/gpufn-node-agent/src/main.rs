@@ -36,9 +36,9 @@ struct Args {
     /// GPU nodes to register.
     #[arg(long, default_value_t = 2)]
     nodes: u32,
-    /// Simulated cards per GPU node.
-    #[arg(long, default_value_t = 1)]
-    gpus_per_node: u32,
+    /// Simulated cards per GPU node: one number, or one per node in turn (`8,8,7,7`).
+    #[arg(long, default_value = "1")]
+    gpus_per_node: String,
     /// GPU types, one per node in turn (`tesla-t4,a10`: node 0 T4, node 1 A10, node 2 T4...).
     #[arg(long, default_value = "tesla-t4")]
     gpu_types: String,
@@ -101,11 +101,20 @@ async fn main() -> anyhow::Result<()> {
         .filter(|t| !t.is_empty())
         .map(str::to_string)
         .collect();
+    let counts: Vec<u32> = args
+        .gpus_per_node
+        .split(',')
+        .map(|n| n.trim().parse::<u32>())
+        .collect::<Result<_, _>>()
+        .context("--gpus-per-node: numbers, comma-separated")?;
     let mut nodes = Vec::new();
     for i in 0..args.nodes {
         nodes.push(NodeDef {
             name: format!("{}-{i}", args.node_prefix),
-            gpus: args.gpus_per_node,
+            gpus: counts
+                .get(i as usize % counts.len().max(1))
+                .copied()
+                .unwrap_or(1),
             gpu_type: types.get(i as usize % types.len().max(1)).cloned(),
         });
     }

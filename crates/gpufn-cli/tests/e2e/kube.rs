@@ -55,7 +55,7 @@ struct Cluster {
 impl Cluster {
     /// `gpu_nodes` nodes with `gpus` cards each, of a type only this test uses, and `cpu_nodes`
     /// without GPUs.
-    async fn start(test: &str, gpu_nodes: u32, gpus: u32, cpu_nodes: u32) -> Cluster {
+    async fn start(test: &str, gpu_nodes: u32, gpus: impl ToString, cpu_nodes: u32) -> Cluster {
         require("runc");
         let tag = format!("{test}-{:04x}", rand_u16());
         let ns = format!("t-{tag}");
@@ -576,6 +576,107 @@ async fn a_gpu_type_maps_to_its_nodes_label() {
         .await;
     assert_eq!(status, 422, "{body}");
     assert_eq!(body["error"]["field"], "runtime", "{body}");
+    let mut server = server;
+    server.terminate();
+}
+
+/// Benchmark (not run by default: `cargo test -p gpufn-cli --test e2e -- --ignored --nocapture
+/// kube::bench_zero_to_thirty`, with the testbed up): 30 requests at once for a function with
+/// concurrency 1 on 30 simulated cards over 4 nodes (8, 8, 7, 7): how long until all 30 are
+/// answered (every instance cold-started), and where each start's time went — gpufn's own API
+/// calls and the watch's delivery, the cluster scheduler's placement, the node agent's start and
+/// gpufn's probe. Figures in BENCHMARKS.md.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark: run by hand with --ignored"]
+async fn bench_zero_to_thirty() {
+    let cluster = Cluster::start("bench", 4, "8,8,7,7", 0).await;
+    let registry = Registry::start().await;
+    let image = push_testapp(&registry, "kube/app", "1", "k").await;
+    let dir = tempfile::tempdir().unwrap();
+    let server = cluster.gpufn(dir.path(), &["--quota-cards", "30"]);
+    let (status, body) = server
+        .deploy_yaml(&spec(
+            "kb",
+            &image,
+            &cluster.gpu_type,
+            "scaling: {max_instances: 30, max_queue: 100, queue_timeout_s: 120, idle_timeout_s: 600}\n",
+        ))
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let t0 = std::time::Instant::now();
+    let calls: Vec<_> = (0..30)
+        .map(|_| {
+            let http = server.http.clone();
+            // Each request holds its instance a moment, so 30 instances are needed at once.
+            let url = server.url("/function/kb/work?ms=3000");
+            tokio::spawn(async move {
+                let r = http.get(url).send().await.unwrap();
+                (r.status().as_u16(), t0.elapsed())
+            })
+        })
+        .collect();
+    let mut done = Vec::new();
+    for c in calls {
+        done.push(c.await.unwrap());
+    }
+    assert!(done.iter().all(|(s, _)| *s == 200), "{done:?}");
+    let all_answered = done.iter().map(|(_, t)| *t).max().unwrap();
+    let pods = cluster.pods();
+    let starts = server
+        .get_json("/api/v1/functions/kb/cold-starts?limit=100")
+        .await;
+    let starts = starts.as_array().unwrap();
+    let field = |name: &str| -> Vec<f64> {
+        let mut v: Vec<f64> = starts.iter().filter_map(|s| s[name].as_f64()).collect();
+        v.sort_by(f64::total_cmp);
+        v
+    };
+    let log = server.log();
+    let from_log = |key: &str| -> Vec<f64> {
+        let mut v: Vec<f64> = log
+            .lines()
+            .filter(|l| l.contains("Pod running"))
+            .filter_map(|l| {
+                l.split_whitespace()
+                    .find_map(|w| w.strip_prefix(&format!("{key}=")))
+                    .and_then(|x| x.parse().ok())
+            })
+            .collect();
+        v.sort_by(f64::total_cmp);
+        v
+    };
+    let p = |v: &[f64], q: f64| {
+        v.get(((v.len() as f64 - 1.0) * q).round() as usize)
+            .copied()
+    };
+    println!(
+        "instances: {} Pods, {} cold starts",
+        pods.len(),
+        starts.len()
+    );
+    println!(
+        "all 30 answered after {:.0} ms (each request works 3000 ms)",
+        all_answered.as_secs_f64() * 1e3
+    );
+    for name in ["gpu_allocate_ms", "image_pull_ms", "start_ms", "ready_ms"] {
+        let v = field(name);
+        println!("{name}: p50 {:?} max {:?}", p(&v, 0.5), p(&v, 1.0));
+    }
+    for key in [
+        "apply_ms",
+        "watch_ms",
+        "placed_ms",
+        "running_ms",
+        "events_ms",
+    ] {
+        let v = from_log(key);
+        println!(
+            "{key}: p50 {:?} max {:?} (n={})",
+            p(&v, 0.5),
+            p(&v, 1.0),
+            v.len()
+        );
+    }
     let mut server = server;
     server.terminate();
 }
