@@ -1,7 +1,9 @@
 //! Whole-card allocation under the GPU-card quota.
 //!
 //! The seed gives each GPU container the full memory of one card, so an instance holds one whole card;
-//! billing uses the spec's `memory_gb`, which is only checked to fit the card.
+//! billing uses the spec's `memory_gb`, which is only checked to fit the card. A card marked
+//! `shared` (a memory-sharing cluster: `aliyun.com/gpu-mem`) takes several instances while their
+//! GB fit its memory; the quota counts cards with any holder.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -13,6 +15,8 @@ use crate::discovery::Card;
 /// Who holds a card.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Holder {
+    /// The lease's own number (a shared card has several holders).
+    lease: u64,
     instance: String,
     function: String,
     memory_gb: u32,
@@ -21,13 +25,14 @@ struct Holder {
 #[derive(Debug)]
 struct State {
     cards: Vec<Card>,
-    holders: Vec<Option<Holder>>,
+    holders: Vec<Vec<Holder>>,
     quota_cards: u32,
+    next_lease: u64,
 }
 
 impl State {
     fn used(&self) -> u32 {
-        u32::try_from(self.holders.iter().filter(|h| h.is_some()).count()).unwrap_or(u32::MAX)
+        u32::try_from(self.holders.iter().filter(|h| !h.is_empty()).count()).unwrap_or(u32::MAX)
     }
 }
 
@@ -121,10 +126,16 @@ pub struct CardStatus {
     pub memory_gb: u32,
     /// GPU memory billed to the holder (0 when free).
     pub allocated_gb: u32,
-    /// Holding instance, if any.
+    /// Holding instance, if any (the first, on a shared card).
     pub instance: Option<String>,
-    /// Holding function, if any.
+    /// Holding function, if any (the first, on a shared card).
     pub function: Option<String>,
+    /// Shared by several instances by memory (a memory-sharing cluster).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub shared: bool,
+    /// Every holding instance, on a shared card.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub instances: Vec<String>,
     /// Declared with `--simulate-gpus`.
     pub simulated: bool,
     /// The cluster node it is on (the Kubernetes backend).
@@ -143,6 +154,7 @@ pub struct Allocator {
 #[derive(Debug)]
 pub struct GpuLease {
     index: u32,
+    lease: u64,
     card_type: String,
     allocator: Allocator,
 }
@@ -161,19 +173,20 @@ impl GpuLease {
 
 impl Drop for GpuLease {
     fn drop(&mut self) {
-        self.allocator.release(self.index);
+        self.allocator.release(self.index, self.lease);
     }
 }
 
 impl Allocator {
     /// An allocator over `cards` with a quota of `quota_cards` cards in use at once.
     pub fn new(cards: Vec<Card>, quota_cards: u32) -> Self {
-        let holders = vec![None; cards.len()];
+        let holders = vec![Vec::new(); cards.len()];
         Self {
             state: Arc::new(Mutex::new(State {
                 cards,
                 holders,
                 quota_cards,
+                next_lease: 0,
             })),
             released: Arc::new(Notify::new()),
         }
@@ -185,24 +198,44 @@ impl Allocator {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Takes a free card that fits `req`: the smallest fitting card, lowest index first.
+    /// Takes a card that fits `req`: room on a shared card already in use first (it costs no
+    /// quota), else the smallest fitting free card, lowest index first.
     pub fn allocate(&self, req: AllocRequest<'_>) -> Result<GpuLease, AllocError> {
         let mut st = self.lock();
         fits(&st.cards, req.card_type, req.memory_gb)?;
-        let used = st.used();
-        if used >= st.quota_cards {
-            return Err(AllocError::QuotaExceeded {
-                used,
-                quota: st.quota_cards,
-            });
-        }
-        let best = st
+        let has_room = |c: &Card, h: &[Holder]| {
+            card_fits(c, req.card_type, req.memory_gb)
+                && if c.shared {
+                    h.iter().map(|x| x.memory_gb).sum::<u32>() + req.memory_gb <= c.memory_gb
+                } else {
+                    h.is_empty()
+                }
+        };
+        let sharing = st
             .cards
             .iter()
             .zip(&st.holders)
-            .filter(|(c, h)| h.is_none() && card_fits(c, req.card_type, req.memory_gb))
+            .filter(|(c, h)| !h.is_empty() && has_room(c, h))
             .min_by_key(|(c, _)| (c.memory_gb, c.index))
             .map(|(c, _)| (c.index, c.card_type.clone()));
+        let best = match sharing {
+            Some(b) => Some(b),
+            None => {
+                let used = st.used();
+                if used >= st.quota_cards {
+                    return Err(AllocError::QuotaExceeded {
+                        used,
+                        quota: st.quota_cards,
+                    });
+                }
+                st.cards
+                    .iter()
+                    .zip(&st.holders)
+                    .filter(|(c, h)| h.is_empty() && has_room(c, h))
+                    .min_by_key(|(c, _)| (c.memory_gb, c.index))
+                    .map(|(c, _)| (c.index, c.card_type.clone()))
+            }
+        };
         let Some((index, card_type)) = best else {
             return Err(AllocError::NoFreeCard {
                 card_type: req.card_type.unwrap_or("any").to_string(),
@@ -210,23 +243,27 @@ impl Allocator {
             });
         };
         let slot = position(&st.cards, index);
-        st.holders[slot] = Some(Holder {
+        st.next_lease += 1;
+        let lease = st.next_lease;
+        st.holders[slot].push(Holder {
+            lease,
             instance: req.instance.to_string(),
             function: req.function.to_string(),
             memory_gb: req.memory_gb,
         });
         Ok(GpuLease {
             index,
+            lease,
             card_type,
             allocator: self.clone(),
         })
     }
 
-    fn release(&self, index: u32) {
+    fn release(&self, index: u32, lease: u64) {
         {
             let mut st = self.lock();
             let slot = position(&st.cards, index);
-            st.holders[slot] = None;
+            st.holders[slot].retain(|h| h.lease != lease);
         }
         self.released.notify_one();
     }
@@ -269,11 +306,17 @@ impl Allocator {
                 index: c.index,
                 card_type: c.card_type.clone(),
                 memory_gb: c.memory_gb,
-                allocated_gb: h.as_ref().map_or(0, |h| h.memory_gb),
-                instance: h.as_ref().map(|h| h.instance.clone()),
-                function: h.as_ref().map(|h| h.function.clone()),
+                allocated_gb: h.iter().map(|h| h.memory_gb).sum(),
+                instance: h.first().map(|h| h.instance.clone()),
+                function: h.first().map(|h| h.function.clone()),
                 simulated: c.simulated,
                 node: c.node.clone(),
+                shared: c.shared,
+                instances: if c.shared {
+                    h.iter().map(|h| h.instance.clone()).collect()
+                } else {
+                    Vec::new()
+                },
             })
             .collect()
     }

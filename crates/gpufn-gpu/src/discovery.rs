@@ -17,6 +17,9 @@ pub struct Card {
     /// The cluster node it is on (the Kubernetes backend); `None` on this machine.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
+    /// Several instances share it by memory (a memory-sharing cluster's cards).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub shared: bool,
 }
 
 /// Why GPUs could not be listed.
@@ -63,6 +66,7 @@ impl GpuDiscovery for NvmlDiscovery {
                 memory_gb: bytes_to_gb(bytes),
                 simulated: false,
                 node: None,
+                shared: false,
             });
         }
         Ok(cards)
@@ -153,6 +157,7 @@ pub fn parse_simulated(spec: &str) -> Result<Vec<Card>, DiscoveryError> {
                 memory_gb,
                 simulated: true,
                 node: None,
+                shared: false,
             });
         }
     }

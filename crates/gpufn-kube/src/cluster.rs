@@ -63,6 +63,7 @@ pub fn cards_of(nodes: &[Node], settings: &KubeSettings) -> Vec<Card> {
                 memory_gb,
                 simulated: false,
                 node: Some(name.clone()),
+                shared: !settings.whole_cards(),
             });
         }
     }

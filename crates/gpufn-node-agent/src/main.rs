@@ -45,7 +45,7 @@ struct Args {
     /// Memory of each card, GB.
     #[arg(long, default_value_t = 16)]
     gpu_memory_gb: u32,
-    /// Nodes without GPUs, besides the GPU nodes.
+    /// Nodes without GPUs, besides the GPU nodes (labelled with the first GPU type).
     #[arg(long, default_value_t = 0)]
     cpu_nodes: u32,
     /// Node label carrying the GPU type.
@@ -122,7 +122,9 @@ async fn main() -> anyhow::Result<()> {
         nodes.push(NodeDef {
             name: format!("{}-cpu-{i}", args.node_prefix),
             gpus: 0,
-            gpu_type: None,
+            // Labelled like the GPU nodes (as a node whose device plugin found no card would
+            // be): only the GPU resource keeps GPU Pods off it.
+            gpu_type: types.first().cloned(),
         });
     }
     let images = ImageStore::open(&args.state_dir.join("images"), Vec::new(), 8 << 30)

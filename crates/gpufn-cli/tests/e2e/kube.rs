@@ -680,3 +680,63 @@ async fn bench_zero_to_thirty() {
     let mut server = server;
     server.terminate();
 }
+
+/// A memory-sharing cluster (`--kube-gpu-resource aliyun.com/gpu-mem`): Pods ask for their GB,
+/// and two 6 GB instances share one 16 GB card on one node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_sharing_puts_two_instances_on_one_card() {
+    let cluster = Cluster::start("shared", 1, 1, 0).await;
+    let registry = Registry::start().await;
+    let image = push_testapp(&registry, "kube/app", "1", "k").await;
+    let dir = tempfile::tempdir().unwrap();
+    let server = cluster.gpufn(dir.path(), &["--kube-gpu-resource", "aliyun.com/gpu-mem"]);
+    let yaml = spec(
+        "km",
+        &image,
+        &cluster.gpu_type,
+        "scaling: {queue_timeout_s: 60}\n",
+    )
+    .replace("memory_gb: 2", "memory_gb: 6");
+    let (status, body) = server.deploy_yaml(&yaml).await;
+    assert_eq!(status, 201, "{body}");
+    let calls: Vec<_> = (0..2)
+        .map(|_| {
+            let http = server.http.clone();
+            let url = server.url("/function/km/work?ms=3000");
+            tokio::spawn(async move { http.get(url).send().await.unwrap().status().as_u16() })
+        })
+        .collect();
+    wait_until("two running Pods", 60, || {
+        cluster
+            .pods()
+            .iter()
+            .filter(|p| p["status"]["phase"] == "Running")
+            .count()
+            == 2
+    })
+    .await;
+    let pods = cluster.pods();
+    for p in &pods {
+        let limits = &p["spec"]["containers"][0]["resources"]["limits"];
+        assert_eq!(limits["aliyun.com/gpu-mem"], "6", "{limits}");
+        assert!(limits.get("nvidia.com/gpu").is_none(), "{limits}");
+    }
+    assert_eq!(pods[0]["spec"]["nodeName"], pods[1]["spec"]["nodeName"]);
+    let gpus = server.get_json("/api/v1/gpus").await;
+    let card = gpus["cards"]
+        .as_array()
+        .or(gpus.as_array())
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == cluster.gpu_type.as_str())
+        .cloned()
+        .unwrap();
+    assert_eq!(card["shared"], true, "{card}");
+    assert_eq!(card["allocated_gb"], 12, "{card}");
+    assert_eq!(card["instances"].as_array().unwrap().len(), 2, "{card}");
+    for c in calls {
+        assert_eq!(c.await.unwrap(), 200);
+    }
+    let mut server = server;
+    server.terminate();
+}

@@ -128,3 +128,37 @@ proptest! {
         prop_assert!(a.snapshot().iter().all(|c| c.instance.is_none() && c.allocated_gb == 0));
     }
 }
+
+#[test]
+fn shared_cards_take_instances_while_their_gigabytes_fit() {
+    let mut cards = parse_simulated("2xa10:24").expect("spec");
+    for c in &mut cards {
+        c.shared = true;
+    }
+    let a = Allocator::new(cards, 1);
+    let l1 = a.allocate(req("i1", None, 10)).expect("1");
+    let l2 = a
+        .allocate(req("i2", None, 10))
+        .expect("2: room on the same card");
+    assert_eq!(l1.index(), l2.index());
+    assert_eq!(a.used(), 1, "one card in use for the quota");
+    let snap = a.snapshot();
+    assert_eq!(snap[0].allocated_gb, 20);
+    assert_eq!(snap[0].instances, ["i1", "i2"]);
+    // 10 more GB do not fit the first card; the second would exceed the quota of 1.
+    assert_eq!(
+        a.allocate(req("i3", None, 10)).err(),
+        Some(AllocError::QuotaExceeded { used: 1, quota: 1 })
+    );
+    // 4 GB still fit beside them.
+    let l4 = a.allocate(req("i4", None, 4)).expect("4 GB fit");
+    assert_eq!(l4.index(), l1.index());
+    // Giving one back frees exactly its share.
+    drop(l2);
+    assert_eq!(a.snapshot()[0].instances, ["i1", "i4"]);
+    assert_eq!(a.snapshot()[0].allocated_gb, 14);
+    let l3 = a.allocate(req("i3", None, 10)).expect("fits again");
+    assert_eq!(l3.index(), l1.index());
+    drop((l1, l3, l4));
+    assert_eq!(a.used(), 0);
+}
