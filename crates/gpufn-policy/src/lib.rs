@@ -247,3 +247,111 @@ pub fn histogram_decision(
         },
     }
 }
+
+/// The predictive keep-alive policy: for each idle period, the choice among "release at once",
+/// "keep warm for k" and "release, then pre-warm to be ready at a and keep until b" that costs
+/// least over the function's recent idle gaps, where an idle period costs the seconds a card is
+/// held plus `cold_cost_s` for each cold start (and a cold start also holds the card for the load).
+///
+/// Why this beats any fixed keep-alive: a fixed timeout is one number for every function; this
+/// chooses per function, against the same price of a cold start for all of them, which is the
+/// Lagrangian form of "fewest cold starts for the card-seconds spent" — a function with long,
+/// regular gaps is released and pre-warmed (the oracle's move, from its own history instead of
+/// the future), a busy one is kept, a random one is kept only as long as its gaps say pays.
+/// `load`: the function's measured cold-start time, so a pre-warm starts early enough.
+pub fn predictive_decision(
+    gaps: &[Duration],
+    load: Duration,
+    cold_cost_s: f64,
+    fallback: Duration,
+) -> HistogramDecision {
+    if gaps.len() < PREDICTIVE_MIN_SAMPLES {
+        return HistogramDecision {
+            keep_alive: fallback,
+            prewarm: None,
+        };
+    }
+    let mut g: Vec<f64> = gaps.iter().map(Duration::as_secs_f64).collect();
+    g.sort_by(f64::total_cmp);
+    let n = g.len();
+    let nf = n as f64;
+    let l = load.as_secs_f64();
+    let lambda = cold_cost_s.max(0.0);
+    // prefix[i] = sum of the i smallest gaps.
+    let mut prefix = vec![0.0; n + 1];
+    for (i, x) in g.iter().enumerate() {
+        prefix[i + 1] = prefix[i] + x;
+    }
+    let below = |x: f64| g.partition_point(|y| *y < x);
+    let upto = |x: f64| g.partition_point(|y| *y <= x);
+    // Keep idle instances for `k`, then (optionally) start one at `a` (ready at a + l) and keep
+    // it until `b`. Per gap: up to k warm, held for it; until ready cold (held k, then the load);
+    // until b warm, held k and from a; later cold, held k, b - a and the load.
+    let cost = |k: f64, window: Option<(f64, f64)>| -> f64 {
+        let i1 = upto(k);
+        let (i2, i3, a, b) = match window {
+            Some((a, b)) => (below(a + l).max(i1), upto(b).max(i1), a, b),
+            None => (n, n, 0.0, 0.0),
+        };
+        let cold = (i2 - i1) + (n - i3);
+        let held = prefix[i1] + (n - i1) as f64 * k + (prefix[i3] - prefix[i2])
+            - (i3 - i2) as f64 * a
+            + (n - i3) as f64 * (b - a)
+            + cold as f64 * l;
+        (held + lambda * cold as f64) / nf
+    };
+    // Candidate points: at most PREDICTIVE_CANDIDATES gaps, spread over the sorted ones (the
+    // cost of each choice still weighs every gap).
+    let step = n.div_ceil(PREDICTIVE_CANDIDATES).max(1);
+    let points: Vec<f64> = g
+        .iter()
+        .copied()
+        .step_by(step)
+        .chain(g.last().copied())
+        .collect();
+    let keeps: Vec<f64> = std::iter::once(0.0)
+        .chain(points.iter().map(|x| x * 1.05 + 0.5))
+        .collect();
+    let mut best = (cost(0.0, None), 0.0, None);
+    for &k in &keeps {
+        let c = cost(k, None);
+        if c < best.0 {
+            best = (c, k, None);
+        }
+    }
+    // Windows: ready just before one gap, kept just past another; with the best keep below
+    // its start.
+    for (p, gp) in points.iter().enumerate() {
+        let a = gp * 0.95 - 0.5 - l;
+        if a <= 0.0 {
+            continue;
+        }
+        for gq in &points[p..] {
+            let b = gq * 1.05 + 0.5;
+            for &k in keeps.iter().take_while(|k| **k < a) {
+                let c = cost(k, Some((a, b)));
+                if c < best.0 {
+                    best = (c, k, Some((a, b)));
+                }
+            }
+        }
+    }
+    HistogramDecision {
+        keep_alive: secs_f64(best.1),
+        prewarm: best.2.map(|(a, b)| (secs_f64(a), secs_f64(b))),
+    }
+}
+
+/// Idle gaps the predictive policy needs before it decides by them (before: the fallback).
+pub const PREDICTIVE_MIN_SAMPLES: usize = 4;
+/// Idle gaps it remembers per function (the most recent ones).
+pub const PREDICTIVE_SAMPLES: usize = 512;
+/// Candidate keep-alives and window edges it weighs per decision.
+pub const PREDICTIVE_CANDIDATES: usize = 24;
+/// Of those, the ones whose preceding gap was most like the last one decide (consecutive idle
+/// gaps are correlated: after a short one, a short one is likelier).
+pub const PREDICTIVE_NEIGHBOURS: usize = 24;
+
+fn secs_f64(s: f64) -> Duration {
+    Duration::try_from_secs_f64(s.max(0.0)).unwrap_or(Duration::MAX)
+}

@@ -211,3 +211,71 @@ fn histogram_decisions() {
         min(10)
     );
 }
+
+mod predictive {
+    use std::time::Duration;
+
+    use crate::{HistogramDecision, predictive_decision};
+
+    fn s(x: f64) -> Duration {
+        Duration::from_secs_f64(x)
+    }
+
+    #[test]
+    fn regular_long_gaps_are_released_and_prewarmed_just_in_time() {
+        // Every ten minutes, give or take two seconds; loading takes 20 s.
+        let gaps: Vec<Duration> = (0..20).map(|i| s(600.0 + f64::from(i % 3))).collect();
+        let d = predictive_decision(&gaps, s(20.0), 600.0, s(60.0));
+        assert_eq!(d.keep_alive, Duration::ZERO, "{d:?}");
+        let (start, until) = d.prewarm.expect("a pre-warm");
+        // Ready (start + load) before the earliest gap, kept past the latest.
+        assert!(start + s(20.0) <= s(600.0) && start > s(500.0), "{d:?}");
+        assert!(until >= s(602.0) && until < s(700.0), "{d:?}");
+    }
+
+    #[test]
+    fn short_gaps_are_kept_warm_through() {
+        let gaps: Vec<Duration> = (0..20).map(|i| s(10.0 + f64::from(i % 3))).collect();
+        let d = predictive_decision(&gaps, s(20.0), 600.0, s(60.0));
+        assert!(d.prewarm.is_none(), "{d:?}");
+        assert!(d.keep_alive >= s(12.0) && d.keep_alive < s(20.0), "{d:?}");
+    }
+
+    #[test]
+    fn when_a_cold_start_is_cheap_against_long_gaps_it_releases_at_once() {
+        let gaps: Vec<Duration> = [3_000.0, 9_000.0, 20_000.0, 5_000.0, 40_000.0, 7_000.0]
+            .iter()
+            .map(|x| s(*x))
+            .collect();
+        let d = predictive_decision(&gaps, s(20.0), 60.0, s(60.0));
+        assert_eq!(
+            d,
+            HistogramDecision {
+                keep_alive: Duration::ZERO,
+                prewarm: None
+            }
+        );
+    }
+
+    #[test]
+    fn without_history_it_falls_back() {
+        let d = predictive_decision(&[s(5.0), s(6.0)], s(20.0), 600.0, s(60.0));
+        assert_eq!(d.keep_alive, s(60.0));
+        assert!(d.prewarm.is_none());
+    }
+
+    #[test]
+    fn a_higher_cold_start_price_never_keeps_less() {
+        let gaps: Vec<Duration> = (1..40).map(|i| s(f64::from(i * i) * 7.0)).collect();
+        let held = |c: f64| {
+            let d = predictive_decision(&gaps, s(20.0), c, s(60.0));
+            d.keep_alive + d.prewarm.map_or(Duration::ZERO, |(a, b)| b - a)
+        };
+        let mut last = Duration::ZERO;
+        for c in [0.0, 30.0, 120.0, 600.0, 3_000.0, 20_000.0] {
+            let h = held(c);
+            assert!(h >= last, "cold cost {c}: holds {h:?} < {last:?}");
+            last = h;
+        }
+    }
+}

@@ -64,6 +64,13 @@ pub struct Scheduler<P, E> {
     last_load: Duration,
     /// Instances the keep-alive policy wants warm now (pre-warm).
     prewarm_min: u32,
+    /// The predictive policy's recent idle gaps, how many arrived since it last decided, and its
+    /// decision.
+    gaps: std::collections::VecDeque<(Duration, Duration)>,
+    last_gap: Option<Duration>,
+    gaps_unweighed: u32,
+    last_side: bool,
+    predicted: gpufn_policy::HistogramDecision,
     /// The caller's plan for the current idle period ([`KeepAlive::Planned`]).
     plan: Option<IdlePlan>,
     /// When `tick` asked to be called next: an instance going idle asks for a tick only if it
@@ -101,6 +108,17 @@ impl<P, E: Clone> Scheduler<P, E> {
             idle_start: None,
             last_load: Duration::ZERO,
             prewarm_min: 0,
+            gaps: std::collections::VecDeque::new(),
+            last_gap: None,
+            gaps_unweighed: 0,
+            last_side: false,
+            predicted: gpufn_policy::HistogramDecision {
+                keep_alive: match cfg.keep_alive {
+                    KeepAlive::Predictive { fallback, .. } => fallback,
+                    _ => Duration::ZERO,
+                },
+                prewarm: None,
+            },
             plan: None,
             check_at: None,
         }
@@ -188,7 +206,9 @@ impl<P, E: Clone> Scheduler<P, E> {
             return Acquire::Refused(reason.clone());
         }
         if let Some(since) = self.idle_start.take() {
-            self.hist.record(now.saturating_duration_since(since));
+            let gap = now.saturating_duration_since(since);
+            self.hist.record(gap);
+            self.learn_gap(gap);
             self.plan = None;
         }
         if let Some(grant) = self.take_slot(None, now) {
@@ -561,6 +581,14 @@ impl<P, E: Clone> Scheduler<P, E> {
             // Idle times binned at another width do not carry over.
             self.hist = IdleHistogram::new(bin.unwrap_or(Duration::from_secs(60)));
         }
+        if let KeepAlive::Predictive { fallback, .. } = cfg.keep_alive {
+            if self.gaps.len() < gpufn_policy::PREDICTIVE_MIN_SAMPLES {
+                self.predicted = gpufn_policy::HistogramDecision {
+                    keep_alive: fallback,
+                    prewarm: None,
+                };
+            }
+        }
         self.cfg = cfg;
         self.revision = revision;
         self.min_retry_at = None;
@@ -591,11 +619,70 @@ impl<P, E: Clone> Scheduler<P, E> {
         }
     }
 
+    /// The predictive policy learns one more idle gap (with the one before it), and decides for
+    /// the next idle period from the gaps that followed gaps like this one.
+    fn learn_gap(&mut self, gap: Duration) {
+        let KeepAlive::Predictive {
+            fallback,
+            cold_cost,
+        } = self.cfg.keep_alive
+        else {
+            return;
+        };
+        if let Some(prev) = self.last_gap {
+            if self.gaps.len() >= gpufn_policy::PREDICTIVE_SAMPLES {
+                self.gaps.pop_front();
+            }
+            self.gaps.push_back((prev, gap));
+        }
+        self.last_gap = Some(gap);
+        // Consecutive gaps are correlated: decide from the gaps that followed one on the same
+        // side of the median as this one, when there are enough of them.
+        self.gaps_unweighed += 1;
+        if self.gaps.len() >= 32
+            && self.gaps_unweighed < 4
+            && self.last_side == Self::side_of(&self.gaps, gap)
+        {
+            return;
+        }
+        self.gaps_unweighed = 0;
+        let side = Self::side_of(&self.gaps, gap);
+        self.last_side = side;
+        let same: Vec<Duration> = self
+            .gaps
+            .iter()
+            .filter(|(p, _)| Some(Self::side_of(&self.gaps, *p)) == Some(side))
+            .map(|(_, g)| *g)
+            .collect();
+        let gaps: Vec<Duration> = if same.len() >= gpufn_policy::PREDICTIVE_NEIGHBOURS {
+            same
+        } else {
+            self.gaps.iter().map(|(_, g)| *g).collect()
+        };
+        self.predicted = gpufn_policy::predictive_decision(
+            &gaps,
+            self.last_load,
+            cold_cost.as_secs_f64(),
+            fallback,
+        );
+    }
+
+    /// What the predictive policy decided for the next idle period (its explanation).
+    pub fn predicted(&self) -> Option<gpufn_policy::HistogramDecision> {
+        matches!(self.cfg.keep_alive, KeepAlive::Predictive { .. }).then_some(self.predicted)
+    }
+
     /// The caller's plan for the idle period that began ([`Effect::Idle`], under
     /// [`KeepAlive::Planned`]); it holds until the next request arrives.
     pub fn plan_idle(&mut self, plan: IdlePlan, out: &mut Effects<E>) {
         self.plan = Some(plan);
         out.push(Effect::Wake);
+    }
+
+    /// Whether `gap` is longer than the median of the gaps that followed others.
+    fn side_of(gaps: &std::collections::VecDeque<(Duration, Duration)>, gap: Duration) -> bool {
+        let longer = gaps.iter().filter(|(_, g)| *g < gap).count();
+        longer * 2 > gaps.len()
     }
 
     /// The keep-alive for idle instances now, the instances to keep warm (pre-warm), and when to
@@ -617,6 +704,12 @@ impl<P, E: Clone> Scheduler<P, E> {
                     _ => (d.keep_alive, None),
                 }
             }
+            KeepAlive::Predictive { .. } => match (self.idle_start, self.predicted.prewarm) {
+                (Some(since), Some((after, until))) => {
+                    (self.predicted.keep_alive, Some(window(since, after, until)))
+                }
+                _ => (self.predicted.keep_alive, None),
+            },
             KeepAlive::Planned { busy } => match (self.idle_start, self.plan) {
                 (Some(_), Some(p)) => (p.keep_alive, p.prewarm.map(|(a, b)| (Some(a), Some(b)))),
                 _ => (busy, None),

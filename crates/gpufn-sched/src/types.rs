@@ -28,6 +28,16 @@ pub enum KeepAlive {
         /// Width of one histogram bin.
         bin: Duration,
     },
+    /// The predictive policy (`keep_alive: predictive`): each idle period, the cheapest of
+    /// release / keep warm for k / release and pre-warm over the function's recent idle gaps, a
+    /// cold start priced at `cold_cost` of card time ([`gpufn_policy::predictive_decision`]);
+    /// `fallback` until it has seen a few gaps.
+    Predictive {
+        /// The fixed keep-alive before the function has a history.
+        fallback: Duration,
+        /// What one cold start is worth, in seconds of a card held.
+        cold_cost: Duration,
+    },
     /// The caller plans each idle period with [`Scheduler::plan_idle`] when told
     /// [`Effect::Idle`] (an offline policy that knows the future: the simulator's oracle).
     /// `busy` is the keep-alive of an idle instance while others of the function work.

@@ -20,6 +20,11 @@ use serde::Serialize;
 
 use crate::trace::{Trace, unit};
 
+/// The predictive policy's price of a cold start, in seconds of a card held, when none is given.
+/// A starting point, not yet chosen on the traces' first halves (issue 20; BENCHMARKS.md,
+/// "Predictive keep-alive: first cut").
+pub const DEFAULT_COLD_COST_S: f64 = 600.0;
+
 /// A keep-alive policy to compare.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Policy {
@@ -31,6 +36,9 @@ pub enum Policy {
     AlwaysOn,
     /// The hybrid histogram policy (ATC'20), falling back to a fixed keep-alive.
     Histogram,
+    /// The predictive policy: per function, the cheapest of release / keep / release-and-pre-warm
+    /// over its recent idle gaps, a cold start priced at this many seconds of a card held.
+    Predictive(f64),
     /// Offline lower bound: knows the next arrival; keeps warm only up to the cost break-even, and
     /// otherwise releases at once and pre-warms just in time.
     Oracle,
@@ -44,12 +52,23 @@ impl Policy {
             "always-on" => Ok(Policy::AlwaysOn),
             "histogram" => Ok(Policy::Histogram),
             "oracle" => Ok(Policy::Oracle),
-            _ => match s.strip_prefix("fixed:").map(str::parse::<f64>) {
-                Some(Ok(secs)) if secs.is_finite() && secs >= 0.0 => Ok(Policy::Fixed(secs)),
-                _ => Err(format!(
-                    "--policy: {s:?} is not one of zero, fixed:SECONDS, always-on, histogram, oracle"
-                )),
-            },
+            "predictive" => Ok(Policy::Predictive(DEFAULT_COLD_COST_S)),
+            _ => {
+                let number = |prefix: &str| {
+                    s.strip_prefix(prefix)
+                        .and_then(|v| v.parse::<f64>().ok())
+                        .filter(|v| v.is_finite() && *v >= 0.0)
+                };
+                if let Some(secs) = number("fixed:") {
+                    Ok(Policy::Fixed(secs))
+                } else if let Some(cost) = number("predictive:") {
+                    Ok(Policy::Predictive(cost))
+                } else {
+                    Err(format!(
+                        "--policy: {s:?} is not one of zero, fixed:SECONDS, always-on, histogram, predictive[:COLD_COST_S], oracle"
+                    ))
+                }
+            }
         }
     }
 
@@ -61,6 +80,8 @@ impl Policy {
             Policy::AlwaysOn => "always-on".into(),
             Policy::Histogram => "histogram".into(),
             Policy::Oracle => "oracle".into(),
+            Policy::Predictive(c) if *c == DEFAULT_COLD_COST_S => "predictive".into(),
+            Policy::Predictive(c) => format!("predictive:{c}"),
         }
     }
 }
@@ -258,6 +279,10 @@ fn config(policy: Policy, cfg: &SimConfig, memory_gb: u32, concurrency: u32) -> 
             Policy::Histogram => KeepAlive::Histogram {
                 fallback: secs(cfg.histogram_fallback_s),
                 bin: Duration::from_secs(60),
+            },
+            Policy::Predictive(cost) => KeepAlive::Predictive {
+                fallback: secs(cfg.histogram_fallback_s),
+                cold_cost: secs(cost),
             },
             Policy::Oracle => KeepAlive::Planned {
                 busy: Duration::ZERO,
