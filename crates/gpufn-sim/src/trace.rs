@@ -37,6 +37,30 @@ pub struct Trace {
     pub cold_start_samples: Vec<f64>,
 }
 
+impl Trace {
+    /// The first or the second half of the trace by time (for choosing a policy's parameters on
+    /// one half and reporting the other): the requests before (or from) the midpoint of the
+    /// trace's span, the second half's times shifted to start at zero. Functions and cold-start
+    /// samples are kept whole.
+    pub fn half(&self, second: bool) -> Trace {
+        let mid = self.requests.last().map_or(0.0, |r| r.t) / 2.0;
+        let requests = self
+            .requests
+            .iter()
+            .filter(|r| (r.t >= mid) == second)
+            .map(|r| Request {
+                t: if second { r.t - mid } else { r.t },
+                ..*r
+            })
+            .collect();
+        Trace {
+            requests,
+            functions: self.functions.clone(),
+            cold_start_samples: self.cold_start_samples.clone(),
+        }
+    }
+}
+
 /// Trace formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
@@ -482,6 +506,31 @@ mod tests {
     }
 
     use super::*;
+
+    #[test]
+    fn a_trace_splits_into_halves_by_time() {
+        let trace = Trace {
+            requests: (0..=10)
+                .map(|i| Request {
+                    t: f64::from(i) * 10.0,
+                    function: 0,
+                    duration_s: 1.0,
+                })
+                .collect(),
+            ..Trace::default()
+        };
+        let first = trace.half(false);
+        let second = trace.half(true);
+        assert_eq!(
+            first.requests.iter().map(|r| r.t).collect::<Vec<_>>(),
+            [0.0, 10.0, 20.0, 30.0, 40.0]
+        );
+        // From the midpoint (50 s), shifted to start at zero.
+        assert_eq!(
+            second.requests.iter().map(|r| r.t).collect::<Vec<_>>(),
+            [0.0, 10.0, 20.0, 30.0, 40.0, 50.0]
+        );
+    }
 
     #[test]
     fn datetimes() {

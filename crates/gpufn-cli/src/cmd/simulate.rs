@@ -43,6 +43,10 @@ pub struct SimulateArgs {
     /// The histogram policy's fixed keep-alive when its histogram is not representative.
     #[arg(long, default_value_t = 600.0)]
     histogram_fallback_s: f64,
+    /// Only the first or the second half of the trace by time (choose parameters on the first,
+    /// report the second: out of sample).
+    #[arg(long, value_parser = ["first", "second"])]
+    half: Option<String>,
 }
 
 const DEFAULT_POLICIES: &[&str] = &[
@@ -78,6 +82,11 @@ pub fn run(a: &SimulateArgs) -> anyhow::Result<ExitCode> {
         .collect::<anyhow::Result<Vec<_>>>()?;
     let t0 = Instant::now();
     let trace = trace::load(&a.trace, format, a.gpu_memory_gb, a.concurrency)?;
+    let trace = match a.half.as_deref() {
+        Some("first") => trace.half(false),
+        Some("second") => trace.half(true),
+        _ => trace,
+    };
     let load_s = t0.elapsed().as_secs_f64();
     let cfg = SimConfig {
         cold_start_s: a.cold_start_s,
