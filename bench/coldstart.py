@@ -20,7 +20,7 @@ import benchauth
 
 PROFILE = os.environ.get("GPUFN_BENCH_PROFILE", "release")  # "debug" for the CI smoke
 N = int(sys.argv[1]) if len(sys.argv) > 1 else 20
-BIN = f"target/{PROFILE}/gpufn"
+BIN = os.environ.get("GPUFN_BIN", f"target/{PROFILE}/gpufn")  # GPUFN_BIN: another build (A/B)
 ADDR = "127.0.0.1:18303"
 URL = f"http://{ADDR}"
 os.environ["BENCH_DIR"] = tempfile.mkdtemp(prefix="gpufn-cold.")

@@ -43,18 +43,50 @@ impl Prober {
                  Ok(Ok(resp)) if resp.status().is_success())
     }
 
-    /// Probes until the instance answers 2xx. Polls fast at first (a small app is ready within
-    /// milliseconds, and every millisecond here is cold-start latency) and backs off by 1.5× to
-    /// 100 ms, so a minutes-long model load costs ten cheap refused connects a second. Never returns
-    /// on its own otherwise: the caller races it against the startup deadline and the process exiting.
+    /// Probes until the instance answers 2xx. The pause between probes is a tenth of the time
+    /// waited so far, between 1 ms and 100 ms: whatever the app's start takes, at most ~10 % of
+    /// it (and never more than 100 ms) passes between its readiness and gpufn's noticing, while
+    /// a minutes-long model load costs ten cheap probes a second. (It was 2 ms growing by 1.5× per
+    /// probe: an app ready in 17 ms was noticed at 26 ms.) Never returns on its own otherwise: the
+    /// caller races it against the startup deadline and the process exiting.
     pub async fn wait_ready(&self, addr: SocketAddr, path: &str) {
-        let mut pause = Duration::from_millis(2);
+        let started = tokio::time::Instant::now();
         loop {
             if self.check(addr, path).await {
                 return;
             }
-            tokio::time::sleep(pause).await;
-            pause = (pause * 3 / 2).min(Duration::from_millis(100));
+            tokio::time::sleep(probe_pause(started.elapsed())).await;
         }
+    }
+}
+
+/// The pause before the next probe, `waited` into a start.
+pub fn probe_pause(waited: Duration) -> Duration {
+    (waited / 10).clamp(Duration::from_millis(1), Duration::from_millis(100))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probes_are_fast_while_a_start_is_young_and_ten_a_second_after() {
+        let ms = Duration::from_millis;
+        assert_eq!(probe_pause(Duration::ZERO), ms(1));
+        assert_eq!(probe_pause(ms(5)), ms(1));
+        assert_eq!(probe_pause(ms(40)), ms(4));
+        assert_eq!(probe_pause(ms(500)), ms(50));
+        assert_eq!(probe_pause(Duration::from_secs(120)), ms(100));
+        // Probes in the first second: about 10 at 1 ms, then ~10 per tenfold of time.
+        let mut t = Duration::ZERO;
+        let mut probes = 0;
+        while t < Duration::from_secs(1) {
+            t += probe_pause(t);
+            probes += 1;
+        }
+        assert!(
+            (25..60).contains(&probes),
+            "{probes} probes in the first second"
+        );
     }
 }
