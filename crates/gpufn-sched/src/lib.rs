@@ -258,6 +258,35 @@ impl<P, E: Clone> Scheduler<P, E> {
             .find_map(|i| i.unplaced.as_deref())
     }
 
+    /// Requests wait and no instance could be started for them for want of a card: another
+    /// function's idle instance may be reclaimed for them.
+    pub fn waiting_for_card(&self) -> bool {
+        !self.queue.is_empty() && self.blocked.is_some()
+    }
+
+    /// Instances that may be reclaimed for another function under card pressure, with how long
+    /// each has been idle at `now`: ready, nothing in flight, not provisioned (on-demand only).
+    pub fn reclaimable(&self, now: Instant) -> Vec<(InstanceId, Duration)> {
+        self.instances
+            .iter()
+            .filter(|i| i.state == State::Ready && i.in_flight == 0 && !i.provisioned)
+            .map(|i| (i.id, now.saturating_duration_since(i.idle_since)))
+            .collect()
+    }
+
+    /// Stops idle on-demand `instance` so its card can go to another function. False (and
+    /// nothing done) when it is no longer reclaimable (a request took it meanwhile).
+    pub fn reclaim(&mut self, instance: InstanceId, out: &mut Effects<E>) -> bool {
+        let Some(inst) = self.instances.iter_mut().find(|i| {
+            i.id == instance && i.state == State::Ready && i.in_flight == 0 && !i.provisioned
+        }) else {
+            return false;
+        };
+        inst.drain();
+        out.push(Effect::Stop { instance });
+        true
+    }
+
     /// Takes back an instance that outlived an earlier run of the caller (a Pod still running
     /// after gpufn restarted): it joins as starting, with its card (`payload`) already held, and
     /// is answered like any start ([`Scheduler::instance_ready`] once its health check passes).

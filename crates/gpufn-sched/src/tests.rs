@@ -728,3 +728,40 @@ fn an_instance_the_runtime_cannot_place_is_reported_and_stopped_once_nobody_wait
         "a draining instance is not starting"
     );
 }
+
+#[test]
+fn an_idle_on_demand_instance_can_be_reclaimed_but_not_a_busy_or_provisioned_one() {
+    let mut h = H::new(Config {
+        min_instances: 1,
+        ..cfg()
+    });
+    let (out, _) = h.tick(0.0);
+    let provisioned = starts(&out)[0];
+    h.ready(provisioned, 1.0);
+    // Two requests: the provisioned instance takes one, a second instance starts for the other.
+    let mut out = Out::new();
+    assert!(matches!(h.acquire(2.0, &mut out), Acquire::Now(_)));
+    let mut out = Out::new();
+    let Acquire::Queued(_) = h.acquire(2.0, &mut out) else {
+        panic!("queues");
+    };
+    let on_demand = starts(&out)[0];
+    let _ = h.ready(on_demand, 3.0);
+    // Busy: not reclaimable.
+    assert!(h.s.reclaimable(h.at(3.0)).is_empty());
+    h.release(on_demand, 4.0);
+    h.release(provisioned, 4.0);
+    // Idle: only the on-demand one, with its idle time.
+    assert_eq!(
+        h.s.reclaimable(h.at(10.0)),
+        [(on_demand, Duration::from_secs(6))]
+    );
+    let mut out = Out::new();
+    assert!(
+        !h.s.reclaim(provisioned, &mut out),
+        "never a provisioned one"
+    );
+    assert!(h.s.reclaim(on_demand, &mut out));
+    assert_eq!(stops(&out), [on_demand]);
+    assert!(h.s.reclaimable(h.at(11.0)).is_empty());
+}

@@ -141,6 +141,9 @@ pub struct Platform {
     deploy_lock: tokio::sync::Mutex<()>,
     /// Held for the whole of one change of one function.
     function_locks: crate::function_lock::FunctionLocks,
+    /// The instance last reclaimed for another function (its pool, id, when), until it is gone:
+    /// one at a time, so a card not yet back does not make gpufn reclaim a second.
+    reclaiming: std::sync::Mutex<Option<(String, gpufn_sched::InstanceId, Instant)>>,
     shutdown: CancellationToken,
     /// `--client-body-timeout-s`.
     client_body_timeout: Duration,
@@ -225,6 +228,7 @@ impl Platform {
             tasks: TaskTracker::new(),
             instances_root: CancellationToken::new(),
             wake: Notify::new(),
+            card_pressure: std::sync::atomic::AtomicBool::new(false),
             dirty: std::sync::Mutex::new(HashSet::new()),
             stop_grace: config.instance_stop_grace,
             secrets: crate::secrets::Secrets::new(
@@ -261,6 +265,7 @@ impl Platform {
             pools: RwLock::new(BTreeMap::new()),
             deploy_lock: tokio::sync::Mutex::new(()),
             function_locks: Default::default(),
+            reclaiming: std::sync::Mutex::new(None),
             shutdown: CancellationToken::new(),
             client_body_timeout: config.client_body_timeout,
             outbound: crate::outbound::Outbound::new(&config.allow_callback_to)
@@ -989,6 +994,57 @@ impl Platform {
         });
     }
 
+    /// Cards go where they are needed: a function whose requests wait for a card gets one held
+    /// by another function's idle on-demand instance — the one idle longest among those whose
+    /// card fits it (never a provisioned instance, never one with a request in flight). One at a
+    /// time: the next only once the last is gone.
+    fn reclaim_card(&self, now: Instant) {
+        let mut pending = self.reclaiming.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((pool, id, since)) = &*pending {
+            let alive = self.pool(pool).is_some_and(|p| p.has_instance(*id));
+            if alive && since.elapsed() < Duration::from_secs(60) {
+                return;
+            }
+            *pending = None;
+        }
+        let pools = self.pools();
+        let cards = self.shared.allocator.snapshot();
+        for starving in &pools {
+            let Some((want_type, want_gb)) = starving.waiting_for_card() else {
+                continue;
+            };
+            let fits = |index: u32| {
+                cards.iter().any(|c| {
+                    c.index == index
+                        && want_type.as_deref().is_none_or(|t| t == c.card_type)
+                        && c.memory_gb >= want_gb
+                })
+            };
+            let victim = pools
+                .iter()
+                .filter(|p| p.name() != starving.name())
+                .flat_map(|p| {
+                    p.reclaimable(now)
+                        .into_iter()
+                        .map(move |(id, idle, index)| (p, id, idle, index))
+                })
+                .filter(|(_, _, _, index)| fits(*index))
+                .max_by_key(|(_, _, idle, _)| *idle);
+            if let Some((pool, id, idle, _)) = victim {
+                if pool.reclaim(id) {
+                    tracing::info!(
+                        function = %pool.name(),
+                        for_function = %starving.name(),
+                        idle_s = idle.as_secs(),
+                        "reclaimed an idle instance's card"
+                    );
+                    *pending = Some((pool.name().to_string(), id, now));
+                    return;
+                }
+            }
+        }
+    }
+
     fn spawn_reconciler(self: Arc<Self>) {
         let shutdown = self.shutdown.clone();
         tokio::spawn(async move {
@@ -1016,6 +1072,13 @@ impl Platform {
                         Some(t) => due.insert(name, t),
                         None => due.remove(&name),
                     };
+                }
+                if self
+                    .shared
+                    .card_pressure
+                    .swap(false, std::sync::atomic::Ordering::SeqCst)
+                {
+                    self.reclaim_card(now);
                 }
                 let next = due
                     .values()

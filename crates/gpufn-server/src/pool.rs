@@ -151,6 +151,16 @@ impl Cards<Meta, AllocError> for Allocator<'_> {
             })
             .inspect_err(|e| {
                 tracing::debug!(function = %self.name, "cannot start an instance: {e}");
+                if matches!(
+                    e,
+                    AllocError::NoFreeCard { .. } | AllocError::QuotaExceeded { .. }
+                ) {
+                    // Another function's idle instance may hold the card these requests need.
+                    self.shared
+                        .card_pressure
+                        .store(true, std::sync::atomic::Ordering::SeqCst);
+                    self.shared.wake.notify_one();
+                }
             })?;
         let meta = Meta {
             header: http::HeaderValue::from_str(&name)
@@ -657,6 +667,38 @@ impl Pool {
     /// `min_instances`), starts missing ones. Returns when to look again.
     pub(crate) fn reconcile(self: &Arc<Self>, now: Instant) -> Option<Instant> {
         self.event(|s, cards, fx| s.tick(now, cards, fx))
+    }
+
+    /// What this function's waiting requests need, when they wait for a card: its GPU type (any
+    /// when `None`) and GB.
+    pub(crate) fn waiting_for_card(&self) -> Option<(Option<String>, u32)> {
+        let st = self.lock();
+        st.sched
+            .waiting_for_card()
+            .then(|| (st.spec.gpu.card_type.clone(), st.spec.gpu.memory_gb))
+    }
+
+    /// Its idle on-demand instances, how long each has been idle, and the card each holds.
+    pub(crate) fn reclaimable(&self, now: Instant) -> Vec<(InstanceId, Duration, u32)> {
+        let st = self.lock();
+        st.sched
+            .reclaimable(now)
+            .into_iter()
+            .filter_map(|(id, idle)| {
+                let meta = st.sched.instance(id)?.payload();
+                Some((id, idle, meta.gpu_index))
+            })
+            .collect()
+    }
+
+    /// Stops idle instance `id` so its card can go to another function.
+    pub(crate) fn reclaim(self: &Arc<Self>, id: InstanceId) -> bool {
+        self.event(|s, _, fx| s.reclaim(id, fx))
+    }
+
+    /// Whether instance `id` is still in the pool.
+    pub(crate) fn has_instance(&self, id: InstanceId) -> bool {
+        self.lock().sched.instance(id).is_some()
     }
 
     /// Tries again to start instances for queued requests (a card was given back).

@@ -43,6 +43,9 @@ pub(crate) struct Shared {
     pub instances_root: CancellationToken,
     /// Wakes the reconciler (a slot was freed, an instance changed state).
     pub wake: Notify,
+    /// A function could not get a card for waiting requests: the reconciler looks for another
+    /// function's idle on-demand instance to reclaim.
+    pub card_pressure: std::sync::atomic::AtomicBool,
     /// Pools that changed since the reconciler last looked.
     pub dirty: std::sync::Mutex<HashSet<String>>,
     pub stop_grace: Duration,

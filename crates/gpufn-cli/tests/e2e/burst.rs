@@ -268,3 +268,49 @@ async fn a_caller_that_goes_away_frees_its_queue_place_but_not_a_slot_still_in_u
     })
     .await;
 }
+
+/// Issue 20, point 5: cards go where they are needed. Two cards, each held by another function's
+/// idle on-demand instance (kept 10 minutes): a third function's call is served by reclaiming
+/// the one idle longest, not refused after its queue timeout. A provisioned instance is never
+/// taken.
+#[tokio::test]
+async fn an_idle_instance_of_another_function_gives_its_card_to_waiting_requests() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path(), &["--simulate-gpus", "2xtesla-t4:16"]);
+    s.deploy_testfn("kept", "scaling: {min_instances: 1}").await;
+    s.deploy_testfn("idle", "scaling: {idle_timeout_s: 600}")
+        .await;
+    s.deploy_testfn("third", "scaling: {queue_timeout_s: 30}")
+        .await;
+    s.wait_for(
+        "the provisioned instance",
+        Duration::from_secs(30),
+        || async {
+            s.instances("kept")
+                .await
+                .iter()
+                .any(|i| i["state"] == "ready" || i["state"] == "idle")
+        },
+    )
+    .await;
+    let (status, _, _) = work(&s, "idle", "").await;
+    assert_eq!(status, 200);
+    // Both cards held by idle instances; `third` gets `idle`'s.
+    let (status, body, headers) = work(&s, "third", "").await;
+    assert_eq!(status, 200, "{body}\n{}", s.log());
+    assert_eq!(headers["x-gpufn-cold-start"], "true");
+    assert!(
+        s.instances("idle").await.is_empty(),
+        "idle's instance was reclaimed"
+    );
+    assert_eq!(
+        s.instances("kept").await.len(),
+        1,
+        "the provisioned one stays"
+    );
+    assert!(
+        s.log().contains("reclaimed an idle instance's card"),
+        "{}",
+        s.log()
+    );
+}
