@@ -199,6 +199,10 @@ fn config_of(spec: &FunctionSpec) -> Config {
                 fallback: s.idle_timeout,
                 bin: s.histogram_bin,
             },
+            gpufn_spec::KeepAliveMode::Predictive => KeepAlive::Predictive {
+                fallback: s.idle_timeout,
+                cold_cost: s.cold_cost,
+            },
         },
         memory_gb: spec.gpu.memory_gb,
         batch_window: BATCH_WINDOW,

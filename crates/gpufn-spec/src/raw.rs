@@ -135,9 +135,15 @@ pub struct RawScaling {
     pub idle_timeout_s: Option<i64>,
     /// Requests that may wait for a slot at once; more are refused with 429.
     pub max_queue: Option<i64>,
-    /// `fixed` (keep idle instances `idle_timeout_s`) or `histogram` (learn the function's idle
-    /// times; keep or pre-warm from them, with `idle_timeout_s` as the fallback).
+    /// `fixed` (keep idle instances `idle_timeout_s`), `histogram` (learn the function's idle
+    /// times; keep or pre-warm from them, with `idle_timeout_s` as the fallback) or `predictive`
+    /// (per idle period the cheapest of release / keep / release and pre-warm over the function's
+    /// recent idle gaps, a cold start priced at `cold_cost_s`; `idle_timeout_s` until it has seen
+    /// a few gaps).
     pub keep_alive: Option<String>,
+    /// `keep_alive: predictive`: what one cold start is worth, in seconds of a card held (default
+    /// 300). Higher: fewer cold starts for more card time.
+    pub cold_cost_s: Option<i64>,
     /// `keep_alive: histogram`: the width of one histogram bin in seconds (default 60; the
     /// histogram has 240 bins). Smaller bins suit functions called every few seconds.
     pub histogram_bin_s: Option<i64>,

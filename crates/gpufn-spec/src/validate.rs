@@ -152,6 +152,8 @@ pub struct Scaling {
     pub keep_alive: KeepAliveMode,
     /// `keep_alive: histogram`: width of one idle-time bin.
     pub histogram_bin: Duration,
+    /// `keep_alive: predictive`: the price of one cold start, as card time.
+    pub cold_cost: Duration,
 }
 
 /// `scaling.keep_alive`.
@@ -162,6 +164,8 @@ pub enum KeepAliveMode {
     Fixed,
     /// The hybrid histogram policy, falling back to `idle_timeout_s`.
     Histogram,
+    /// The predictive policy, falling back to `idle_timeout_s`.
+    Predictive,
 }
 
 impl KeepAliveMode {
@@ -170,6 +174,7 @@ impl KeepAliveMode {
         match self {
             KeepAliveMode::Fixed => "fixed",
             KeepAliveMode::Histogram => "histogram",
+            KeepAliveMode::Predictive => "predictive",
         }
     }
 }
@@ -745,15 +750,17 @@ fn check_scaling(c: &mut Checker, s: Option<&RawScaling>, health: &HealthCheck) 
         keep_alive: match s.keep_alive.as_deref() {
             None | Some("fixed") => KeepAliveMode::Fixed,
             Some("histogram") => KeepAliveMode::Histogram,
+            Some("predictive") => KeepAliveMode::Predictive,
             Some(other) => {
                 c.fail(
                     "scaling.keep_alive",
-                    format!("must be one of: fixed, histogram (got {other:?})"),
+                    format!("must be one of: fixed, histogram, predictive (got {other:?})"),
                 );
                 KeepAliveMode::Fixed
             }
         },
         histogram_bin: c.secs("scaling.histogram_bin_s", s.histogram_bin_s, 60, 1, 3600),
+        cold_cost: c.secs("scaling.cold_cost_s", s.cold_cost_s, 300, 1, 86_400),
     }
 }
 
@@ -852,6 +859,7 @@ impl FunctionSpec {
                 queue_timeout_s: secs(self.scaling.queue_timeout),
                 keep_alive: Some(self.scaling.keep_alive.as_str().into()),
                 histogram_bin_s: secs(self.scaling.histogram_bin),
+                cold_cost_s: secs(self.scaling.cold_cost),
             }),
             request_timeout_s: secs(self.request_timeout),
             async_invoke: Some(RawAsync {

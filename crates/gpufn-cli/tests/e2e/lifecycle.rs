@@ -372,3 +372,49 @@ async fn the_histogram_keep_alive_falls_back_to_idle_timeout_until_it_has_learne
     })
     .await;
 }
+
+/// Issue 20, point 4: `keep_alive: predictive` live. A caller every 2 s: once the policy has seen
+/// a few gaps, each instance is released as soon as its call is done (the card is free between
+/// calls) and pre-warmed before the next one, which is warm.
+#[tokio::test]
+async fn a_periodic_caller_is_prewarmed_between_released_instances() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path(), &["--simulate-gpus", "1xtesla-t4:16"]);
+    s.deploy_testfn(
+        "periodic",
+        "scaling: {keep_alive: predictive, idle_timeout_s: 1, cold_cost_s: 60}",
+    )
+    .await;
+    let period = Duration::from_secs(2);
+    let t0 = std::time::Instant::now();
+    let mut warm_after_release = 0;
+    for i in 0..9u32 {
+        // The caller's own schedule (the workload), not a synchronization.
+        tokio::time::sleep_until((t0 + period * i).into()).await;
+        let resp = s
+            .http
+            .get(s.url("/function/periodic/work"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let cold = resp.headers()["x-gpufn-cold-start"] == "true";
+        // Released after each call: the card is free before the next is due.
+        let released = tokio::time::timeout(Duration::from_millis(900), async {
+            loop {
+                if s.instances("periodic").await.is_empty() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .is_ok();
+        if i >= 6 {
+            assert!(!cold, "call {i} was cold\n{}", s.log());
+            assert!(released, "call {i}: the instance was kept through the gap");
+            warm_after_release += 1;
+        }
+    }
+    assert_eq!(warm_after_release, 3);
+}
