@@ -350,7 +350,8 @@ async function functionView(root, name) {
       <dt>Latency p50 / p99</dt><dd>${fmt.ms(st.latency_p50_ms)} / ${fmt.ms(st.latency_p99_ms)}</dd>
       <dt>Cold start p50 / p99</dt><dd>${fmt.ms(st.cold_start_p50_ms)} / ${fmt.ms(st.cold_start_p99_ms)}</dd>
       <dt>Billed</dt><dd>${fmt.num(st.billed_seconds)} s · ${(st.gb_seconds ?? 0).toFixed(0)} GB-s</dd>
-      <dt>Cost so far</dt><dd>${fmt.usd(st.cost_usd)}</dd>`;
+      <dt>Cost so far</dt><dd>${fmt.usd(st.cost_usd)}</dd>${full.status.keep_alive
+        ? `<dt>Keep-alive</dt><dd class="keep-alive">${esc(full.status.keep_alive)}</dd>` : ""}`;
     $("#inst-table tbody", root).innerHTML = insts.length
       ? insts.map((i) => `<tr><td>${esc(i.id)}</td><td><span class="pill ${i.state}">${i.state}</span></td>
           <td class="num">${i.gpu}</td><td class="num">${i.in_flight}</td><td class="num">${i.served}</td>

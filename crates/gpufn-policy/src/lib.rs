@@ -355,3 +355,61 @@ pub const PREDICTIVE_NEIGHBOURS: usize = 24;
 fn secs_f64(s: f64) -> Duration {
     Duration::try_from_secs_f64(s.max(0.0)).unwrap_or(Duration::MAX)
 }
+
+/// A keep-alive decision in words, for `gpufn get` and the console: what happens to idle
+/// instances and why; with `idle_for`, where the current idle period stands.
+pub fn explain(d: HistogramDecision, learned: bool, idle_for: Option<Duration>) -> String {
+    if !learned {
+        return format!(
+            "keeps idle instances {} (learning: too few idle gaps seen yet)",
+            human(d.keep_alive)
+        );
+    }
+    let keep = if d.keep_alive.is_zero() {
+        "releases idle instances at once".to_string()
+    } else {
+        format!("keeps idle instances {}", human(d.keep_alive))
+    };
+    match d.prewarm {
+        None if d.keep_alive.is_zero() => {
+            format!("{keep}: the next call is not expected soon enough to pay for keeping one")
+        }
+        None => format!("{keep}: the function's recent gaps mostly end within it"),
+        Some((at, until)) => {
+            let mut text = format!(
+                "{keep}, then pre-warms one {} after the last call (the next call is expected \
+                 from then), kept until {}",
+                human(at),
+                human(until)
+            );
+            match idle_for {
+                Some(t) if t < at => text.push_str(&format!(
+                    "; idle {}: pre-warm in {}",
+                    human(t),
+                    human(at - t)
+                )),
+                Some(t) if t <= until => {
+                    text.push_str(&format!("; idle {}: pre-warmed now", human(t)))
+                }
+                Some(t) => text.push_str(&format!(
+                    "; idle {}: the expected call did not come (a miss)",
+                    human(t)
+                )),
+                None => {}
+            }
+            text
+        }
+    }
+}
+
+/// `41 min`, `2.4 s`, `1.5 h`.
+fn human(d: Duration) -> String {
+    let s = d.as_secs_f64();
+    if s < 90.0 {
+        format!("{s:.1} s")
+    } else if s < 5400.0 {
+        format!("{:.0} min", s / 60.0)
+    } else {
+        format!("{:.1} h", s / 3600.0)
+    }
+}

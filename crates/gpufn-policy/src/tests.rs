@@ -279,3 +279,29 @@ mod predictive {
         }
     }
 }
+
+#[test]
+fn decisions_are_explained_in_words() {
+    use crate::{HistogramDecision, explain};
+    let s = Duration::from_secs;
+    let d = HistogramDecision {
+        keep_alive: Duration::ZERO,
+        prewarm: Some((s(41 * 60), s(45 * 60))),
+    };
+    assert_eq!(
+        explain(d, true, Some(s(600))),
+        "releases idle instances at once, then pre-warms one 41 min after the last call (the \
+         next call is expected from then), kept until 45 min; idle 10 min: pre-warm in 31 min"
+    );
+    assert!(explain(d, true, Some(s(42 * 60))).ends_with("pre-warmed now"));
+    assert!(explain(d, true, Some(s(50 * 60))).contains("a miss"));
+    let keep = HistogramDecision {
+        keep_alive: s(30),
+        prewarm: None,
+    };
+    assert_eq!(
+        explain(keep, true, None),
+        "keeps idle instances 30.0 s: the function's recent gaps mostly end within it"
+    );
+    assert!(explain(keep, false, None).contains("learning"));
+}

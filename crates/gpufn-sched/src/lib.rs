@@ -67,6 +67,10 @@ pub struct Scheduler<P, E> {
     /// The predictive policy's recent idle gaps, how many arrived since it last decided, and its
     /// decision.
     gaps: std::collections::VecDeque<(Duration, Duration)>,
+    /// Idle periods whose next call came within the planned pre-warm window, and those whose
+    /// call came outside it.
+    prewarm_hits: u64,
+    prewarm_misses: u64,
     last_gap: Option<Duration>,
     gaps_unweighed: u32,
     last_side: bool,
@@ -110,6 +114,8 @@ impl<P, E: Clone> Scheduler<P, E> {
             prewarm_min: 0,
             gaps: std::collections::VecDeque::new(),
             last_gap: None,
+            prewarm_hits: 0,
+            prewarm_misses: 0,
             gaps_unweighed: 0,
             last_side: false,
             predicted: gpufn_policy::HistogramDecision {
@@ -207,6 +213,16 @@ impl<P, E: Clone> Scheduler<P, E> {
         }
         if let Some(since) = self.idle_start.take() {
             let gap = now.saturating_duration_since(since);
+            // Did the pre-warm planned for this idle period catch the call?
+            if let (KeepAlive::Predictive { .. }, Some((after, until))) =
+                (self.cfg.keep_alive, self.predicted.prewarm)
+            {
+                if (after..=until).contains(&gap) {
+                    self.prewarm_hits += 1;
+                } else {
+                    self.prewarm_misses += 1;
+                }
+            }
             self.hist.record(gap);
             self.learn_gap(gap);
             self.plan = None;
@@ -696,9 +712,22 @@ impl<P, E: Clone> Scheduler<P, E> {
         );
     }
 
-    /// What the predictive policy decided for the next idle period (its explanation).
-    pub fn predicted(&self) -> Option<gpufn_policy::HistogramDecision> {
-        matches!(self.cfg.keep_alive, KeepAlive::Predictive { .. }).then_some(self.predicted)
+    /// Pre-warms that caught their call, and those that did not (the call came before or after
+    /// the window).
+    pub fn prewarm_counts(&self) -> (u64, u64) {
+        (self.prewarm_hits, self.prewarm_misses)
+    }
+
+    /// What the predictive policy decided for idle periods now, in words (`None` under other
+    /// policies), and where the current idle period stands at `now`.
+    pub fn keep_alive_explained(&self, now: Instant) -> Option<String> {
+        matches!(self.cfg.keep_alive, KeepAlive::Predictive { .. }).then(|| {
+            gpufn_policy::explain(
+                self.predicted,
+                self.gaps.len() >= gpufn_policy::PREDICTIVE_MIN_SAMPLES,
+                self.idle_start.map(|t| now.saturating_duration_since(t)),
+            )
+        })
     }
 
     /// The caller's plan for the idle period that began ([`Effect::Idle`], under

@@ -58,6 +58,8 @@ pub struct Metrics {
     pub(crate) queue_depth: Family<FunctionLabel, Gauge>,
     pub(crate) gpu_cards: Family<CardLabels, Gauge>,
     pub(crate) billed_gb_seconds: Family<FunctionLabel, Counter<f64, AtomicU64>>,
+    pub(crate) prewarm_hits: Family<FunctionLabel, Counter>,
+    pub(crate) prewarm_misses: Family<FunctionLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -73,8 +75,20 @@ impl Default for Metrics {
             queue_depth: Family::default(),
             gpu_cards: Family::default(),
             billed_gb_seconds: Family::default(),
+            prewarm_hits: Family::default(),
+            prewarm_misses: Family::default(),
             registry: Registry::default(),
         };
+        registry.register(
+            "gpufn_prewarm_hits",
+            "Idle periods whose next call came within the pre-warm window the policy planned",
+            m.prewarm_hits.clone(),
+        );
+        registry.register(
+            "gpufn_prewarm_misses",
+            "Idle periods whose next call came before or after the planned pre-warm window",
+            m.prewarm_misses.clone(),
+        );
         registry.register(
             "gpufn_invocations",
             "Requests to functions, by final HTTP status",
@@ -129,6 +143,8 @@ pub(crate) struct PoolMetrics {
     /// `gpufn_invocations_total{status="200"}`; other statuses go through the family.
     pub ok: Counter,
     pub billed_gb_seconds: Counter<f64, AtomicU64>,
+    pub prewarm_hits: Counter,
+    pub prewarm_misses: Counter,
     /// The last request durations (ms), for p50/p99 in `GET /functions/{name}` and the console.
     pub recent: std::sync::Arc<LatencyRing>,
 }
@@ -180,6 +196,8 @@ impl Metrics {
             request_duration: self.request_duration.get_or_create(&label).clone(),
             queue_wait: self.queue_wait.get_or_create(&label).clone(),
             billed_gb_seconds: self.billed_gb_seconds.get_or_create(&label).clone(),
+            prewarm_hits: self.prewarm_hits.get_or_create(&label).clone(),
+            prewarm_misses: self.prewarm_misses.get_or_create(&label).clone(),
             recent: std::sync::Arc::new(LatencyRing::default()),
             ok: self
                 .invocations

@@ -287,6 +287,9 @@ pub struct PoolStatus {
     pub in_flight: u32,
     /// Requests waiting for a slot.
     pub queued: u32,
+    /// What the keep-alive policy decided and why (`keep_alive: predictive`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub keep_alive: Option<String>,
 }
 
 /// Usage not yet in the store (see [`Pool::live_usage`]).
@@ -419,12 +422,26 @@ impl Pool {
                 name: &self.name,
                 spec: &st.spec,
             };
+            let before = st.sched.prewarm_counts();
             let result = f(&mut st.sched, &mut cards, &mut effects);
+            self.count_prewarms(before, st.sched.prewarm_counts());
             self.apply(st, effects, &mut out);
             result
         };
         self.run(out);
         result
+    }
+
+    /// Adds the pre-warm hits and misses the scheduler counted since `before` to the metrics.
+    fn count_prewarms(&self, before: (u64, u64), after: (u64, u64)) {
+        if after != before {
+            self.metrics
+                .prewarm_hits
+                .inc_by(after.0.saturating_sub(before.0));
+            self.metrics
+                .prewarm_misses
+                .inc_by(after.1.saturating_sub(before.1));
+        }
     }
 
     /// Waits for a slot: at once on an instance with a free slot, else in the queue while instances
@@ -446,7 +463,10 @@ impl Pool {
                 name: &self.name,
                 spec: &st.spec,
             };
-            match st.sched.acquire(now, &mut cards, &mut effects) {
+            let before = st.sched.prewarm_counts();
+            let acquired = st.sched.acquire(now, &mut cards, &mut effects);
+            self.count_prewarms(before, st.sched.prewarm_counts());
+            match acquired {
                 Acquire::Now(grant) => return Ok(self.slot(st, grant)),
                 Acquire::Refused(reason) => return Err(reason),
                 Acquire::Queued(w) => {
@@ -770,6 +790,7 @@ impl Pool {
         let st = self.lock();
         let mut s = PoolStatus {
             queued: st.sched.queued(),
+            keep_alive: st.sched.keep_alive_explained(Instant::now()),
             ..PoolStatus::default()
         };
         for i in st.sched.instances() {

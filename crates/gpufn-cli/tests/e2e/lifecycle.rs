@@ -417,4 +417,28 @@ async fn a_periodic_caller_is_prewarmed_between_released_instances() {
         }
     }
     assert_eq!(warm_after_release, 3);
+    // It says what it decided (gpufn get shows the same view).
+    let view = s.get_json("/api/v1/functions/periodic").await;
+    let why = view["status"]["keep_alive"].as_str().unwrap_or_default();
+    assert!(
+        why.starts_with("releases idle instances at once, then pre-warms one"),
+        "{view}"
+    );
+    // And counts its pre-warms' hits (the last three calls at least).
+    let metrics = s
+        .http
+        .get(s.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let hits: f64 = metrics
+        .lines()
+        .find(|l| l.starts_with("gpufn_prewarm_hits_total{function=\"periodic\"}"))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    assert!(hits >= 3.0, "{metrics}");
 }
