@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use gpufn_metering::{Prices, billed_seconds};
 use gpufn_sched::{
     Acquire, Bill, Cards, Config, Effect, Effects, Event as SchedEvent, IdlePlan, InstanceId,
-    KeepAlive, Reply, Scheduler, WaiterId,
+    KeepAlive, Refusal, Reply, Scheduler, WaiterId,
 };
 use serde::Serialize;
 
@@ -102,6 +102,10 @@ pub struct SimConfig {
     pub quota_cards: u32,
     /// The histogram policy's fixed keep-alive when its histogram is not representative.
     pub histogram_fallback_s: f64,
+    /// Requests that may wait per function (`scaling.max_queue`); one more is refused.
+    pub max_queue: u32,
+    /// How long a request may wait for a slot (`scaling.queue_timeout_s`) before it is refused.
+    pub queue_timeout_s: f64,
 }
 
 impl Default for SimConfig {
@@ -113,6 +117,9 @@ impl Default for SimConfig {
             max_instances: 30,
             quota_cards: u32::MAX,
             histogram_fallback_s: 600.0,
+            // The server's defaults: max_queue 1000, queue_timeout_s = startup_timeout_s + 60.
+            max_queue: 1000,
+            queue_timeout_s: 660.0,
         }
     }
 }
@@ -148,11 +155,18 @@ pub struct SimResult {
     pub cost_usd: f64,
     /// Most cards in use at once.
     pub peak_cards: u32,
+    /// Requests refused: the queue was full, or they waited `queue_timeout_s` (not in
+    /// `requests`, nor in the latencies).
+    pub refused: u64,
+    /// Of those, the ones that timed out while no card could be had under the quota.
+    pub refused_for_quota: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Event {
     Arrive(usize),
+    /// A queued request's queue timeout.
+    Timeout(u32, WaiterId),
     Ready(u32, InstanceId),
     Done(u32, InstanceId),
     Tick(u32),
@@ -228,6 +242,9 @@ struct Func {
     due: Option<Duration>,
     /// The oracle's pre-warm: the load time it drew (and planned around), for its next start.
     planned_load: Option<Duration>,
+    /// Requests refused, and those refused for want of a card under the quota.
+    refused: u64,
+    refused_for_quota: u64,
 }
 
 /// One call the simulator made to a function's scheduler, and what it decided ([`record`]).
@@ -269,7 +286,7 @@ fn config(policy: Policy, cfg: &SimConfig, memory_gb: u32, concurrency: u32) -> 
     let always_on = policy == Policy::AlwaysOn;
     Config {
         concurrency,
-        max_queue: u32::MAX,
+        max_queue: cfg.max_queue.max(1),
         // A dedicated card, warm from the start, never released, never more than one.
         min_instances: u32::from(always_on),
         max_instances: if always_on { 1 } else { cfg.max_instances },
@@ -336,6 +353,8 @@ impl<'a> Sim<'a> {
                 cold: 0,
                 due: None,
                 planned_load: None,
+                refused: 0,
+                refused_for_quota: 0,
             })
             .collect();
         for r in &trace.requests {
@@ -444,6 +463,15 @@ impl Sim<'_> {
             let now = self.at(t);
             match ev {
                 Event::Arrive(i) => self.arrive(i, t),
+                Event::Timeout(f, w) => {
+                    if self.funcs[f as usize].waiting.remove(&w).is_some() {
+                        let (reply, fx) = self.call(f, t, SchedEvent::TimedOut(w));
+                        if let Reply::TimedOut(Some(reason)) = reply {
+                            self.refuse(f, &reason);
+                        }
+                        self.settle(f, t, fx);
+                    }
+                }
                 Event::Ready(f, id) => {
                     let load = self.funcs[f as usize]
                         .sched
@@ -496,11 +524,57 @@ impl Sim<'_> {
                 self.funcs[f as usize]
                     .waiting
                     .insert(w, (t, secs(r.duration_s)));
+                self.push(t + secs(self.cfg.queue_timeout_s), Event::Timeout(f, w));
             }
-            // The queue is unbounded and nothing closes a simulated function.
+            Reply::Acquire(Acquire::Refused(reason)) => self.refuse(f, &reason),
             _ => {}
         }
         self.settle(f, t, fx);
+        if self.funcs[f as usize].sched.waiting_for_card() {
+            self.reclaim_for(f, t);
+        }
+    }
+
+    /// As the server does under card pressure: another function's idle on-demand instance, the
+    /// one idle longest, gives its card to `f`'s waiting requests (a simulated instance stops at
+    /// once, and its card goes to the functions waiting).
+    fn reclaim_for(&mut self, f: u32, t: Duration) {
+        let now = self.at(t);
+        let victim = self
+            .funcs
+            .iter()
+            .enumerate()
+            .filter(|(g, _)| *g != f as usize)
+            .flat_map(|(g, func)| {
+                func.sched
+                    .reclaimable(now)
+                    .into_iter()
+                    .map(move |(id, idle)| (g, id, idle))
+            })
+            .max_by_key(|(_, _, idle)| *idle);
+        if let Some((g, id, _)) = victim {
+            let mut fx = Effects::new();
+            if self.funcs[g].sched.reclaim(id, &mut fx) {
+                self.settle(g as u32, t, fx);
+            }
+        }
+    }
+
+    /// A request got `reason` instead of a slot: it is not served (no latency, not in
+    /// `requests`), and counted.
+    fn refuse(&mut self, f: u32, reason: &Refusal<QuotaFull>) {
+        let func = &mut self.funcs[f as usize];
+        func.requests = func.requests.saturating_sub(1);
+        func.refused += 1;
+        if matches!(
+            reason,
+            Refusal::QueueTimeout {
+                blocked: Some(QuotaFull),
+                ..
+            }
+        ) {
+            func.refused_for_quota += 1;
+        }
     }
 
     fn tick(&mut self, f: u32, t: Duration) {
@@ -540,8 +614,10 @@ impl Sim<'_> {
                             self.push(t + dur, Event::Done(f, grant.instance));
                         }
                     }
-                    Effect::Refuse { waiter, .. } => {
-                        self.funcs[f as usize].waiting.remove(&waiter);
+                    Effect::Refuse { waiter, reason } => {
+                        if self.funcs[f as usize].waiting.remove(&waiter).is_some() {
+                            self.refuse(f, &reason);
+                        }
                     }
                     Effect::Start { instance } => {
                         let load = match self.funcs[f as usize].planned_load.take() {
@@ -681,6 +757,8 @@ impl Sim<'_> {
             active_billed_gb_seconds: self.active_billed_gb_s,
             cost_usd: cost,
             peak_cards: self.fleet.peak,
+            refused: self.funcs.iter().map(|f| f.refused).sum(),
+            refused_for_quota: self.funcs.iter().map(|f| f.refused_for_quota).sum(),
         }
     }
 }

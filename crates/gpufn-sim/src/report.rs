@@ -19,6 +19,8 @@ pub fn table(results: &[SimResult]) -> String {
         "EFFIC",
         "COST-USD",
         "PEAK-CARDS",
+        "REFUSED",
+        "BY-QUOTA",
     ];
     let rows: Vec<Vec<String>> = results
         .iter()
@@ -36,6 +38,8 @@ pub fn table(results: &[SimResult]) -> String {
                 format!("{:.3}", r.efficiency),
                 format!("{:.2}", r.cost_usd),
                 r.peak_cards.to_string(),
+                r.refused.to_string(),
+                r.refused_for_quota.to_string(),
             ]
         })
         .collect();

@@ -43,6 +43,12 @@ pub struct SimulateArgs {
     /// The histogram policy's fixed keep-alive when its histogram is not representative.
     #[arg(long, default_value_t = 600.0)]
     histogram_fallback_s: f64,
+    /// Requests that may wait per function; one more is refused (the server's `scaling.max_queue`).
+    #[arg(long, default_value_t = 1000)]
+    max_queue: u32,
+    /// Seconds a request may wait for a slot before it is refused (`scaling.queue_timeout_s`).
+    #[arg(long, default_value_t = 660.0)]
+    queue_timeout_s: f64,
     /// Only the first or the second half of the trace by time (choose parameters on the first,
     /// report the second: out of sample).
     #[arg(long, value_parser = ["first", "second"])]
@@ -71,6 +77,10 @@ pub fn run(a: &SimulateArgs) -> anyhow::Result<ExitCode> {
         a.cold_start_s.is_finite() && a.cold_start_s >= 0.0,
         "--cold-start-s: must be >= 0"
     );
+    anyhow::ensure!(
+        a.queue_timeout_s.is_finite() && a.queue_timeout_s > 0.0,
+        "--queue-timeout-s: must be > 0"
+    );
     let names: Vec<&str> = if a.policies.is_empty() {
         DEFAULT_POLICIES.to_vec()
     } else {
@@ -93,6 +103,8 @@ pub fn run(a: &SimulateArgs) -> anyhow::Result<ExitCode> {
         max_instances: a.max_instances.max(1),
         quota_cards: a.quota_cards.unwrap_or(u32::MAX),
         histogram_fallback_s: a.histogram_fallback_s,
+        max_queue: a.max_queue,
+        queue_timeout_s: a.queue_timeout_s,
         ..SimConfig::default()
     };
     let mut results = Vec::new();

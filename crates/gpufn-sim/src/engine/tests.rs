@@ -173,3 +173,88 @@ mod properties {
         }
     }
 }
+
+mod refusals {
+    use super::super::*;
+    use crate::trace::{Function, Request};
+
+    fn trace(requests: &[(f64, u32, f64)], functions: u32) -> Trace {
+        Trace {
+            requests: requests
+                .iter()
+                .map(|&(t, function, duration_s)| Request {
+                    t,
+                    function,
+                    duration_s,
+                })
+                .collect(),
+            functions: (0..functions)
+                .map(|i| Function {
+                    name: format!("f{i}"),
+                    memory_gb: 4,
+                    concurrency: 1,
+                })
+                .collect(),
+            cold_start_samples: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_full_queue_and_the_queue_timeout_refuse_as_the_server_does() {
+        // One instance at most; three requests of 100 s at once: one runs, one waits past its
+        // 30 s queue timeout, one finds the one-place queue full.
+        let t = trace(&[(0.0, 0, 100.0), (0.0, 0, 100.0), (0.0, 0, 100.0)], 1);
+        let cfg = SimConfig {
+            cold_start_s: 1.0,
+            max_instances: 1,
+            max_queue: 2,
+            queue_timeout_s: 30.0,
+            ..SimConfig::default()
+        };
+        let r = simulate(&t, Policy::Fixed(60.0), cfg);
+        assert_eq!(r.refused, 2, "{r:?}");
+        assert_eq!(r.requests, 1);
+        assert_eq!(r.refused_for_quota, 0);
+        // With room and time enough, all three are served.
+        let r = simulate(
+            &t,
+            Policy::Fixed(60.0),
+            SimConfig {
+                queue_timeout_s: 1000.0,
+                max_queue: 10,
+                ..cfg
+            },
+        );
+        assert_eq!((r.refused, r.requests), (0, 3), "{r:?}");
+    }
+
+    #[test]
+    fn the_fleet_quota_refusals_are_counted_and_peak_cards_respect_it() {
+        // Two functions, one card: the second function's request waits for the card held by
+        // the first (kept warm 10 min) and is refused for the quota.
+        let t = trace(&[(0.0, 0, 10.0), (1.0, 1, 10.0)], 2);
+        let cfg = SimConfig {
+            cold_start_s: 1.0,
+            quota_cards: 1,
+            queue_timeout_s: 30.0,
+            ..SimConfig::default()
+        };
+        // The second arrives at 1 s while the first function's instance is busy (until 10 s):
+        // nothing is reclaimable, and with a 5 s queue timeout it is refused for the quota.
+        let r = simulate(
+            &t,
+            Policy::Fixed(600.0),
+            SimConfig {
+                queue_timeout_s: 5.0,
+                ..cfg
+            },
+        );
+        assert_eq!((r.refused, r.refused_for_quota), (1, 1), "{r:?}");
+        assert_eq!(r.peak_cards, 1);
+        // Arriving after the first went idle, it gets the idle instance's card.
+        let t2 = trace(&[(0.0, 0, 10.0), (20.0, 1, 10.0)], 2);
+        let r = simulate(&t2, Policy::Fixed(600.0), cfg);
+        assert_eq!((r.refused, r.requests), (0, 2), "reclaimed: {r:?}");
+        assert_eq!(r.peak_cards, 1);
+    }
+}
