@@ -229,6 +229,7 @@ impl Platform {
             instances_root: CancellationToken::new(),
             wake: Notify::new(),
             card_pressure: std::sync::atomic::AtomicBool::new(false),
+            card_waiting: std::sync::atomic::AtomicBool::new(false),
             dirty: std::sync::Mutex::new(HashSet::new()),
             stop_grace: config.instance_stop_grace,
             secrets: crate::secrets::Secrets::new(
@@ -1008,6 +1009,12 @@ impl Platform {
             *pending = None;
         }
         let pools = self.pools();
+        if !pools.iter().any(|p| p.waiting_for_card().is_some()) {
+            self.shared
+                .card_waiting
+                .store(false, std::sync::atomic::Ordering::SeqCst);
+            return;
+        }
         let cards = self.shared.allocator.snapshot();
         for starving in &pools {
             let Some((want_type, want_gb)) = starving.waiting_for_card() else {

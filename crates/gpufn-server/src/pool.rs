@@ -159,6 +159,9 @@ impl Cards<Meta, AllocError> for Allocator<'_> {
                     self.shared
                         .card_pressure
                         .store(true, std::sync::atomic::Ordering::SeqCst);
+                    self.shared
+                        .card_waiting
+                        .store(true, std::sync::atomic::Ordering::SeqCst);
                     self.shared.wake.notify_one();
                 }
             })?;
@@ -652,6 +655,17 @@ impl Pool {
 
     fn release(self: &Arc<Self>, id: InstanceId) {
         self.event(|s, _, fx| s.release(id, Instant::now(), fx));
+        // A function may be waiting for a card this instance, idle now, could give.
+        if self
+            .shared
+            .card_waiting
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            self.shared
+                .card_pressure
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+            self.shared.wake.notify_one();
+        }
     }
 
     fn take_out_of_service(self: &Arc<Self>, id: InstanceId) {

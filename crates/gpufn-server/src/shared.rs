@@ -46,6 +46,9 @@ pub(crate) struct Shared {
     /// A function could not get a card for waiting requests: the reconciler looks for another
     /// function's idle on-demand instance to reclaim.
     pub card_pressure: std::sync::atomic::AtomicBool,
+    /// Some function may still be waiting for a card (cleared by the reconciler when none is):
+    /// an instance going idle then raises `card_pressure` again.
+    pub card_waiting: std::sync::atomic::AtomicBool,
     /// Pools that changed since the reconciler last looked.
     pub dirty: std::sync::Mutex<HashSet<String>>,
     pub stop_grace: Duration,

@@ -314,3 +314,30 @@ async fn an_idle_instance_of_another_function_gives_its_card_to_waiting_requests
         s.log()
     );
 }
+
+/// Issue 20, point 5: a request already waiting for a card gets one as soon as another
+/// function's instance goes idle (not only when a card is given back).
+#[tokio::test]
+async fn a_waiting_request_gets_the_card_of_an_instance_that_just_went_idle() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path(), &["--simulate-gpus", "1xtesla-t4:16"]);
+    s.deploy_testfn("busy", "scaling: {idle_timeout_s: 600}")
+        .await;
+    s.deploy_testfn("waiting", "scaling: {queue_timeout_s: 60}")
+        .await;
+    let latch = Latch::new(dir.path(), "busy");
+    let held = s.hold("busy", &latch).await;
+    let waiting = {
+        let http = s.http.clone();
+        let url = s.url("/function/waiting/work");
+        tokio::spawn(async move { http.get(url).send().await.unwrap().status().as_u16() })
+    };
+    s.wait_for("the request to queue", Duration::from_secs(10), || async {
+        s.get_json("/api/v1/functions/waiting").await["status"]["queued"] == 1
+    })
+    .await;
+    // `busy`'s request ends: its instance goes idle (kept 10 minutes) and gives its card.
+    latch.release();
+    assert_eq!(held.await.unwrap(), 200);
+    assert_eq!(waiting.await.unwrap(), 200, "{}", s.log());
+}
