@@ -314,6 +314,12 @@ impl<P, E: Clone> Scheduler<P, E> {
             .filter(|i| i.revision == self.revision && i.state != State::Draining)
             .count();
         let provisioned = (live as u64) < u64::from(self.cfg.min_instances);
+        self.push_starting(id, payload, provisioned, now);
+        out.push(Effect::Start { instance: id });
+    }
+
+    /// A new instance of the current revision, starting (its card held: `payload`).
+    fn push_starting(&mut self, id: InstanceId, payload: P, provisioned: bool, now: Instant) {
         self.instances.push(Instance {
             id,
             revision: self.revision,
@@ -330,7 +336,6 @@ impl<P, E: Clone> Scheduler<P, E> {
             batch: PeriodBatch::new(self.cfg.batch_window),
             payload,
         });
-        out.push(Effect::Start { instance: id });
     }
 
     /// The runtime has no place for starting `instance` yet (a cluster's scheduler found no node
@@ -860,22 +865,7 @@ impl<P, E: Clone> Scheduler<P, E> {
                     break;
                 }
             };
-            self.instances.push(Instance {
-                id,
-                revision: self.revision,
-                state: State::Starting,
-                in_flight: 0,
-                served: 0,
-                idle_since: now,
-                ready_at: None,
-                created: now,
-                provisioned,
-                memory_gb: self.cfg.memory_gb,
-                unplaced: None,
-                busy: BusyTracker::default(),
-                batch: PeriodBatch::new(self.cfg.batch_window),
-                payload,
-            });
+            self.push_starting(id, payload, provisioned, now);
             out.push(Effect::Start { instance: id });
         }
     }

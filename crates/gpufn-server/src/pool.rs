@@ -127,6 +127,26 @@ fn instance_name(function: &str, id: InstanceId) -> String {
     format!("{function}-{:08x}", id.0)
 }
 
+impl Meta {
+    /// A new instance's record: named `name`, holding `lease`.
+    fn new(name: String, lease: GpuLease, stop: CancellationToken, allocated_in: Duration) -> Self {
+        Meta {
+            header: http::HeaderValue::from_str(&name)
+                .unwrap_or_else(|_| http::HeaderValue::from_static("invalid-id")),
+            name,
+            addr: None,
+            pid: None,
+            gpu_index: lease.index(),
+            gpu_type: lease.card_type().to_string(),
+            started_at: SystemTime::now(),
+            phases: ColdStartPhases::default(),
+            stop,
+            lease: Some(lease),
+            allocated_in,
+        }
+    }
+}
+
 /// Cards from the GPU allocator, for one scale-up of one function.
 struct Allocator<'a> {
     shared: &'a Shared,
@@ -165,20 +185,12 @@ impl Cards<Meta, AllocError> for Allocator<'_> {
                     self.shared.wake.notify_one();
                 }
             })?;
-        let meta = Meta {
-            header: http::HeaderValue::from_str(&name)
-                .unwrap_or_else(|_| http::HeaderValue::from_static("invalid-id")),
+        let meta = Meta::new(
             name,
-            addr: None,
-            pid: None,
-            gpu_index: lease.index(),
-            gpu_type: lease.card_type().to_string(),
-            started_at: SystemTime::now(),
-            phases: ColdStartPhases::default(),
-            stop: self.shared.instances_root.child_token(),
-            lease: Some(lease),
-            allocated_in: t.elapsed(),
-        };
+            lease,
+            self.shared.instances_root.child_token(),
+            t.elapsed(),
+        );
         Ok((id, meta))
     }
 }
@@ -385,20 +397,12 @@ impl Pool {
                 return false;
             }
         };
-        let meta = Meta {
-            header: http::HeaderValue::from_str(name)
-                .unwrap_or_else(|_| http::HeaderValue::from_static("invalid-id")),
-            name: name.to_string(),
-            addr: None,
-            pid: None,
-            gpu_index: lease.index(),
-            gpu_type: lease.card_type().to_string(),
-            started_at: SystemTime::now(),
-            phases: ColdStartPhases::default(),
-            stop: self.shared.instances_root.child_token(),
-            lease: Some(lease),
-            allocated_in: Duration::ZERO,
-        };
+        let meta = Meta::new(
+            name.to_string(),
+            lease,
+            self.shared.instances_root.child_token(),
+            Duration::ZERO,
+        );
         self.lock().adopted.insert(id, inst);
         self.event(|s, _, fx| s.adopt(id, meta, Instant::now(), fx));
         true

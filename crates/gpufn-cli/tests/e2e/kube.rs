@@ -177,6 +177,33 @@ async fn wait_until(what: &str, secs: u64, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// A test's cluster, a registry holding the test app's image, and a data dir for gpufn.
+struct Bed {
+    cluster: Cluster,
+    _registry: Registry,
+    image: String,
+    dir: tempfile::TempDir,
+}
+
+impl Bed {
+    async fn start(test: &str, gpu_nodes: u32, gpus: impl ToString, cpu_nodes: u32) -> Bed {
+        let cluster = Cluster::start(test, gpu_nodes, gpus, cpu_nodes).await;
+        let registry = Registry::start().await;
+        let image = push_testapp(&registry, "kube/app", "1", "k").await;
+        Bed {
+            cluster,
+            _registry: registry,
+            image,
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+}
+
+/// GET `path` on `server`, as its admin.
+async fn call(server: &Server, path: &str) -> reqwest::Response {
+    server.http.get(server.url(path)).send().await.unwrap()
+}
+
 fn spec(name: &str, image: &str, gpu_type: &str, extra: &str) -> String {
     format!(
         "name: {name}\nruntime: container\nimage: {image}\nport: 9000\n\
@@ -189,15 +216,13 @@ fn spec(name: &str, image: &str, gpu_type: &str, extra: &str) -> String {
 /// the GPU-less one) → cold call, then a warm call on the same instance → idle → Pod deleted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_function_runs_as_a_pod_on_a_gpu_node_and_scales_to_zero() {
-    let cluster = Cluster::start("basic", 1, 1, 1).await;
-    let registry = Registry::start().await;
-    let image = push_testapp(&registry, "kube/app", "1", "k").await;
-    let dir = tempfile::tempdir().unwrap();
+    let bed = Bed::start("basic", 1, 1, 1).await;
+    let (cluster, image, dir) = (&bed.cluster, &bed.image, &bed.dir);
     let server = cluster.gpufn(dir.path(), &[]);
     let (status, body) = server
         .deploy_yaml(&spec(
             "kf",
-            &image,
+            image,
             &cluster.gpu_type,
             "scaling: {idle_timeout_s: 2}\n",
         ))
@@ -212,12 +237,7 @@ async fn a_function_runs_as_a_pod_on_a_gpu_node_and_scales_to_zero() {
         .map(|d| d.count())
         .unwrap_or(0);
     assert_eq!(blobs, 0, "gpufn pulled the image itself");
-    let cold = server
-        .http
-        .get(server.url("/function/kf/whoami"))
-        .send()
-        .await
-        .unwrap();
+    let cold = call(&server, "/function/kf/whoami").await;
     let headers = cold.headers().clone();
     let status = cold.status();
     let text = cold.text().await.unwrap_or_default();
@@ -238,12 +258,7 @@ async fn a_function_runs_as_a_pod_on_a_gpu_node_and_scales_to_zero() {
         pod["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"],
         "1"
     );
-    let warm = server
-        .http
-        .get(server.url("/function/kf/whoami"))
-        .send()
-        .await
-        .unwrap();
+    let warm = call(&server, "/function/kf/whoami").await;
     assert_eq!(warm.status(), 200);
     assert_eq!(warm.headers()["x-gpufn-cold-start"], "false");
     assert_eq!(warm.headers()["x-gpufn-instance-id"], instance.as_str());
@@ -270,9 +285,8 @@ async fn a_function_runs_as_a_pod_on_a_gpu_node_and_scales_to_zero() {
 /// deleted once nobody waits for it. With the card free again, the next call is served.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unplaceable_pod_answers_429_with_the_schedulers_reason_and_is_deleted() {
-    let cluster = Cluster::start("full", 1, 1, 0).await;
-    let registry = Registry::start().await;
-    let image = push_testapp(&registry, "kube/app", "1", "k").await;
+    let bed = Bed::start("full", 1, 1, 0).await;
+    let (cluster, image) = (&bed.cluster, &bed.image);
     // Someone else's Pod takes the node's only card.
     let other = serde_json::json!({
         "apiVersion": "v1", "kind": "Pod",
@@ -303,23 +317,18 @@ async fn an_unplaceable_pod_answers_429_with_the_schedulers_reason_and_is_delete
         phase == "Running"
     })
     .await;
-    let dir = tempfile::tempdir().unwrap();
+    let dir = &bed.dir;
     let server = cluster.gpufn(dir.path(), &[]);
     let (status, body) = server
         .deploy_yaml(&spec(
             "kq",
-            &image,
+            image,
             &cluster.gpu_type,
             "scaling: {queue_timeout_s: 3}\n",
         ))
         .await;
     assert_eq!(status, 201, "{body}");
-    let resp = server
-        .http
-        .get(server.url("/function/kq/whoami"))
-        .send()
-        .await
-        .unwrap();
+    let resp = call(&server, "/function/kq/whoami").await;
     let status = resp.status();
     let body: Value = resp.json().await.unwrap();
     assert_eq!(status, 429, "{body}");
@@ -337,12 +346,7 @@ async fn an_unplaceable_pod_answers_429_with_the_schedulers_reason_and_is_delete
     // The card frees: the next call gets it.
     let (ok, text) = kubectl(&["delete", "pod", "not-gpufn", "-n", &cluster.ns]);
     assert!(ok, "{text}");
-    let resp = server
-        .http
-        .get(server.url("/function/kq/whoami"))
-        .send()
-        .await
-        .unwrap();
+    let resp = call(&server, "/function/kq/whoami").await;
     assert_eq!(resp.status(), 200, "{}", server.log());
     let mut server = server;
     server.terminate();
@@ -353,21 +357,14 @@ async fn an_unplaceable_pod_answers_429_with_the_schedulers_reason_and_is_delete
 /// deleted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_adopts_ready_pods_and_deletes_stray_ones() {
-    let cluster = Cluster::start("adopt", 1, 2, 0).await;
-    let registry = Registry::start().await;
-    let image = push_testapp(&registry, "kube/app", "1", "k").await;
-    let dir = tempfile::tempdir().unwrap();
+    let bed = Bed::start("adopt", 1, 2, 0).await;
+    let (cluster, image, dir) = (&bed.cluster, &bed.image, &bed.dir);
     let server = cluster.gpufn(dir.path(), &[]);
     let (status, body) = server
-        .deploy_yaml(&spec("ka", &image, &cluster.gpu_type, ""))
+        .deploy_yaml(&spec("ka", image, &cluster.gpu_type, ""))
         .await;
     assert_eq!(status, 201, "{body}");
-    let first = server
-        .http
-        .get(server.url("/function/ka/whoami"))
-        .send()
-        .await
-        .unwrap();
+    let first = call(&server, "/function/ka/whoami").await;
     assert_eq!(first.status(), 200, "{}", server.log());
     let instance = first.headers()["x-gpufn-instance-id"]
         .to_str()
@@ -393,12 +390,7 @@ async fn a_restart_adopts_ready_pods_and_deletes_stray_ones() {
     let _ = server.child.wait();
     drop(server);
     let server = cluster.gpufn(dir.path(), &[]);
-    let again = server
-        .http
-        .get(server.url("/function/ka/whoami"))
-        .send()
-        .await
-        .unwrap();
+    let again = call(&server, "/function/ka/whoami").await;
     assert_eq!(again.status(), 200, "{}", server.log());
     assert_eq!(
         again.headers()["x-gpufn-cold-start"],
@@ -474,15 +466,13 @@ async fn the_manifests_apply_and_grant_least_privilege() {
 /// when a card frees. `GET /api/v1/gpus` lists the cluster's cards by node, with their holders.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_third_instance_waits_for_one_of_two_cards() {
-    let cluster = Cluster::start("three", 2, 1, 0).await;
-    let registry = Registry::start().await;
-    let image = push_testapp(&registry, "kube/app", "1", "k").await;
-    let dir = tempfile::tempdir().unwrap();
+    let bed = Bed::start("three", 2, 1, 0).await;
+    let (cluster, image, dir) = (&bed.cluster, &bed.image, &bed.dir);
     let server = cluster.gpufn(dir.path(), &[]);
     let (status, body) = server
         .deploy_yaml(&spec(
             "k3",
-            &image,
+            image,
             &cluster.gpu_type,
             "scaling: {queue_timeout_s: 60, idle_timeout_s: 1}\n",
         ))
@@ -521,12 +511,7 @@ async fn a_third_instance_waits_for_one_of_two_cards() {
         "both held by gpufn's Pods: {gpus}"
     );
     // The third waits for a card, and gets one when a slow request ends.
-    let third = server
-        .http
-        .get(server.url("/function/k3/whoami"))
-        .send()
-        .await
-        .unwrap();
+    let third = call(&server, "/function/k3/whoami").await;
     assert_eq!(third.status(), 200, "{}", server.log());
     assert!(cluster.pods().len() <= 2, "never more Pods than cards");
     let (sa, ia) = a.await.unwrap();
@@ -541,23 +526,14 @@ async fn a_third_instance_waits_for_one_of_two_cards() {
 /// differs from gpufn's type name.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gpu_type_maps_to_its_nodes_label() {
-    let cluster = Cluster::start("typed", 1, 1, 0).await;
-    let registry = Registry::start().await;
-    let image = push_testapp(&registry, "kube/app", "1", "k").await;
-    let dir = tempfile::tempdir().unwrap();
+    let bed = Bed::start("typed", 1, 1, 0).await;
+    let (cluster, image, dir) = (&bed.cluster, &bed.image, &bed.dir);
     // gpufn calls the type `big-card`; the nodes label it with the test's own value.
     let mapping = format!("big-card={}", cluster.gpu_type);
     let server = cluster.gpufn(dir.path(), &["--kube-gpu-type", &mapping]);
-    let (status, body) = server
-        .deploy_yaml(&spec("kt", &image, "big-card", ""))
-        .await;
+    let (status, body) = server.deploy_yaml(&spec("kt", image, "big-card", "")).await;
     assert_eq!(status, 201, "{body}\n{}", server.log());
-    let resp = server
-        .http
-        .get(server.url("/function/kt/whoami"))
-        .send()
-        .await
-        .unwrap();
+    let resp = call(&server, "/function/kt/whoami").await;
     assert_eq!(resp.status(), 200, "{}", server.log());
     let pod = &cluster.pods()[0];
     assert_eq!(
@@ -589,15 +565,13 @@ async fn a_gpu_type_maps_to_its_nodes_label() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "benchmark: run by hand with --ignored"]
 async fn bench_zero_to_thirty() {
-    let cluster = Cluster::start("bench", 4, "8,8,7,7", 0).await;
-    let registry = Registry::start().await;
-    let image = push_testapp(&registry, "kube/app", "1", "k").await;
-    let dir = tempfile::tempdir().unwrap();
+    let bed = Bed::start("bench", 4, "8,8,7,7", 0).await;
+    let (cluster, image, dir) = (&bed.cluster, &bed.image, &bed.dir);
     let server = cluster.gpufn(dir.path(), &["--quota-cards", "30"]);
     let (status, body) = server
         .deploy_yaml(&spec(
             "kb",
-            &image,
+            image,
             &cluster.gpu_type,
             "scaling: {max_instances: 30, max_queue: 100, queue_timeout_s: 120, idle_timeout_s: 600}\n",
         ))
@@ -685,14 +659,12 @@ async fn bench_zero_to_thirty() {
 /// and two 6 GB instances share one 16 GB card on one node.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_sharing_puts_two_instances_on_one_card() {
-    let cluster = Cluster::start("shared", 1, 1, 0).await;
-    let registry = Registry::start().await;
-    let image = push_testapp(&registry, "kube/app", "1", "k").await;
-    let dir = tempfile::tempdir().unwrap();
+    let bed = Bed::start("shared", 1, 1, 0).await;
+    let (cluster, image, dir) = (&bed.cluster, &bed.image, &bed.dir);
     let server = cluster.gpufn(dir.path(), &["--kube-gpu-resource", "aliyun.com/gpu-mem"]);
     let yaml = spec(
         "km",
-        &image,
+        image,
         &cluster.gpu_type,
         "scaling: {queue_timeout_s: 60}\n",
     )
