@@ -689,19 +689,20 @@ impl<P, E: Clone> Scheduler<P, E> {
         // Consecutive gaps are correlated: decide from the gaps that followed one on the same
         // side of the median as this one, when there are enough of them.
         self.gaps_unweighed += 1;
-        if self.gaps.len() >= 32
-            && self.gaps_unweighed < 4
-            && self.last_side == Self::side_of(&self.gaps, gap)
-        {
+        // One median per gap learned: a side is then one comparison (this ran a count over all
+        // gaps for each of them, quadratic in the history).
+        let median = Self::median(&self.gaps);
+        let side_of = |g: Duration| median.is_some_and(|m| g > m);
+        if self.gaps.len() >= 32 && self.gaps_unweighed < 4 && self.last_side == side_of(gap) {
             return;
         }
         self.gaps_unweighed = 0;
-        let side = Self::side_of(&self.gaps, gap);
+        let side = side_of(gap);
         self.last_side = side;
         let same: Vec<Duration> = self
             .gaps
             .iter()
-            .filter(|(p, _)| Some(Self::side_of(&self.gaps, *p)) == Some(side))
+            .filter(|(p, _)| side_of(*p) == side)
             .map(|(_, g)| *g)
             .collect();
         let gaps: Vec<Duration> = if same.len() >= gpufn_policy::PREDICTIVE_NEIGHBOURS {
@@ -742,10 +743,12 @@ impl<P, E: Clone> Scheduler<P, E> {
         out.push(Effect::Wake);
     }
 
-    /// Whether `gap` is longer than the median of the gaps that followed others.
-    fn side_of(gaps: &std::collections::VecDeque<(Duration, Duration)>, gap: Duration) -> bool {
-        let longer = gaps.iter().filter(|(_, g)| *g < gap).count();
-        longer * 2 > gaps.len()
+    /// The median of the gaps that followed others (the upper one of an even count): a gap is
+    /// on the long side when it is longer than this.
+    fn median(gaps: &std::collections::VecDeque<(Duration, Duration)>) -> Option<Duration> {
+        let mut values: Vec<Duration> = gaps.iter().map(|(_, g)| *g).collect();
+        let mid = values.len() / 2;
+        (!values.is_empty()).then(|| *values.select_nth_unstable(mid).1)
     }
 
     /// The keep-alive for idle instances now, the instances to keep warm (pre-warm), and when to

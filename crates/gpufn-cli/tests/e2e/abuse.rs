@@ -153,16 +153,10 @@ async fn instance_logs_are_rotated_and_tails_read_from_the_end() {
     );
     // The tail: the last line written, whichever file holds it now.
     let text = s
-        .http
-        .get(s.url(&format!(
+        .get_text(&format!(
             "/api/v1/functions/f/instances/{instance}/logs?tail=1"
-        )))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+        ))
+        .await;
     assert!(
         text.trim_end().ends_with("spam done") || text.contains("GET /spam"),
         "{text:.200}"

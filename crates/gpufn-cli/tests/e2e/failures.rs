@@ -70,14 +70,8 @@ async fn an_app_that_exits_at_start_fails_fast_with_503_and_its_log_is_kept() {
         .next()
         .unwrap();
     let log = s
-        .http
-        .get(s.url(&format!("/api/v1/functions/exits/instances/{id}/logs")))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+        .get_text(&format!("/api/v1/functions/exits/instances/{id}/logs"))
+        .await;
     assert!(log.contains("model file missing"), "{log}");
     assert!(s.get_json("/api/v1/gpus").await[0]["instance"].is_null());
 }

@@ -529,16 +529,10 @@ async fn smuggling_and_bad_framing_are_refused_whole() {
             );
         }
         let log = s
-            .http
-            .get(s.url(&format!(
+            .get_text(&format!(
                 "/api/v1/functions/d/instances/{instance}/logs?tail=1000"
-            )))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+            ))
+            .await;
         assert!(
             !log.contains("smuggled"),
             "{gateway}: the instance saw: {log}"

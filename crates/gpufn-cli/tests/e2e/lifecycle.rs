@@ -425,20 +425,7 @@ async fn a_periodic_caller_is_prewarmed_between_released_instances() {
         "{view}"
     );
     // And counts its pre-warms' hits (the last three calls at least).
-    let metrics = s
-        .http
-        .get(s.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let hits: f64 = metrics
-        .lines()
-        .find(|l| l.starts_with("gpufn_prewarm_hits_total{function=\"periodic\"}"))
-        .and_then(|l| l.split_whitespace().last())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0);
+    let metrics = s.get_text("/metrics").await;
+    let hits = metric(&metrics, "gpufn_prewarm_hits_total{function=\"periodic\"}").unwrap_or(0.0);
     assert!(hits >= 3.0, "{metrics}");
 }

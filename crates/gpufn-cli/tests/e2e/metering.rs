@@ -6,13 +6,6 @@ use serde_json::Value;
 
 use crate::common::*;
 
-fn metric(text: &str, name_and_labels: &str) -> Option<f64> {
-    text.lines()
-        .find(|l| l.starts_with(name_and_labels) && l[name_and_labels.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
-
 #[tokio::test]
 async fn invocations_are_billed_per_second_recorded_and_exported() {
     let dir = tempfile::tempdir().unwrap();
@@ -106,15 +99,7 @@ async fn invocations_are_billed_per_second_recorded_and_exported() {
     assert!((stats["cost_usd"].as_f64().unwrap() - 8.0 * 0.000_018).abs() < 1e-12);
 
     // Prometheus.
-    let text = s
-        .http
-        .get(s.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = s.get_text("/metrics").await;
     assert_eq!(
         metric(
             &text,

@@ -165,6 +165,12 @@ impl Server {
         );
     }
 
+    /// GET `path` as the admin; the body as text, whatever the status.
+    pub async fn get_text(&self, path: &str) -> String {
+        let resp = self.http.get(self.url(path)).send().await.expect("get");
+        resp.text().await.expect("text")
+    }
+
     pub async fn get_json(&self, path: &str) -> Value {
         let resp = self.http.get(self.url(path)).send().await.expect("get");
         assert!(resp.status().is_success(), "GET {path}: {}", resp.status());
@@ -328,6 +334,14 @@ impl Drop for Receiver {
 }
 
 /// A loopback port nobody listens on right now.
+/// The value of one series (`name{labels}`) in a Prometheus text exposition.
+pub fn metric(text: &str, name_and_labels: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(name_and_labels) && l[name_and_labels.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
