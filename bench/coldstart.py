@@ -5,7 +5,9 @@ and the phases gpufn recorded (GPU allocate, spawn, ready). What gpufn adds is t
 app's own readiness time (ready_ms) minus a warm request.
 
 Usage: bench/coldstart.py [N=20]   (run from the repository root; builds nothing: run
-`cargo build --release --bin gpufn` first)."""
+`cargo build --release --bin gpufn` first).
+APP=sleep: the app is `gpufn sleep-app` instead, which says READY=1 on $NOTIFY_SOCKET as soon as it
+listens (NOTIFY=0: it does not, and gpufn finds it by probing alone)."""
 
 import json
 import os
@@ -45,11 +47,23 @@ def instances():
     return json.loads(get("/api/v1/functions/bench/instances")[2])
 
 
+APP = os.environ.get("APP", "nginx")
+NOTIFY = os.environ.get("NOTIFY", "1")
 spec = os.path.join(os.environ["BENCH_DIR"], "cold.yaml")
-with open("bench/gateway.yaml") as f:
-    text = f.read().replace("idle_timeout_s: 600", "idle_timeout_s: 0")
-with open(spec, "w") as f:
-    f.write(text.replace("workdir: .", f"workdir: {os.path.abspath('bench')}"))
+if APP == "sleep":
+    CALL = "/function/bench/work"
+    APP_CMD = [os.path.abspath(BIN), "sleep-app"]
+    with open(spec, "w") as f:
+        f.write(f"name: bench\ncommand: {json.dumps(APP_CMD)}\nworkdir: /\ngpu: {{memory_gb: 1}}\n"
+                f"env: {{SLEEP_APP_NOTIFY: '{NOTIFY}'}}\n"
+                "scaling: {max_instances: 1, idle_timeout_s: 0}\n")
+else:
+    CALL = "/function/bench/"
+    APP_CMD = ["bash", "bench/upstream.sh"]
+    with open("bench/gateway.yaml") as f:
+        text = f.read().replace("idle_timeout_s: 600", "idle_timeout_s: 0")
+    with open(spec, "w") as f:
+        f.write(text.replace("workdir: .", f"workdir: {os.path.abspath('bench')}"))
 server = subprocess.Popen([BIN, "serve", "--listen", ADDR, "--data-dir",
                            os.path.join(os.environ["BENCH_DIR"], "data"),
                            "--simulate-gpus", "1xbench:16", "--deploy", spec],
@@ -61,7 +75,7 @@ try:
     totals, readies, spawns, allocs, overheads = [], [], [], [], []
     for _ in range(N):
         wait(lambda: instances() == [], "scale to zero")
-        total, headers, _ = get("/function/bench/")
+        total, headers, _ = get(CALL)
         assert headers["x-gpufn-cold-start"] == "true", headers
         # With idle_timeout_s 0 the instance goes at once: its phases are read from the stored
         # cold-start record (the newest first), which outlives it.
@@ -79,9 +93,9 @@ try:
     base = []
     for i in range(N):
         port = 18400 + i
-        env = dict(os.environ, PORT=str(port))
+        env = dict(os.environ, PORT=str(port), SLEEP_APP_NOTIFY="0")
         t0 = time.perf_counter()
-        app = subprocess.Popen(["bash", "bench/upstream.sh"], env=env, stderr=subprocess.DEVNULL)
+        app = subprocess.Popen(APP_CMD, env=env, stderr=subprocess.DEVNULL)
         while True:
             try:
                 urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1).read()
@@ -96,7 +110,7 @@ try:
         v = sorted(v)
         return v[min(len(v) - 1, int(p * len(v)))]
 
-    print(f"{len(totals)} cold starts of a millisecond-start app (nginx), {os.cpu_count()} cores")
+    print(f"{len(totals)} cold starts of a millisecond-start app ({APP}, notify {NOTIFY}), {os.cpu_count()} cores")
     for name, v in [("request at zero, total", totals), ("spawn (start_ms)", spawns),
                     ("app ready (ready_ms)", readies), ("gpu allocate", allocs),
                     ("gpufn's own share (total - spawn - ready)", overheads),

@@ -2,9 +2,11 @@
 //!
 //! The [`InstanceRuntime`] trait is the seam between the scheduler and whatever runs the code: the
 //! [`ProcessRuntime`] (a host process) and the OCI container runtime in `gpufn-oci`.
-//! [`probe`] holds the readiness probe the scheduler runs before any traffic reaches an instance.
+//! [`probe`] holds the readiness probe the scheduler runs before any traffic reaches an instance;
+//! [`notify`] the socket an app may tell its readiness on (`NOTIFY_SOCKET`).
 
 pub mod cgroup;
+pub mod notify;
 pub mod probe;
 mod process;
 

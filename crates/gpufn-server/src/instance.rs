@@ -131,6 +131,15 @@ pub(crate) async fn supervise<H: Home>(pool: Arc<H>, job: StartJob) {
     if let Ok(vars) = &secret_env {
         env.extend(vars.iter().cloned());
     }
+    // An app may say when it is ready (systemd's READY=1) rather than wait for the next probe.
+    // The socket is abstract, so only instances in gpufn's network namespace can reach it: not
+    // Pods.
+    let notify = (!shared.on_kubernetes)
+        .then(|| gpufn_runtime::notify::ReadyNotify::bind(&id).ok())
+        .flatten();
+    if let Some(n) = &notify {
+        env.insert("NOTIFY_SOCKET".into(), n.env_value());
+    }
     let launch = LaunchSpec {
         instance_id: id.clone(),
         function: spec.name.clone(),
@@ -198,10 +207,12 @@ pub(crate) async fn supervise<H: Home>(pool: Arc<H>, job: StartJob) {
     let deadline = t0 + spec.health_check.startup_timeout;
     let startup = tokio::select! {
         () = shared.prober.wait_ready(addr, &spec.health_check.path) => Startup::Ready,
+        () = notified_ready(notify.as_ref(), &shared.prober, addr, &spec.health_check.path) => Startup::Ready,
         how = inst.wait() => Startup::Exited(how),
         () = tokio::time::sleep_until(deadline.into()) => Startup::TimedOut,
         () = stop.cancelled() => Startup::Cancelled,
     };
+    drop(notify);
     let failure = match startup {
         Startup::Ready => None,
         Startup::Exited(how) => Some(StartError::StartFailed {
@@ -290,6 +301,26 @@ impl<H: Home> gpufn_runtime::StartObserver for Placement<H> {
     fn unplaced(&self, reason: &str) {
         if let Some(pool) = self.pool.upgrade() {
             pool.on_placement(self.id, Some(reason.to_string()));
+        }
+    }
+}
+
+/// Ready as soon as the app says so on its notification socket and a probe confirms it (a
+/// notification alone is only a hint: anyone on the machine may send one). Never returns without a
+/// socket.
+async fn notified_ready(
+    notify: Option<&gpufn_runtime::notify::ReadyNotify>,
+    prober: &gpufn_runtime::probe::Prober,
+    addr: std::net::SocketAddr,
+    path: &str,
+) {
+    let Some(notify) = notify else {
+        return std::future::pending().await;
+    };
+    loop {
+        notify.ready().await;
+        if prober.check(addr, path).await {
+            return;
         }
     }
 }

@@ -36,6 +36,11 @@ pub struct ReplayArgs {
     /// `scaling.idle_timeout_s` of the replayed functions, in real (compressed) seconds.
     #[arg(long, default_value_t = 1)]
     idle_timeout_s: u32,
+    /// The keep-alive policy: `fixed` (`idle_timeout_s`) or `predictive[:COLD_COST_S]` (cold cost
+    /// in trace seconds, default 300; compressed, it must come to whole seconds: 300 needs
+    /// `--speedup` 300, 150, 100, ...).
+    #[arg(long, default_value = "fixed")]
+    policy: String,
     /// Model load time in trace seconds (default: the trace's measured median, else 20).
     #[arg(long)]
     cold_start_s: Option<f64>,
@@ -45,6 +50,40 @@ pub struct ReplayArgs {
     /// Keep the replayed functions deployed afterwards.
     #[arg(long)]
     keep: bool,
+}
+
+/// The policy as the simulator runs it on the compressed slice: keep-alives and cold costs in
+/// compressed seconds, as the live functions' specs say them.
+fn replay_policy(arg: &str, speedup: f64, idle_timeout_s: u32) -> anyhow::Result<Policy> {
+    match Policy::parse(arg) {
+        _ if arg == "fixed" => Ok(Policy::Fixed(f64::from(idle_timeout_s))),
+        Ok(Policy::Predictive(cost)) => {
+            let compressed = cost / speedup;
+            anyhow::ensure!(
+                compressed >= 1.0 && compressed.fract() == 0.0,
+                "--policy: a cold cost of {cost} s compressed {speedup}× is {compressed} s; \
+                 the spec's scaling.cold_cost_s takes whole seconds ≥ 1 (choose --speedup to divide it)"
+            );
+            Ok(Policy::Predictive(compressed))
+        }
+        _ => Err(anyhow!(
+            "--policy: {arg:?} is not fixed or predictive[:COLD_COST_S]"
+        )),
+    }
+}
+
+/// The replayed functions' `scaling`: the policy's keep-alive, `idle_timeout_s` (the predictive
+/// policy's fallback while it learns).
+fn scaling(policy: Policy, idle_timeout_s: u32) -> serde_json::Value {
+    match policy {
+        Policy::Predictive(cost) => json!({
+            "idle_timeout_s": idle_timeout_s,
+            "max_instances": 30,
+            "keep_alive": "predictive",
+            "cold_cost_s": cost as u64,
+        }),
+        _ => json!({"idle_timeout_s": idle_timeout_s, "max_instances": 30}),
+    }
 }
 
 /// The busiest `n` functions' requests in `[0, window)`, compressed `speedup` times.
@@ -89,6 +128,7 @@ pub async fn run(api: &Api, a: &ReplayArgs) -> anyhow::Result<ExitCode> {
         a.speedup.is_finite() && a.speedup >= 1.0,
         "--speedup: must be >= 1"
     );
+    let policy = replay_policy(&a.policy, a.speedup, a.idle_timeout_s)?;
     let format = match &a.format {
         Some(f) => {
             Format::parse(f).ok_or_else(|| anyhow!("--format: {f:?} is not a known format"))?
@@ -116,18 +156,19 @@ pub async fn run(api: &Api, a: &ReplayArgs) -> anyhow::Result<ExitCode> {
             "workdir": "/",
             "env": {"READY_DELAY_MS": ready_delay_ms.to_string()},
             "gpu": {"memory_gb": f.memory_gb},
-            "scaling": {"idle_timeout_s": a.idle_timeout_s, "max_instances": 30},
+            "scaling": scaling(policy, a.idle_timeout_s),
         });
         api.json(api.request(Method::POST, "/api/v1/functions").json(&spec))
             .await?;
     }
     eprintln!(
-        "# replaying {} requests of {} functions over {:.0} s (x{} faster; cold start {} ms)",
+        "# replaying {} requests of {} functions over {:.0} s (x{} faster; cold start {} ms; {})",
         t.requests.len(),
         t.functions.len(),
         t.requests.last().map_or(0.0, |r| r.t),
         a.speedup,
-        ready_delay_ms
+        ready_delay_ms,
+        policy.name()
     );
     let from_unix = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -174,9 +215,10 @@ pub async fn run(api: &Api, a: &ReplayArgs) -> anyhow::Result<ExitCode> {
     }
     let config = SimConfig {
         cold_start_s: ready_delay_ms as f64 / 1000.0 + a.platform_overhead_ms / 1000.0,
+        // The predictive policy's keep-alive while it learns: the live functions' idle timeout.
+        histogram_fallback_s: f64::from(a.idle_timeout_s),
         ..SimConfig::default()
     };
-    let policy = Policy::Fixed(f64::from(a.idle_timeout_s));
     let predicted = simulate(&t, policy, config);
     // The same prediction with the starts this run actually took (allocate + pull + spawn +
     // ready) in place of the assumed load + overhead: compressed loads are tens of milliseconds,
@@ -286,4 +328,33 @@ pub async fn run(api: &Api, a: &ReplayArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_predictive_replay_compresses_the_cold_cost_to_whole_seconds() {
+        assert_eq!(
+            replay_policy("fixed", 1000.0, 2).unwrap(),
+            Policy::Fixed(2.0)
+        );
+        assert_eq!(
+            replay_policy("predictive", 100.0, 1).unwrap(),
+            Policy::Predictive(3.0)
+        );
+        assert_eq!(
+            replay_policy("predictive:600", 200.0, 1).unwrap(),
+            Policy::Predictive(3.0)
+        );
+        let e = replay_policy("predictive", 1000.0, 1)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--policy") && e.contains("0.3 s"), "{e}");
+        assert!(replay_policy("histogram", 100.0, 1).is_err());
+        let s = scaling(Policy::Predictive(3.0), 1);
+        assert_eq!(s["keep_alive"], "predictive");
+        assert_eq!(s["cold_cost_s"], 3);
+    }
 }

@@ -1,6 +1,8 @@
 //! `gpufn sleep-app`: the smallest useful function, for replays and benchmarks. It listens on
 //! `$PORT`, answers `GET /health` once `READY_DELAY_MS` have passed (a stand-in for a model
-//! load), and answers `/work?ms=N` after N milliseconds (a stand-in for inference).
+//! load), and answers `/work?ms=N` after N milliseconds (a stand-in for inference). Once it
+//! listens it says `READY=1` on `$NOTIFY_SOCKET` where gpufn gives one (not with
+//! `SLEEP_APP_NOTIFY=0`, for comparing with probing alone).
 
 use std::collections::HashMap;
 use std::process::ExitCode;
@@ -25,8 +27,28 @@ pub async fn run() -> anyhow::Result<ExitCode> {
         .route("/health", get(|| async { "ok\n" }))
         .route("/work", any(work));
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+    if std::env::var("SLEEP_APP_NOTIFY").as_deref() != Ok("0") {
+        notify_ready();
+    }
     axum::serve(listener, app).await?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `READY=1` to `$NOTIFY_SOCKET` (`@name`: an abstract socket; else a path), as sd_notify does.
+/// Best effort: gpufn's probe finds the app anyway.
+fn notify_ready() {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::net::{SocketAddr, UnixDatagram};
+    let Ok(target) = std::env::var("NOTIFY_SOCKET") else {
+        return;
+    };
+    let addr = match target.strip_prefix('@') {
+        Some(name) => SocketAddr::from_abstract_name(name.as_bytes()),
+        None => SocketAddr::from_pathname(&target),
+    };
+    if let (Ok(addr), Ok(socket)) = (addr, UnixDatagram::unbound()) {
+        let _ = socket.send_to_addr(b"READY=1", &addr);
+    }
 }
 
 async fn work(Query(q): Query<HashMap<String, String>>) -> String {

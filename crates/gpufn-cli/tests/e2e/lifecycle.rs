@@ -429,3 +429,30 @@ async fn a_periodic_caller_is_prewarmed_between_released_instances() {
     let hits = metric(&metrics, "gpufn_prewarm_hits_total{function=\"periodic\"}").unwrap_or(0.0);
     assert!(hits >= 3.0, "{metrics}");
 }
+
+#[tokio::test]
+async fn an_app_that_says_ready_on_notify_socket_is_served_without_waiting_for_a_probe() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path(), &["--simulate-gpus", "1xtesla-t4:16"]);
+    // Every probe made before the app's READY=1 hangs past the probe's 5 s timeout: only the
+    // probe gpufn makes on the notification can pass quickly.
+    s.deploy_testfn("notified", "env: {READY_BY_NOTIFY_MS: '300'}")
+        .await;
+    let t0 = std::time::Instant::now();
+    let resp = s
+        .http
+        .get(s.url("/function/notified/work"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-gpufn-cold-start"], "true");
+    let took = t0.elapsed();
+    let starts = s.get_json("/api/v1/functions/notified/cold-starts").await;
+    let ready_ms = starts[0]["ready_ms"].as_f64().unwrap();
+    assert!(
+        ready_ms < 4000.0 && took < Duration::from_secs(4),
+        "ready after {ready_ms} ms, answered after {took:?}: the notification was not used\n{}",
+        s.log()
+    );
+}
