@@ -222,6 +222,7 @@ const PHASES = [
   ["image_pull_ms", "image pull", "var(--p2)"],
   ["start_ms", "start", "var(--p3)"],
   ["ready_ms", "ready (app load)", "var(--p4)"],
+  ["initialize_ms", "initializer", "var(--p6)"],
   ["first_response_ms", "first response", "var(--p5)"],
 ];
 

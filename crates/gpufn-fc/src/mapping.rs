@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use gpufn_spec::{RawAsync, RawGpu, RawHealthCheck, RawScaling, RawSpec};
+use gpufn_spec::{RawAsync, RawGpu, RawHealthCheck, RawHook, RawLifecycle, RawScaling, RawSpec};
 use serde_json::{Map, Value, json};
 
 /// FC GPU type names → local card types, unless the server config says otherwise.
@@ -153,6 +153,27 @@ pub fn to_spec(
             )));
         }
     }
+    if let Some(l) = fc.get("instanceLifecycleConfig").filter(|l| !l.is_null()) {
+        // FC calls a custom runtime's hooks at fixed paths; a hook is on when it has a handler.
+        let hook = |key: &str, path: &str| -> Result<Option<RawHook>, Invalid> {
+            let Some(h) = l
+                .get(key)
+                .filter(|h| s(h, "handler").is_some_and(|v| !v.is_empty()))
+            else {
+                return Ok(None);
+            };
+            Ok(Some(RawHook {
+                path: Some(path.to_string()),
+                command: None,
+                timeout_s: i(h, "timeout")?,
+            }))
+        };
+        let lifecycle = RawLifecycle {
+            initializer: hook("initializer", "/initialize")?,
+            pre_stop: hook("preStop", "/pre-stop")?,
+        };
+        spec.lifecycle = (lifecycle != RawLifecycle::default()).then_some(lifecycle);
+    }
     if let Some(a) = fc.get("asyncInvokeConfig").filter(|a| !a.is_null()) {
         let dest = |k: &str| {
             a.get("destinationConfig")
@@ -248,6 +269,34 @@ pub fn to_fc(
         c["port"] = json!(spec.port);
         c["resolvedImageUri"] = json!(spec.image);
     }
+    // The hooks as FC shows them: the stored document's handlers, the spec's timeouts.
+    let stored = out
+        .get("instanceLifecycleConfig")
+        .cloned()
+        .unwrap_or_else(|| json!({}));
+    let lifecycle = spec.lifecycle.clone().unwrap_or_default();
+    let mut config = Map::new();
+    for (key, hook) in [
+        ("initializer", &lifecycle.initializer),
+        ("preStop", &lifecycle.pre_stop),
+    ] {
+        if let Some(h) = hook {
+            let handler = stored
+                .get(key)
+                .and_then(|v| s(v, "handler"))
+                .unwrap_or(key)
+                .to_string();
+            config.insert(
+                key.into(),
+                json!({"handler": handler, "timeout": h.timeout_s}),
+            );
+        }
+    }
+    if config.is_empty() {
+        out.remove("instanceLifecycleConfig");
+    } else {
+        out.insert("instanceLifecycleConfig".into(), Value::Object(config));
+    }
     out.insert("createdTime".into(), json!(created));
     out.insert("lastModifiedTime".into(), json!(modified));
     out.insert("state".into(), json!("Active"));
@@ -304,6 +353,47 @@ mod tests {
         );
         assert_eq!(back["functionName"], "sd");
         assert_eq!(back["state"], "Active");
+    }
+
+    #[test]
+    fn instance_lifecycle_hooks_map_to_the_fixed_paths_and_back() {
+        let fc = json!({"runtime": "custom-container", "gpuConfig": {"gpuMemorySize": 4096},
+            "customContainerConfig": {"image": "r/i:1"},
+            "instanceLifecycleConfig": {
+                "initializer": {"handler": "true", "timeout": 120},
+                "preStop": {"handler": "true", "timeout": 10}}});
+        let spec = to_spec("f", &fc, None, &types()).expect("maps");
+        let l = spec.lifecycle.clone().expect("lifecycle");
+        assert_eq!(
+            l.initializer,
+            Some(RawHook {
+                path: Some("/initialize".into()),
+                command: None,
+                timeout_s: Some(120)
+            })
+        );
+        assert_eq!(
+            l.pre_stop.and_then(|h| h.path).as_deref(),
+            Some("/pre-stop")
+        );
+        let valid = spec.validate().expect("valid");
+        let back = to_fc("f", &valid.to_raw(), Some(&fc), "t0", "t1", &types());
+        assert_eq!(
+            back["instanceLifecycleConfig"],
+            json!({"initializer": {"handler": "true", "timeout": 120},
+                   "preStop": {"handler": "true", "timeout": 10}})
+        );
+        // No handler: no hook.
+        let off = json!({"runtime": "custom-container", "gpuConfig": {"gpuMemorySize": 4096},
+            "customContainerConfig": {"image": "r/i:1"},
+            "instanceLifecycleConfig": {"initializer": {"handler": "", "timeout": 3}}});
+        let spec = to_spec("f", &off, None, &types()).expect("maps");
+        assert!(spec.lifecycle.is_none());
+        assert!(
+            to_fc("f", &spec, None, "t0", "t1", &types())
+                .get("instanceLifecycleConfig")
+                .is_none()
+        );
     }
 
     #[test]

@@ -342,6 +342,7 @@ impl InstanceRuntime for ContainerRuntime {
             pull,
             memory_mb: c.memory_mb,
             cleaned: false,
+            log_path: spec.log_path.clone(),
         }))
     }
 }
@@ -543,6 +544,7 @@ struct ContainerInstance {
     pull: Duration,
     memory_mb: Option<u64>,
     cleaned: bool,
+    log_path: std::path::PathBuf,
 }
 
 impl ContainerInstance {
@@ -594,6 +596,30 @@ impl ContainerInstance {
 impl RunningInstance for ContainerInstance {
     fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    fn exec(&self, argv: &[String]) -> Option<std::io::Result<Child>> {
+        if argv.is_empty() {
+            return None;
+        }
+        let spawn = || {
+            let (log, log2) =
+                gpufn_runtime::open_log(&self.log_path).map_err(std::io::Error::other)?;
+            // `runc exec` takes the container's process (user, environment, directory) with
+            // these args, in its namespaces and cgroup.
+            Command::new(&self.inner.cfg.oci_runtime)
+                .arg("--root")
+                .arg(self.inner.runc_root())
+                .arg("exec")
+                .arg(&self.id)
+                .args(argv)
+                .stdin(Stdio::null())
+                .stdout(log)
+                .stderr(log2)
+                .kill_on_drop(true)
+                .spawn()
+        };
+        Some(spawn())
     }
 
     fn pid(&self) -> Option<u32> {

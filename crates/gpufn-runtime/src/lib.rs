@@ -156,6 +156,13 @@ pub trait RunningInstance: Send + Sync + std::fmt::Debug {
     async fn wait(&mut self) -> Ended;
     /// Stops the instance: a polite signal, then, after `grace`, a forced kill. Returns how it ended.
     async fn stop(&mut self, grace: Duration) -> Ended;
+    /// Starts `argv` inside the instance, for a lifecycle hook: with its user, environment,
+    /// directory and cgroup (or in its container), output to its log, killed if the returned
+    /// child is dropped. `None` where the runtime cannot (Pods).
+    fn exec(&self, argv: &[String]) -> Option<std::io::Result<tokio::process::Child>> {
+        let _ = argv;
+        None
+    }
     /// Time `launch` spent pulling an image (zero on a cache hit, and for processes).
     fn image_pull(&self) -> Duration {
         Duration::ZERO

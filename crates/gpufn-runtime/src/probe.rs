@@ -43,6 +43,48 @@ impl Prober {
                  Ok(Ok(resp)) if resp.status().is_success())
     }
 
+    /// One request with an empty body (a lifecycle hook): the status and the start of the body
+    /// (at most 512 bytes, for a failure's message), or why there is none. No deadline of its own:
+    /// the caller bounds it.
+    pub async fn request(
+        &self,
+        method: http::Method,
+        addr: SocketAddr,
+        path: &str,
+        headers: &[(&'static str, String)],
+    ) -> Result<(http::StatusCode, String), String> {
+        use http_body_util::BodyExt;
+        let uri = format!("http://{addr}{path}")
+            .parse::<http::Uri>()
+            .map_err(|e| format!("bad path {path:?}: {e}"))?;
+        let mut req = http::Request::builder().method(method).uri(uri);
+        for (k, v) in headers {
+            req = req.header(*k, v.as_str());
+        }
+        let req = req
+            .body(Empty::new())
+            .map_err(|e| format!("bad request: {e}"))?;
+        let resp = self
+            .client
+            .request(req)
+            .await
+            .map_err(|e| format!("no answer: {e}"))?;
+        let status = resp.status();
+        let mut body = resp.into_body();
+        let mut excerpt = Vec::new();
+        while excerpt.len() < 512 {
+            match body.frame().await {
+                Some(Ok(frame)) => {
+                    if let Some(data) = frame.data_ref() {
+                        excerpt.extend_from_slice(&data[..data.len().min(512 - excerpt.len())]);
+                    }
+                }
+                _ => break,
+            }
+        }
+        Ok((status, String::from_utf8_lossy(&excerpt).trim().to_string()))
+    }
+
     /// Probes until the instance answers 2xx. The pause between probes is a tenth of the time
     /// waited so far, between 1 ms and 100 ms: whatever the app's start takes, at most ~10 % of
     /// it (and never more than 100 ms) passes between its readiness and gpufn's noticing, while

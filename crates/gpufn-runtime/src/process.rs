@@ -94,30 +94,35 @@ impl InstanceRuntime for ProcessRuntime {
             ),
             None => None,
         };
+        let mut env: Vec<(String, String)> = PASS_THROUGH
+            .iter()
+            .filter_map(|k| std::env::var(k).ok().map(|v| (k.to_string(), v)))
+            .collect();
+        env.extend(spec.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+        let ours = [
+            ("PORT", port.to_string()),
+            // Function Compute's custom runtimes read their port from FC_SERVER_PORT.
+            ("FC_SERVER_PORT", port.to_string()),
+            ("CUDA_VISIBLE_DEVICES", spec.gpu_index.to_string()),
+            ("NVIDIA_VISIBLE_DEVICES", spec.gpu_index.to_string()),
+            ("GPUFN_FUNCTION", spec.function.clone()),
+            ("GPUFN_INSTANCE_ID", spec.instance_id.clone()),
+            ("GPUFN_GPU_MEMORY_GB", spec.gpu_memory_gb.to_string()),
+        ];
+        env.extend(ours.into_iter().map(|(k, v)| (k.to_string(), v)));
+        if let Some(u) = &self.user {
+            // gpufn's HOME is not the instance's.
+            env.extend([
+                ("HOME".to_string(), "/tmp".to_string()),
+                ("USER".to_string(), u.name.clone()),
+                ("LOGNAME".to_string(), u.name.clone()),
+            ]);
+        }
         let mut cmd = Command::new(&program);
         cmd.args(&spec.command[1..])
             .current_dir(&spec.workdir)
             .env_clear()
-            .envs(
-                PASS_THROUGH
-                    .iter()
-                    .filter_map(|k| std::env::var(k).ok().map(|v| (*k, v))),
-            )
-            .envs(&spec.env)
-            .env("PORT", port.to_string())
-            // Function Compute's custom runtimes read their port from FC_SERVER_PORT.
-            .env("FC_SERVER_PORT", port.to_string())
-            .env("CUDA_VISIBLE_DEVICES", spec.gpu_index.to_string())
-            .env("NVIDIA_VISIBLE_DEVICES", spec.gpu_index.to_string())
-            .env("GPUFN_FUNCTION", &spec.function)
-            .env("GPUFN_INSTANCE_ID", &spec.instance_id)
-            .env("GPUFN_GPU_MEMORY_GB", spec.gpu_memory_gb.to_string());
-        if let Some(u) = &self.user {
-            // gpufn's HOME is not the instance's.
-            cmd.env("HOME", "/tmp")
-                .env("USER", &u.name)
-                .env("LOGNAME", &u.name);
-        }
+            .envs(env.iter().map(|(k, v)| (k, v)));
         cmd.stdin(Stdio::null())
             .stdout(log)
             .stderr(log2)
@@ -140,6 +145,12 @@ impl InstanceRuntime for ProcessRuntime {
             child,
             addr: SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
             cgroup,
+            exec: ExecContext {
+                env,
+                workdir: spec.workdir.clone(),
+                ids: self.user.as_ref().map(|u| (u.uid, u.gid)),
+                log_path: spec.log_path.clone(),
+            },
         }))
     }
 }
@@ -188,6 +199,16 @@ struct ProcessInstance {
     pid: Option<u32>,
     addr: SocketAddr,
     cgroup: Option<crate::cgroup::InstanceCgroup>,
+    exec: ExecContext,
+}
+
+/// What a command run inside the instance (a lifecycle hook) shares with it.
+#[derive(Debug)]
+struct ExecContext {
+    env: Vec<(String, String)>,
+    workdir: std::path::PathBuf,
+    ids: Option<(u32, u32)>,
+    log_path: std::path::PathBuf,
 }
 
 impl Drop for ProcessInstance {
@@ -235,6 +256,36 @@ impl ProcessInstance {
 impl RunningInstance for ProcessInstance {
     fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    fn exec(&self, argv: &[String]) -> Option<std::io::Result<Child>> {
+        let (program, args) = argv.split_first()?;
+        let spawn = || {
+            let (log, log2) =
+                crate::open_log(&self.exec.log_path).map_err(std::io::Error::other)?;
+            let mut cmd = Command::new(program);
+            cmd.args(args)
+                .current_dir(&self.exec.workdir)
+                .env_clear()
+                .envs(self.exec.env.iter().map(|(k, v)| (k, v)))
+                .stdin(Stdio::null())
+                .stdout(log)
+                .stderr(log2)
+                .kill_on_drop(true);
+            // In the instance's process group, so stopping the instance stops the hook too.
+            if let Some(pgid) = self.pid.and_then(|p| i32::try_from(p).ok()) {
+                cmd.process_group(pgid);
+            }
+            // The cgroup's descriptors are open for as long as `self`: the child is spawned here.
+            let join = self
+                .cgroup
+                .as_ref()
+                .map(|c| c.join_fds())
+                .unwrap_or_default();
+            confine(&mut cmd, join, self.exec.ids);
+            cmd.spawn()
+        };
+        Some(spawn())
     }
 
     fn pid(&self) -> Option<u32> {

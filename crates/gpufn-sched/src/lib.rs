@@ -371,6 +371,29 @@ impl<P, E: Clone> Scheduler<P, E> {
         }
     }
 
+    /// The instance's initializer (a lifecycle hook) ran from `started` to `now`: billed as one
+    /// invocation of the instance, as Function Compute bills it. Call before
+    /// [`Scheduler::instance_ready`].
+    pub fn bill_initializer(
+        &mut self,
+        instance: InstanceId,
+        started: Instant,
+        now: Instant,
+        out: &mut Effects<E>,
+    ) {
+        let Some(inst) = self.instances.iter_mut().find(|i| i.id == instance) else {
+            return;
+        };
+        inst.busy.start(started);
+        if let Some(batch) = inst.busy.end(now).and_then(|p| inst.batch.push(p)) {
+            out.push(Effect::Bill(Bill::Busy {
+                instance,
+                period: batch,
+                memory_gb: inst.memory_gb,
+            }));
+        }
+    }
+
     /// A request gave its slot back at `now` (its response is done).
     pub fn release(&mut self, instance: InstanceId, now: Instant, out: &mut Effects<E>) {
         // Under fixed keep-alive an instance going idle needs a look at its keep-alive deadline

@@ -765,3 +765,32 @@ fn an_idle_on_demand_instance_can_be_reclaimed_but_not_a_busy_or_provisioned_one
     assert_eq!(stops(&out), [on_demand]);
     assert!(h.s.reclaimable(h.at(11.0)).is_empty());
 }
+
+#[test]
+fn an_initializer_is_billed_as_one_invocation_before_the_first_request() {
+    let mut h = H::new(cfg());
+    let mut out = Out::new();
+    let Acquire::Queued(_) = h.acquire(0.0, &mut out) else {
+        panic!("no instance yet, the request queues");
+    };
+    let id = starts(&out)[0];
+    // Initializer from t=1 to t=3.5: 2.5 s, billed as 3 s and one request.
+    let mut out = Out::new();
+    let (t1, t2) = (h.at(1.0), h.at(3.5));
+    h.s.bill_initializer(id, t1, t2, &mut out);
+    // The period joins the instance's metering batch, handed out when due.
+    assert!(grants(&out).is_empty(), "still starting: nothing granted");
+    out.extend(h.tick(3.5).0);
+    let bills: Vec<_> = out
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Bill(Bill::Busy { period, .. }) => Some(*period),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(bills.len(), 1, "{out:?}");
+    assert_eq!((bills[0].requests, bills[0].billed_seconds), (1, 3));
+    assert_eq!(bills[0].busy, Duration::from_millis(2500));
+    // The waiting request is granted when the instance is ready.
+    assert_eq!(grants(&h.ready(id, 3.5)).len(), 1);
+}

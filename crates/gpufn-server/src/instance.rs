@@ -16,6 +16,7 @@ use gpufn_spec::FunctionSpec;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
+use crate::hooks::{self, HookKind};
 use crate::shared::Shared;
 
 /// How long each cold-start phase took, in milliseconds.
@@ -29,6 +30,8 @@ pub struct ColdStartPhases {
     pub start_ms: f64,
     /// Spawn → health check passes (the app's own model load).
     pub ready_ms: f64,
+    /// The `lifecycle.initializer` hook (0 without one).
+    pub initialize_ms: f64,
 }
 
 /// What the supervisor needs to run one new instance.
@@ -257,6 +260,50 @@ pub(crate) async fn supervise<H: Home>(pool: Arc<H>, job: StartJob) {
         pool.on_start_failed(key, err);
         return;
     }
+    let ready_in = t0.elapsed().saturating_sub(spawned_in);
+    // The initializer: after the health check, before any request; a failure fails the start.
+    let t_init = Instant::now();
+    if let Some(hook) = &spec.lifecycle.initializer {
+        let init = hooks::start(
+            HookKind::Initializer,
+            hook,
+            &*inst,
+            &shared.prober,
+            &spec,
+            &id,
+        );
+        let outcome = tokio::select! {
+            r = init => r,
+            how = inst.wait() => Err(hooks::HookFailed {
+                message: format!("the instance {how} during its initializer"),
+                timed_out: false,
+            }),
+            () = stop.cancelled() => {
+                let how = inst.stop(shared.stop_grace).await;
+                finish(&pool, key, &id, inst, lease, &Left::StoppedWhileStarting(how)).await;
+                return;
+            }
+        };
+        if let Err(e) = outcome {
+            let err = StartError::StartFailed {
+                reason: format!("instance {id}: {}; see its log", e.message),
+                timed_out: e.timed_out,
+            };
+            tracing::warn!(function = %spec.name, instance = %id, "cold start failed: {err}");
+            note_in_log(&log_path, &format!("cold start failed: {}", e.message));
+            inst.stop(shared.stop_grace).await;
+            forget_pid(&shared, &id).await;
+            drop(inst);
+            drop(lease);
+            pool.on_start_failed(key, err);
+            return;
+        }
+    }
+    let initialized_in = spec
+        .lifecycle
+        .initializer
+        .as_ref()
+        .map_or(Duration::ZERO, |_| t_init.elapsed());
     // For containers, launch() pulled the image if the cache lost it: that part is the pull.
     // For Pods, launch() waited for the cluster's scheduler to find a GPU: that is allocation.
     let placed_in = inst.placement().min(spawned_in);
@@ -265,7 +312,8 @@ pub(crate) async fn supervise<H: Home>(pool: Arc<H>, job: StartJob) {
         gpu_allocate_ms: ms(allocated_in + placed_in),
         image_pull_ms: ms(pulled_in),
         start_ms: ms(spawned_in - placed_in - pulled_in),
-        ready_ms: ms(t0.elapsed().saturating_sub(spawned_in)),
+        ready_ms: ms(ready_in),
+        initialize_ms: ms(initialized_in),
     };
     tracing::info!(function = %spec.name, instance = %id, gpu = lease.index(), ?phases, "instance ready");
     pool.on_ready(key, addr, inst.pid(), phases);
@@ -274,7 +322,25 @@ pub(crate) async fn supervise<H: Home>(pool: Arc<H>, job: StartJob) {
             tracing::warn!(function = %spec.name, instance = %id, "instance {how} while serving");
             Left::Crashed(how)
         }
-        () = stop.cancelled() => Left::Stopped(inst.stop(shared.stop_grace).await),
+        () = stop.cancelled() => {
+            // pre_stop, bounded by its timeout, then SIGTERM as without one. The instance may
+            // exit by itself meanwhile: then there is nothing left to stop.
+            if let Some(hook) = &spec.lifecycle.pre_stop {
+                let hook = hooks::start(HookKind::PreStop, hook, &*inst, &shared.prober, &spec, &id);
+                let result = tokio::select! {
+                    r = hook => r,
+                    how = inst.wait() => Err(hooks::HookFailed {
+                        message: format!("the instance {how} during its pre_stop hook"),
+                        timed_out: false,
+                    }),
+                };
+                if let Err(e) = result {
+                    tracing::warn!(function = %spec.name, instance = %id, "{}", e.message);
+                    note_in_log(&log_path, &e.message);
+                }
+            }
+            Left::Stopped(inst.stop(shared.stop_grace).await)
+        }
     };
     finish(&pool, key, &id, inst, lease, &how).await;
 }

@@ -22,6 +22,7 @@ pub mod fc_auth;
 mod forward;
 pub mod function_lock;
 pub mod gateway;
+mod hooks;
 pub mod idle_body;
 pub mod instance;
 mod logs;

@@ -111,6 +111,8 @@ pub struct ColdStartView {
     pub start_ms: f64,
     /// Spawn → health check passes.
     pub ready_ms: f64,
+    /// The `lifecycle.initializer` hook (0 without one).
+    pub initialize_ms: f64,
     /// Ready → the instance's response headers.
     pub first_response_ms: f64,
     /// Request arrival → first byte to the caller.
@@ -126,6 +128,7 @@ impl From<ColdStartRow> for ColdStartView {
             image_pull_ms: r.image_pull_ms,
             start_ms: r.start_ms,
             ready_ms: r.ready_ms,
+            initialize_ms: r.initialize_ms,
             first_response_ms: r.first_response_ms,
             total_ms: r.total_ms,
         }
@@ -489,6 +492,7 @@ impl Platform {
             image_pull_ms: phases.image_pull_ms,
             start_ms: phases.start_ms,
             ready_ms: phases.ready_ms,
+            initialize_ms: phases.initialize_ms,
             first_response_ms: ms(ready_at.elapsed()),
             total_ms: ms(arrival.elapsed()),
         };
@@ -501,6 +505,7 @@ impl Platform {
             ("image_pull", row.image_pull_ms),
             ("start", row.start_ms),
             ("ready", row.ready_ms),
+            ("initialize", row.initialize_ms),
             ("first_response", row.first_response_ms),
             ("total", row.total_ms),
         ] {
@@ -747,6 +752,14 @@ impl Platform {
                 "invalid_spec",
                 "runtime",
                 "runtime: process cannot run on the Kubernetes backend: a Pod runs an image (use runtime: container)",
+            ));
+        }
+        if self.shared.on_kubernetes && spec.lifecycle.has_command() {
+            return Err(ApiError::field(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_spec",
+                "lifecycle",
+                "lifecycle hooks with a command cannot run on the Kubernetes backend (use path: the hook as an HTTP request)",
             ));
         }
         if spec.container.is_some() && !self.shared.on_kubernetes {

@@ -869,7 +869,11 @@ impl crate::instance::Home for Pool {
         pid: Option<u32>,
         phases: ColdStartPhases,
     ) {
-        let load = Duration::from_secs_f64((phases.start_ms + phases.ready_ms) / 1000.0);
+        // What a start costs a waiting caller: spawn, the app's load and its initializer.
+        let load = Duration::from_secs_f64(
+            (phases.start_ms + phases.ready_ms + phases.initialize_ms) / 1000.0,
+        );
+        let initializer = Duration::from_secs_f64(phases.initialize_ms / 1000.0);
         self.event(|s, _, fx| {
             if let Some(i) = s.instance_mut(id) {
                 let meta = i.payload_mut();
@@ -877,7 +881,11 @@ impl crate::instance::Home for Pool {
                 meta.pid = pid;
                 meta.phases = phases;
             }
-            s.instance_ready(id, load, Instant::now(), fx);
+            let now = Instant::now();
+            if !initializer.is_zero() {
+                s.bill_initializer(id, now.checked_sub(initializer).unwrap_or(now), now, fx);
+            }
+            s.instance_ready(id, load, now, fx);
         });
     }
 

@@ -9,11 +9,14 @@ mod raw;
 mod strict;
 mod validate;
 
-pub use raw::{RawAsync, RawAuth, RawGpu, RawHealthCheck, RawRegistryAuth, RawScaling, RawSpec};
+pub use raw::{
+    RawAsync, RawAuth, RawGpu, RawHealthCheck, RawHook, RawLifecycle, RawRegistryAuth, RawScaling,
+    RawSpec,
+};
 pub use validate::{
-    AsyncConfig, ContainerSpec, FieldError, FunctionSpec, GpuRequest, HealthCheck, KeepAliveMode,
-    RegistryAuth, Runtime, Scaling, SpecError, TriggerAuth, check_http_url, is_secret_name,
-    parse_json, parse_yaml,
+    AsyncConfig, ContainerSpec, FieldError, FunctionSpec, GpuRequest, HealthCheck, Hook,
+    HookAction, KeepAliveMode, Lifecycle, RegistryAuth, Runtime, Scaling, SpecError, TriggerAuth,
+    check_http_url, is_secret_name, parse_json, parse_yaml,
 };
 
 /// Entry point for the `spec` fuzz target and its corpus regression test: a document in either

@@ -56,6 +56,37 @@ pub struct RawSpec {
     /// Who may call the function's triggers (`/function/`, `/async-function/`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub auth: Option<RawAuth>,
+    /// Hooks gpufn calls around each instance's life (Function Compute's
+    /// `instanceLifecycleConfig`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lifecycle: Option<RawLifecycle>,
+}
+
+/// `lifecycle:` — hooks around each instance's life.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawLifecycle {
+    /// Run once per instance after its health check passes and before any request reaches it
+    /// (`POST path`, or `command` inside the instance); a failure fails the start.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub initializer: Option<RawHook>,
+    /// Run before every stop (`GET path`, or `command` inside the instance), then SIGTERM.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pre_stop: Option<RawHook>,
+}
+
+/// One hook: an HTTP `path` on the instance or a `command` run inside it, and its `timeout_s`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawHook {
+    /// Path on the instance's web server.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// argv run inside the instance (its user, environment, directory and limits).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub command: Option<Vec<String>>,
+    /// Longest the hook may take (initializer: default 300 s; pre_stop: default 30 s).
+    pub timeout_s: Option<i64>,
 }
 
 /// `auth:` — `{type: token}` (the default: an `invoker` or higher token that reaches the function)

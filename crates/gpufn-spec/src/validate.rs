@@ -6,7 +6,10 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::raw::{RawAsync, RawAuth, RawGpu, RawHealthCheck, RawRegistryAuth, RawScaling, RawSpec};
+use crate::raw::{
+    RawAsync, RawAuth, RawGpu, RawHealthCheck, RawHook, RawLifecycle, RawRegistryAuth, RawScaling,
+    RawSpec,
+};
 
 /// One broken rule: the dotted path of the field and what is wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -249,6 +252,63 @@ pub struct FunctionSpec {
     pub async_invoke: AsyncConfig,
     /// Who may call the triggers.
     pub auth: TriggerAuth,
+    /// Hooks around each instance's life.
+    pub lifecycle: Lifecycle,
+}
+
+/// Hooks around each instance's life.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Lifecycle {
+    /// Run once per instance before its first request; a failure fails the start.
+    pub initializer: Option<Hook>,
+    /// Run before every stop of an instance that served (then SIGTERM).
+    pub pre_stop: Option<Hook>,
+}
+
+impl Lifecycle {
+    /// Whether a hook runs a command inside the instance.
+    pub fn has_command(&self) -> bool {
+        [&self.initializer, &self.pre_stop]
+            .into_iter()
+            .flatten()
+            .any(|h| matches!(h.action, HookAction::Command(_)))
+    }
+}
+
+/// One hook and its deadline.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Hook {
+    /// What it does.
+    pub action: HookAction,
+    /// Longest it may take.
+    pub timeout: Duration,
+}
+
+/// What a hook does.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HookAction {
+    /// An HTTP request to this path on the instance (initializer: POST; pre_stop: GET).
+    Http {
+        /// Starts with '/'.
+        path: String,
+    },
+    /// This argv, run inside the instance.
+    Command(Vec<String>),
+}
+
+impl Hook {
+    fn to_raw(&self) -> RawHook {
+        let (path, command) = match &self.action {
+            HookAction::Http { path } => (Some(path.clone()), None),
+            HookAction::Command(argv) => (None, Some(argv.clone())),
+        };
+        RawHook {
+            path,
+            command,
+            timeout_s: i64::try_from(self.timeout.as_secs()).ok(),
+        }
+    }
 }
 
 /// Who may call a function's triggers.
@@ -415,6 +475,7 @@ impl RawSpec {
                 TriggerAuth::Token
             }
         };
+        let lifecycle = check_lifecycle(&mut c, self.lifecycle.as_ref());
         if !c.errors.is_empty() {
             return Err(SpecError::Invalid(c.errors));
         }
@@ -436,6 +497,7 @@ impl RawSpec {
             request_timeout,
             async_invoke,
             auth,
+            lifecycle,
         })
     }
 
@@ -694,10 +756,69 @@ fn check_gpu(c: &mut Checker, gpu: Option<&RawGpu>) -> GpuRequest {
     }
 }
 
+/// A path gpufn requests on the instance: starts with '/', no spaces or control characters.
+fn is_request_path(path: &str) -> bool {
+    path.starts_with('/')
+        && path.len() <= 1024
+        && !path.chars().any(|ch| ch.is_whitespace() || ch.is_control())
+}
+
+fn check_lifecycle(c: &mut Checker, l: Option<&RawLifecycle>) -> Lifecycle {
+    let Some(l) = l else {
+        return Lifecycle::default();
+    };
+    let mut hook = |field: &str, h: Option<&RawHook>, default_timeout: i64, max_timeout: i64| {
+        let h = h?;
+        let timeout = c.secs(
+            &format!("{field}.timeout_s"),
+            h.timeout_s,
+            default_timeout,
+            1,
+            max_timeout,
+        );
+        let action = match (&h.path, &h.command) {
+            (Some(path), None) => {
+                if !is_request_path(path) {
+                    c.fail(
+                        &format!("{field}.path"),
+                        format!("must start with '/' and have no spaces (got {path:?})"),
+                    );
+                }
+                HookAction::Http { path: path.clone() }
+            }
+            (None, Some(argv)) => {
+                if argv.is_empty() || argv[0].is_empty() {
+                    c.fail(
+                        &format!("{field}.command"),
+                        "must name a program (a non-empty argv)".into(),
+                    );
+                } else if argv.len() > 256
+                    || argv.iter().any(|a| a.len() > 4096 || a.contains('\0'))
+                {
+                    c.fail(
+                        &format!("{field}.command"),
+                        "at most 256 arguments of at most 4096 bytes, without NUL".into(),
+                    );
+                }
+                HookAction::Command(argv.clone())
+            }
+            _ => {
+                c.fail(field, "needs exactly one of path or command".into());
+                return None;
+            }
+        };
+        Some(Hook { action, timeout })
+    };
+    Lifecycle {
+        initializer: hook("lifecycle.initializer", l.initializer.as_ref(), 300, 3600),
+        pre_stop: hook("lifecycle.pre_stop", l.pre_stop.as_ref(), 30, 600),
+    }
+}
+
 fn check_health(c: &mut Checker, h: Option<&RawHealthCheck>) -> HealthCheck {
     let h = h.cloned().unwrap_or_default();
     let path = h.path.unwrap_or_else(|| "/health".into());
-    if !path.starts_with('/') || path.chars().any(|ch| ch.is_whitespace() || ch.is_control()) {
+    if !is_request_path(&path) {
         c.fail(
             "health_check.path",
             format!("must start with '/' and have no spaces (got {path:?})"),
@@ -871,6 +992,10 @@ impl FunctionSpec {
             }),
             auth: Some(RawAuth {
                 kind: Some(self.auth.as_str().into()),
+            }),
+            lifecycle: (self.lifecycle != Lifecycle::default()).then(|| RawLifecycle {
+                initializer: self.lifecycle.initializer.as_ref().map(Hook::to_raw),
+                pre_stop: self.lifecycle.pre_stop.as_ref().map(Hook::to_raw),
             }),
         }
     }

@@ -172,6 +172,7 @@ const MIGRATIONS: &[&str] = &[
         updated_ms INTEGER NOT NULL
      );
      ALTER TABLE tasks ADD COLUMN owner TEXT;",
+    "ALTER TABLE cold_starts ADD COLUMN initialize_ms REAL NOT NULL DEFAULT 0;",
 ];
 
 /// The store. Share it behind an `Arc`.
@@ -392,6 +393,8 @@ pub struct ColdStartRow {
     pub start_ms: f64,
     /// Spawn → health check passes.
     pub ready_ms: f64,
+    /// The `lifecycle.initializer` hook (0 without one).
+    pub initialize_ms: f64,
     /// Ready → the instance's first response headers.
     pub first_response_ms: f64,
     /// Request arrival → first byte to the caller.
@@ -459,8 +462,8 @@ impl Store {
                 )?,
                 MeterRecord::ColdStart(c) => tx.execute(
                     "INSERT INTO cold_starts (function, instance, at_ms, gpu_allocate_ms, image_pull_ms,
-                        start_ms, ready_ms, first_response_ms, total_ms)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                        start_ms, ready_ms, first_response_ms, total_ms, initialize_ms)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
                     params![
                         c.function,
                         c.instance,
@@ -470,7 +473,8 @@ impl Store {
                         c.start_ms,
                         c.ready_ms,
                         c.first_response_ms,
-                        c.total_ms
+                        c.total_ms,
+                        c.initialize_ms
                     ],
                 )?,
                 MeterRecord::Nonce {
@@ -611,7 +615,7 @@ impl Store {
         let conn = self.conn();
         let mut stmt = conn.prepare(
             "SELECT function, instance, at_ms, gpu_allocate_ms, image_pull_ms, start_ms, ready_ms,
-                    first_response_ms, total_ms
+                    first_response_ms, total_ms, initialize_ms
              FROM cold_starts WHERE function = ?1 ORDER BY at_ms DESC, id DESC LIMIT ?2",
         )?;
         let rows = stmt.query_map(
@@ -627,6 +631,7 @@ impl Store {
                     ready_ms: r.get(6)?,
                     first_response_ms: r.get(7)?,
                     total_ms: r.get(8)?,
+                    initialize_ms: r.get(9)?,
                 })
             },
         )?;
@@ -793,6 +798,7 @@ mod tests {
                 image_pull_ms: 0.0,
                 start_ms: 1.0,
                 ready_ms: 100.0,
+                initialize_ms: 7.0,
                 first_response_ms: 5.0,
                 total_ms,
             })

@@ -11,6 +11,7 @@ mod containers;
 mod failures;
 mod fc;
 mod gateway;
+mod hooks;
 mod kube;
 mod lifecycle;
 mod metering;

@@ -412,3 +412,64 @@ fn registry_auth_takes_a_secret_or_two_variables() {
         "{errs:?}"
     );
 }
+
+#[test]
+fn lifecycle_hooks_are_a_path_or_a_command_with_a_timeout() {
+    let spec = parse_yaml(&minimal(
+        "lifecycle:\n  initializer: {path: /initialize, timeout_s: 120}\n  pre_stop: {command: [sh, -c, 'echo bye'], timeout_s: 5}\n",
+    ))
+    .unwrap()
+    .validate()
+    .unwrap();
+    assert_eq!(
+        spec.lifecycle.initializer,
+        Some(Hook {
+            action: HookAction::Http {
+                path: "/initialize".into()
+            },
+            timeout: Duration::from_secs(120)
+        })
+    );
+    assert!(spec.lifecycle.has_command());
+    assert_eq!(spec.to_raw().validate().unwrap(), spec);
+    // Defaults: 300 s for the initializer, 30 s for pre_stop; none at all without `lifecycle`.
+    let d = parse_yaml(&minimal(
+        "lifecycle: {initializer: {path: /i}, pre_stop: {path: /p}}\n",
+    ))
+    .unwrap()
+    .validate()
+    .unwrap();
+    assert_eq!(d.lifecycle.initializer.unwrap().timeout.as_secs(), 300);
+    assert_eq!(d.lifecycle.pre_stop.unwrap().timeout.as_secs(), 30);
+    let none = parse_yaml(&minimal("")).unwrap().validate().unwrap();
+    assert_eq!(none.lifecycle, Lifecycle::default());
+    assert!(none.to_raw().lifecycle.is_none());
+
+    let errors = errors_of(&minimal(
+        "lifecycle:\n  initializer: {path: /i, command: [x]}\n  pre_stop: {path: 'no slash', timeout_s: 0}\n",
+    ));
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("lifecycle.initializer") && e.contains("exactly one")),
+        "{errors:?}"
+    );
+    assert!(
+        errors.iter().any(|e| e.contains("lifecycle.pre_stop.path")),
+        "{errors:?}"
+    );
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("lifecycle.pre_stop.timeout_s")),
+        "{errors:?}"
+    );
+    let errors = errors_of(&minimal("lifecycle: {initializer: {command: []}}\n"));
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("lifecycle.initializer.command")),
+        "{errors:?}"
+    );
+    assert!(!errors_of(&minimal("lifecycle: {initialiser: {path: /i}}\n")).is_empty());
+}
