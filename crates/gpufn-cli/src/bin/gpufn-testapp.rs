@@ -5,12 +5,23 @@
 //! uid, instance id, GPU variables, as JSON), `GET /work?ms=N` (answers after N ms),
 //! `GET /alloc?mb=N` (allocates and touches N MB, to cross a memory limit), `GET /write?name=X`
 //! (writes /scratch/X into the container's writable layer and lists /scratch), `POST /echo`.
+//! `gpufn-testapp mark NAME` (a lifecycle hook command) writes `$GPUFN_INSTANCE_ID` to
+//! /scratch/NAME and exits.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
 fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let [_, mark, name] = args.as_slice() {
+        if mark == "mark" {
+            let _ = std::fs::create_dir_all("/scratch");
+            let id = std::env::var("GPUFN_INSTANCE_ID").unwrap_or_default();
+            let ok = std::fs::write(format!("/scratch/{name}"), id).is_ok();
+            std::process::exit(if ok { 0 } else { 1 });
+        }
+    }
     let port = std::env::var("PORT").unwrap_or_else(|_| "9000".into());
     let delay = std::env::var("READY_DELAY_MS")
         .ok()

@@ -651,3 +651,30 @@ async fn a_missing_oci_runtime_is_refused_at_deploy_naming_it() {
         "{body}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_initializer_runs_inside_the_container_before_its_first_request() {
+    let registry = Registry::start().await;
+    let image = push_testapp(&registry, "hooked", "1", "k").await;
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path());
+    let (status, body) = server
+        .deploy_yaml(&spec(
+            "hooked",
+            &image,
+            "lifecycle: {initializer: {command: [/app/gpufn-testapp, mark, initialized], timeout_s: 20}}\n",
+        ))
+        .await;
+    assert!(status == 201, "{status} {body}");
+    // The file the hook wrote is in the container's own writable layer, before any request.
+    let (status, listing) = get(&server, "/function/hooked/write?name=probe").await;
+    assert_eq!(status, 200, "{listing}\n{}", instance_logs(dir.path()));
+    assert!(listing.contains("initialized"), "{listing}");
+    let starts = server
+        .get_json("/api/v1/functions/hooked/cold-starts")
+        .await;
+    assert!(
+        starts[0]["initialize_ms"].as_f64().unwrap() > 0.0,
+        "{starts}"
+    );
+}
