@@ -5,6 +5,8 @@
 //! these functions what to do, and returns the effects. That is why every decision is testable
 //! in microseconds, without processes or sleeps.
 
+pub mod provisioning;
+
 use std::time::{Duration, Instant};
 
 /// The counts a scale-up decision needs, for one function's current revision.

@@ -80,7 +80,18 @@ pub struct Scheduler<P, E> {
     /// When `tick` asked to be called next: an instance going idle asks for a tick only if it
     /// needs one sooner.
     check_at: Option<Instant>,
+    /// The scheduled provisioning action in force (its `min_instances`), set by the caller, who
+    /// keeps the wall clock; `cfg.min_instances` when `None`.
+    scheduled_min: Option<u32>,
+    /// Target tracking's load average and the provisioned instances it asks for now.
+    load: gpufn_policy::provisioning::LoadAverage,
+    tracked_min: u32,
 }
+
+/// Target tracking's averaging time: about a minute, as Function Compute's metric windows.
+const LOAD_TAU: Duration = Duration::from_secs(60);
+/// How often target tracking looks again while there is load to follow.
+const TRACK_EVERY: Duration = Duration::from_secs(5);
 
 fn count(n: usize) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
@@ -127,7 +138,70 @@ impl<P, E: Clone> Scheduler<P, E> {
             },
             plan: None,
             check_at: None,
+            scheduled_min: None,
+            load: gpufn_policy::provisioning::LoadAverage::new(LOAD_TAU),
+            tracked_min: 0,
         }
+    }
+
+    /// Provisioned instances wanted now: the scheduled (or fixed) minimum, or more where target
+    /// tracking asks for them.
+    pub fn min_instances(&self) -> u32 {
+        self.scheduled_min
+            .unwrap_or(self.cfg.min_instances)
+            .max(self.tracked_min)
+    }
+
+    /// The scheduled provisioning action in force changed (`None`: none is; the spec's
+    /// `min_instances` applies). Instances are started at once; ones no longer needed go as idle
+    /// instances do (after their keep-alive).
+    pub fn set_scheduled_min(
+        &mut self,
+        min: Option<u32>,
+        now: Instant,
+        cards: &mut dyn Cards<P, E>,
+        out: &mut Effects<E>,
+    ) {
+        if self.scheduled_min == min {
+            return;
+        }
+        self.scheduled_min = min.map(|m| m.min(self.cfg.max_instances));
+        out.push(Effect::Wake);
+        self.retrack(now);
+        self.scale(now, cards, out);
+    }
+
+    /// Target tracking's average load (requests in flight and waiting) at `now`.
+    pub fn tracked_load(&self, now: Instant) -> f64 {
+        self.load.value_at(now)
+    }
+
+    /// Feeds the load signal its current value (target tracking only).
+    fn track_load(&mut self, now: Instant) {
+        if self.cfg.target.is_none() {
+            return;
+        }
+        let demand: u32 = self
+            .instances
+            .iter()
+            .map(|i| i.in_flight)
+            .sum::<u32>()
+            .saturating_add(count(self.queue.len()));
+        self.load.set(f64::from(demand), now);
+    }
+
+    /// Target tracking's provisioned instances for the load at `now`.
+    fn retrack(&mut self, now: Instant) {
+        self.tracked_min = match self.cfg.target {
+            Some(t) => gpufn_policy::provisioning::tracked_instances(
+                self.load.value_at(now),
+                self.cfg.concurrency,
+                f64::from(t.utilization_permille) / 1000.0,
+                0,
+                t.max_provisioned.min(self.cfg.max_instances),
+            ),
+            None => 0,
+        };
     }
 
     /// The settings in force.
@@ -227,7 +301,12 @@ impl<P, E: Clone> Scheduler<P, E> {
             self.learn_gap(gap);
             self.plan = None;
         }
+        if self.cfg.target.is_some() && self.check_at.is_none() {
+            // Target tracking follows the load from now on: ask for ticks.
+            out.push(Effect::Wake);
+        }
         if let Some(grant) = self.take_slot(None, now) {
+            self.track_load(now);
             return Acquire::Now(grant);
         }
         if self.queue.len() >= self.cfg.max_queue as usize {
@@ -238,6 +317,7 @@ impl<P, E: Clone> Scheduler<P, E> {
         self.next_waiter += 1;
         let id = WaiterId(self.next_waiter);
         self.queue.push_back(Waiter { id, enqueued: now });
+        self.track_load(now);
         self.scale(now, cards, out);
         Acquire::Queued(id)
     }
@@ -313,7 +393,7 @@ impl<P, E: Clone> Scheduler<P, E> {
             .iter()
             .filter(|i| i.revision == self.revision && i.state != State::Draining)
             .count();
-        let provisioned = (live as u64) < u64::from(self.cfg.min_instances);
+        let provisioned = (live as u64) < u64::from(self.min_instances());
         self.push_starting(id, payload, provisioned, now);
         out.push(Effect::Start { instance: id });
     }
@@ -443,6 +523,7 @@ impl<P, E: Clone> Scheduler<P, E> {
             }
         }
         self.dispatch(now, out);
+        self.track_load(now);
         if self.idle_start.is_none()
             && self.queue.is_empty()
             && self.instances.iter().all(|i| i.in_flight == 0)
@@ -589,11 +670,13 @@ impl<P, E: Clone> Scheduler<P, E> {
                 }
             })
             .collect();
+        self.track_load(now);
+        self.retrack(now);
         let (idle_timeout, prewarm_min, wake_at) = self.keep_alive_window(now);
         self.prewarm_min = prewarm_min;
         let decision = gpufn_policy::keep_alive(
             &views,
-            self.cfg.min_instances.max(prewarm_min),
+            self.min_instances().max(prewarm_min),
             idle_timeout,
             now,
         );
@@ -622,7 +705,11 @@ impl<P, E: Clone> Scheduler<P, E> {
         // A provisioned restart's backoff that has passed needs no tick: the scale-up above
         // already tried.
         let retry = self.min_retry_at.filter(|t| *t > now);
-        let next = [decision.next_check, retry, wake_at, batch_due]
+        // Target tracking looks again while it has load to follow or instances it asked for.
+        let track = (self.cfg.target.is_some()
+            && (self.load.value_at(now) > 0.01 || self.tracked_min > 0))
+            .then(|| now + TRACK_EVERY);
+        let next = [decision.next_check, retry, wake_at, batch_due, track]
             .into_iter()
             .flatten()
             .filter(|t| *t > now)
@@ -869,7 +956,7 @@ impl<P, E: Clone> Scheduler<P, E> {
         }
         let limits = Limits {
             concurrency: self.cfg.concurrency,
-            min_instances: self.cfg.min_instances.max(self.prewarm_min),
+            min_instances: self.min_instances().max(self.prewarm_min),
             max_instances: self.cfg.max_instances,
         };
         let mut wanted = gpufn_policy::instances_to_start(demand, limits);
@@ -883,7 +970,7 @@ impl<P, E: Clone> Scheduler<P, E> {
         for live in live_before..live_before + wanted {
             // The first min_instances live instances are the provisioned ones, billed for their
             // whole lifetime; the rest are on demand, billed only while busy.
-            let provisioned = live < self.cfg.min_instances;
+            let provisioned = live < self.min_instances();
             let (id, payload) = match cards.allocate(provisioned) {
                 Ok(granted) => granted,
                 Err(e) => {

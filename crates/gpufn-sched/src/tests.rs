@@ -47,6 +47,7 @@ fn cfg() -> Config {
         keep_alive: KeepAlive::Fixed(Duration::from_secs(60)),
         memory_gb: 4,
         batch_window: Duration::ZERO,
+        target: None,
     }
 }
 
@@ -793,4 +794,79 @@ fn an_initializer_is_billed_as_one_invocation_before_the_first_request() {
     assert_eq!(bills[0].busy, Duration::from_millis(2500));
     // The waiting request is granted when the instance is ready.
     assert_eq!(grants(&h.ready(id, 3.5)).len(), 1);
+}
+
+#[test]
+fn a_scheduled_minimum_starts_provisioned_instances_and_lets_them_go_when_lowered() {
+    let mut h = H::new(cfg());
+    let mut out = Out::new();
+    let now = h.at(0.0);
+    h.s.set_scheduled_min(Some(2), now, &mut h.cards, &mut out);
+    assert_eq!(starts(&out).len(), 2, "{out:?}");
+    assert_eq!(h.s.min_instances(), 2);
+    let ids = starts(&out);
+    for id in &ids {
+        h.ready(*id, 1.0);
+    }
+    assert!(h.s.instances().iter().all(|i| i.provisioned()));
+    // Kept past the keep-alive while the schedule holds them.
+    let (out, _) = h.tick(500.0);
+    assert!(stops(&out).is_empty());
+    // Lowered: they go as idle instances do, after their keep-alive (60 s) counted from idle.
+    let mut out = Out::new();
+    let now = h.at(500.0);
+    h.s.set_scheduled_min(Some(0), now, &mut h.cards, &mut out);
+    assert!(stops(&out).is_empty());
+    let (out, _) = h.tick(501.0);
+    assert_eq!(
+        stops(&out).len(),
+        2,
+        "idle since t=1: past their keep-alive"
+    );
+    // None: back to the spec's min_instances (0 here).
+    let mut out = Out::new();
+    h.s.set_scheduled_min(None, now, &mut h.cards, &mut out);
+    assert_eq!(h.s.min_instances(), 0);
+}
+
+#[test]
+fn target_tracking_provisions_for_the_average_load_and_follows_it_down() {
+    let mut h = H::new(Config {
+        target: Some(TargetTracking {
+            utilization_permille: 500,
+            max_provisioned: 3,
+        }),
+        ..cfg()
+    });
+    let id = h.warm();
+    // Two requests in flight for ten minutes: the average tends to 2, at 0.5 utilization that
+    // is 4 instances, capped at 3.
+    let mut out = Out::new();
+    assert!(matches!(h.acquire(10.0, &mut out), Acquire::Now(_)));
+    let mut out = Out::new();
+    let _ = h.acquire(10.0, &mut out);
+    let (out, next) = h.tick(610.0);
+    assert_eq!(h.s.min_instances(), 3);
+    assert!(starts(&out).len() >= 1, "{out:?}");
+    assert_eq!(
+        next,
+        Some(h.at(615.0)),
+        "it looks again while there is load"
+    );
+    // The load ends: after a few minutes of nothing the tracked minimum is back to zero.
+    for s in h.s.instances().iter().map(|i| i.id()).collect::<Vec<_>>() {
+        h.ready(s, 611.0);
+    }
+    h.release(id, 612.0);
+    let busy: Vec<_> =
+        h.s.instances()
+            .iter()
+            .filter(|i| i.in_flight() > 0)
+            .map(|i| i.id())
+            .collect();
+    for b in busy {
+        h.release(b, 612.0);
+    }
+    h.tick(1200.0);
+    assert_eq!(h.s.min_instances(), 0);
 }

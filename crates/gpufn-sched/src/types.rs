@@ -64,6 +64,19 @@ pub struct Config {
     pub memory_gb: u32,
     /// Busy periods starting within this window of each other are billed as one record.
     pub batch_window: Duration,
+    /// Target tracking of provisioned instances, when on.
+    pub target: Option<TargetTracking>,
+}
+
+/// Target tracking: keep enough provisioned instances that the function's load (requests in
+/// flight and waiting, averaged over about a minute) comes to `utilization_permille` / 1000 of
+/// their capacity, at most `max_provisioned`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TargetTracking {
+    /// The target share of capacity, in thousandths.
+    pub utilization_permille: u32,
+    /// Most provisioned instances it asks for.
+    pub max_provisioned: u32,
 }
 
 /// An instance's lifecycle state.

@@ -221,6 +221,12 @@ fn config_of(spec: &FunctionSpec) -> Config {
         },
         memory_gb: spec.gpu.memory_gb,
         batch_window: BATCH_WINDOW,
+        target: s
+            .target_utilization_permille
+            .map(|p| gpufn_sched::TargetTracking {
+                utilization_permille: p,
+                max_provisioned: s.max_provisioned,
+            }),
     }
 }
 

@@ -309,6 +309,7 @@ fn config(policy: Policy, cfg: &SimConfig, memory_gb: u32, concurrency: u32) -> 
         memory_gb,
         // Every billed period is added up at once; batching records saves nothing here.
         batch_window: Duration::ZERO,
+        target: None,
     }
 }
 

@@ -11,12 +11,12 @@ mod validate;
 
 pub use raw::{
     RawAsync, RawAuth, RawGpu, RawHealthCheck, RawHook, RawLifecycle, RawRegistryAuth, RawScaling,
-    RawSpec,
+    RawSchedule, RawSpec,
 };
 pub use validate::{
     AsyncConfig, ContainerSpec, FieldError, FunctionSpec, GpuRequest, HealthCheck, Hook,
-    HookAction, KeepAliveMode, Lifecycle, RegistryAuth, Runtime, Scaling, SpecError, TriggerAuth,
-    check_http_url, is_secret_name, parse_json, parse_yaml,
+    HookAction, KeepAliveMode, Lifecycle, RegistryAuth, Runtime, Scaling, ScheduleSpec, SpecError,
+    TriggerAuth, check_http_url, is_secret_name, parse_json, parse_yaml,
 };
 
 /// Entry point for the `spec` fuzz target and its corpus regression test: a document in either

@@ -181,4 +181,30 @@ pub struct RawScaling {
     /// Seconds a request may wait for a slot before it is refused with 503 (default: the startup
     /// timeout plus 60 s, so a request at zero can always wait out a whole cold start).
     pub queue_timeout_s: Option<i64>,
+    /// Scheduled provisioning: from each time an entry's `cron` matches (in its `timezone`), keep
+    /// its `min_instances` (the entry matched last is in force; `min_instances` above before any).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub schedules: Option<Vec<RawSchedule>>,
+    /// Target tracking: keep provisioned instances so that requests in flight come to this share
+    /// of their capacity (0 < x <= 1), between the scheduled minimum and `max_provisioned`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target_utilization: Option<f64>,
+    /// Target tracking's most provisioned instances (default `max_instances`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_provisioned: Option<i64>,
+}
+
+/// One scheduled provisioning action (Function Compute's `scheduledActions`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawSchedule {
+    /// A name for it (unique in the function).
+    pub name: Option<String>,
+    /// Five-field cron pattern: minute hour day-of-month month day-of-week (`0 8 * * 1-5`).
+    pub cron: Option<String>,
+    /// IANA time zone the pattern is read in (default `UTC`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timezone: Option<String>,
+    /// Provisioned instances from each match on.
+    pub min_instances: Option<i64>,
 }

@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::raw::{
     RawAsync, RawAuth, RawGpu, RawHealthCheck, RawHook, RawLifecycle, RawRegistryAuth, RawScaling,
-    RawSpec,
+    RawSchedule, RawSpec,
 };
 
 /// One broken rule: the dotted path of the field and what is wrong with it.
@@ -157,6 +157,46 @@ pub struct Scaling {
     pub histogram_bin: Duration,
     /// `keep_alive: predictive`: the price of one cold start, as card time.
     pub cold_cost: Duration,
+    /// Scheduled provisioning actions, in the spec's order.
+    pub schedules: Vec<ScheduleSpec>,
+    /// Target tracking: utilization in thousandths (600 = 0.6), when on.
+    pub target_utilization_permille: Option<u32>,
+    /// Target tracking's most provisioned instances.
+    pub max_provisioned: u32,
+}
+
+impl Scaling {
+    /// Target tracking's utilization, when on.
+    pub fn target_utilization(&self) -> Option<f64> {
+        self.target_utilization_permille
+            .map(|p| f64::from(p) / 1000.0)
+    }
+}
+
+/// One scheduled provisioning action (validated: the pattern and the zone parse).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ScheduleSpec {
+    /// Unique within the function.
+    pub name: String,
+    /// Five-field cron pattern.
+    pub cron: String,
+    /// IANA time zone.
+    pub timezone: String,
+    /// Provisioned instances from each match on.
+    pub min_instances: u32,
+}
+
+impl ScheduleSpec {
+    /// The policy's form.
+    pub fn to_policy(&self) -> Option<gpufn_policy::provisioning::Schedule> {
+        gpufn_policy::provisioning::Schedule::new(
+            &self.name,
+            &self.cron,
+            &self.timezone,
+            self.min_instances,
+        )
+        .ok()
+    }
 }
 
 /// `scaling.keep_alive`.
@@ -882,7 +922,98 @@ fn check_scaling(c: &mut Checker, s: Option<&RawScaling>, health: &HealthCheck) 
         },
         histogram_bin: c.secs("scaling.histogram_bin_s", s.histogram_bin_s, 60, 1, 3600),
         cold_cost: c.secs("scaling.cold_cost_s", s.cold_cost_s, 300, 1, 86_400),
+        schedules: check_schedules(c, s.schedules.as_deref(), max_instances),
+        target_utilization_permille: s.target_utilization.and_then(|t| {
+            if t.is_finite() && t > 0.0 && t <= 1.0 {
+                Some(((t * 1000.0).round() as u32).max(1))
+            } else {
+                c.fail(
+                    "scaling.target_utilization",
+                    format!("must be > 0 and <= 1 (got {t})"),
+                );
+                None
+            }
+        }),
+        max_provisioned: {
+            if s.max_provisioned.is_some() && s.target_utilization.is_none() {
+                c.fail(
+                    "scaling.max_provisioned",
+                    "only applies with scaling.target_utilization".into(),
+                );
+            }
+            let m = c.count(
+                "scaling.max_provisioned",
+                s.max_provisioned,
+                i64::from(max_instances),
+                0,
+                1000,
+            );
+            if m > max_instances || m < min_instances {
+                c.fail(
+                    "scaling.max_provisioned",
+                    format!(
+                        "must be between scaling.min_instances ({min_instances}) and scaling.max_instances ({max_instances}) (got {m})"
+                    ),
+                );
+            }
+            m
+        },
     }
+}
+
+fn check_schedules(
+    c: &mut Checker,
+    raw: Option<&[RawSchedule]>,
+    max_instances: u32,
+) -> Vec<ScheduleSpec> {
+    let raw = raw.unwrap_or_default();
+    if raw.len() > 32 {
+        c.fail(
+            "scaling.schedules",
+            format!("at most 32 entries (got {})", raw.len()),
+        );
+        return Vec::new();
+    }
+    let mut out: Vec<ScheduleSpec> = Vec::new();
+    for (i, r) in raw.iter().enumerate() {
+        let field = |k: &str| format!("scaling.schedules[{i}].{k}");
+        let name = r.name.clone().unwrap_or_default();
+        if name.is_empty()
+            || name.len() > 64
+            || name.chars().any(|ch| ch.is_control() || ch.is_whitespace())
+        {
+            c.fail(
+                &field("name"),
+                "is required: 1..64 characters without spaces".into(),
+            );
+        } else if out.iter().any(|s| s.name == name) {
+            c.fail(&field("name"), format!("{name:?} is used twice"));
+        }
+        let cron = r.cron.clone().unwrap_or_default();
+        if cron.is_empty() {
+            c.fail(&field("cron"), "is required (e.g. \"0 8 * * 1-5\")".into());
+        } else if let Err(e) = gpufn_policy::provisioning::parse_cron(&cron) {
+            c.fail(&field("cron"), format!("{cron:?}: {}", e.0));
+        }
+        let timezone = r.timezone.clone().unwrap_or_else(|| "UTC".into());
+        if let Err(e) = gpufn_policy::provisioning::parse_zone(&timezone) {
+            c.fail(&field("timezone"), e.0);
+        }
+        let min_instances = c.count(&field("min_instances"), r.min_instances, 0, 0, 1000);
+        if min_instances > max_instances {
+            c.fail(
+                &field("min_instances"),
+                format!("must be <= scaling.max_instances ({min_instances} > {max_instances})"),
+            );
+        }
+        out.push(ScheduleSpec {
+            name,
+            cron,
+            timezone,
+            min_instances,
+        });
+    }
+    out
 }
 
 /// An `http://` URL with a host: what destinations and callbacks may be.
@@ -981,6 +1112,23 @@ impl FunctionSpec {
                 keep_alive: Some(self.scaling.keep_alive.as_str().into()),
                 histogram_bin_s: secs(self.scaling.histogram_bin),
                 cold_cost_s: secs(self.scaling.cold_cost),
+                schedules: (!self.scaling.schedules.is_empty()).then(|| {
+                    self.scaling
+                        .schedules
+                        .iter()
+                        .map(|s| RawSchedule {
+                            name: Some(s.name.clone()),
+                            cron: Some(s.cron.clone()),
+                            timezone: Some(s.timezone.clone()),
+                            min_instances: Some(i64::from(s.min_instances)),
+                        })
+                        .collect()
+                }),
+                target_utilization: self.scaling.target_utilization(),
+                max_provisioned: self
+                    .scaling
+                    .target_utilization_permille
+                    .map(|_| i64::from(self.scaling.max_provisioned)),
             }),
             request_timeout_s: secs(self.request_timeout),
             async_invoke: Some(RawAsync {

@@ -473,3 +473,57 @@ fn lifecycle_hooks_are_a_path_or_a_command_with_a_timeout() {
     );
     assert!(!errors_of(&minimal("lifecycle: {initialiser: {path: /i}}\n")).is_empty());
 }
+
+#[test]
+fn schedules_and_target_tracking_are_checked_and_round_trip() {
+    let spec = parse_yaml(&minimal(
+        "scaling:\n  max_instances: 12\n  schedules:\n    - {name: workday, cron: '0 8 * * 1-5', timezone: Asia/Shanghai, min_instances: 4}\n    - {name: night, cron: '0 20 * * *', timezone: Asia/Shanghai, min_instances: 0}\n  target_utilization: 0.6\n  max_provisioned: 10\n",
+    ))
+    .unwrap()
+    .validate()
+    .unwrap();
+    assert_eq!(spec.scaling.schedules.len(), 2);
+    assert_eq!(spec.scaling.schedules[0].timezone, "Asia/Shanghai");
+    assert!(spec.scaling.schedules[0].to_policy().is_some());
+    assert_eq!(spec.scaling.target_utilization(), Some(0.6));
+    assert_eq!(spec.scaling.max_provisioned, 10);
+    assert_eq!(spec.to_raw().validate().unwrap(), spec);
+    // The zone defaults to UTC.
+    let utc = parse_yaml(&minimal(
+        "scaling: {schedules: [{name: a, cron: '@hourly', min_instances: 1}]}\n",
+    ))
+    .unwrap()
+    .validate()
+    .unwrap();
+    assert_eq!(utc.scaling.schedules[0].timezone, "UTC");
+
+    let errors = errors_of(&minimal(
+        "scaling:\n  max_instances: 3\n  schedules:\n    - {name: a, cron: '0 8 * *', timezone: Mars/Base, min_instances: 5}\n    - {name: a, cron: '0 8 * * *'}\n  target_utilization: 1.5\n",
+    ));
+    for want in [
+        "scaling.schedules[0].cron",
+        "scaling.schedules[0].timezone",
+        "scaling.schedules[0].min_instances",
+        "scaling.schedules[1].name",
+        "scaling.target_utilization",
+    ] {
+        assert!(
+            errors.iter().any(|e| e.contains(want)),
+            "{want}: {errors:?}"
+        );
+    }
+    let errors = errors_of(&minimal("scaling: {max_provisioned: 3}\n"));
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("scaling.max_provisioned") && e.contains("target_utilization")),
+        "{errors:?}"
+    );
+    let errors = errors_of(&minimal(
+        "scaling: {min_instances: 2, target_utilization: 0.5, max_provisioned: 1}\n",
+    ));
+    assert!(
+        errors.iter().any(|e| e.contains("scaling.max_provisioned")),
+        "{errors:?}"
+    );
+}
