@@ -336,6 +336,12 @@ pub struct ServeArgs {
     /// Idle price of provisioned instances, USD per GB-second.
     #[arg(long, default_value_t = 0.000_007)]
     price_idle_usd_per_gb_s: f64,
+    /// Testing: the wall clock scheduled provisioning reads starts at this RFC 3339 time.
+    #[arg(long, hide = true)]
+    clock_start: Option<String>,
+    /// Testing: that clock runs this many times faster than real time (with --clock-start).
+    #[arg(long, hide = true, default_value_t = 1.0, requires = "clock_start")]
+    clock_rate: f64,
 }
 
 fn main() -> ExitCode {

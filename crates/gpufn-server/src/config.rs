@@ -96,6 +96,8 @@ pub struct Config {
     pub process_user: Option<String>,
     /// FC `gpuType` → local card type, on top of the defaults.
     pub fc_gpu_types: Vec<(String, String)>,
+    /// The wall clock scheduled provisioning reads (the real one but in tests).
+    pub clock: crate::clock::WallClock,
 }
 
 /// A certificate chain and its private key, PEM.
@@ -159,6 +161,7 @@ impl Default for Config {
             tls: None,
             process_user: None,
             fc_gpu_types: Vec::new(),
+            clock: crate::clock::WallClock::real(),
         }
     }
 }

@@ -12,6 +12,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod clock;
 pub mod config;
 mod console;
 mod containers;

@@ -248,6 +248,7 @@ impl Platform {
             cgroups: cgroup_parent,
             runtime,
             on_kubernetes: kube.is_some(),
+            clock: config.clock,
         });
         let tasks = TaskRunner::new(
             shared.store.clone(),

@@ -20,6 +20,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
 use gpufn_gpu::{AllocError, AllocRequest, GpuLease};
+use gpufn_policy::provisioning::{self, Schedule};
 use gpufn_sched::{
     Acquire, Bill, Cards, Config, Effect, Effects, Grant, InstanceId, KeepAlive, WaiterId,
 };
@@ -241,6 +242,18 @@ struct PoolState {
     waiters: HashMap<WaiterId, Answer>,
     /// Instances taken back after a restart, waiting for their supervisor.
     adopted: HashMap<InstanceId, Box<dyn gpufn_runtime::RunningInstance>>,
+    /// The spec's scheduled provisioning actions, parsed.
+    schedules: Arc<Vec<Schedule>>,
+}
+
+fn schedules_of(spec: &FunctionSpec) -> Arc<Vec<Schedule>> {
+    Arc::new(
+        spec.scaling
+            .schedules
+            .iter()
+            .filter_map(gpufn_spec::ScheduleSpec::to_policy)
+            .collect(),
+    )
 }
 
 /// Effects turned into actions under the lock, run after it is released.
@@ -311,6 +324,12 @@ pub struct PoolStatus {
     /// What the keep-alive policy decided and why (`keep_alive: predictive`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub keep_alive: Option<String>,
+    /// Provisioned instances wanted now (`min_instances`, or what a schedule or target tracking
+    /// sets).
+    pub min_instances: u32,
+    /// Which scheduled action is in force, the next one, and target tracking's load and count.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub provisioning: Option<String>,
 }
 
 /// Usage not yet in the store (see [`Pool::live_usage`]).
@@ -335,6 +354,7 @@ impl Pool {
             shared,
             state: Mutex::new(PoolState {
                 sched: Scheduler::new(config_of(&spec), revision),
+                schedules: schedules_of(&spec),
                 spec: Arc::new(spec),
                 waiters: HashMap::new(),
                 adopted: HashMap::new(),
@@ -714,7 +734,74 @@ impl Pool {
     /// Keep-alive and provisioned instances: stops instances idle past `idle_timeout_s` (keeping
     /// `min_instances`), starts missing ones. Returns when to look again.
     pub(crate) fn reconcile(self: &Arc<Self>, now: Instant) -> Option<Instant> {
-        self.event(|s, cards, fx| s.tick(now, cards, fx))
+        // The scheduled action in force at this wall-clock time, and when that may change.
+        let schedules = self.lock().schedules.clone();
+        let clock = self.shared.clock;
+        let wall = clock.now();
+        let scheduled =
+            provisioning::in_force(&schedules, wall).map(|(i, _)| schedules[i].min_instances);
+        let change =
+            provisioning::next_change(&schedules, wall).map(|t| clock.instant_of(t, now, wall));
+        let next = self.event(|s, cards, fx| {
+            s.set_scheduled_min(scheduled, now, cards, fx);
+            s.tick(now, cards, fx)
+        });
+        [next, change].into_iter().flatten().min()
+    }
+
+    /// What provisioning is in force and why: the schedule, target tracking (`None` without
+    /// either).
+    fn provisioning_explained(&self, st: &PoolState, now: Instant) -> Option<String> {
+        let scaling = &st.spec.scaling;
+        let mut parts = Vec::new();
+        if !st.schedules.is_empty() {
+            let wall = self.shared.clock.now();
+            let zone_of = |name: &str| {
+                scaling
+                    .schedules
+                    .iter()
+                    .find(|s| s.name == name)
+                    .map_or("UTC", |s| s.timezone.as_str())
+            };
+            match provisioning::in_force(&st.schedules, wall) {
+                Some((i, since)) => {
+                    let s = &st.schedules[i];
+                    parts.push(format!(
+                        "schedule {:?} since {}: min {} instances",
+                        s.name,
+                        provisioning::local_time(since, zone_of(&s.name)),
+                        s.min_instances
+                    ));
+                }
+                None => parts.push(format!(
+                    "no schedule has matched yet: min {} instances",
+                    scaling.min_instances
+                )),
+            }
+            if let Some(next) = provisioning::next_change(&st.schedules, wall) {
+                let first = st
+                    .schedules
+                    .iter()
+                    .find(|s| s.next_match(wall) == Some(next));
+                if let Some(s) = first {
+                    parts.push(format!(
+                        "next: {:?} at {} (min {})",
+                        s.name,
+                        provisioning::local_time(next, zone_of(&s.name)),
+                        s.min_instances
+                    ));
+                }
+            }
+        }
+        if let Some(target) = scaling.target_utilization() {
+            parts.push(format!(
+                "target utilization {target}: load {:.2} → {} provisioned (max {})",
+                st.sched.tracked_load(now),
+                st.sched.min_instances(),
+                scaling.max_provisioned
+            ));
+        }
+        (!parts.is_empty()).then(|| parts.join("; "))
     }
 
     /// What this function's waiting requests need, when they wait for a card: its GPU type (any
@@ -766,6 +853,7 @@ impl Pool {
         {
             let mut guard = self.lock();
             let st = &mut *guard;
+            st.schedules = schedules_of(&spec);
             st.spec = Arc::new(spec);
             let mut cards = Allocator {
                 shared: &self.shared,
@@ -815,6 +903,8 @@ impl Pool {
         let mut s = PoolStatus {
             queued: st.sched.queued(),
             keep_alive: st.sched.keep_alive_explained(Instant::now()),
+            provisioning: self.provisioning_explained(&st, Instant::now()),
+            min_instances: st.sched.min_instances(),
             ..PoolStatus::default()
         };
         for i in st.sched.instances() {

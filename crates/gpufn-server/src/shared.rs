@@ -58,6 +58,8 @@ pub(crate) struct Shared {
     pub registry_env: Vec<String>,
     /// Where process instances' cgroups live (removed at a clean shutdown).
     pub cgroups: Option<gpufn_runtime::cgroup::CgroupParent>,
+    /// The wall clock schedules read.
+    pub clock: crate::clock::WallClock,
 }
 
 impl Shared {

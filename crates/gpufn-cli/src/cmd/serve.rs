@@ -99,7 +99,21 @@ pub async fn run(args: ServeArgs, data_dir: std::path::PathBuf) -> anyhow::Resul
         .iter()
         .map(|k| pair("--fc-gpu-type", '=', k))
         .collect::<anyhow::Result<Vec<_>>>()?;
+    let clock = match &args.clock_start {
+        None => gpufn_server::clock::WallClock::real(),
+        Some(t) => {
+            let start = chrono::DateTime::parse_from_rfc3339(t)
+                .map_err(|e| anyhow::anyhow!("--clock-start: {t:?} is not an RFC 3339 time: {e}"))?
+                .with_timezone(&chrono::Utc);
+            anyhow::ensure!(
+                args.clock_rate.is_finite() && args.clock_rate > 0.0,
+                "--clock-rate: must be > 0"
+            );
+            gpufn_server::clock::WallClock::starting_at(start, args.clock_rate)
+        }
+    };
     let config = Config {
+        clock,
         access_keys,
         fc_gpu_types,
         listen: args.listen,

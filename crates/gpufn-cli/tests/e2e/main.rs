@@ -16,4 +16,5 @@ mod kube;
 mod lifecycle;
 mod metering;
 mod restart;
+mod schedules;
 mod tasks;
