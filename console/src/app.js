@@ -352,7 +352,10 @@ async function functionView(root, name) {
       <dt>Cold start p50 / p99</dt><dd>${fmt.ms(st.cold_start_p50_ms)} / ${fmt.ms(st.cold_start_p99_ms)}</dd>
       <dt>Billed</dt><dd>${fmt.num(st.billed_seconds)} s · ${(st.gb_seconds ?? 0).toFixed(0)} GB-s</dd>
       <dt>Cost so far</dt><dd>${fmt.usd(st.cost_usd)}</dd>${full.status.keep_alive
-        ? `<dt>Keep-alive</dt><dd class="keep-alive">${esc(full.status.keep_alive)}</dd>` : ""}`;
+        ? `<dt>Keep-alive</dt><dd class="keep-alive">${esc(full.status.keep_alive)}</dd>` : ""}${full.status.provisioning
+        ? `<dt>Provisioned</dt><dd class="provisioning">${fmt.num(full.status.min_instances)} now: ${esc(full.status.provisioning)}</dd>` : ""}${(full.spec?.scaling?.schedules || []).length
+        ? `<dt>Schedules</dt><dd class="schedules">${full.spec.scaling.schedules.map((x) =>
+            `${esc(x.name)}: <code>${esc(x.cron)}</code> ${esc(x.timezone || "UTC")} → ${fmt.num(x.min_instances)}`).join("<br>")}</dd>` : ""}`;
     $("#inst-table tbody", root).innerHTML = insts.length
       ? insts.map((i) => `<tr><td>${esc(i.id)}</td><td><span class="pill ${i.state}">${i.state}</span></td>
           <td class="num">${i.gpu}</td><td class="num">${i.in_flight}</td><td class="num">${i.served}</td>

@@ -214,6 +214,28 @@ try {
   assert.ok(shown.includes("hf-token"), "the console shows the secret's name");
   await shot("09-secret-by-name");
 
+  step("the function page shows the schedule, target tracking and the initializer's phase");
+  r = await authed("/api/v1/functions", {
+    method: "POST", headers: { "content-type": "application/yaml" },
+    body: `name: planned\ncommand: [python3, testfn.py]\nworkdir: ${FIXTURES}\ngpu: {memory_gb: 1}\n` +
+      `env: {INIT_MS: '50'}\nlifecycle: {initializer: {path: /initialize}}\n` +
+      `scaling:\n  schedules: [{name: nightly, cron: '0 3 * * *', timezone: Asia/Shanghai, min_instances: 0}]\n` +
+      `  target_utilization: 0.5\n  max_provisioned: 2\n`,
+  });
+  assert.equal(r.status, 201, await r.text());
+  await page.goto(`${server.url}/console#/f/planned`);
+  await ready("#/f/planned");
+  await page.waitForSelector(".schedules");
+  assert.match(await page.textContent(".schedules"), /nightly: 0 3 \* \* \* Asia\/Shanghai → 0/);
+  assert.match(await page.textContent(".provisioning"), /schedule "nightly" since .* CST: min 0 instances/);
+  assert.match(await page.textContent(".provisioning"), /target utilization 0\.5: load .* → \d+ provisioned \(max 2\)/);
+  await page.fill("#inv-path", "/work");
+  await page.click("#inv-send");
+  await page.waitForSelector(".inv-status");
+  assert.match(await page.textContent(".inv-status"), /^200/);
+  await page.waitForSelector('.phase-row .stack span[title^="initializer: "]');
+  await shot("10-schedule-and-initializer");
+
   step("a viewer token sees functions but no deploy page, and signing out forgets the token");
   const created = await (await authed("/api/v1/tokens", {
     method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ role: "viewer" }),

@@ -3,7 +3,9 @@
 
 use std::collections::BTreeMap;
 
-use gpufn_spec::{RawAsync, RawGpu, RawHealthCheck, RawHook, RawLifecycle, RawScaling, RawSpec};
+use gpufn_spec::{
+    RawAsync, RawGpu, RawHealthCheck, RawHook, RawLifecycle, RawScaling, RawSchedule, RawSpec,
+};
 use serde_json::{Map, Value, json};
 
 /// FC GPU type names → local card types, unless the server config says otherwise.
@@ -203,6 +205,172 @@ pub fn apply_capacity(spec: &mut RawSpec, min_instances: Option<i64>, max_instan
     }
 }
 
+/// PutProvisionConfig's body as the spec's scaling fields.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Provisioning {
+    /// `target`: provisioned instances (`min_instances`; at least target tracking's
+    /// `minCapacity`).
+    pub min_instances: i64,
+    /// `scheduledActions`.
+    pub schedules: Vec<RawSchedule>,
+    /// `targetTrackingPolicies[0].metricTarget`.
+    pub target_utilization: Option<f64>,
+    /// `targetTrackingPolicies[0].maxCapacity`.
+    pub max_provisioned: Option<i64>,
+}
+
+/// FC's `cron(…)` schedule expression (six fields, seconds first, as FC writes them; or five) →
+/// a five-field pattern.
+fn cron_from_fc(expr: &str) -> Result<String, Invalid> {
+    let inner = expr
+        .trim()
+        .strip_prefix("cron(")
+        .and_then(|e| e.strip_suffix(')'))
+        .ok_or_else(|| {
+            Invalid(format!(
+                "scheduleExpression {expr:?}: only cron(...) expressions are supported (not at(...))"
+            ))
+        })?;
+    let fields: Vec<&str> = inner.split_whitespace().collect();
+    match fields.as_slice() {
+        [seconds, rest @ ..] if rest.len() == 5 => {
+            if *seconds != "0" {
+                return Err(Invalid(format!(
+                    "scheduleExpression {expr:?}: the seconds field must be 0 (provisioning changes at most once a minute)"
+                )));
+            }
+            Ok(rest.join(" "))
+        }
+        five if five.len() == 5 => Ok(five.join(" ")),
+        _ => Err(Invalid(format!(
+            "scheduleExpression {expr:?}: cron(...) needs six fields (seconds minutes hours day month weekday)"
+        ))),
+    }
+}
+
+/// Reads PutProvisionConfig's body. Time-bounded actions (`startTime`, `endTime`) are refused
+/// rather than ignored: gpufn's schedules have no bounds.
+pub fn provisioning_from_fc(body: &Value) -> Result<Provisioning, Invalid> {
+    let target = i(body, "target")?.ok_or_else(|| Invalid("target is required".into()))?;
+    if target < 0 {
+        return Err(Invalid("target must be >= 0".into()));
+    }
+    let unbounded = |kind: &str, v: &Value| -> Result<(), Invalid> {
+        for k in ["startTime", "endTime"] {
+            if s(v, k).is_some_and(|t| !t.is_empty()) {
+                return Err(Invalid(format!(
+                    "{kind}.{k} is not supported: gpufn's schedules have no start or end"
+                )));
+            }
+        }
+        Ok(())
+    };
+    let mut out = Provisioning {
+        min_instances: target,
+        ..Provisioning::default()
+    };
+    for a in body
+        .get("scheduledActions")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        unbounded("scheduledActions", a)?;
+        let expr = s(a, "scheduleExpression")
+            .ok_or_else(|| Invalid("scheduledActions.scheduleExpression is required".into()))?;
+        out.schedules.push(RawSchedule {
+            name: s(a, "name").map(str::to_string),
+            cron: Some(cron_from_fc(expr)?),
+            timezone: s(a, "timeZone").map(str::to_string),
+            min_instances: i(a, "target")?,
+        });
+    }
+    let policies = body
+        .get("targetTrackingPolicies")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    match policies.as_slice() {
+        [] => {}
+        [t] => {
+            unbounded("targetTrackingPolicies", t)?;
+            if let Some(m) = s(t, "metricType") {
+                if m != "ProvisionedConcurrencyUtilization" {
+                    return Err(Invalid(format!(
+                        "targetTrackingPolicies.metricType {m:?} is not supported (only ProvisionedConcurrencyUtilization)"
+                    )));
+                }
+            }
+            out.target_utilization = Some(
+                t.get("metricTarget")
+                    .and_then(Value::as_f64)
+                    .ok_or_else(|| {
+                        Invalid("targetTrackingPolicies.metricTarget is required".into())
+                    })?,
+            );
+            out.max_provisioned = i(t, "maxCapacity")?;
+            if let Some(min) = i(t, "minCapacity")? {
+                out.min_instances = out.min_instances.max(min);
+            }
+        }
+        _ => {
+            return Err(Invalid(
+                "targetTrackingPolicies: at most one policy is supported".into(),
+            ));
+        }
+    }
+    Ok(out)
+}
+
+/// Puts PutProvisionConfig's settings into a spec (replacing any schedules and tracking).
+pub fn apply_provisioning(spec: &mut RawSpec, p: &Provisioning) {
+    let scaling = spec.scaling.get_or_insert_with(RawScaling::default);
+    scaling.min_instances = Some(p.min_instances);
+    scaling.schedules = (!p.schedules.is_empty()).then(|| p.schedules.clone());
+    scaling.target_utilization = p.target_utilization;
+    scaling.max_provisioned = p.target_utilization.and(p.max_provisioned);
+}
+
+/// Keeps the provisioning of `current` (set through PutProvisionConfig) in `spec` (an update of
+/// the function document, which does not carry it).
+pub fn keep_provisioning(spec: &mut RawSpec, current: &RawScaling) {
+    let scaling = spec.scaling.get_or_insert_with(RawScaling::default);
+    scaling.schedules.clone_from(&current.schedules);
+    scaling.target_utilization = current.target_utilization;
+    scaling.max_provisioned = current.max_provisioned;
+}
+
+/// GetProvisionConfig's `scheduledActions` and `targetTrackingPolicies` for a spec's scaling.
+pub fn provisioning_to_fc(scaling: &RawScaling) -> (Value, Value) {
+    let actions: Vec<Value> = scaling
+        .schedules
+        .iter()
+        .flatten()
+        .map(|a| {
+            json!({
+                "name": a.name,
+                "target": a.min_instances,
+                "scheduleExpression": format!("cron(0 {})", a.cron.as_deref().unwrap_or_default()),
+                "timeZone": a.timezone.as_deref().unwrap_or("UTC"),
+            })
+        })
+        .collect();
+    let policies: Vec<Value> = scaling
+        .target_utilization
+        .map(|t| {
+            json!({
+                "name": "target-tracking",
+                "metricType": "ProvisionedConcurrencyUtilization",
+                "metricTarget": t,
+                "minCapacity": scaling.min_instances,
+                "maxCapacity": scaling.max_provisioned,
+            })
+        })
+        .into_iter()
+        .collect();
+    (Value::Array(actions), Value::Array(policies))
+}
+
 /// Instances needed for `reserved` requests in flight at `concurrency` each (at least one).
 pub fn instances_for(reserved: i64, concurrency: i64) -> i64 {
     (reserved / concurrency.max(1)).max(1)
@@ -394,6 +562,67 @@ mod tests {
                 .get("instanceLifecycleConfig")
                 .is_none()
         );
+    }
+
+    #[test]
+    fn provision_config_schedules_and_tracking_map_both_ways() {
+        let body = json!({"target": 1,
+            "scheduledActions": [
+                {"name": "day", "target": 4, "scheduleExpression": "cron(0 0 8 * * 1-5)", "timeZone": "Asia/Shanghai"},
+                {"name": "night", "target": 0, "scheduleExpression": "cron(0 0 20 * * *)"}],
+            "targetTrackingPolicies": [{"name": "t", "metricType": "ProvisionedConcurrencyUtilization",
+                "metricTarget": 0.6, "minCapacity": 2, "maxCapacity": 10}]});
+        let p = provisioning_from_fc(&body).expect("maps");
+        assert_eq!(p.min_instances, 2, "minCapacity raises the floor");
+        assert_eq!(p.schedules[0].cron.as_deref(), Some("0 8 * * 1-5"));
+        assert_eq!(p.schedules[1].timezone, None);
+        assert_eq!(
+            (p.target_utilization, p.max_provisioned),
+            (Some(0.6), Some(10))
+        );
+        let fc = json!({"runtime": "custom-container", "gpuConfig": {"gpuMemorySize": 4096},
+            "customContainerConfig": {"image": "r/i:1"}});
+        let mut spec = to_spec("f", &fc, None, &types()).expect("maps");
+        spec.scaling = Some(RawScaling {
+            max_instances: Some(12),
+            ..RawScaling::default()
+        });
+        apply_provisioning(&mut spec, &p);
+        let valid = spec.validate().expect("valid");
+        let (actions, policies) = provisioning_to_fc(&valid.to_raw().scaling.expect("scaling"));
+        assert_eq!(actions[0]["scheduleExpression"], "cron(0 0 8 * * 1-5)");
+        assert_eq!(actions[0]["timeZone"], "Asia/Shanghai");
+        assert_eq!(actions[1]["timeZone"], "UTC");
+        assert_eq!(actions[0]["target"], 4);
+        assert_eq!(policies[0]["metricTarget"], 0.6);
+        assert_eq!(policies[0]["maxCapacity"], 10);
+
+        for (bad, says) in [
+            (
+                json!({"target": 0, "scheduledActions": [{"scheduleExpression": "at(2026-01-01T00:00:00Z)"}]}),
+                "only cron",
+            ),
+            (
+                json!({"target": 0, "scheduledActions": [{"scheduleExpression": "cron(30 0 8 * * *)"}]}),
+                "seconds field",
+            ),
+            (
+                json!({"target": 0, "scheduledActions": [{"scheduleExpression": "cron(0 8 *)"}]}),
+                "six fields",
+            ),
+            (
+                json!({"target": 0, "scheduledActions": [{"scheduleExpression": "cron(0 0 8 * * *)", "startTime": "2026-01-01T00:00:00Z"}]}),
+                "startTime",
+            ),
+            (
+                json!({"target": 0, "targetTrackingPolicies": [{"metricType": "CPU", "metricTarget": 0.5}]}),
+                "metricType",
+            ),
+            (json!({"target": -1}), ">= 0"),
+        ] {
+            let e = provisioning_from_fc(&bad).expect_err("refused").0;
+            assert!(e.contains(says), "{e}");
+        }
     }
 
     #[test]

@@ -181,6 +181,34 @@ assert len(inst.body.instances) >= 1, inst.body.to_map()
 c.delete_provision_config("zipfn", m.DeleteProvisionConfigRequest())
 assert c.get_provision_config("zipfn", m.GetProvisionConfigRequest()).body.target == 0
 
+step("Provision config: scheduled actions and target tracking round-trip")
+actions = [
+    {"name": "workday", "target": 0, "scheduleExpression": "cron(0 0 8 * * 1-5)", "timeZone": "Asia/Shanghai"},
+    {"name": "night", "target": 0, "scheduleExpression": "cron(0 0 20 * * *)", "timeZone": "Asia/Shanghai"},
+]
+tracking = [{"name": "target-tracking", "metricType": "ProvisionedConcurrencyUtilization",
+             "metricTarget": 0.6, "minCapacity": 0, "maxCapacity": 2}]
+put = c.put_provision_config("zipfn", m.PutProvisionConfigRequest().from_map(
+    {"body": {"target": 0, "scheduledActions": actions, "targetTrackingPolicies": tracking}}))
+got = c.get_provision_config("zipfn", m.GetProvisionConfigRequest()).body
+for body in (put.body, got):
+    assert [a.to_map() for a in body.scheduled_actions] == actions, body.to_map()
+    assert [t.to_map() for t in body.target_tracking_policies] == tracking, body.to_map()
+# The function's spec says the same, and an update of the function keeps it.
+c.update_function("zipfn", m.UpdateFunctionRequest().from_map({"body": {"description": "kept"}}))
+got = c.get_provision_config("zipfn", m.GetProvisionConfigRequest()).body
+assert [a.to_map() for a in got.scheduled_actions] == actions, got.to_map()
+# Refused clearly: an at() expression.
+try:
+    c.put_provision_config("zipfn", m.PutProvisionConfigRequest().from_map(
+        {"body": {"target": 0, "scheduledActions": [{"name": "once", "target": 1,
+                                                      "scheduleExpression": "at(2026-12-01T00:00:00Z)"}]}}))
+    raise AssertionError("an at() schedule was accepted")
+except Exception as e:  # the SDK raises TeaException
+    assert "only cron" in str(e), e
+c.delete_provision_config("zipfn", m.DeleteProvisionConfigRequest())
+assert c.get_provision_config("zipfn", m.GetProvisionConfigRequest()).body.scheduled_actions in (None, [])
+
 step("Concurrency config: reserved concurrency = max in flight")
 cc = c.put_concurrency_config("zipfn", m.PutConcurrencyConfigRequest().from_map({"body": {"reservedConcurrency": 4}}))
 assert cc.body.reserved_concurrency == 4

@@ -364,25 +364,13 @@ async fn route(
             stop_async_task(p, grant, name, id).await
         }
         ("PUT", ["functions", name, "provision-config"]) => {
-            let target = json_body()?
-                .get("target")
-                .and_then(Value::as_i64)
-                .ok_or_else(|| {
-                    err(
-                        StatusCode::BAD_REQUEST,
-                        "InvalidArgument",
-                        "target is required",
-                    )
-                })?;
-            if target < 0 {
-                return Err(err(
-                    StatusCode::BAD_REQUEST,
-                    "InvalidArgument",
-                    "target must be >= 0",
-                ));
-            }
+            let wanted = mapping::provisioning_from_fc(&json_body()?)
+                .map_err(|e| err(StatusCode::BAD_REQUEST, "InvalidArgument", e.0))?;
             let lock = p.lock_function(name).await;
-            set_capacity(p, &lock, Some(target), None).await?;
+            let f = p.function(lock.name()).await?;
+            let mut spec = f.spec;
+            mapping::apply_provisioning(&mut spec, &wanted);
+            p.deploy_locked(spec, &lock).await?;
             ok_json(StatusCode::OK, provision_config(p, name)?)
         }
         ("GET", ["functions", name, "provision-config"]) => {
@@ -390,7 +378,10 @@ async fn route(
         }
         ("DELETE", ["functions", name, "provision-config"]) => {
             let lock = p.lock_function(name).await;
-            set_capacity(p, &lock, Some(0), None).await?;
+            let f = p.function(lock.name()).await?;
+            let mut spec = f.spec;
+            mapping::apply_provisioning(&mut spec, &mapping::Provisioning::default());
+            p.deploy_locked(spec, &lock).await?;
             Ok(StatusCode::NO_CONTENT.into_response())
         }
         ("PUT", ["functions", name, "concurrency"]) => {
@@ -507,6 +498,9 @@ async fn deploy_fc(
             Some(i64::from(cur.scaling.min_instances)),
             Some(i64::from(cur.scaling.max_instances)),
         );
+        if let Some(scaling) = cur.to_raw().scaling {
+            mapping::keep_provisioning(&mut spec, &scaling);
+        }
     }
     let process = spec.runtime.as_deref() != Some("container");
     grant
@@ -861,10 +855,16 @@ async fn set_capacity(
 fn provision_config(p: &Platform, name: &str) -> Result<Value, FcError> {
     let pool = p.pool(name).ok_or_else(|| ApiError::no_function(name))?;
     let st = pool.status();
+    let spec = pool.spec();
+    let (actions, policies) =
+        mapping::provisioning_to_fc(&spec.to_raw().scaling.unwrap_or_default());
     Ok(json!({
         "functionArn": arn(name),
-        "target": pool.spec().scaling.min_instances,
+        "target": spec.scaling.min_instances,
         "current": st.ready + st.busy,
+        "currentError": "",
+        "scheduledActions": actions,
+        "targetTrackingPolicies": policies,
         "alwaysAllocateGPU": true,
         "alwaysAllocateCPU": true,
     }))
