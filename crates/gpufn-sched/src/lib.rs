@@ -270,6 +270,7 @@ impl<P, E: Clone> Scheduler<P, E> {
             Event::Update { cfg, revision } => self.update(cfg, revision, now, cards, out),
             Event::Close(reason) => self.close(reason, out),
             Event::Plan(plan) => self.plan_idle(plan, out),
+            Event::ScheduledMin(min) => self.set_scheduled_min(min, now, cards, out),
         }
         Reply::Done
     }

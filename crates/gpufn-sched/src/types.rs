@@ -303,6 +303,8 @@ pub enum Event<E> {
     Close(Refusal<E>),
     /// [`Scheduler::plan_idle`].
     Plan(IdlePlan),
+    /// [`Scheduler::set_scheduled_min`].
+    ScheduledMin(Option<u32>),
 }
 
 /// What [`Scheduler::handle`] answers besides effects.

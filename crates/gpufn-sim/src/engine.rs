@@ -19,6 +19,8 @@ use gpufn_sched::{
 use serde::Serialize;
 
 use crate::trace::{Trace, unit};
+use chrono::{DateTime, Utc};
+use gpufn_policy::provisioning::{self, Schedule};
 
 /// The predictive policy's price of a cold start, in seconds of a card held, when none is given
 /// (also the spec's default `cold_cost_s`): chosen on the first halves of the Alibaba and Azure
@@ -170,6 +172,8 @@ enum Event {
     Ready(u32, InstanceId),
     Done(u32, InstanceId),
     Tick(u32),
+    /// A scheduled provisioning action may change now.
+    Schedule,
 }
 
 #[derive(Debug)]
@@ -278,6 +282,9 @@ struct Sim<'a> {
     cold_median: f64,
     /// Every scheduler call, when recording.
     log: Option<Vec<Step>>,
+    /// Scheduled provisioning for every function, and the trace's wall-clock start.
+    schedules: &'a [Schedule],
+    start: DateTime<Utc>,
 }
 
 /// The scheduler's settings for `policy` (the live server's are made from a spec the same way).
@@ -322,6 +329,24 @@ pub fn simulate(trace: &Trace, policy: Policy, cfg: SimConfig) -> SimResult {
     let mut sim = Sim::new(trace, policy, cfg);
     sim.run();
     sim.result()
+}
+
+/// Runs `policy` over `trace` with scheduled provisioning (`scaling.schedules`) for every
+/// function, the trace's `t = 0` being `start` on the wall clock the schedules read.
+pub fn simulate_scheduled(
+    trace: &Trace,
+    policy: Policy,
+    cfg: SimConfig,
+    schedules: &[Schedule],
+    start: DateTime<Utc>,
+) -> SimResult {
+    let mut sim = Sim::new(trace, policy, cfg);
+    sim.schedules = schedules;
+    sim.start = start;
+    sim.run();
+    let mut r = sim.result();
+    r.policy = format!("{}+schedule", r.policy);
+    r
 }
 
 /// Runs `policy` over `trace` and returns every event given to a scheduler with what it decided:
@@ -390,6 +415,8 @@ impl<'a> Sim<'a> {
             active_billed_gb_s: 0.0,
             cold_median,
             log: None,
+            schedules: &[],
+            start: DateTime::<Utc>::UNIX_EPOCH,
         }
     }
 }
@@ -450,7 +477,32 @@ impl Sim<'_> {
         })
     }
 
+    /// Sets every function's scheduled minimum to the action in force at `t`, and queues the
+    /// next change (while requests remain: the schedule does not run the trace on forever).
+    fn schedule(&mut self, t: Duration) {
+        let wall = self.start + chrono::TimeDelta::milliseconds(t.as_millis() as i64);
+        let min = provisioning::in_force(self.schedules, wall)
+            .map(|(i, _)| self.schedules[i].min_instances);
+        for f in 0..self.funcs.len() as u32 {
+            let (_, fx) = self.call(f, t, SchedEvent::ScheduledMin(min));
+            self.settle(f, t, fx);
+        }
+        let last = self.trace.requests.last().map_or(0.0, |r| r.t);
+        if let Some(next) = provisioning::next_change(self.schedules, wall) {
+            let ahead = next
+                .signed_duration_since(wall)
+                .to_std()
+                .unwrap_or_default();
+            if (t + ahead).as_secs_f64() <= last {
+                self.push(t + ahead, Event::Schedule);
+            }
+        }
+    }
+
     fn run(&mut self) {
+        if !self.schedules.is_empty() {
+            self.schedule(Duration::ZERO);
+        }
         // The first tick starts what must exist before any request (always-on's cards).
         for f in 0..self.funcs.len() {
             self.tick(f as u32, Duration::ZERO);
@@ -493,6 +545,7 @@ impl Sim<'_> {
                         self.tick(f, t);
                     }
                 }
+                Event::Schedule => self.schedule(t),
             }
         }
         // Whatever is still held at the end (always-on, long keep-alives) is released now.

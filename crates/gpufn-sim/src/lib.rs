@@ -14,5 +14,7 @@ pub mod engine;
 pub mod report;
 pub mod trace;
 
-pub use engine::{Policy, QuotaFull, SimConfig, SimResult, Step, record, simulate};
+pub use engine::{
+    Policy, QuotaFull, SimConfig, SimResult, Step, record, simulate, simulate_scheduled,
+};
 pub use trace::{Format, Trace, TraceError};

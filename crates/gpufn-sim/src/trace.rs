@@ -35,6 +35,8 @@ pub struct Trace {
     pub functions: Vec<Function>,
     /// Cold-start (model load) times to draw from, in seconds; empty means `SimConfig::cold_start_s`.
     pub cold_start_samples: Vec<f64>,
+    /// Unix time of `t = 0`, for traces with dates (scheduled provisioning reads the wall clock).
+    pub start_unix: Option<f64>,
 }
 
 impl Trace {
@@ -54,6 +56,8 @@ impl Trace {
             })
             .collect();
         Trace {
+            // The second half starts at the midpoint.
+            start_unix: self.start_unix.map(|s| if second { s + mid } else { s }),
             requests,
             functions: self.functions.clone(),
             cold_start_samples: self.cold_start_samples.clone(),
@@ -206,6 +210,9 @@ impl Builder {
             .iter()
             .map(|r| r.t)
             .fold(f64::INFINITY, f64::min);
+        if t0.is_finite() {
+            self.trace.start_unix = Some(t0);
+        }
         for r in &mut self.trace.requests {
             r.t -= if t0.is_finite() { t0 } else { 0.0 };
         }
@@ -510,6 +517,7 @@ mod tests {
     #[test]
     fn a_trace_splits_into_halves_by_time() {
         let trace = Trace {
+            start_unix: None,
             requests: (0..=10)
                 .map(|i| Request {
                     t: f64::from(i) * 10.0,

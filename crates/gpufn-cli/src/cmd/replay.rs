@@ -100,6 +100,7 @@ fn slice(t: &Trace, n: usize, window: f64, speedup: f64) -> Trace {
         new_index[f] = Some(u32::try_from(i).unwrap_or(u32::MAX));
     }
     Trace {
+        start_unix: None,
         requests: t
             .requests
             .iter()

@@ -53,6 +53,29 @@ pub struct SimulateArgs {
     /// report the second: out of sample).
     #[arg(long, value_parser = ["first", "second"])]
     half: Option<String>,
+    /// Scheduled provisioning for every function, as `CRON@TIMEZONE=MIN_INSTANCES` (the spec's
+    /// `scaling.schedules`; e.g. "0 8 * * 1-5@Asia/Shanghai=4"; the zone defaults to UTC).
+    /// Repeatable; each policy is then run without and with the schedule (`+schedule`).
+    #[arg(long = "schedule")]
+    schedules: Vec<String>,
+    /// The wall-clock time of the trace's start, RFC 3339 (default: the trace's own dates; the
+    /// Azure Functions trace has none and starts on 1970-01-01 at its first minute of the day).
+    #[arg(long)]
+    trace_start: Option<String>,
+}
+
+/// `CRON@TIMEZONE=MIN` → a schedule named `s<n>`.
+fn parse_schedule(n: usize, s: &str) -> anyhow::Result<gpufn_policy::provisioning::Schedule> {
+    let (left, min) = s
+        .rsplit_once('=')
+        .ok_or_else(|| anyhow!("--schedule {s:?}: expected CRON@TIMEZONE=MIN_INSTANCES"))?;
+    let min: u32 = min
+        .trim()
+        .parse()
+        .map_err(|_| anyhow!("--schedule {s:?}: {min:?} is not a number of instances"))?;
+    let (cron, zone) = left.rsplit_once('@').unwrap_or((left, "UTC"));
+    gpufn_policy::provisioning::Schedule::new(&format!("s{n}"), cron.trim(), zone.trim(), min)
+        .map_err(|e| anyhow!("--schedule {s:?}: {}", e.0))
 }
 
 const DEFAULT_POLICIES: &[&str] = &[
@@ -98,6 +121,21 @@ pub fn run(a: &SimulateArgs) -> anyhow::Result<ExitCode> {
         _ => trace,
     };
     let load_s = t0.elapsed().as_secs_f64();
+    let schedules = a
+        .schedules
+        .iter()
+        .enumerate()
+        .map(|(n, s)| parse_schedule(n + 1, s))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let start = match &a.trace_start {
+        Some(t) => chrono::DateTime::parse_from_rfc3339(t)
+            .map_err(|e| anyhow!("--trace-start: {t:?} is not an RFC 3339 time: {e}"))?
+            .with_timezone(&chrono::Utc),
+        None => chrono::DateTime::from_timestamp_millis(
+            (trace.start_unix.unwrap_or(0.0) * 1000.0) as i64,
+        )
+        .unwrap_or_default(),
+    };
     let cfg = SimConfig {
         cold_start_s: a.cold_start_s,
         max_instances: a.max_instances.max(1),
@@ -115,6 +153,10 @@ pub fn run(a: &SimulateArgs) -> anyhow::Result<ExitCode> {
             eprintln!("# {}: {:.2} s", r.policy, t.elapsed().as_secs_f64());
         }
         results.push(r);
+        if !schedules.is_empty() {
+            let r = gpufn_sim::simulate_scheduled(&trace, p, cfg, &schedules, start);
+            results.push(r);
+        }
     }
     if let Some(path) = &a.plot {
         let title = format!(
@@ -135,6 +177,11 @@ pub fn run(a: &SimulateArgs) -> anyhow::Result<ExitCode> {
             trace.functions.len(),
             trace.cold_start_samples.len()
         );
+        if !schedules.is_empty() {
+            println!(
+                "trace starts {start}; +schedule rows keep the scheduled instances of every function"
+            );
+        }
         print!("{}", gpufn_sim::report::table(&results));
     }
     Ok(ExitCode::SUCCESS)

@@ -54,6 +54,7 @@ fn trace() -> Trace {
             concurrency: 2,
         }],
         cold_start_samples: vec![],
+        start_unix: None,
     }
 }
 

@@ -3,6 +3,7 @@ use crate::trace::{Function, Request};
 
 fn trace(reqs: &[(f64, f64)]) -> Trace {
     Trace {
+        start_unix: None,
         requests: reqs
             .iter()
             .map(|&(t, d)| Request {
@@ -112,6 +113,45 @@ fn the_histogram_policy_learns_a_regular_period() {
 }
 
 #[test]
+fn a_schedule_keeps_instances_provisioned_in_its_window_and_is_priced() {
+    // Requests at 00:10, 00:20 and 00:30 UTC, 1 s each; cold starts 10 s; released at once.
+    let t = trace(&[(600.0, 1.0), (1200.0, 1.0), (1800.0, 1.0)]);
+    let start = DateTime::<Utc>::UNIX_EPOCH;
+    let plain = simulate(&t, Policy::Zero, cfg());
+    assert_eq!(plain.cold_starts, 3);
+    // One instance provisioned from 00:00, none from 00:25.
+    let schedules = [
+        Schedule::new("on", "0 0 * * *", "UTC", 1).unwrap(),
+        Schedule::new("off", "25 0 * * *", "UTC", 0).unwrap(),
+    ];
+    let s = simulate_scheduled(&t, Policy::Zero, cfg(), &schedules, start);
+    assert_eq!(s.policy, "zero+schedule");
+    assert_eq!((s.requests, s.cold_starts), (3, 1), "{s:?}");
+    // It held a card from 00:00 to 00:25 (25 min, loading included) plus the cold one's 11 s.
+    assert_eq!(s.billed_gb_seconds, (1500.0 + 11.0) * 4.0);
+    assert!(s.cost_usd > plain.cost_usd);
+    // In another zone the same patterns are other hours: at 00:00 UTC (09:00 in Tokyo) the
+    // 01:00 action is in force, nothing is provisioned.
+    let tokyo = [
+        Schedule::new("on", "0 0 * * *", "Asia/Tokyo", 1).unwrap(),
+        Schedule::new("off", "0 1 * * *", "Asia/Tokyo", 0).unwrap(),
+    ];
+    let later = simulate_scheduled(&t, Policy::Zero, cfg(), &tokyo, start);
+    assert_eq!(later.cold_starts, 3, "{later:?}");
+    let utc_day_before = simulate_scheduled(
+        &t,
+        Policy::Zero,
+        cfg(),
+        &tokyo,
+        start + chrono::TimeDelta::hours(15),
+    );
+    assert_eq!(
+        utc_day_before.cold_starts, 0,
+        "15:00 UTC is midnight in Tokyo"
+    );
+}
+
+#[test]
 fn policies_parse() {
     assert_eq!(Policy::parse("fixed:600"), Ok(Policy::Fixed(600.0)));
     assert_eq!(Policy::parse("oracle"), Ok(Policy::Oracle));
@@ -149,6 +189,7 @@ mod properties {
                 .collect();
             reqs.sort_by(|a, b| a.0.total_cmp(&b.0));
             let trace = Trace {
+                start_unix: None,
                 requests: reqs
                     .iter()
                     .map(|&(t, d, f)| Request { t, function: f, duration_s: d })
@@ -180,6 +221,7 @@ mod refusals {
 
     fn trace(requests: &[(f64, u32, f64)], functions: u32) -> Trace {
         Trace {
+            start_unix: None,
             requests: requests
                 .iter()
                 .map(|&(t, function, duration_s)| Request {
