@@ -173,6 +173,7 @@ pub fn to_spec(
         let lifecycle = RawLifecycle {
             initializer: hook("initializer", "/initialize")?,
             pre_stop: hook("preStop", "/pre-stop")?,
+            pre_freeze: hook("preFreeze", "/pre-freeze")?,
         };
         spec.lifecycle = (lifecycle != RawLifecycle::default()).then_some(lifecycle);
     }
@@ -447,6 +448,7 @@ pub fn to_fc(
     for (key, hook) in [
         ("initializer", &lifecycle.initializer),
         ("preStop", &lifecycle.pre_stop),
+        ("preFreeze", &lifecycle.pre_freeze),
     ] {
         if let Some(h) = hook {
             let handler = stored

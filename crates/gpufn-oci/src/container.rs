@@ -532,6 +532,49 @@ fn unmount(target: &Path) {
     }
 }
 
+/// `runc pause` / `runc resume`: the container's cgroup freezer, as runc keeps it.
+#[derive(Debug)]
+struct RuncPause {
+    runtime: PathBuf,
+    root: PathBuf,
+    id: String,
+}
+
+impl RuncPause {
+    async fn run(&self, verb: &str) -> std::io::Result<()> {
+        let out = Command::new(&self.runtime)
+            .arg("--root")
+            .arg(&self.root)
+            .arg(verb)
+            .arg(&self.id)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .output()
+            .await?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(std::io::Error::other(format!(
+                "runc {verb}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )))
+        }
+    }
+}
+
+#[async_trait]
+impl gpufn_runtime::freeze::Freezer for RuncPause {
+    async fn freeze(&self) -> std::io::Result<()> {
+        self.run("pause").await
+    }
+
+    async fn thaw(&self) -> std::io::Result<()> {
+        self.run("resume").await
+    }
+}
+
 #[derive(Debug)]
 struct ContainerInstance {
     inner: Arc<Inner>,
@@ -596,6 +639,14 @@ impl ContainerInstance {
 impl RunningInstance for ContainerInstance {
     fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    fn freezer(&self) -> Option<Arc<dyn gpufn_runtime::freeze::Freezer>> {
+        Some(Arc::new(RuncPause {
+            runtime: self.inner.cfg.oci_runtime.clone(),
+            root: self.inner.runc_root(),
+            id: self.id.clone(),
+        }))
     }
 
     fn exec(&self, argv: &[String]) -> Option<std::io::Result<Child>> {

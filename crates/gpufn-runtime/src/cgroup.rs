@@ -12,8 +12,9 @@ use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-/// The v1 controllers gpufn uses, when mounted.
-const V1_CONTROLLERS: [&str; 4] = ["memory", "cpu", "freezer", "pids"];
+/// The v1 controllers gpufn uses, when mounted (`cpuacct`: the instance's CPU time, where it is
+/// not mounted together with `cpu`).
+const V1_CONTROLLERS: [&str; 5] = ["memory", "cpu", "cpuacct", "freezer", "pids"];
 /// Where cgroup file systems are mounted.
 const ROOT: &str = "/sys/fs/cgroup";
 
@@ -73,11 +74,19 @@ impl CgroupParent {
             });
         }
         let mut dirs = Vec::new();
+        let mut mounts = Vec::new();
         for c in V1_CONTROLLERS {
             let mount = root.join(c);
             if !mount.join("cgroup.procs").exists() {
                 continue;
             }
+            // Controllers mounted together (`cpu,cpuacct`, linked as both names) are one
+            // hierarchy: one directory.
+            let real = std::fs::canonicalize(&mount).unwrap_or_else(|_| mount.clone());
+            if mounts.contains(&real) {
+                continue;
+            }
+            mounts.push(real);
             let own = own_path(Some(c)).unwrap_or_else(|| "/".into());
             let dir = mount.join(own.trim_start_matches('/')).join(scope);
             if std::fs::create_dir_all(&dir).is_ok() {
@@ -183,6 +192,26 @@ impl InstanceCgroup {
     pub fn join_fds(&self) -> Vec<std::os::fd::RawFd> {
         use std::os::fd::AsRawFd;
         self.procs.iter().map(AsRawFd::as_raw_fd).collect()
+    }
+
+    /// The cgroup's freezer, where there is one.
+    pub fn freezer(&self) -> Option<crate::freeze::CgroupFreezer> {
+        if self.v2 {
+            return self
+                .dirs
+                .first()
+                .map(|(_, d)| crate::freeze::CgroupFreezer {
+                    path: d.clone(),
+                    v2: true,
+                });
+        }
+        self.dirs
+            .iter()
+            .find(|(c, _)| c == "freezer")
+            .map(|(_, d)| crate::freeze::CgroupFreezer {
+                path: d.join("freezer.state"),
+                v2: false,
+            })
     }
 
     /// Every process in the cgroup now.

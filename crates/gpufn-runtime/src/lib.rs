@@ -6,6 +6,7 @@
 //! [`notify`] the socket an app may tell its readiness on (`NOTIFY_SOCKET`).
 
 pub mod cgroup;
+pub mod freeze;
 pub mod notify;
 pub mod probe;
 mod process;
@@ -161,6 +162,11 @@ pub trait RunningInstance: Send + Sync + std::fmt::Debug {
     /// child is dropped. `None` where the runtime cannot (Pods).
     fn exec(&self, argv: &[String]) -> Option<std::io::Result<tokio::process::Child>> {
         let _ = argv;
+        None
+    }
+    /// A handle that freezes and thaws the instance's processes (idle mode); `None` where the
+    /// runtime cannot (Pods).
+    fn freezer(&self) -> Option<std::sync::Arc<dyn freeze::Freezer>> {
         None
     }
     /// Time `launch` spent pulling an image (zero on a cache hit, and for processes).

@@ -258,6 +258,14 @@ impl RunningInstance for ProcessInstance {
         self.addr
     }
 
+    fn freezer(&self) -> Option<std::sync::Arc<dyn crate::freeze::Freezer>> {
+        if let Some(f) = self.cgroup.as_ref().and_then(|c| c.freezer()) {
+            return Some(std::sync::Arc::new(f));
+        }
+        let pgid = i32::try_from(self.pid?).ok()?;
+        Some(std::sync::Arc::new(crate::freeze::GroupStopper { pgid }))
+    }
+
     fn exec(&self, argv: &[String]) -> Option<std::io::Result<Child>> {
         let (program, args) = argv.split_first()?;
         let spawn = || {

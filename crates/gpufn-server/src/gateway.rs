@@ -217,6 +217,7 @@ pub(crate) async fn exchange(
 ) -> Result<(Sent, Slot), ApiError> {
     let timeout = slot.request_timeout();
     let up = platform.upstream().clone();
+    slot.thaw().await;
     let addr = slot.addr();
     let fut: ExchangeFuture = Box::pin(tokio::time::timeout(timeout, async move {
         up.send(addr, upstream).await

@@ -18,6 +18,7 @@ use gpufn_spec::{FunctionSpec, Hook, HookAction};
 pub(crate) enum HookKind {
     Initializer,
     PreStop,
+    PreFreeze,
 }
 
 impl HookKind {
@@ -26,13 +27,14 @@ impl HookKind {
         match self {
             HookKind::Initializer => "initializer",
             HookKind::PreStop => "pre_stop",
+            HookKind::PreFreeze => "pre_freeze",
         }
     }
 
     fn method(self) -> http::Method {
         match self {
             HookKind::Initializer => http::Method::POST,
-            HookKind::PreStop => http::Method::GET,
+            HookKind::PreStop | HookKind::PreFreeze => http::Method::GET,
         }
     }
 
@@ -41,6 +43,7 @@ impl HookKind {
         match self {
             HookKind::Initializer => "/initialize",
             HookKind::PreStop => "/pre-stop",
+            HookKind::PreFreeze => "/pre-freeze",
         }
     }
 }
@@ -62,28 +65,63 @@ pub(crate) fn start(
     spec: &FunctionSpec,
     instance_id: &str,
 ) -> impl Future<Output = Result<(), HookFailed>> + Send + 'static {
+    let work: Work = match &hook.action {
+        HookAction::Http { path } => Box::pin(http(
+            prober.clone(),
+            kind,
+            inst.addr(),
+            path.clone(),
+            headers(kind, hook, spec, instance_id),
+        )),
+        HookAction::Command(argv) => match inst.exec(argv) {
+            Some(Ok(child)) => Box::pin(command(child)),
+            Some(Err(e)) => {
+                let e = format!("cannot start it: {e}");
+                Box::pin(async move { Err(e) })
+            }
+            None => Box::pin(async {
+                Err("this runtime cannot run commands inside an instance".to_string())
+            }),
+        },
+    };
+    bounded(kind, hook, work)
+}
+
+/// [`start`] for an HTTP hook, by the instance's address alone (idle mode's pre_freeze runs
+/// outside the instance's supervisor). A command hook fails: the spec allows none here.
+pub(crate) fn start_http(
+    kind: HookKind,
+    hook: &Hook,
+    addr: SocketAddr,
+    prober: &Prober,
+    spec: &FunctionSpec,
+    instance_id: &str,
+) -> impl Future<Output = Result<(), HookFailed>> + Send + 'static {
+    let work: Work = match &hook.action {
+        HookAction::Http { path } => Box::pin(http(
+            prober.clone(),
+            kind,
+            addr,
+            path.clone(),
+            headers(kind, hook, spec, instance_id),
+        )),
+        HookAction::Command(_) => {
+            Box::pin(async { Err("only an HTTP hook can run here".to_string()) })
+        }
+    };
+    bounded(kind, hook, work)
+}
+
+type Work = std::pin::Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
+
+/// The hook's work within its timeout, its failure in words.
+fn bounded(
+    kind: HookKind,
+    hook: &Hook,
+    work: Work,
+) -> impl Future<Output = Result<(), HookFailed>> + Send + 'static {
     let timeout = hook.timeout;
     let what = describe(kind, hook);
-    let work: std::pin::Pin<Box<dyn Future<Output = Result<(), String>> + Send>> =
-        match &hook.action {
-            HookAction::Http { path } => Box::pin(http(
-                prober.clone(),
-                kind,
-                inst.addr(),
-                path.clone(),
-                headers(kind, hook, spec, instance_id),
-            )),
-            HookAction::Command(argv) => match inst.exec(argv) {
-                Some(Ok(child)) => Box::pin(command(child)),
-                Some(Err(e)) => {
-                    let e = format!("cannot start it: {e}");
-                    Box::pin(async move { Err(e) })
-                }
-                None => Box::pin(async {
-                    Err("this runtime cannot run commands inside an instance".to_string())
-                }),
-            },
-        };
     async move {
         match tokio::time::timeout(timeout, work).await {
             Ok(Ok(())) => Ok(()),

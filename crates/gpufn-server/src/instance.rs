@@ -17,6 +17,7 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::hooks::{self, HookKind};
+use crate::idle_mode::FreezeCtl;
 use crate::shared::Shared;
 
 /// How long each cold-start phase took, in milliseconds.
@@ -88,13 +89,15 @@ pub(crate) trait Home: Send + Sync + 'static {
     fn name(&self) -> &str;
     /// The server's shared state.
     fn shared(&self) -> &Arc<Shared>;
-    /// The instance answers its health check.
+    /// The instance answers its health check (and its initializer ran); `freeze` where it
+    /// freezes when idle.
     fn on_ready(
         self: &Arc<Self>,
         id: InstanceId,
         addr: SocketAddr,
         pid: Option<u32>,
         phases: ColdStartPhases,
+        freeze: Option<Arc<FreezeCtl>>,
     );
     /// The runtime's own placement (a cluster's scheduler) has no place for the starting
     /// instance (`Some(reason)`), or now has one (`None`).
@@ -316,13 +319,24 @@ pub(crate) async fn supervise<H: Home>(pool: Arc<H>, job: StartJob) {
         initialize_ms: ms(initialized_in),
     };
     tracing::info!(function = %spec.name, instance = %id, gpu = lease.index(), ?phases, "instance ready");
-    pool.on_ready(key, addr, inst.pid(), phases);
+    // Idle mode: what freezes this instance when it is idle and provisioned.
+    let freeze = spec
+        .scaling
+        .freeze_idle
+        .then(|| inst.freezer())
+        .flatten()
+        .map(|f| Arc::new(FreezeCtl::new(f, spec.clone(), id.clone(), addr)));
+    pool.on_ready(key, addr, inst.pid(), phases, freeze.clone());
     let how = tokio::select! {
         how = inst.wait() => {
             tracing::warn!(function = %spec.name, instance = %id, "instance {how} while serving");
             Left::Crashed(how)
         }
         () = stop.cancelled() => {
+            // A frozen instance is thawed first (it could take neither the hook nor SIGTERM).
+            if let Some(f) = &freeze {
+                f.retire().await;
+            }
             // pre_stop, bounded by its timeout, then SIGTERM as without one. The instance may
             // exit by itself meanwhile: then there is nothing left to stop.
             if let Some(hook) = &spec.lifecycle.pre_stop {
@@ -419,7 +433,7 @@ async fn finish(
 
 /// Appends gpufn's own word on an instance (how it ended) to the instance's log, where its user
 /// looks first: `gpufn logs` then shows an OOM kill or a crash next to the app's last lines.
-fn note_in_log(path: &std::path::Path, text: &str) {
+pub(crate) fn note_in_log(path: &std::path::Path, text: &str) {
     use std::io::Write;
     if let Ok(mut f) = std::fs::OpenOptions::new().append(true).open(path) {
         let _ = writeln!(f, "[gpufn] {text}");

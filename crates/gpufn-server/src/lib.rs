@@ -25,6 +25,7 @@ pub mod function_lock;
 pub mod gateway;
 mod hooks;
 pub mod idle_body;
+mod idle_mode;
 pub mod instance;
 mod logs;
 pub mod meter;

@@ -60,6 +60,7 @@ pub struct Metrics {
     pub(crate) billed_gb_seconds: Family<FunctionLabel, Counter<f64, AtomicU64>>,
     pub(crate) prewarm_hits: Family<FunctionLabel, Counter>,
     pub(crate) prewarm_misses: Family<FunctionLabel, Counter>,
+    pub(crate) thaws: Family<FunctionLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -77,8 +78,14 @@ impl Default for Metrics {
             billed_gb_seconds: Family::default(),
             prewarm_hits: Family::default(),
             prewarm_misses: Family::default(),
+            thaws: Family::default(),
             registry: Registry::default(),
         };
+        registry.register(
+            "gpufn_thaws",
+            "Requests that thawed an instance idle mode had frozen",
+            m.thaws.clone(),
+        );
         registry.register(
             "gpufn_prewarm_hits",
             "Idle periods whose next call came within the pre-warm window the policy planned",
@@ -145,6 +152,7 @@ pub(crate) struct PoolMetrics {
     pub billed_gb_seconds: Counter<f64, AtomicU64>,
     pub prewarm_hits: Counter,
     pub prewarm_misses: Counter,
+    pub thaws: Counter,
     /// The last request durations (ms), for p50/p99 in `GET /functions/{name}` and the console.
     pub recent: std::sync::Arc<LatencyRing>,
 }
@@ -198,6 +206,7 @@ impl Metrics {
             billed_gb_seconds: self.billed_gb_seconds.get_or_create(&label).clone(),
             prewarm_hits: self.prewarm_hits.get_or_create(&label).clone(),
             prewarm_misses: self.prewarm_misses.get_or_create(&label).clone(),
+            thaws: self.thaws.get_or_create(&label).clone(),
             recent: std::sync::Arc::new(LatencyRing::default()),
             ok: self
                 .invocations

@@ -755,6 +755,14 @@ impl Platform {
                 "runtime: process cannot run on the Kubernetes backend: a Pod runs an image (use runtime: container)",
             ));
         }
+        if self.shared.on_kubernetes && spec.scaling.freeze_idle {
+            return Err(ApiError::field(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_spec",
+                "scaling.idle_mode",
+                "idle_mode: freeze is not available on the Kubernetes backend (gpufn cannot freeze a Pod's processes)",
+            ));
+        }
         if self.shared.on_kubernetes && spec.lifecycle.has_command() {
             return Err(ApiError::field(
                 StatusCode::UNPROCESSABLE_ENTITY,

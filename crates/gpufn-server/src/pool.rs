@@ -30,6 +30,7 @@ use serde::Serialize;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
+use crate::idle_mode::FreezeCtl;
 use crate::instance::{ColdStartPhases, StartJob, supervise};
 use crate::shared::Shared;
 use crate::util::{rfc3339, wall_ms};
@@ -50,9 +51,21 @@ pub struct Slot {
     /// For a cold start: the instance's phases and when it became ready.
     cold_info: Option<(ColdStartPhases, Instant)>,
     request_timeout: Duration,
+    freeze: Option<Arc<FreezeCtl>>,
 }
 
 impl Slot {
+    /// Thaws the instance if idle mode froze it (waiting for a freeze under way). Call before
+    /// sending it the request.
+    pub async fn thaw(&self) {
+        if let Some(f) = &self.freeze {
+            if let Some(took) = f.thaw().await {
+                tracing::debug!(instance = %self.instance_id(), ?took, "thawed");
+                self.pool.metrics.thaws.inc();
+            }
+        }
+    }
+
     /// The cold-start phases of the instance and when it became ready, if this request waited
     /// for it to start.
     pub fn cold_start_info(&self) -> Option<(ColdStartPhases, Instant)> {
@@ -118,6 +131,8 @@ pub(crate) struct Meta {
     phases: ColdStartPhases,
     /// Cancelled to stop the instance.
     stop: CancellationToken,
+    /// Freezes it when idle (`idle_mode: freeze`), once ready.
+    freeze: Option<Arc<FreezeCtl>>,
     /// The card, until the supervisor takes it (the `Start` effect).
     lease: Option<GpuLease>,
     allocated_in: Duration,
@@ -142,6 +157,7 @@ impl Meta {
             started_at: SystemTime::now(),
             phases: ColdStartPhases::default(),
             stop,
+            freeze: None,
             lease: Some(lease),
             allocated_in,
         }
@@ -274,6 +290,8 @@ pub struct Pool {
     name: String,
     /// `auth: {type: anonymous}` in the current spec.
     anonymous: AtomicBool,
+    /// `scaling.idle_mode: freeze` in the current spec.
+    freeze_idle: AtomicBool,
     shared: Arc<Shared>,
     metrics: crate::metrics::PoolMetrics,
     state: Mutex<PoolState>,
@@ -304,6 +322,8 @@ pub struct InstanceInfo {
     /// `ready_ms`.
     #[schema(value_type = Option<Object>)]
     pub cold_start: Option<ColdStartPhases>,
+    /// Frozen by idle mode (`scaling.idle_mode: freeze`) until its next request.
+    pub frozen: bool,
 }
 
 /// Counts of a function's instances and queue.
@@ -351,6 +371,7 @@ impl Pool {
             metrics: shared.metrics.for_pool(&spec.name),
             name: spec.name.clone(),
             anonymous: AtomicBool::new(spec.auth == gpufn_spec::TriggerAuth::Anonymous),
+            freeze_idle: AtomicBool::new(spec.scaling.freeze_idle),
             shared,
             state: Mutex::new(PoolState {
                 sched: Scheduler::new(config_of(&spec), revision),
@@ -573,6 +594,7 @@ impl Pool {
             cold: grant.cold,
             cold_info,
             request_timeout: st.spec.request_timeout,
+            freeze: meta.and_then(|m| m.freeze.clone()),
         }
     }
 
@@ -685,6 +707,9 @@ impl Pool {
 
     fn release(self: &Arc<Self>, id: InstanceId) {
         self.event(|s, _, fx| s.release(id, Instant::now(), fx));
+        if self.freeze_idle.load(std::sync::atomic::Ordering::Relaxed) {
+            self.maybe_freeze(id);
+        }
         // A function may be waiting for a card this instance, idle now, could give.
         if self
             .shared
@@ -696,6 +721,27 @@ impl Pool {
                 .store(true, std::sync::atomic::Ordering::SeqCst);
             self.shared.wake.notify_one();
         }
+    }
+
+    /// Whether instance `id` is a ready provisioned instance with nothing in flight: what idle
+    /// mode freezes.
+    fn freezable(st: &PoolState, id: InstanceId) -> Option<Arc<FreezeCtl>> {
+        let i = st.sched.instance(id)?;
+        (i.state() == gpufn_sched::State::Ready && i.in_flight() == 0 && i.provisioned())
+            .then(|| i.payload().freeze.clone())
+            .flatten()
+    }
+
+    /// Freezes instance `id` (in a task of its own) if it is idle and provisioned.
+    fn maybe_freeze(self: &Arc<Self>, id: InstanceId) {
+        let Some(ctl) = Self::freezable(&self.lock(), id) else {
+            return;
+        };
+        let pool = self.clone();
+        tokio::spawn(async move {
+            let still_idle = || Self::freezable(&pool.lock(), id).is_some();
+            ctl.freeze_if_idle(&pool.shared, still_idle).await;
+        });
     }
 
     fn take_out_of_service(self: &Arc<Self>, id: InstanceId) {
@@ -847,6 +893,10 @@ impl Pool {
             spec.auth == gpufn_spec::TriggerAuth::Anonymous,
             std::sync::atomic::Ordering::Relaxed,
         );
+        self.freeze_idle.store(
+            spec.scaling.freeze_idle,
+            std::sync::atomic::Ordering::Relaxed,
+        );
         let cfg = config_of(&spec);
         let mut effects = Effects::new();
         let mut out = Outbox::default();
@@ -892,6 +942,7 @@ impl Pool {
                     started_at: rfc3339(m.started_at),
                     pid: m.pid,
                     cold_start: (i.state() != gpufn_sched::State::Starting).then_some(m.phases),
+                    frozen: m.freeze.as_ref().is_some_and(|f| f.is_frozen()),
                 }
             })
             .collect()
@@ -964,6 +1015,7 @@ impl crate::instance::Home for Pool {
         addr: SocketAddr,
         pid: Option<u32>,
         phases: ColdStartPhases,
+        freeze: Option<Arc<FreezeCtl>>,
     ) {
         // What a start costs a waiting caller: spawn, the app's load and its initializer.
         let load = Duration::from_secs_f64(
@@ -976,6 +1028,7 @@ impl crate::instance::Home for Pool {
                 meta.addr = Some(addr);
                 meta.pid = pid;
                 meta.phases = phases;
+                meta.freeze = freeze;
             }
             let now = Instant::now();
             if !initializer.is_zero() {
@@ -983,6 +1036,10 @@ impl crate::instance::Home for Pool {
             }
             s.instance_ready(id, load, now, fx);
         });
+        // Ready with nothing to do: a provisioned instance in idle mode freezes.
+        if self.freeze_idle.load(std::sync::atomic::Ordering::Relaxed) {
+            self.maybe_freeze(id);
+        }
     }
 
     /// A start failed: the instance leaves the pool, and the requests it was started for get the

@@ -73,6 +73,10 @@ pub struct RawLifecycle {
     /// Run before every stop (`GET path`, or `command` inside the instance), then SIGTERM.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pre_stop: Option<RawHook>,
+    /// `scaling.idle_mode: freeze`: run before an idle provisioned instance is frozen (`GET
+    /// path`, or `command`); a failure leaves it running.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pre_freeze: Option<RawHook>,
 }
 
 /// One hook: an HTTP `path` on the instance or a `command` run inside it, and its `timeout_s`.
@@ -192,6 +196,11 @@ pub struct RawScaling {
     /// Target tracking's most provisioned instances (default `max_instances`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_provisioned: Option<i64>,
+    /// `none` (the default) or `freeze`: a provisioned instance with no request in flight is
+    /// frozen (after `lifecycle.pre_freeze`) and thawed when a request arrives; billed idle
+    /// meanwhile.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idle_mode: Option<String>,
 }
 
 /// One scheduled provisioning action (Function Compute's `scheduledActions`).

@@ -163,6 +163,8 @@ pub struct Scaling {
     pub target_utilization_permille: Option<u32>,
     /// Target tracking's most provisioned instances.
     pub max_provisioned: u32,
+    /// Freeze idle provisioned instances (`idle_mode: freeze`).
+    pub freeze_idle: bool,
 }
 
 impl Scaling {
@@ -303,12 +305,14 @@ pub struct Lifecycle {
     pub initializer: Option<Hook>,
     /// Run before every stop of an instance that served (then SIGTERM).
     pub pre_stop: Option<Hook>,
+    /// Run before an idle provisioned instance is frozen.
+    pub pre_freeze: Option<Hook>,
 }
 
 impl Lifecycle {
     /// Whether a hook runs a command inside the instance.
     pub fn has_command(&self) -> bool {
-        [&self.initializer, &self.pre_stop]
+        [&self.initializer, &self.pre_stop, &self.pre_freeze]
             .into_iter()
             .flatten()
             .any(|h| matches!(h.action, HookAction::Command(_)))
@@ -852,6 +856,23 @@ fn check_lifecycle(c: &mut Checker, l: Option<&RawLifecycle>) -> Lifecycle {
     Lifecycle {
         initializer: hook("lifecycle.initializer", l.initializer.as_ref(), 300, 3600),
         pre_stop: hook("lifecycle.pre_stop", l.pre_stop.as_ref(), 30, 600),
+        pre_freeze: {
+            let h = hook("lifecycle.pre_freeze", l.pre_freeze.as_ref(), 30, 600);
+            if matches!(
+                &h,
+                Some(Hook {
+                    action: HookAction::Command(_),
+                    ..
+                })
+            ) {
+                c.fail(
+                    "lifecycle.pre_freeze.command",
+                    "pre_freeze is an HTTP hook: give path (GET, as Function Compute sends it)"
+                        .into(),
+                );
+            }
+            h
+        },
     }
 }
 
@@ -922,6 +943,17 @@ fn check_scaling(c: &mut Checker, s: Option<&RawScaling>, health: &HealthCheck) 
         },
         histogram_bin: c.secs("scaling.histogram_bin_s", s.histogram_bin_s, 60, 1, 3600),
         cold_cost: c.secs("scaling.cold_cost_s", s.cold_cost_s, 300, 1, 86_400),
+        freeze_idle: match s.idle_mode.as_deref() {
+            None | Some("none") => false,
+            Some("freeze") => true,
+            Some(other) => {
+                c.fail(
+                    "scaling.idle_mode",
+                    format!("must be one of: none, freeze (got {other:?})"),
+                );
+                false
+            }
+        },
         schedules: check_schedules(c, s.schedules.as_deref(), max_instances),
         target_utilization_permille: s.target_utilization.and_then(|t| {
             if t.is_finite() && t > 0.0 && t <= 1.0 {
@@ -1129,6 +1161,14 @@ impl FunctionSpec {
                     .scaling
                     .target_utilization_permille
                     .map(|_| i64::from(self.scaling.max_provisioned)),
+                idle_mode: Some(
+                    if self.scaling.freeze_idle {
+                        "freeze"
+                    } else {
+                        "none"
+                    }
+                    .into(),
+                ),
             }),
             request_timeout_s: secs(self.request_timeout),
             async_invoke: Some(RawAsync {
@@ -1144,6 +1184,7 @@ impl FunctionSpec {
             lifecycle: (self.lifecycle != Lifecycle::default()).then(|| RawLifecycle {
                 initializer: self.lifecycle.initializer.as_ref().map(Hook::to_raw),
                 pre_stop: self.lifecycle.pre_stop.as_ref().map(Hook::to_raw),
+                pre_freeze: self.lifecycle.pre_freeze.as_ref().map(Hook::to_raw),
             }),
         }
     }

@@ -179,3 +179,126 @@ async fn pre_stop_runs_before_an_idle_release_and_before_a_delete() {
         format!("pre-stop {a} GET /pre-stop\npre-stop {b} GET /pre-stop\n")
     );
 }
+
+/// CPU time used so far by the cgroup of process `pid`, in nanoseconds (cgroup v1 `cpuacct` or
+/// v2 `cpu.stat`).
+fn cgroup_cpu_ns(pid: i64) -> u64 {
+    let map = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    for line in map.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (_, ctrls, path) = (
+            parts.next().unwrap(),
+            parts.next().unwrap(),
+            parts.next().unwrap(),
+        );
+        if ctrls.split(',').any(|c| c == "cpuacct") {
+            let dir = format!("/sys/fs/cgroup/{ctrls}{path}");
+            let dir = if Path::new(&dir).exists() {
+                dir
+            } else {
+                format!("/sys/fs/cgroup/cpuacct{path}")
+            };
+            return std::fs::read_to_string(format!("{dir}/cpuacct.usage"))
+                .unwrap()
+                .trim()
+                .parse()
+                .unwrap();
+        }
+        if ctrls.is_empty() && Path::new(&format!("/sys/fs/cgroup{path}/cpu.stat")).exists() {
+            let stat = std::fs::read_to_string(format!("/sys/fs/cgroup{path}/cpu.stat")).unwrap();
+            let usec: u64 = stat
+                .lines()
+                .find_map(|l| l.strip_prefix("usage_usec "))
+                .unwrap()
+                .trim()
+                .parse()
+                .unwrap();
+            return usec * 1000;
+        }
+    }
+    panic!("no cpu accounting cgroup for {pid}:\n{map}");
+}
+
+#[tokio::test]
+async fn an_idle_provisioned_instance_is_frozen_uses_no_cpu_and_thaws_for_a_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = shared_dir(dir.path());
+    let hooks = out.join("pre-freeze.log");
+    let s = Server::start(dir.path(), &["--simulate-gpus", "1xtesla-t4:16"]);
+    s.deploy_testfn(
+        "frozen",
+        &format!(
+            "env: {{BUSY_TICK_MS: '5', PRE_FREEZE_FILE: {hooks:?}}}\n\
+             scaling: {{min_instances: 1, idle_mode: freeze}}\n\
+             lifecycle: {{pre_freeze: {{path: /pre-freeze, timeout_s: 5}}}}"
+        ),
+    )
+    .await;
+    let frozen = || async {
+        let list = s.instances("frozen").await;
+        list.len() == 1 && list[0]["frozen"] == true
+    };
+    s.wait_for(
+        "the provisioned instance frozen",
+        Duration::from_secs(30),
+        frozen,
+    )
+    .await;
+    let inst = s.instances("frozen").await[0].clone();
+    let pid = inst["pid"].as_i64().unwrap();
+    // Frozen: its background thread (a little work every 5 ms) gets no CPU at all.
+    let before = cgroup_cpu_ns(pid);
+    tokio::time::sleep(Duration::from_millis(500)).await; // the measurement window
+    let after = cgroup_cpu_ns(pid);
+    assert_eq!(before, after, "a frozen instance used CPU");
+    assert_eq!(
+        std::fs::read_to_string(&hooks).unwrap(),
+        format!("pre-freeze {}\n", inst["id"].as_str().unwrap())
+    );
+
+    // A request thaws it: warm, same instance.
+    let (status, cold, body) = work(&s, "frozen").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(!cold, "a thaw is not a cold start");
+    assert_eq!(body["instance"], inst["id"]);
+    let metrics = s.get_text("/metrics").await;
+    assert!(
+        metric(&metrics, "gpufn_thaws_total{function=\"frozen\"}").is_some_and(|n| n >= 1.0),
+        "{metrics}"
+    );
+    // And it is frozen again once idle; thawed, it had used CPU.
+    s.wait_for("frozen again", Duration::from_secs(30), frozen)
+        .await;
+    assert!(cgroup_cpu_ns(pid) > after);
+    // Billed: its request at the active price (one second of 4 GB), the rest of its life at
+    // the idle price (which grows by the second).
+    s.wait_for("idle time billed", Duration::from_secs(10), || async {
+        let bill = s.get_json("/api/v1/billing?function=frozen").await;
+        bill[0]["idle_gb_seconds"].as_f64().unwrap() > 0.0
+    })
+    .await;
+    let bill = s.get_json("/api/v1/billing?function=frozen").await;
+    assert_eq!(bill[0]["gb_seconds"], 4.0, "{bill}");
+    assert_eq!(bill[0]["invocations"], 1, "{bill}");
+
+    // Deleting it stops it promptly though it is frozen (thawed first, then SIGTERM).
+    s.wait_for("frozen before the delete", Duration::from_secs(30), frozen)
+        .await;
+    let t0 = std::time::Instant::now();
+    let resp = s
+        .http
+        .delete(s.url("/api/v1/functions/frozen"))
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success());
+    s.wait_for("the process gone", Duration::from_secs(20), || async {
+        !process_alive(pid)
+    })
+    .await;
+    assert!(
+        t0.elapsed() < Duration::from_secs(5),
+        "stopping a frozen instance waited for the kill: {:?}",
+        t0.elapsed()
+    );
+}

@@ -329,6 +329,7 @@ impl Direct {
         } else {
             0.0
         });
+        slot.thaw().await;
         let addr = slot.addr();
         let out = &mut bufs.out;
         forward::add_instance_headers(out, &slot, p.has_host);
