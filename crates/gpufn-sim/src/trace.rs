@@ -65,6 +65,44 @@ impl Trace {
     }
 }
 
+impl Trace {
+    /// Only function `name`'s requests (as function 0), or `None` when the trace has no such
+    /// function.
+    pub fn only(&self, name: &str) -> Option<Trace> {
+        let index = self.functions.iter().position(|f| f.name == name)?;
+        Some(Trace {
+            start_unix: self.start_unix,
+            requests: self
+                .requests
+                .iter()
+                .filter(|r| r.function as usize == index)
+                .map(|r| Request { function: 0, ..*r })
+                .collect(),
+            functions: vec![self.functions[index].clone()],
+            cold_start_samples: self.cold_start_samples.clone(),
+        })
+    }
+
+    /// The busiest functions' names, most requests first.
+    pub fn busiest(&self, n: usize) -> Vec<(String, usize)> {
+        let mut counts = vec![0usize; self.functions.len()];
+        for r in &self.requests {
+            if let Some(c) = counts.get_mut(r.function as usize) {
+                *c += 1;
+            }
+        }
+        let mut out: Vec<(String, usize)> = self
+            .functions
+            .iter()
+            .map(|f| f.name.clone())
+            .zip(counts)
+            .collect();
+        out.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        out.truncate(n);
+        out
+    }
+}
+
 /// Trace formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {

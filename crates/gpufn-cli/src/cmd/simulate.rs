@@ -62,6 +62,10 @@ pub struct SimulateArgs {
     /// Azure Functions trace has none and starts on 1970-01-01 at its first minute of the day).
     #[arg(long)]
     trace_start: Option<String>,
+    /// Only this function of the trace (the Alibaba trace's model ids, e.g. M0000; a CSV's
+    /// function column). `--function ?` lists the busiest.
+    #[arg(long)]
+    function: Option<String>,
 }
 
 /// `CRON@TIMEZONE=MIN` → a schedule named `s<n>`.
@@ -115,6 +119,20 @@ pub fn run(a: &SimulateArgs) -> anyhow::Result<ExitCode> {
         .collect::<anyhow::Result<Vec<_>>>()?;
     let t0 = Instant::now();
     let trace = trace::load(&a.trace, format, a.gpu_memory_gb, a.concurrency)?;
+    let trace = match a.function.as_deref() {
+        None => trace,
+        Some(name) => trace.only(name).ok_or_else(|| {
+            let busiest: Vec<String> = trace
+                .busiest(10)
+                .into_iter()
+                .map(|(n, c)| format!("{n} ({c})"))
+                .collect();
+            anyhow!(
+                "--function: {name:?} is not in the trace; the busiest: {}",
+                busiest.join(", ")
+            )
+        })?,
+    };
     let trace = match a.half.as_deref() {
         Some("first") => trace.half(false),
         Some("second") => trace.half(true),
