@@ -552,6 +552,25 @@ async fn a_gpu_type_maps_to_its_nodes_label() {
         .await;
     assert_eq!(status, 422, "{body}");
     assert_eq!(body["error"]["field"], "runtime", "{body}");
+    // So are idle mode (a Pod's processes cannot be frozen from here) and command hooks.
+    for (extra, field) in [
+        (
+            "scaling: {min_instances: 1, idle_mode: freeze}
+",
+            "scaling.idle_mode",
+        ),
+        (
+            "lifecycle: {initializer: {command: [/app/gpufn-testapp, mark, x]}}
+",
+            "lifecycle",
+        ),
+    ] {
+        let (status, body) = server
+            .deploy_yaml(&spec("kx", image, "big-card", extra))
+            .await;
+        assert_eq!(status, 422, "{body}");
+        assert_eq!(body["error"]["field"], field, "{body}");
+    }
     let mut server = server;
     server.terminate();
 }
