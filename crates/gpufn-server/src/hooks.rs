@@ -66,13 +66,9 @@ pub(crate) fn start(
     instance_id: &str,
 ) -> impl Future<Output = Result<(), HookFailed>> + Send + 'static {
     let work: Work = match &hook.action {
-        HookAction::Http { path } => Box::pin(http(
-            prober.clone(),
-            kind,
-            inst.addr(),
-            path.clone(),
-            headers(kind, hook, spec, instance_id),
-        )),
+        HookAction::Http { path } => {
+            http_work(kind, hook, path, inst.addr(), prober, spec, instance_id)
+        }
         HookAction::Command(argv) => match inst.exec(argv) {
             Some(Ok(child)) => Box::pin(command(child)),
             Some(Err(e)) => {
@@ -98,13 +94,7 @@ pub(crate) fn start_http(
     instance_id: &str,
 ) -> impl Future<Output = Result<(), HookFailed>> + Send + 'static {
     let work: Work = match &hook.action {
-        HookAction::Http { path } => Box::pin(http(
-            prober.clone(),
-            kind,
-            addr,
-            path.clone(),
-            headers(kind, hook, spec, instance_id),
-        )),
+        HookAction::Http { path } => http_work(kind, hook, path, addr, prober, spec, instance_id),
         HookAction::Command(_) => {
             Box::pin(async { Err("only an HTTP hook can run here".to_string()) })
         }
@@ -113,6 +103,25 @@ pub(crate) fn start_http(
 }
 
 type Work = std::pin::Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
+
+/// The request of an HTTP hook, with FC's headers.
+fn http_work(
+    kind: HookKind,
+    hook: &Hook,
+    path: &str,
+    addr: SocketAddr,
+    prober: &Prober,
+    spec: &FunctionSpec,
+    instance_id: &str,
+) -> Work {
+    Box::pin(http(
+        prober.clone(),
+        kind,
+        addr,
+        path.to_string(),
+        headers(kind, hook, spec, instance_id),
+    ))
+}
 
 /// The hook's work within its timeout, its failure in words.
 fn bounded(
