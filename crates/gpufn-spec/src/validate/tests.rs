@@ -527,3 +527,22 @@ fn schedules_and_target_tracking_are_checked_and_round_trip() {
         "{errors:?}"
     );
 }
+
+#[test]
+fn the_default_keep_alive_is_predictive_unless_an_idle_timeout_is_given() {
+    let spec = |extra: &str| parse_yaml(&minimal(extra)).unwrap().validate().unwrap();
+    assert_eq!(spec("").scaling.keep_alive, KeepAliveMode::Predictive);
+    assert_eq!(
+        spec("scaling: {idle_timeout_s: 60}\n").scaling.keep_alive,
+        KeepAliveMode::Fixed
+    );
+    assert_eq!(
+        spec("scaling: {keep_alive: fixed}\n").scaling.keep_alive,
+        KeepAliveMode::Fixed
+    );
+    // Stored specs say which, so a later default does not change a deployed function.
+    assert_eq!(
+        spec("").to_raw().scaling.unwrap().keep_alive.as_deref(),
+        Some("predictive")
+    );
+}
