@@ -678,3 +678,53 @@ async fn a_command_initializer_runs_inside_the_container_before_its_first_reques
         "{starts}"
     );
 }
+
+/// The container's status as runc reports it (`running`, `paused`, ...).
+fn runc_status(data: &Path, id: &str) -> String {
+    let out = std::process::Command::new("runc")
+        .arg("--root")
+        .arg(data.join("run/runc"))
+        .args(["state", id])
+        .output()
+        .expect("runc state");
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    v["status"].as_str().unwrap_or_default().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_provisioned_container_is_paused_and_resumed_for_a_request() {
+    let registry = Registry::start().await;
+    let image = push_testapp(&registry, "idle", "1", "i").await;
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path());
+    let (status, body) = server
+        .deploy_yaml(&spec(
+            "idle",
+            &image,
+            "scaling: {min_instances: 1, idle_mode: freeze}\n",
+        ))
+        .await;
+    assert!(status == 201, "{status} {body}");
+    let frozen = || async {
+        let list = server.instances("idle").await;
+        list.len() == 1 && list[0]["frozen"] == true
+    };
+    server
+        .wait_for("the container frozen", Duration::from_secs(30), frozen)
+        .await;
+    let id = runc_list(dir.path()).pop().expect("one container");
+    assert_eq!(runc_status(dir.path(), &id), "paused");
+    // A request resumes it: warm, answered.
+    let resp = server
+        .http
+        .get(server.url("/function/idle/whoami"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-gpufn-cold-start"], "false");
+    server
+        .wait_for("paused again", Duration::from_secs(30), frozen)
+        .await;
+    assert_eq!(runc_status(dir.path(), &id), "paused");
+}
