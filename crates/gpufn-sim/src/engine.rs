@@ -108,6 +108,9 @@ pub struct SimConfig {
     pub max_queue: u32,
     /// How long a request may wait for a slot (`scaling.queue_timeout_s`) before it is refused.
     pub queue_timeout_s: f64,
+    /// Target tracking of provisioned instances for every function (`scaling.target_utilization`
+    /// and `max_provisioned`), when on.
+    pub target: Option<gpufn_sched::TargetTracking>,
 }
 
 impl Default for SimConfig {
@@ -122,6 +125,7 @@ impl Default for SimConfig {
             // The server's defaults: max_queue 1000, queue_timeout_s = startup_timeout_s + 60.
             max_queue: 1000,
             queue_timeout_s: 660.0,
+            target: None,
         }
     }
 }
@@ -316,7 +320,7 @@ fn config(policy: Policy, cfg: &SimConfig, memory_gb: u32, concurrency: u32) -> 
         memory_gb,
         // Every billed period is added up at once; batching records saves nothing here.
         batch_window: Duration::ZERO,
-        target: None,
+        target: cfg.target.filter(|_| !always_on),
     }
 }
 
@@ -329,6 +333,16 @@ pub fn simulate(trace: &Trace, policy: Policy, cfg: SimConfig) -> SimResult {
     let mut sim = Sim::new(trace, policy, cfg);
     sim.run();
     sim.result()
+}
+
+/// The `+target…` suffix of a result's policy name under target tracking.
+fn target_suffix(cfg: &SimConfig, policy: Policy) -> String {
+    match cfg.target {
+        Some(t) if policy != Policy::AlwaysOn => {
+            format!("+target{}", f64::from(t.utilization_permille) / 1000.0)
+        }
+        _ => String::new(),
+    }
 }
 
 /// Runs `policy` over `trace` with scheduled provisioning (`scaling.schedules`) for every
@@ -790,7 +804,11 @@ impl Sim<'_> {
                     * self.cfg.prices.idle_usd_per_gb_s
         };
         SimResult {
-            policy: self.policy.name(),
+            policy: format!(
+                "{}{}",
+                self.policy.name(),
+                target_suffix(&self.cfg, self.policy)
+            ),
             requests,
             cold_starts: cold,
             cold_start_rate: if requests > 0 {

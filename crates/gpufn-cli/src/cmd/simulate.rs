@@ -62,6 +62,13 @@ pub struct SimulateArgs {
     /// Azure Functions trace has none and starts on 1970-01-01 at its first minute of the day).
     #[arg(long)]
     trace_start: Option<String>,
+    /// Target tracking for every function (`scaling.target_utilization`, 0 < x <= 1): rows get
+    /// `+targetX`.
+    #[arg(long)]
+    target_utilization: Option<f64>,
+    /// Target tracking's most provisioned instances (default: --max-instances).
+    #[arg(long, requires = "target_utilization")]
+    max_provisioned: Option<u32>,
     /// Only this function of the trace (the Alibaba trace's model ids, e.g. M0000; a CSV's
     /// function column). `--function ?` lists the busiest.
     #[arg(long)]
@@ -161,6 +168,19 @@ pub fn run(a: &SimulateArgs) -> anyhow::Result<ExitCode> {
         histogram_fallback_s: a.histogram_fallback_s,
         max_queue: a.max_queue,
         queue_timeout_s: a.queue_timeout_s,
+        target: match a.target_utilization {
+            None => None,
+            Some(t) => {
+                anyhow::ensure!(
+                    t.is_finite() && t > 0.0 && t <= 1.0,
+                    "--target-utilization: must be > 0 and <= 1"
+                );
+                Some(gpufn_sched::TargetTracking {
+                    utilization_permille: ((t * 1000.0).round() as u32).max(1),
+                    max_provisioned: a.max_provisioned.unwrap_or(a.max_instances),
+                })
+            }
+        },
         ..SimConfig::default()
     };
     let mut results = Vec::new();

@@ -152,6 +152,32 @@ fn a_schedule_keeps_instances_provisioned_in_its_window_and_is_priced() {
 }
 
 #[test]
+fn target_tracking_provisions_for_sustained_load() {
+    // One request every 10 s for an hour, 1 s each: an average load of 0.1 in flight.
+    let reqs: Vec<(f64, f64)> = (0..360).map(|i| (f64::from(i) * 10.0, 1.0)).collect();
+    let t = trace(&reqs);
+    let zero = simulate(&t, Policy::Zero, cfg());
+    let tracked = simulate(
+        &t,
+        Policy::Zero,
+        SimConfig {
+            target: Some(gpufn_sched::TargetTracking {
+                utilization_permille: 500,
+                max_provisioned: 10,
+            }),
+            ..cfg()
+        },
+    );
+    assert_eq!(tracked.policy, "zero+target0.5");
+    // Released at once, a third of the calls are cold starts (a 10 s start catches the next call
+    // too); with one instance provisioned for the load (0.1 in flight at 0.5 of its capacity),
+    // only the first.
+    assert_eq!(zero.cold_starts, 120, "{zero:?}");
+    assert_eq!(tracked.cold_starts, 1, "{tracked:?}");
+    assert!(tracked.billed_gb_seconds > zero.busy_gb_seconds);
+}
+
+#[test]
 fn policies_parse() {
     assert_eq!(Policy::parse("fixed:600"), Ok(Policy::Fixed(600.0)));
     assert_eq!(Policy::parse("oracle"), Ok(Policy::Oracle));
