@@ -131,9 +131,14 @@ pub async fn instances(api: &Api, name: &str, json: bool) -> anyhow::Result<Exit
             let ready_ms = i["cold_start"]["ready_ms"]
                 .as_f64()
                 .map_or("-".into(), |m| format!("{m:.0} ms"));
+            let state = if i["frozen"] == true {
+                format!("{} (frozen)", s(i, &["state"]))
+            } else {
+                s(i, &["state"])
+            };
             vec![
                 s(i, &["id"]),
-                s(i, &["state"]),
+                state,
                 format!("{} ({})", s(i, &["gpu"]), s(i, &["gpu_type"])),
                 s(i, &["in_flight"]),
                 s(i, &["served"]),
