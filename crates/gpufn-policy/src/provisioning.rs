@@ -54,6 +54,13 @@ impl Schedule {
         (now.signed_duration_since(t) <= chrono::TimeDelta::days(366)).then_some(t)
     }
 
+    /// Whether the pattern matches at least once in the year after `now` (a pattern that never
+    /// does — `0 0 31 2 *` — costs a long search each time it is looked up).
+    pub fn matches_within_a_year(&self, now: DateTime<Utc>) -> bool {
+        self.next_match(now)
+            .is_some_and(|t| t.signed_duration_since(now) <= chrono::TimeDelta::days(366))
+    }
+
     /// The first time after `now` the pattern matches.
     pub fn next_match(&self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
         let local = now.with_timezone(&self.tz);
@@ -93,6 +100,41 @@ pub fn in_force(schedules: &[Schedule], now: DateTime<Utc>) -> Option<(usize, Da
 /// When the schedule in force may next change: the earliest next match of any schedule.
 pub fn next_change(schedules: &[Schedule], now: DateTime<Utc>) -> Option<DateTime<Utc>> {
     schedules.iter().filter_map(|s| s.next_match(now)).min()
+}
+
+/// What the schedules say at `at`: the action in force (its index and since when) and the next
+/// match (its index and when). It holds until that next match, so a caller may keep it until then
+/// instead of searching the patterns again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Outlook {
+    /// When it was worked out.
+    pub at: DateTime<Utc>,
+    /// [`in_force`] at `at`.
+    pub in_force: Option<(usize, DateTime<Utc>)>,
+    /// The earliest next match after `at` (the first schedule among ties).
+    pub next: Option<(usize, DateTime<Utc>)>,
+}
+
+impl Outlook {
+    /// Works it out for `now`.
+    pub fn new(schedules: &[Schedule], now: DateTime<Utc>) -> Self {
+        let next = schedules
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| s.next_match(now).map(|t| (i, t)))
+            .min_by_key(|&(i, t)| (t, i));
+        Self {
+            at: now,
+            in_force: in_force(schedules, now),
+            next,
+        }
+    }
+
+    /// Whether it still holds at `now` (not before it was worked out, not at or past the next
+    /// match).
+    pub fn holds_at(&self, now: DateTime<Utc>) -> bool {
+        self.at <= now && self.next.is_none_or(|(_, t)| now < t)
+    }
 }
 
 /// Target tracking: provisioned instances so that the average requests in flight over them come
@@ -196,6 +238,15 @@ mod tests {
         // Saturday 10:00: still Friday night's action (no workday on weekends).
         let (i, since) = in_force(&s, utc("2026-12-05T02:00:00Z")).unwrap();
         assert_eq!((i, since), (1, utc("2026-12-04T12:00:00Z")));
+        let o = Outlook::new(&s, now);
+        assert_eq!(o.in_force, Some((0, utc("2026-11-30T00:00:00Z"))));
+        assert_eq!(o.next, Some((1, utc("2026-11-30T12:00:00Z"))));
+        assert!(o.holds_at(utc("2026-11-30T11:59:59Z")));
+        assert!(!o.holds_at(utc("2026-11-30T12:00:00Z")));
+        assert!(
+            !o.holds_at(utc("2026-11-30T00:59:59Z")),
+            "before it was worked out"
+        );
         // A tie goes to the later entry.
         let tie = [
             Schedule::new("a", "0 * * * *", "UTC", 1).unwrap(),
@@ -244,6 +295,18 @@ mod tests {
         assert!(parse_cron("0 25 * * *").is_err());
         assert!(parse_zone("Mars/Olympus").unwrap_err().0.contains("IANA"));
         assert!(parse_zone("UTC").is_ok());
+        let now = DateTime::parse_from_rfc3339("2026-11-30T00:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let never = Schedule::new("x", "0 0 31 2 *", "UTC", 1).unwrap();
+        assert!(!never.matches_within_a_year(now));
+        let leap = Schedule::new("x", "0 0 29 2 *", "UTC", 1).unwrap();
+        assert!(!leap.matches_within_a_year(now), "next in 2028");
+        assert!(
+            Schedule::new("x", "0 8 * * 1-5", "UTC", 1)
+                .unwrap()
+                .matches_within_a_year(now)
+        );
     }
 
     #[test]

@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
 use gpufn_gpu::{AllocError, AllocRequest, GpuLease};
-use gpufn_policy::provisioning::{self, Schedule};
+use gpufn_policy::provisioning::{self, Outlook, Schedule};
 use gpufn_sched::{
     Acquire, Bill, Cards, Config, Effect, Effects, Grant, InstanceId, KeepAlive, WaiterId,
 };
@@ -258,8 +258,27 @@ struct PoolState {
     waiters: HashMap<WaiterId, Answer>,
     /// Instances taken back after a restart, waiting for their supervisor.
     adopted: HashMap<InstanceId, Box<dyn gpufn_runtime::RunningInstance>>,
-    /// The spec's scheduled provisioning actions, parsed.
+    /// The spec's scheduled provisioning actions, parsed, and what they said when last asked
+    /// (kept until their next match: searching patterns is not free).
     schedules: Arc<Vec<Schedule>>,
+    outlook: Option<Outlook>,
+}
+
+impl PoolState {
+    /// What the schedules say at `wall` (`None` without schedules).
+    fn outlook(&mut self, wall: chrono::DateTime<chrono::Utc>) -> Option<Outlook> {
+        if self.schedules.is_empty() {
+            return None;
+        }
+        match self.outlook {
+            Some(o) if o.holds_at(wall) => Some(o),
+            _ => {
+                let o = Outlook::new(&self.schedules, wall);
+                self.outlook = Some(o);
+                Some(o)
+            }
+        }
+    }
 }
 
 fn schedules_of(spec: &FunctionSpec) -> Arc<Vec<Schedule>> {
@@ -376,6 +395,7 @@ impl Pool {
             state: Mutex::new(PoolState {
                 sched: Scheduler::new(config_of(&spec), revision),
                 schedules: schedules_of(&spec),
+                outlook: None,
                 spec: Arc::new(spec),
                 waiters: HashMap::new(),
                 adopted: HashMap::new(),
@@ -781,13 +801,21 @@ impl Pool {
     /// `min_instances`), starts missing ones. Returns when to look again.
     pub(crate) fn reconcile(self: &Arc<Self>, now: Instant) -> Option<Instant> {
         // The scheduled action in force at this wall-clock time, and when that may change.
-        let schedules = self.lock().schedules.clone();
         let clock = self.shared.clock;
         let wall = clock.now();
-        let scheduled =
-            provisioning::in_force(&schedules, wall).map(|(i, _)| schedules[i].min_instances);
-        let change =
-            provisioning::next_change(&schedules, wall).map(|t| clock.instant_of(t, now, wall));
+        let (scheduled, change) = {
+            let mut st = self.lock();
+            let outlook = st.outlook(wall);
+            let min_of = |i: usize| st.schedules.get(i).map(|s| s.min_instances);
+            (
+                outlook
+                    .and_then(|o| o.in_force)
+                    .and_then(|(i, _)| min_of(i)),
+                outlook
+                    .and_then(|o| o.next)
+                    .map(|(_, t)| clock.instant_of(t, now, wall)),
+            )
+        };
         let next = self.event(|s, cards, fx| {
             s.set_scheduled_min(scheduled, now, cards, fx);
             s.tick(now, cards, fx)
@@ -797,11 +825,11 @@ impl Pool {
 
     /// What provisioning is in force and why: the schedule, target tracking (`None` without
     /// either).
-    fn provisioning_explained(&self, st: &PoolState, now: Instant) -> Option<String> {
+    fn provisioning_explained(&self, st: &mut PoolState, now: Instant) -> Option<String> {
+        let outlook = st.outlook(self.shared.clock.now());
         let scaling = &st.spec.scaling;
         let mut parts = Vec::new();
-        if !st.schedules.is_empty() {
-            let wall = self.shared.clock.now();
+        if let Some(outlook) = outlook {
             let zone_of = |name: &str| {
                 scaling
                     .schedules
@@ -809,7 +837,7 @@ impl Pool {
                     .find(|s| s.name == name)
                     .map_or("UTC", |s| s.timezone.as_str())
             };
-            match provisioning::in_force(&st.schedules, wall) {
+            match outlook.in_force {
                 Some((i, since)) => {
                     let s = &st.schedules[i];
                     parts.push(format!(
@@ -824,12 +852,8 @@ impl Pool {
                     scaling.min_instances
                 )),
             }
-            if let Some(next) = provisioning::next_change(&st.schedules, wall) {
-                let first = st
-                    .schedules
-                    .iter()
-                    .find(|s| s.next_match(wall) == Some(next));
-                if let Some(s) = first {
+            if let Some((i, next)) = outlook.next {
+                if let Some(s) = st.schedules.get(i) {
                     parts.push(format!(
                         "next: {:?} at {} (min {})",
                         s.name,
@@ -904,6 +928,7 @@ impl Pool {
             let mut guard = self.lock();
             let st = &mut *guard;
             st.schedules = schedules_of(&spec);
+            st.outlook = None;
             st.spec = Arc::new(spec);
             let mut cards = Allocator {
                 shared: &self.shared,
@@ -950,11 +975,11 @@ impl Pool {
 
     /// Counts, for the API.
     pub fn status(&self) -> PoolStatus {
-        let st = self.lock();
+        let mut st = self.lock();
         let mut s = PoolStatus {
             queued: st.sched.queued(),
             keep_alive: st.sched.keep_alive_explained(Instant::now()),
-            provisioning: self.provisioning_explained(&st, Instant::now()),
+            provisioning: self.provisioning_explained(&mut st, Instant::now()),
             min_instances: st.sched.min_instances(),
             ..PoolStatus::default()
         };

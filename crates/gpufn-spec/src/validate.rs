@@ -1036,6 +1036,16 @@ fn check_schedules(
         if let Err(e) = gpufn_policy::provisioning::parse_zone(&timezone) {
             c.fail(&field("timezone"), e.0);
         }
+        // A pattern that (almost) never matches is refused: looking one up searches years.
+        if let Ok(s) = gpufn_policy::provisioning::Schedule::new(&name, &cron, &timezone, 0) {
+            // Validation reads the clock here only: the policy crate never does.
+            if !s.matches_within_a_year(chrono::Utc::now()) {
+                c.fail(
+                    &field("cron"),
+                    format!("{cron:?} does not match within a year"),
+                );
+            }
+        }
         let min_instances = c.count(&field("min_instances"), r.min_instances, 0, 0, 1000);
         if min_instances > max_instances {
             c.fail(

@@ -546,3 +546,16 @@ fn the_default_keep_alive_is_predictive_unless_an_idle_timeout_is_given() {
         Some("predictive")
     );
 }
+
+#[test]
+fn a_schedule_that_never_matches_is_refused() {
+    let errors = errors_of(&minimal(
+        "scaling: {schedules: [{name: never, cron: '0 0 31 2 *', min_instances: 1}]}\n",
+    ));
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("scaling.schedules[0].cron") && e.contains("within a year")),
+        "{errors:?}"
+    );
+}
