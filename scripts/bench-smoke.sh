@@ -38,6 +38,7 @@ check "gateway CPU per request, hyper vs direct (bench/gateway_cpu.sh)" '^1 new 
 check "one connection, vCPUs kept awake (bench/c1_spin.sh)" '^spin=1 new [0-9.]+ ' env OLD=target/debug/gpufn NEW=target/debug/gpufn D=1 bench/c1_spin.sh
 check "async accept (bench/async_accept.sh)" 'gpufn durable accepts: +[0-9.]+ tasks/s.*non-2xx 0$' bench/async_accept.sh 1 4
 check "cold start (bench/coldstart.py)" "gpufn's own share" python3 bench/coldstart.py 2
+check "cold start, READY=1 (bench/coldstart.py APP=sleep)" "gpufn's own share" env APP=sleep NOTIFY=1 python3 bench/coldstart.py 2
 check "burst (bench/burst.py)" 'failed requests: 0' python3 bench/burst.py 30
 check "scale (bench/scale.py)" 'RSS' python3 bench/scale.py 20
 if [ "$(id -u)" = 0 ] && need runc && need docker-registry; then
@@ -49,6 +50,7 @@ fi
 if [ -f examples/embed/model/model.safetensors ]; then
   cargo build --quiet -p gpufn-example-embed
   check "embeddings (bench/embed.py)" 'concurrency 8 \(batched\) / concurrency 1' python3 bench/embed.py 0.5
+  check "idle mode thaw (bench/thaw.py)" 'thaw − warm p50' python3 bench/thaw.py 2
 else
   echo "== bench smoke: embeddings skipped (no model: examples/embed/fetch-model.sh)"
 fi

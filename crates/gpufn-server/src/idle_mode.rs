@@ -79,7 +79,7 @@ impl FreezeCtl {
             .await;
             if let Err(e) = r {
                 tracing::warn!(function = %self.spec.name, instance = %self.instance, "{}; not frozen", e.message);
-                crate::instance::note_in_log(
+                crate::logs::note_in_log(
                     &shared.log_path(&self.spec.name, &self.instance),
                     &format!("{}; not frozen", e.message),
                 );

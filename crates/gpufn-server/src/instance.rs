@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::hooks::{self, HookKind};
 use crate::idle_mode::FreezeCtl;
+use crate::logs::note_in_log;
 use crate::shared::Shared;
 
 /// How long each cold-start phase took, in milliseconds.
@@ -433,12 +434,6 @@ async fn finish(
 
 /// Appends gpufn's own word on an instance (how it ended) to the instance's log, where its user
 /// looks first: `gpufn logs` then shows an OOM kill or a crash next to the app's last lines.
-pub(crate) fn note_in_log(path: &std::path::Path, text: &str) {
-    use std::io::Write;
-    if let Ok(mut f) = std::fs::OpenOptions::new().append(true).open(path) {
-        let _ = writeln!(f, "[gpufn] {text}");
-    }
-}
 
 fn ms(d: Duration) -> f64 {
     (d.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0

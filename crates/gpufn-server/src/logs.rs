@@ -100,6 +100,14 @@ pub(crate) fn instance_tail(path: &Path, lines: usize) -> std::io::Result<Vec<St
     Ok(out)
 }
 
+/// Appends a line of gpufn's own to an instance's log (why a start failed, a hook's failure).
+pub(crate) fn note_in_log(path: &Path, text: &str) {
+    use std::io::Write;
+    if let Ok(mut f) = std::fs::OpenOptions::new().append(true).open(path) {
+        let _ = writeln!(f, "[gpufn] {text}");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::io::Write;
