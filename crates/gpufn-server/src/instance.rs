@@ -432,9 +432,6 @@ async fn finish(
     pool.on_gone(key);
 }
 
-/// Appends gpufn's own word on an instance (how it ended) to the instance's log, where its user
-/// looks first: `gpufn logs` then shows an OOM kill or a crash next to the app's last lines.
-
 fn ms(d: Duration) -> f64 {
     (d.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0
 }

@@ -100,7 +100,9 @@ pub(crate) fn instance_tail(path: &Path, lines: usize) -> std::io::Result<Vec<St
     Ok(out)
 }
 
-/// Appends a line of gpufn's own to an instance's log (why a start failed, a hook's failure).
+/// Appends gpufn's own word on an instance (how it ended, why a start or a hook failed) to the
+/// instance's log, where its user looks first: `gpufn logs` then shows an OOM kill or a crash
+/// next to the app's last lines.
 pub(crate) fn note_in_log(path: &Path, text: &str) {
     use std::io::Write;
     if let Ok(mut f) = std::fs::OpenOptions::new().append(true).open(path) {
