@@ -44,6 +44,10 @@ impl<P> Instance<P> {
     pub fn in_flight(&self) -> u32 {
         self.in_flight
     }
+    /// When it last became idle (its last request ended, or it became ready).
+    pub fn idle_since(&self) -> Instant {
+        self.idle_since
+    }
     /// Requests served (counted when their slot is given back).
     pub fn served(&self) -> u64 {
         self.served

@@ -217,6 +217,10 @@ impl Cards<Meta, AllocError> for Allocator<'_> {
 /// per request.
 const BATCH_WINDOW: Duration = Duration::from_secs(1);
 
+/// How long an idle provisioned instance stays thawed before idle mode freezes it: calls a moment
+/// apart do not each pay a freeze and a thaw (a container's `runc resume` is a process spawn).
+const FREEZE_AFTER: Duration = Duration::from_millis(500);
+
 /// The scheduler's settings from a spec.
 fn config_of(spec: &FunctionSpec) -> Config {
     let s = &spec.scaling;
@@ -743,23 +747,30 @@ impl Pool {
         }
     }
 
-    /// Whether instance `id` is a ready provisioned instance with nothing in flight: what idle
-    /// mode freezes.
-    fn freezable(st: &PoolState, id: InstanceId) -> Option<Arc<FreezeCtl>> {
+    /// Whether instance `id` is a ready provisioned instance with nothing in flight, idle for
+    /// at least `idle_for`: what idle mode freezes.
+    fn freezable(st: &PoolState, id: InstanceId, idle_for: Duration) -> Option<Arc<FreezeCtl>> {
         let i = st.sched.instance(id)?;
-        (i.state() == gpufn_sched::State::Ready && i.in_flight() == 0 && i.provisioned())
+        (i.state() == gpufn_sched::State::Ready
+            && i.in_flight() == 0
+            && i.provisioned()
+            && i.idle_since().elapsed() >= idle_for)
             .then(|| i.payload().freeze.clone())
             .flatten()
     }
 
-    /// Freezes instance `id` (in a task of its own) if it is idle and provisioned.
+    /// Freezes instance `id` (in a task of its own) if it is idle and provisioned, once it has
+    /// been idle for [`FREEZE_AFTER`].
     fn maybe_freeze(self: &Arc<Self>, id: InstanceId) {
-        let Some(ctl) = Self::freezable(&self.lock(), id) else {
+        let Some(ctl) = Self::freezable(&self.lock(), id, Duration::ZERO) else {
             return;
         };
         let pool = self.clone();
         tokio::spawn(async move {
-            let still_idle = || Self::freezable(&pool.lock(), id).is_some();
+            tokio::time::sleep(FREEZE_AFTER).await;
+            // A request that came and went meanwhile made it idle later: its own release
+            // freezes it.
+            let still_idle = || Self::freezable(&pool.lock(), id, FREEZE_AFTER).is_some();
             ctl.freeze_if_idle(&pool.shared, still_idle).await;
         });
     }
