@@ -170,6 +170,8 @@ pub(crate) async fn supervise<H: Home>(pool: Arc<H>, job: StartJob) {
         })),
     };
     let t0 = Instant::now();
+    // An instance taken back after a restart ran its initializer under the previous gpufn.
+    let was_adopted = adopted.is_some();
     let launched = match secret_env {
         _ if adopted.is_some() => adopted.ok_or_else(String::new),
         // A launch that waits for the cluster to place the instance may wait long; it is
@@ -267,7 +269,7 @@ pub(crate) async fn supervise<H: Home>(pool: Arc<H>, job: StartJob) {
     let ready_in = t0.elapsed().saturating_sub(spawned_in);
     // The initializer: after the health check, before any request; a failure fails the start.
     let t_init = Instant::now();
-    if let Some(hook) = &spec.lifecycle.initializer {
+    if let Some(hook) = spec.lifecycle.initializer.as_ref().filter(|_| !was_adopted) {
         let init = hooks::start(
             HookKind::Initializer,
             hook,
@@ -307,6 +309,7 @@ pub(crate) async fn supervise<H: Home>(pool: Arc<H>, job: StartJob) {
         .lifecycle
         .initializer
         .as_ref()
+        .filter(|_| !was_adopted)
         .map_or(Duration::ZERO, |_| t_init.elapsed());
     // For containers, launch() pulled the image if the cache lost it: that part is the pull.
     // For Pods, launch() waited for the cluster's scheduler to find a GPU: that is allocation.

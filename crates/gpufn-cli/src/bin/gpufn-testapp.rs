@@ -5,12 +5,16 @@
 //! uid, instance id, GPU variables, as JSON), `GET /work?ms=N` (answers after N ms),
 //! `GET /alloc?mb=N` (allocates and touches N MB, to cross a memory limit), `GET /write?name=X`
 //! (writes /scratch/X into the container's writable layer and lists /scratch), `POST /echo`.
+//! `POST /initialize` counts lifecycle initializer calls (`initialized` in `/whoami`).
 //! `gpufn-testapp mark NAME` (a lifecycle hook command) writes `$GPUFN_INSTANCE_ID` to
 //! /scratch/NAME and exits.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::time::{Duration, Instant};
+
+/// Calls of the lifecycle initializer (`POST /initialize`) this process has had.
+static INITIALIZED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -111,6 +115,10 @@ fn route(
                 ("503 Service Unavailable", b"loading".to_vec())
             }
         }
+        ("POST", "/initialize") => {
+            INITIALIZED.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            ("200 OK", b"initialized".to_vec())
+        }
         ("GET", "/whoami") => {
             let host = std::fs::read_to_string("/etc/hostname")
                 .ok()
@@ -126,7 +134,7 @@ fn route(
                 })
                 .unwrap_or_default();
             let text = format!(
-                "{{\"hostname\":\"{}\",\"pid\":{},\"uid\":\"{}\",\"instance\":\"{}\",\"port\":\"{}\",\"nvidia_visible_devices\":\"{}\",\"greeting\":\"{}\"}}",
+                "{{\"hostname\":\"{}\",\"pid\":{},\"uid\":\"{}\",\"instance\":\"{}\",\"port\":\"{}\",\"nvidia_visible_devices\":\"{}\",\"greeting\":\"{}\",\"initialized\":{}}}",
                 host.trim(),
                 std::process::id(),
                 uid,
@@ -134,6 +142,7 @@ fn route(
                 env("PORT"),
                 env("NVIDIA_VISIBLE_DEVICES"),
                 env("GREETING"),
+                INITIALIZED.load(std::sync::atomic::Ordering::SeqCst),
             );
             ("200 OK", text.into_bytes())
         }

@@ -360,8 +360,14 @@ async fn a_restart_adopts_ready_pods_and_deletes_stray_ones() {
     let bed = Bed::start("adopt", 1, 2, 0).await;
     let (cluster, image, dir) = (&bed.cluster, &bed.image, &bed.dir);
     let server = cluster.gpufn(dir.path(), &[]);
+    // With an initializer: the Pod's first gpufn runs it; the one that adopts the Pod does not.
     let (status, body) = server
-        .deploy_yaml(&spec("ka", image, &cluster.gpu_type, ""))
+        .deploy_yaml(&spec(
+            "ka",
+            image,
+            &cluster.gpu_type,
+            "lifecycle: {initializer: {path: /initialize}}\n",
+        ))
         .await;
     assert_eq!(status, 201, "{body}");
     let first = call(&server, "/function/ka/whoami").await;
@@ -370,6 +376,8 @@ async fn a_restart_adopts_ready_pods_and_deletes_stray_ones() {
         .to_str()
         .unwrap()
         .to_string();
+    let who: serde_json::Value = first.json().await.unwrap();
+    assert_eq!(who["initialized"], 1, "{who}");
     // A Pod of gpufn's for a function this gpufn does not have.
     let stray = serde_json::json!({
         "apiVersion": "v1", "kind": "Pod",
@@ -399,6 +407,11 @@ async fn a_restart_adopts_ready_pods_and_deletes_stray_ones() {
         server.log()
     );
     assert_eq!(again.headers()["x-gpufn-instance-id"], instance.as_str());
+    let who: serde_json::Value = again.json().await.unwrap();
+    assert_eq!(
+        who["initialized"], 1,
+        "adopted, not initialized again: {who}"
+    );
     wait_until("the stray Pod to be deleted", 30, || {
         let (found, _) = kubectl(&["get", "pod", "gone-00000001", "-n", &cluster.ns]);
         !found
