@@ -18,6 +18,10 @@ pub struct Instance<P> {
     pub(crate) ready_at: Option<Instant>,
     pub(crate) created: Instant,
     pub(crate) provisioned: bool,
+    /// Since when it counts as provisioned, and the busy seconds it had been billed by then: its
+    /// idle time at the idle price is counted from there.
+    pub(crate) provisioned_since: Instant,
+    pub(crate) provisioned_busy_base: u64,
     pub(crate) memory_gb: u32,
     /// While starting: why the runtime's own placement (a cluster's scheduler) has no place for
     /// it yet.
@@ -63,6 +67,18 @@ impl<P> Instance<P> {
     /// Started for `min_instances`: billed for its whole lifetime.
     pub fn provisioned(&self) -> bool {
         self.provisioned
+    }
+    /// Seconds it has been idle while provisioned, up to `now` (billed at the idle price), with
+    /// `open_busy_s` more busy seconds not yet closed.
+    pub fn provisioned_idle_s(&self, now: Instant, open_busy_s: u64) -> u64 {
+        if !self.provisioned {
+            return 0;
+        }
+        let span =
+            gpufn_metering::billed_seconds(now.saturating_duration_since(self.provisioned_since));
+        let busy =
+            (self.busy.billed_total() + open_busy_s).saturating_sub(self.provisioned_busy_base);
+        span.saturating_sub(busy)
     }
     /// GPU memory it is billed by.
     pub fn memory_gb(&self) -> u32 {

@@ -25,7 +25,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use gpufn_metering::{BusyTracker, PeriodBatch, billed_seconds};
+use gpufn_metering::{BusyTracker, PeriodBatch};
 use gpufn_policy::{Demand, IdleHistogram, InstanceView, Limits};
 
 mod instance;
@@ -168,6 +168,7 @@ impl<P, E: Clone> Scheduler<P, E> {
         self.scheduled_min = min.map(|m| m.min(self.cfg.max_instances));
         out.push(Effect::Wake);
         self.retrack(now);
+        self.reclassify(now, out);
         self.scale(now, cards, out);
     }
 
@@ -411,6 +412,8 @@ impl<P, E: Clone> Scheduler<P, E> {
             ready_at: None,
             created: now,
             provisioned,
+            provisioned_since: now,
+            provisioned_busy_base: 0,
             memory_gb: self.cfg.memory_gb,
             unplaced: None,
             busy: BusyTracker::default(),
@@ -672,7 +675,11 @@ impl<P, E: Clone> Scheduler<P, E> {
             })
             .collect();
         self.track_load(now);
+        let before = self.min_instances();
         self.retrack(now);
+        if self.min_instances() != before {
+            self.reclassify(now, out);
+        }
         let (idle_timeout, prewarm_min, wake_at) = self.keep_alive_window(now);
         self.prewarm_min = prewarm_min;
         let decision = gpufn_policy::keep_alive(
@@ -1003,14 +1010,62 @@ impl<P, E: Clone> Scheduler<P, E> {
             }));
         }
         if inst.provisioned {
-            let lifetime = billed_seconds(now.saturating_duration_since(inst.created));
             out.push(Effect::Bill(Bill::ProvisionedIdle {
                 instance: id,
                 end: now,
-                idle_s: lifetime.saturating_sub(inst.busy.billed_total()),
+                idle_s: inst.provisioned_idle_s(now, 0),
                 memory_gb: inst.memory_gb,
             }));
         }
         Some(inst)
+    }
+
+    /// Makes as many live instances provisioned as [`Scheduler::min_instances`] says, when a
+    /// schedule or target tracking changed it: extra provisioned instances become on-demand (their
+    /// idle time so far billed at the idle price; idle ones first), and on-demand instances
+    /// become provisioned where there are too few (billed as such from now).
+    fn reclassify(&mut self, now: Instant, out: &mut Effects<E>) {
+        let want = self.min_instances() as usize;
+        let revision = self.revision;
+        let live = |i: &Instance<P>| i.revision == revision && i.state != State::Draining;
+        let mut have = self
+            .instances
+            .iter()
+            .filter(|i| live(i) && i.provisioned)
+            .count();
+        if have > want {
+            // Idle ones first, then the youngest.
+            let mut order: Vec<usize> = (0..self.instances.len())
+                .filter(|&n| live(&self.instances[n]) && self.instances[n].provisioned)
+                .collect();
+            order.sort_by_key(|&n| {
+                let i = &self.instances[n];
+                (i.in_flight > 0, std::cmp::Reverse(i.created))
+            });
+            for n in order.into_iter().take(have - want) {
+                let inst = &mut self.instances[n];
+                let open = inst.busy.open_period(now).map_or(0, |p| p.billed_seconds);
+                out.push(Effect::Bill(Bill::ProvisionedIdle {
+                    instance: inst.id,
+                    end: now,
+                    idle_s: inst.provisioned_idle_s(now, open),
+                    memory_gb: inst.memory_gb,
+                }));
+                inst.provisioned = false;
+            }
+        } else if have < want {
+            for inst in self.instances.iter_mut() {
+                if have >= want {
+                    break;
+                }
+                if live(inst) && !inst.provisioned {
+                    inst.provisioned = true;
+                    inst.provisioned_since = now;
+                    let open = inst.busy.open_period(now).map_or(0, |p| p.billed_seconds);
+                    inst.provisioned_busy_base = inst.busy.billed_total() + open;
+                    have += 1;
+                }
+            }
+        }
     }
 }

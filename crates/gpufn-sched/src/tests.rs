@@ -874,3 +874,37 @@ fn target_tracking_provisions_for_the_average_load_and_follows_it_down() {
     h.tick(1200.0);
     assert_eq!(h.s.min_instances(), 0);
 }
+
+#[test]
+fn a_changed_minimum_reclassifies_instances_and_bills_each_its_provisioned_idle_time() {
+    let idle_bills = |out: &Out| -> Vec<(InstanceId, u64)> {
+        out.iter()
+            .filter_map(|e| match e {
+                Effect::Bill(Bill::ProvisionedIdle {
+                    instance, idle_s, ..
+                }) => Some((*instance, *idle_s)),
+                _ => None,
+            })
+            .collect()
+    };
+    let mut h = H::new(cfg());
+    // An on-demand instance, warm and idle since t=2.
+    let a = h.warm();
+    assert!(!h.s.instance(a).unwrap().provisioned());
+    // A schedule asks for one: the idle on-demand instance becomes it (no new start), billed as
+    // provisioned from t=10.
+    let mut out = Out::new();
+    let t10 = h.at(10.0);
+    h.s.set_scheduled_min(Some(1), t10, &mut h.cards, &mut out);
+    assert!(starts(&out).is_empty(), "{out:?}");
+    assert!(h.s.instance(a).unwrap().provisioned());
+    // Lowered at t=70: on-demand again, its 60 idle seconds billed at the idle price now.
+    let mut out = Out::new();
+    let t70 = h.at(70.0);
+    h.s.set_scheduled_min(Some(0), t70, &mut h.cards, &mut out);
+    assert_eq!(idle_bills(&out), [(a, 60)]);
+    assert!(!h.s.instance(a).unwrap().provisioned());
+    // Gone later: nothing more at the idle price.
+    let out = h.gone(a, 500.0);
+    assert!(idle_bills(&out).is_empty(), "{out:?}");
+}

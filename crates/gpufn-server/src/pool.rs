@@ -798,12 +798,8 @@ impl Pool {
                 u.billed_seconds += p.billed_seconds;
                 u.gb_seconds += p.billed_seconds as f64 * gb;
             }
-            if inst.provisioned() {
-                let lifetime =
-                    gpufn_metering::billed_seconds(now.saturating_duration_since(inst.created()));
-                let busy = inst.busy().billed_total() + open.map_or(0, |p| p.billed_seconds);
-                u.idle_gb_seconds += lifetime.saturating_sub(busy) as f64 * gb;
-            }
+            let open_s = open.map_or(0, |p| p.billed_seconds);
+            u.idle_gb_seconds += inst.provisioned_idle_s(now, open_s) as f64 * gb;
         }
         u
     }
