@@ -26,6 +26,8 @@ pub(crate) struct FreezeCtl {
     state: tokio::sync::Mutex<State>,
     /// `state.frozen` for readers that must not wait (the API).
     frozen: AtomicBool,
+    /// A freeze is planned (a task waits out the idle delay): no second one is.
+    planned: AtomicBool,
     spec: Arc<FunctionSpec>,
     instance: String,
     addr: SocketAddr,
@@ -49,6 +51,7 @@ impl FreezeCtl {
             freezer,
             state: tokio::sync::Mutex::new(State::default()),
             frozen: AtomicBool::new(false),
+            planned: AtomicBool::new(false),
             spec,
             instance,
             addr,
@@ -58,6 +61,16 @@ impl FreezeCtl {
     /// Whether the instance is frozen now.
     pub(crate) fn is_frozen(&self) -> bool {
         self.frozen.load(Ordering::Relaxed)
+    }
+
+    /// Claims the one planned freeze: false if one is planned already (or it is frozen).
+    pub(crate) fn plan(&self) -> bool {
+        !self.is_frozen() && !self.planned.swap(true, Ordering::AcqRel)
+    }
+
+    /// The planned freeze ran (or gave up).
+    pub(crate) fn unplan(&self) {
+        self.planned.store(false, Ordering::Release);
     }
 
     /// Freezes the instance if `still_idle` says, under the lock, that no request holds it:

@@ -765,14 +765,52 @@ impl Pool {
         let Some(ctl) = Self::freezable(&self.lock(), id, Duration::ZERO) else {
             return;
         };
+        if !ctl.plan() {
+            return;
+        }
         let pool = self.clone();
         tokio::spawn(async move {
-            tokio::time::sleep(FREEZE_AFTER).await;
-            // A request that came and went meanwhile made it idle later: its own release
-            // freezes it.
-            let still_idle = || Self::freezable(&pool.lock(), id, FREEZE_AFTER).is_some();
-            ctl.freeze_if_idle(&pool.shared, still_idle).await;
+            // Idle long enough by the time this wakes, unless a request came meanwhile: then the
+            // wait starts again from its release.
+            loop {
+                tokio::time::sleep(FREEZE_AFTER).await;
+                let since = {
+                    let st = pool.lock();
+                    Self::freezable(&st, id, Duration::ZERO)
+                        .and_then(|_| st.sched.instance(id).map(|i| i.idle_since()))
+                };
+                match since {
+                    None => break,
+                    Some(t) if t.elapsed() >= FREEZE_AFTER => {
+                        let still_idle =
+                            || Self::freezable(&pool.lock(), id, FREEZE_AFTER).is_some();
+                        ctl.freeze_if_idle(&pool.shared, still_idle).await;
+                        break;
+                    }
+                    Some(_) => {}
+                }
+            }
+            ctl.unplan();
         });
+    }
+
+    /// Idle provisioned instances not yet frozen get their freeze planned (one became
+    /// provisioned when a schedule or target tracking raised the minimum).
+    fn freeze_idle_ones(self: &Arc<Self>) {
+        let ids: Vec<InstanceId> = {
+            let st = self.lock();
+            st.sched
+                .instances()
+                .iter()
+                .map(|i| i.id())
+                .filter(|&id| {
+                    Self::freezable(&st, id, Duration::ZERO).is_some_and(|c| !c.is_frozen())
+                })
+                .collect()
+        };
+        for id in ids {
+            self.maybe_freeze(id);
+        }
     }
 
     fn take_out_of_service(self: &Arc<Self>, id: InstanceId) {
@@ -827,6 +865,9 @@ impl Pool {
             s.set_scheduled_min(scheduled, now, cards, fx);
             s.tick(now, cards, fx)
         });
+        if self.freeze_idle.load(std::sync::atomic::Ordering::Relaxed) {
+            self.freeze_idle_ones();
+        }
         [next, change].into_iter().flatten().min()
     }
 

@@ -74,3 +74,53 @@ async fn a_schedule_raises_and_lowers_provisioned_instances_in_its_time_zone() {
         "{closed}"
     );
 }
+
+#[tokio::test]
+async fn a_running_instance_becomes_the_scheduled_one_and_idle_mode_freezes_it() {
+    let dir = tempfile::tempdir().unwrap();
+    // 07:59:00 UTC, 10× fast: the schedule's 08:00 comes after 6 s.
+    let s = Server::start(
+        dir.path(),
+        &[
+            "--simulate-gpus",
+            "2xtesla-t4:16",
+            "--clock-start",
+            "2026-11-30T07:59:00Z",
+            "--clock-rate",
+            "10",
+        ],
+    );
+    s.deploy_testfn(
+        "promoted",
+        "scaling:\n  idle_timeout_s: 600\n  idle_mode: freeze\n  schedules: [{name: open, cron: '0 8 * * *', min_instances: 1}, {name: close, cron: '0 7 * * *', min_instances: 0}]\n",
+    )
+    .await;
+    // Before 08:00 a call starts an on-demand instance, which idle mode leaves running.
+    let resp = s
+        .http
+        .get(s.url("/function/promoted/work"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let id = resp.headers()["x-gpufn-instance-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let before = s.get_json("/api/v1/functions/promoted").await["status"].clone();
+    assert_eq!(before["min_instances"], 0, "{before}");
+    assert_eq!(s.instances("promoted").await[0]["frozen"], false);
+    // 08:00: that instance becomes the provisioned one (no second start), and is frozen.
+    s.wait_for(
+        "the instance provisioned and frozen",
+        Duration::from_secs(30),
+        || async {
+            let list = s.instances("promoted").await;
+            list.len() == 1 && list[0]["frozen"] == true
+        },
+    )
+    .await;
+    assert_eq!(s.instances("promoted").await[0]["id"], id.as_str());
+    let status = s.get_json("/api/v1/functions/promoted").await["status"].clone();
+    assert_eq!(status["min_instances"], 1, "{status}");
+}
