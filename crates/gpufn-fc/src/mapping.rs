@@ -249,8 +249,8 @@ fn cron_from_fc(expr: &str) -> Result<String, Invalid> {
     }
 }
 
-/// Reads PutProvisionConfig's body. Time-bounded actions (`startTime`, `endTime`) are refused
-/// rather than ignored: gpufn's schedules have no bounds.
+/// Reads PutProvisionConfig's body. A target-tracking policy's `startTime` / `endTime` are refused
+/// rather than ignored (gpufn's target tracking has no bounds); scheduled actions keep theirs.
 pub fn provisioning_from_fc(body: &Value) -> Result<Provisioning, Invalid> {
     let target = i(body, "target")?.ok_or_else(|| Invalid("target is required".into()))?;
     if target < 0 {
@@ -276,14 +276,16 @@ pub fn provisioning_from_fc(body: &Value) -> Result<Provisioning, Invalid> {
         .into_iter()
         .flatten()
     {
-        unbounded("scheduledActions", a)?;
         let expr = s(a, "scheduleExpression")
             .ok_or_else(|| Invalid("scheduledActions.scheduleExpression is required".into()))?;
+        let time = |k: &str| s(a, k).filter(|t| !t.is_empty()).map(str::to_string);
         out.schedules.push(RawSchedule {
             name: s(a, "name").map(str::to_string),
             cron: Some(cron_from_fc(expr)?),
             timezone: s(a, "timeZone").map(str::to_string),
             min_instances: i(a, "target")?,
+            start_time: time("startTime"),
+            end_time: time("endTime"),
         });
     }
     let policies = body
@@ -348,12 +350,19 @@ pub fn provisioning_to_fc(scaling: &RawScaling) -> (Value, Value) {
         .iter()
         .flatten()
         .map(|a| {
-            json!({
+            let mut v = json!({
                 "name": a.name,
                 "target": a.min_instances,
                 "scheduleExpression": format!("cron(0 {})", a.cron.as_deref().unwrap_or_default()),
                 "timeZone": a.timezone.as_deref().unwrap_or("UTC"),
-            })
+            });
+            if let Some(t) = &a.start_time {
+                v["startTime"] = json!(t);
+            }
+            if let Some(t) = &a.end_time {
+                v["endTime"] = json!(t);
+            }
+            v
         })
         .collect();
     let policies: Vec<Value> = scaling
@@ -597,6 +606,20 @@ mod tests {
         assert_eq!(actions[1]["timeZone"], "UTC");
         assert_eq!(actions[0]["target"], 4);
         assert_eq!(policies[0]["metricTarget"], 0.6);
+        // A bounded action keeps its bounds both ways.
+        let bounded = json!({"target": 0, "scheduledActions": [{"name": "launch", "target": 2,
+            "scheduleExpression": "cron(0 0 8 * * *)", "timeZone": "UTC",
+            "startTime": "2026-12-01T00:00:00.000Z", "endTime": "2026-12-08T00:00:00.000Z"}]});
+        let p = provisioning_from_fc(&bounded).expect("maps");
+        assert_eq!(
+            p.schedules[0].start_time.as_deref(),
+            Some("2026-12-01T00:00:00.000Z")
+        );
+        let mut spec = to_spec("f", &fc, None, &types()).expect("maps");
+        apply_provisioning(&mut spec, &p);
+        let raw = spec.validate().expect("valid").to_raw();
+        let (actions, _) = provisioning_to_fc(&raw.scaling.expect("scaling"));
+        assert_eq!(actions, bounded["scheduledActions"]);
         assert_eq!(policies[0]["maxCapacity"], 10);
 
         for (bad, says) in [
@@ -613,7 +636,7 @@ mod tests {
                 "six fields",
             ),
             (
-                json!({"target": 0, "scheduledActions": [{"scheduleExpression": "cron(0 0 8 * * *)", "startTime": "2026-01-01T00:00:00Z"}]}),
+                json!({"target": 0, "targetTrackingPolicies": [{"metricTarget": 0.5, "startTime": "2026-01-01T00:00:00Z"}]}),
                 "startTime",
             ),
             (

@@ -21,6 +21,10 @@ pub struct Schedule {
     tz: Tz,
     /// Provisioned instances from each match on.
     pub min_instances: u32,
+    /// Matches count only from `start` and until `end` (Function Compute's `startTime` and
+    /// `endTime`); the last one keeps its effect after `end` until another action's.
+    start: Option<DateTime<Utc>>,
+    end: Option<DateTime<Utc>>,
 }
 
 /// A pattern or zone that cannot be used, in words.
@@ -43,15 +47,27 @@ impl Schedule {
             cron,
             tz,
             min_instances,
+            start: None,
+            end: None,
         })
+    }
+
+    /// The same, its matches counted only within `[start, end]` (either open).
+    pub fn bounded(mut self, start: Option<DateTime<Utc>>, end: Option<DateTime<Utc>>) -> Self {
+        self.start = start;
+        self.end = end;
+        self
     }
 
     /// The latest time at or before `now` the pattern matched (within a year; none before).
     pub fn last_match(&self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
-        let local = now.with_timezone(&self.tz);
+        let until = self.end.map_or(now, |e| e.min(now));
+        let local = until.with_timezone(&self.tz);
         let t = self.cron.find_previous_occurrence(&local, true).ok()?;
         let t = t.with_timezone(&Utc);
-        (now.signed_duration_since(t) <= chrono::TimeDelta::days(366)).then_some(t)
+        (self.start.is_none_or(|s| t >= s)
+            && now.signed_duration_since(t) <= chrono::TimeDelta::days(366))
+        .then_some(t)
     }
 
     /// Whether the pattern matches at least once in the year after `now` (a pattern that never
@@ -63,9 +79,19 @@ impl Schedule {
 
     /// The first time after `now` the pattern matches.
     pub fn next_match(&self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
-        let local = now.with_timezone(&self.tz);
-        let t = self.cron.find_next_occurrence(&local, false).ok()?;
-        Some(t.with_timezone(&Utc))
+        let t = match self.start {
+            // Not started yet: its first match from the start on.
+            Some(s) if s > now => self
+                .cron
+                .find_next_occurrence(&s.with_timezone(&self.tz), true)
+                .ok()?,
+            _ => self
+                .cron
+                .find_next_occurrence(&now.with_timezone(&self.tz), false)
+                .ok()?,
+        };
+        let t = t.with_timezone(&Utc);
+        self.end.is_none_or(|e| t <= e).then_some(t)
     }
 }
 
@@ -253,6 +279,31 @@ mod tests {
             Schedule::new("b", "0 * * * *", "UTC", 2).unwrap(),
         ];
         assert_eq!(in_force(&tie, utc("2026-11-30T01:30:00Z")).unwrap().0, 1);
+    }
+
+    #[test]
+    fn a_bounded_schedule_counts_matches_only_within_its_window() {
+        let day = Schedule::new("day", "0 8 * * *", "UTC", 2)
+            .unwrap()
+            .bounded(
+                Some(utc("2026-12-01T00:00:00Z")),
+                Some(utc("2026-12-03T00:00:00Z")),
+            );
+        let night = Schedule::new("night", "0 20 * * *", "UTC", 0).unwrap();
+        let s = [day, night];
+        // Before its start: the daily 08:00 does not count; next is 2026-12-01 08:00.
+        let before = utc("2026-11-30T09:00:00Z");
+        assert_eq!(s[0].last_match(before), None);
+        assert_eq!(s[0].next_match(before), Some(utc("2026-12-01T08:00:00Z")));
+        assert_eq!(in_force(&s, before).unwrap().0, 1);
+        // Within: in force after 08:00.
+        assert_eq!(in_force(&s, utc("2026-12-02T09:00:00Z")).unwrap().0, 0);
+        // After its end: no more matches; the last one (12-02 08:00) lost to the night's.
+        let after = utc("2026-12-05T09:00:00Z");
+        assert_eq!(s[0].next_match(after), None);
+        assert_eq!(s[0].last_match(after), Some(utc("2026-12-02T08:00:00Z")));
+        assert_eq!(in_force(&s, after).unwrap().0, 1);
+        assert_eq!(next_change(&s, after), Some(utc("2026-12-05T20:00:00Z")));
     }
 
     #[test]

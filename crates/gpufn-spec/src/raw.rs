@@ -216,4 +216,11 @@ pub struct RawSchedule {
     pub timezone: Option<String>,
     /// Provisioned instances from each match on.
     pub min_instances: Option<i64>,
+    /// Matches count only from this RFC 3339 time on (FC's `startTime`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<String>,
+    /// ... and only until this one (FC's `endTime`); the last match's effect stays until
+    /// another action's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub end_time: Option<String>,
 }

@@ -186,18 +186,33 @@ pub struct ScheduleSpec {
     pub timezone: String,
     /// Provisioned instances from each match on.
     pub min_instances: u32,
+    /// Matches count only from then (RFC 3339)...
+    pub start_time: Option<String>,
+    /// ... until then.
+    pub end_time: Option<String>,
+}
+
+/// An RFC 3339 time.
+fn rfc3339(t: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+    chrono::DateTime::parse_from_rfc3339(t)
+        .ok()
+        .map(|t| t.with_timezone(&chrono::Utc))
 }
 
 impl ScheduleSpec {
     /// The policy's form.
     pub fn to_policy(&self) -> Option<gpufn_policy::provisioning::Schedule> {
-        gpufn_policy::provisioning::Schedule::new(
-            &self.name,
-            &self.cron,
-            &self.timezone,
-            self.min_instances,
+        let bound = |t: &Option<String>| t.as_deref().and_then(rfc3339);
+        Some(
+            gpufn_policy::provisioning::Schedule::new(
+                &self.name,
+                &self.cron,
+                &self.timezone,
+                self.min_instances,
+            )
+            .ok()?
+            .bounded(bound(&self.start_time), bound(&self.end_time)),
         )
-        .ok()
     }
 }
 
@@ -1053,11 +1068,33 @@ fn check_schedules(
                 format!("must be <= scaling.max_instances ({min_instances} > {max_instances})"),
             );
         }
+        let mut time = |k: &str, v: &Option<String>| {
+            let t = v.as_deref()?;
+            match rfc3339(t) {
+                Some(parsed) => Some((t.to_string(), parsed)),
+                None => {
+                    c.fail(
+                        &field(k),
+                        format!("{t:?} is not an RFC 3339 time (2026-12-01T08:00:00Z)"),
+                    );
+                    None
+                }
+            }
+        };
+        let start = time("start_time", &r.start_time);
+        let end = time("end_time", &r.end_time);
+        if let (Some((_, s)), Some((_, e))) = (&start, &end) {
+            if s >= e {
+                c.fail(&field("end_time"), "must be after start_time".into());
+            }
+        }
         out.push(ScheduleSpec {
             name,
             cron,
             timezone,
             min_instances,
+            start_time: start.map(|(t, _)| t),
+            end_time: end.map(|(t, _)| t),
         });
     }
     out
@@ -1168,6 +1205,8 @@ impl FunctionSpec {
                             cron: Some(s.cron.clone()),
                             timezone: Some(s.timezone.clone()),
                             min_instances: Some(i64::from(s.min_instances)),
+                            start_time: s.start_time.clone(),
+                            end_time: s.end_time.clone(),
                         })
                         .collect()
                 }),

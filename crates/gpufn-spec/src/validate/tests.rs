@@ -559,3 +559,32 @@ fn a_schedule_that_never_matches_is_refused() {
         "{errors:?}"
     );
 }
+
+#[test]
+fn a_schedule_may_be_bounded_in_time() {
+    let spec = parse_yaml(&minimal(
+        "scaling: {schedules: [{name: launch, cron: '0 8 * * *', min_instances: 2, start_time: '2026-12-01T00:00:00Z', end_time: '2026-12-08T00:00:00+08:00'}]}\n",
+    ))
+    .unwrap()
+    .validate()
+    .unwrap();
+    let s = &spec.scaling.schedules[0];
+    assert_eq!(s.start_time.as_deref(), Some("2026-12-01T00:00:00Z"));
+    assert!(s.to_policy().is_some());
+    assert_eq!(spec.to_raw().validate().unwrap(), spec);
+    let errors = errors_of(&minimal(
+        "scaling: {schedules: [{name: a, cron: '0 8 * * *', start_time: tomorrow, end_time: '2026-01-01T00:00:00Z'}, {name: b, cron: '0 8 * * *', start_time: '2026-02-01T00:00:00Z', end_time: '2026-01-01T00:00:00Z'}]}\n",
+    ));
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("scaling.schedules[0].start_time") && e.contains("RFC 3339")),
+        "{errors:?}"
+    );
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("scaling.schedules[1].end_time") && e.contains("after")),
+        "{errors:?}"
+    );
+}
