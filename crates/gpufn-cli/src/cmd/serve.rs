@@ -102,9 +102,7 @@ pub async fn run(args: ServeArgs, data_dir: std::path::PathBuf) -> anyhow::Resul
     let clock = match &args.clock_start {
         None => gpufn_server::clock::WallClock::real(),
         Some(t) => {
-            let start = chrono::DateTime::parse_from_rfc3339(t)
-                .map_err(|e| anyhow::anyhow!("--clock-start: {t:?} is not an RFC 3339 time: {e}"))?
-                .with_timezone(&chrono::Utc);
+            let start = super::rfc3339_flag("--clock-start", t)?;
             anyhow::ensure!(
                 args.clock_rate.is_finite() && args.clock_rate > 0.0,
                 "--clock-rate: must be > 0"

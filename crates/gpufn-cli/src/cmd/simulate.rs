@@ -153,9 +153,7 @@ pub fn run(a: &SimulateArgs) -> anyhow::Result<ExitCode> {
         .map(|(n, s)| parse_schedule(n + 1, s))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let start = match &a.trace_start {
-        Some(t) => chrono::DateTime::parse_from_rfc3339(t)
-            .map_err(|e| anyhow!("--trace-start: {t:?} is not an RFC 3339 time: {e}"))?
-            .with_timezone(&chrono::Utc),
+        Some(t) => super::rfc3339_flag("--trace-start", t)?,
         None => chrono::DateTime::from_timestamp_millis(
             (trace.start_unix.unwrap_or(0.0) * 1000.0) as i64,
         )

@@ -5,22 +5,27 @@ use std::time::Duration;
 
 use crate::common::*;
 
+/// A gpufn whose schedules read a clock that starts at `start` and runs 10× fast.
+fn clocked(dir: &std::path::Path, start: &str) -> Server {
+    Server::start(
+        dir,
+        &[
+            "--simulate-gpus",
+            "2xtesla-t4:16",
+            "--clock-start",
+            start,
+            "--clock-rate",
+            "10",
+        ],
+    )
+}
+
 #[tokio::test]
 async fn a_schedule_raises_and_lowers_provisioned_instances_in_its_time_zone() {
     let dir = tempfile::tempdir().unwrap();
     // 2026-03-08 is the day New York moves to daylight-saving time (EST → EDT at 02:00). The
     // clock starts at 07:59:00 EDT and runs 10× fast: 08:00 comes after 6 s, 08:01 after 12 s.
-    let s = Server::start(
-        dir.path(),
-        &[
-            "--simulate-gpus",
-            "2xtesla-t4:16",
-            "--clock-start",
-            "2026-03-08T07:59:00-04:00",
-            "--clock-rate",
-            "10",
-        ],
-    );
+    let s = clocked(dir.path(), "2026-03-08T07:59:00-04:00");
     s.deploy_testfn(
         "sched",
         "scaling:\n  idle_timeout_s: 1\n  schedules:\n    - {name: open, cron: '0 8 * * *', timezone: America/New_York, min_instances: 1}\n    - {name: close, cron: '1 8 * * *', timezone: America/New_York, min_instances: 0}\n",
@@ -79,17 +84,7 @@ async fn a_schedule_raises_and_lowers_provisioned_instances_in_its_time_zone() {
 async fn a_running_instance_becomes_the_scheduled_one_and_idle_mode_freezes_it() {
     let dir = tempfile::tempdir().unwrap();
     // 07:59:00 UTC, 10× fast: the schedule's 08:00 comes after 6 s.
-    let s = Server::start(
-        dir.path(),
-        &[
-            "--simulate-gpus",
-            "2xtesla-t4:16",
-            "--clock-start",
-            "2026-11-30T07:59:00Z",
-            "--clock-rate",
-            "10",
-        ],
-    );
+    let s = clocked(dir.path(), "2026-11-30T07:59:00Z");
     s.deploy_testfn(
         "promoted",
         "scaling:\n  idle_timeout_s: 600\n  idle_mode: freeze\n  schedules: [{name: open, cron: '0 8 * * *', min_instances: 1}, {name: close, cron: '0 7 * * *', min_instances: 0}]\n",
