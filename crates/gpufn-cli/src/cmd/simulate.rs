@@ -84,7 +84,11 @@ fn parse_schedule(n: usize, s: &str) -> anyhow::Result<gpufn_policy::provisionin
         .trim()
         .parse()
         .map_err(|_| anyhow!("--schedule {s:?}: {min:?} is not a number of instances"))?;
-    let (cron, zone) = left.rsplit_once('@').unwrap_or((left, "UTC"));
+    // The zone follows the last '@' that does not begin the pattern (`@daily` is a pattern).
+    let (cron, zone) = match left.get(1..).and_then(|rest| rest.rfind('@')) {
+        Some(i) => (&left[..=i], &left[i + 2..]),
+        None => (left, "UTC"),
+    };
     gpufn_policy::provisioning::Schedule::new(&format!("s{n}"), cron.trim(), zone.trim(), min)
         .map_err(|e| anyhow!("--schedule {s:?}: {}", e.0))
 }
@@ -221,4 +225,36 @@ pub fn run(a: &SimulateArgs) -> anyhow::Result<ExitCode> {
         print!("{}", gpufn_sim::report::table(&results));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedule_flags_take_a_zone_after_the_pattern() {
+        let at = |s: &str| {
+            chrono::DateTime::parse_from_rfc3339(s)
+                .unwrap()
+                .with_timezone(&chrono::Utc)
+        };
+        let s = parse_schedule(1, "0 8 * * *@Asia/Shanghai=4").unwrap();
+        assert_eq!(s.min_instances, 4);
+        assert_eq!(
+            s.next_match(at("2026-11-30T00:30:00Z")),
+            Some(at("2026-12-01T00:00:00Z"))
+        );
+        let daily = parse_schedule(2, "@daily=1").unwrap();
+        assert_eq!(
+            daily.next_match(at("2026-11-30T12:00:00Z")),
+            Some(at("2026-12-01T00:00:00Z"))
+        );
+        let tokyo = parse_schedule(3, "@daily@Asia/Tokyo=2").unwrap();
+        assert_eq!(
+            tokyo.next_match(at("2026-11-30T12:00:00Z")),
+            Some(at("2026-11-30T15:00:00Z"))
+        );
+        assert!(parse_schedule(4, "0 8 * * *").is_err());
+        assert!(parse_schedule(5, "0 8 * * *@Mars/Base=1").is_err());
+    }
 }
